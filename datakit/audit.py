@@ -1,0 +1,29 @@
+"""DuckDB over an output folder: views `retrieval`, `pair`, `classification`, `quarantine`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from datakit.shards import SHARD_KINDS, read_manifest, read_shards
+
+
+def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per record kind over the (memory-mapped) shards."""
+    read_manifest(out_dir)  # fail early, and clearly, on a folder that is not a finished build
+    con = duckdb.connect()
+    for kind in SHARD_KINDS:
+        con.register(f"_{kind}_arrow", read_shards(out_dir, kind))
+        con.execute(f"CREATE VIEW {kind} AS SELECT * FROM _{kind}_arrow")
+    return con
+
+
+def query(out_dir: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    con = connect(out_dir)
+    try:
+        rel = con.execute(sql)
+        names = [d[0] for d in rel.description] if rel.description else []
+        return names, rel.fetchall()
+    finally:
+        con.close()

@@ -1,0 +1,194 @@
+"""Run a recipe: sources -> adapters -> steps -> shards + manifest.
+
+The build writes into a staging folder inside OUT and moves the result into place only
+when it is complete: a crash or a kill never damages the previous output, and
+`manifest.json` (written last) marks a folder as complete.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata as md
+import platform
+import shutil
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datakit.adapters import make_adapter
+from datakit.recipe import LoadedRecipe, SourceConfig
+from datakit.records import QUARANTINE_SCHEMA
+from datakit.shards import MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, write_json_atomic
+from datakit.sources import read_source, resolve_files
+from datakit.steps import Step, StepContext, make_step
+
+MANIFEST_FORMAT = 1
+_VERSIONED = ("embedkit", "pyarrow", "duckdb", "datasets", "pydantic", "litellm", "sentence-transformers",
+              "faiss-cpu", "datasketch", "transformers", "torch")
+
+
+class DataError(ValueError):
+    """A bad input row under --strict: names the file, row and field."""
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    skipped: bool = False  # output was already up to date
+
+
+@dataclass
+class _Tally:
+    rows_read: Counter = field(default_factory=Counter)
+    quarantine: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def input_fingerprint(src: SourceConfig, base_dir: Path) -> dict[str, Any]:
+    """What a source read: files with size and mtime, or the HF dataset / SQL text."""
+    if src.path is not None:
+        files = resolve_files(src.path, base_dir)
+        return {"files": [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files]}
+    if src.hf is not None:
+        return {"hf": src.hf.model_dump()}
+    return {"sql": src.sql}
+
+
+def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        old = read_manifest(out_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    local = all("files" in v for v in inputs.values())  # hub and SQL inputs cannot be fingerprinted cheaply
+    same = old.get("recipe", {}).get("sha256") == recipe_sha and old.get("inputs") == inputs
+    same = same and old.get("versions", {}).get("embedkit") == package_versions().get("embedkit")
+    return old if (local and same) else None
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def build(
+    loaded: LoadedRecipe,
+    out_dir: str | Path,
+    strict: bool | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    batch_rows: int = 50_000,
+) -> BuildResult:
+    """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read."""
+    recipe, base_dir = loaded.recipe, loaded.base_dir
+    out_dir = Path(out_dir)
+    strict = recipe.strict if strict is None else strict
+    inputs = {s.name: input_fingerprint(s, base_dir) for s in recipe.sources}
+    recipe_sha = recipe.sha256()
+    if not force and (old := _up_to_date(out_dir, recipe_sha, inputs)) is not None:
+        return BuildResult(out_dir, old, skipped=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    started = time.time()
+    try:
+        ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work")
+        steps = [make_step(raw, ctx) for raw in recipe.steps]
+        writer = ShardWriter(staging, recipe.output.shard_rows, recipe.output.compression)
+        tally = _Tally()
+        stream: Iterator[tuple[str, pa.Table]] = _records(loaded, writer, tally, strict, progress, batch_rows)
+        for step in steps:
+            stream = step.run(stream)
+        counts: dict[str, Counter] = defaultdict(Counter)
+        for kind, table in stream:
+            writer.write(kind, table)
+            for item in pc.value_counts(table.column("dataset")).to_pylist():
+                counts[kind][item["values"]] += item["counts"]
+        shards = writer.close()
+        manifest = _manifest(loaded, recipe_sha, inputs, counts, tally, steps, shards, started)
+        _publish(staging, out_dir, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(out_dir, manifest)
+
+
+def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
+             progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
+    """Read every source through its adapter; quarantine goes straight to the writer."""
+    for src in loaded.recipe.sources:
+        adapter = make_adapter(src)
+        for chunk in read_source(src, loaded.base_dir, adapter.columns(), batch_rows):
+            out = adapter.adapt(chunk)
+            bad = chunk.quarantine + out.quarantine
+            tally.rows_read[src.name] += chunk.table.num_rows + len(chunk.quarantine)
+            if bad:
+                if strict:
+                    q = bad[0]
+                    row = f"row {q['row']}" if q["row"] >= 0 else "a row"
+                    raise DataError(f"source {src.name!r}: {q['file']}, {row}, field {q['field'] or '-'}: "
+                                    f"{q['reason']}: {q['detail']}")
+                for q in bad:
+                    tally.quarantine[src.name][q["reason"]] += 1
+                rows = [{"dataset": src.name, **q} for q in bad]
+                writer.write("quarantine", pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
+            if progress:
+                progress(src.name, tally.rows_read[src.name])
+            for kind, tables in out.tables.items():
+                for table in tables:
+                    yield kind, table
+        for kind, tables in adapter.flush().tables.items():
+            for table in tables:
+                yield kind, table
+
+
+def _manifest(loaded: LoadedRecipe, recipe_sha: str, inputs: dict[str, Any], counts: dict[str, Counter],
+              tally: _Tally, steps: list[Step], shards: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    recipe = loaded.recipe
+    reasons: Counter = Counter()
+    for c in tally.quarantine.values():
+        reasons.update(c)
+    duration = time.time() - started
+    rows_read = sum(tally.rows_read.values())
+    return {
+        "format": MANIFEST_FORMAT,
+        "recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)},
+        "versions": package_versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(duration, 3),
+        "rows_read": dict(tally.rows_read),
+        "rows_per_s": round(rows_read / duration, 1) if duration > 0 else None,
+        "inputs": inputs,
+        "counts": {k: dict(sorted(counts[k].items())) for k in SHARD_KINDS if k != "quarantine" and counts.get(k)},
+        "quarantined": {"n": sum(reasons.values()), "reasons": dict(reasons),
+                        "by_dataset": {k: dict(v) for k, v in tally.quarantine.items()}},
+        "dropped": {f"{i}:{s.name}": dict(s.dropped) for i, s in enumerate(steps)},
+        "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
+        "shards": shards,
+    }
+
+
+def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Swap the staged kind folders into place; the manifest goes last."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for kind in SHARD_KINDS:
+        target = out_dir / kind
+        if target.exists():
+            shutil.rmtree(target)
+        if (staging / kind).exists():
+            (staging / kind).rename(target)
+    write_json_atomic(out_dir / MANIFEST, manifest)

@@ -1,0 +1,196 @@
+"""Recipe model and YAML loading: validated with pydantic, errors name the key and its line."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AdapterName = Literal[
+    "title_body", "qa", "reading_comprehension", "retrieval", "nli", "sts", "classification", "clustering"
+]
+
+
+class RecipeError(ValueError):
+    """The recipe file is not valid; the message names the key (and line) at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CsvOptions(_Strict):
+    delimiter: str | None = Field(None, description="default: ',' ('\\t' for .tsv)")
+    quote_char: str | Literal[False] = '"'
+    escape_char: str | Literal[False] = False
+    header: bool = True
+    column_names: list[str] | None = None
+
+
+class HFSource(_Strict):
+    path: str = Field(..., description="hub id, local dataset folder (save_to_disk) or data folder")
+    name: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, Any] | None = None
+
+
+class SourceConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$", description="becomes the records' `dataset`")
+    path: str | list[str] | None = None
+    hf: HFSource | None = None
+    sql: str | None = None
+    format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None
+    csv: CsvOptions = CsvOptions()
+    adapter: AdapterName
+    columns: dict[str, str] = {}
+    options: dict[str, Any] = {}
+    instruction: str = ""
+    limit: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        given = [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hf, sql (got {', '.join(given) or 'none'})")
+        return self
+
+
+class OutputConfig(_Strict):
+    shard_rows: int = Field(50_000, gt=0)
+    compression: Literal["none", "lz4", "zstd"] = "none"
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    sources: list[SourceConfig] = Field(..., min_length=1)
+    steps: list[dict[str, Any]] = []
+    output: OutputConfig = OutputConfig()
+    strict: bool = False
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for s in sources:
+            if s.name in seen:
+                raise ValueError(f"two sources are named {s.name!r}")
+            seen.add(s.name)
+        return sources
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_have_type(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, s in enumerate(steps):
+            if "type" not in s:
+                raise ValueError(f"step {i} has no 'type' key")
+        return steps
+
+    def sha256(self) -> str:
+        """Hash of the resolved recipe (defaults filled in), stable across key order."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class LoadedRecipe(BaseModel):
+    """A recipe plus where it was loaded from (paths in it are relative to `base_dir`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    recipe: Recipe
+    path: Path
+    base_dir: Path
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree; return a 1-based line."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def _format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {str(loc[-1])!r}"
+        lines.append(f"{where}: {key or '<root>'}: {msg}")
+    return lines
+
+
+def parse_recipe(text: str, path: Path) -> Recipe:
+    """Validate recipe text; raise RecipeError listing every bad key with its line."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with keys name, sources, steps, output")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError("\n".join(_format_errors(exc, root, (), path))) from None
+
+    from datakit.adapters import adapter_class  # late: adapters import this module
+    from datakit.steps import step_config
+
+    errors: list[str] = []
+    for i, src in enumerate(recipe.sources):
+        cls = adapter_class(src.adapter)
+        try:
+            cls.Options.model_validate(src.options)
+        except ValidationError as exc:
+            errors += _format_errors(exc, root, ("sources", i, "options"), path)
+        for role in src.columns:
+            if role not in cls.roles:
+                line = _line_of(root, ("sources", i, "columns", role))
+                errors.append(
+                    f"{path}:{line}: sources[{i}].columns.{role}: adapter {src.adapter!r} has no role {role!r} "
+                    f"(roles: {', '.join(cls.roles)})"
+                )
+    for i, step in enumerate(recipe.steps):
+        try:
+            step_config(step)
+        except ValidationError as exc:
+            errors += _format_errors(exc, root, ("steps", i), path)
+        except KeyError as exc:
+            line = _line_of(root, ("steps", i, "type"))
+            errors.append(f"{path}:{line}: steps[{i}].type: {exc.args[0]}")
+    if errors:
+        raise RecipeError("\n".join(errors))
+    return recipe
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc})") from None
+    return LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)

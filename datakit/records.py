@@ -1,0 +1,237 @@
+"""The three canonical record kinds, their Arrow schemas and validation (pure pyarrow).
+
+Every other module speaks these schemas: adapters emit them, steps transform them,
+shards store them and the trainer reads them (this is the only datakit module the
+trainer imports).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Kind = Literal["retrieval", "pair", "classification"]
+KINDS: tuple[Kind, ...] = ("retrieval", "pair", "classification")
+NEGATIVE_ORIGINS = ("given", "mined", "llm")
+
+#: One entry of a record's history: which step made or changed it, and how.
+LINEAGE_EVENT = pa.struct(
+    [
+        pa.field("step", pa.string()),  # e.g. "adapter:qa", "paraphrase", "mine_negatives"
+        pa.field("model", pa.string()),  # generator or encoder model, "" when none
+        pa.field("prompt_id", pa.string()),  # versioned prompt id, "" when none
+        pa.field("detail", pa.string()),  # free text (e.g. "order=ba", "parent=<id>")
+    ]
+)
+
+#: Where a record came from and what happened to it since.
+LINEAGE = pa.struct(
+    [
+        pa.field("source", pa.string()),  # the recipe's source name
+        pa.field("file", pa.string()),  # file, HF dataset id or "sql"
+        pa.field("row", pa.int64()),  # 0-based row index within the source
+        pa.field("parent_id", pa.string()),  # record this one was derived from, "" for source rows
+        pa.field("events", pa.list_(LINEAGE_EVENT)),
+    ]
+)
+
+_COMMON = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("instruction", pa.string(), nullable=False),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "retrieval": pa.schema(
+        _COMMON
+        + [
+            pa.field("query", pa.string(), nullable=False),
+            pa.field("positive", pa.string(), nullable=False),
+            pa.field("negatives", pa.list_(pa.string()), nullable=False),
+            pa.field("negative_origins", pa.list_(pa.string()), nullable=False),
+            pa.field("lineage", LINEAGE),
+        ]
+    ),
+    "pair": pa.schema(
+        _COMMON
+        + [
+            pa.field("text_a", pa.string(), nullable=False),
+            pa.field("text_b", pa.string(), nullable=False),
+            pa.field("score", pa.float64(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("lineage", LINEAGE),
+        ]
+    ),
+    "classification": pa.schema(
+        _COMMON
+        + [
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("lineage", LINEAGE),
+        ]
+    ),
+}
+
+#: Text fields that must be non-empty, per kind.
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "retrieval": ("query", "positive"),
+    "pair": ("text_a", "text_b"),
+    "classification": ("text", "label"),
+}
+
+#: Quarantine shard schema: a row that could not become a record, and why.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("row", pa.int64()),  # 0-based data row (JSONL: line number - 1), -1 if unknown
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),  # short category: bad_json, missing_field, empty_text, ...
+        pa.field("detail", pa.string()),
+        pa.field("raw", pa.string()),  # the offending row, truncated
+    ]
+)
+
+
+class RecordError(ValueError):
+    """A table does not conform to a record schema."""
+
+
+@dataclass
+class Rejected:
+    """Rows removed by validation, with the field and reason for each."""
+
+    indices: pa.Array  # int64 positions in the input table
+    fields: list[str]
+    reasons: list[str]
+
+
+def schema(kind: str) -> pa.Schema:
+    if kind not in SCHEMAS:
+        raise RecordError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return SCHEMAS[kind]
+
+
+def empty_table(kind: str) -> pa.Table:
+    return schema(kind).empty_table()
+
+
+def conform(kind: str, table: pa.Table) -> pa.Table:
+    """Cast `table` to the kind's schema (same column order); raise naming the first bad column."""
+    target = schema(kind)
+    missing = [f.name for f in target if f.name not in table.column_names]
+    if missing:
+        raise RecordError(f"{kind} table lacks column(s) {missing}")
+    columns = []
+    for field in target:
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise RecordError(
+                    f"{kind} column {field.name!r}: expected {field.type}, got {col.type} ({exc})"
+                ) from None
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def validate(kind: str, table: pa.Table) -> tuple[pa.Table, Rejected]:
+    """Split a conformed table into valid rows and rejected rows (empty text, NaN score, ...).
+
+    Vectorised with pyarrow compute; the first failing check names each rejected row's field.
+    """
+    table = conform(kind, table)
+    n = table.num_rows
+    bad = pa.array([False] * n, pa.bool_()) if n else pa.array([], pa.bool_())
+    field_of: list[str | None] = [None] * n
+    reason_of: list[str | None] = [None] * n
+
+    def mark(mask: pa.Array, field: str, reason: str) -> None:
+        nonlocal bad
+        mask = pc.fill_null(mask, True)
+        new = pc.and_(mask, pc.invert(bad))
+        for i in pc.indices_nonzero(new).to_pylist():
+            field_of[i], reason_of[i] = field, reason
+        bad = pc.or_(bad, mask)
+
+    for name in ("id", "dataset"):
+        mark(pc.equal(pc.utf8_length(table.column(name)), 0), name, "empty_text")
+    for name in TEXT_FIELDS[kind]:
+        col = table.column(name)
+        mark(pc.is_null(col), name, "missing_field")
+        mark(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), name, "empty_text")
+    if kind == "pair":
+        score = table.column("score")
+        mark(pc.is_null(score), "score", "missing_field")
+        mark(pc.invert(pc.is_finite(score)), "score", "bad_score")
+    if kind == "retrieval":
+        negs = table.column("negatives")
+        origins = table.column("negative_origins")
+        mark(pc.not_equal(pc.list_value_length(negs), pc.list_value_length(origins)),
+             "negative_origins", "length_mismatch")
+        flat = pc.list_flatten(negs)
+        if len(flat):
+            parent = pc.list_parent_indices(negs)
+            empty_neg = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(flat)), 0)
+            rows = pc.unique(pc.filter(parent, pc.fill_null(empty_neg, True))).to_pylist()
+            mask = [False] * n
+            for r in rows:
+                mask[r] = True
+            mark(pa.array(mask), "negatives", "empty_text")
+        flat_o = pc.list_flatten(origins)
+        if len(flat_o):
+            parent = pc.list_parent_indices(origins)
+            bad_o = pc.invert(pc.is_in(flat_o, value_set=pa.array(NEGATIVE_ORIGINS)))
+            rows = pc.unique(pc.filter(parent, pc.fill_null(bad_o, True))).to_pylist()
+            mask = [False] * n
+            for r in rows:
+                mask[r] = True
+            mark(pa.array(mask), "negative_origins", "bad_origin")
+    bad_idx = pc.indices_nonzero(bad)
+    good = table.filter(pc.invert(bad))
+    rejected = Rejected(
+        indices=bad_idx.cast(pa.int64()),
+        fields=[field_of[i] for i in bad_idx.to_pylist()],
+        reasons=[reason_of[i] for i in bad_idx.to_pylist()],
+    )
+    return good, rejected
+
+
+def _const(value: str | list[str], n: int) -> pa.Array:
+    return pa.array(value if isinstance(value, list) else [value] * n, pa.string())
+
+
+def lineage_array(
+    source: str,
+    file: str | list[str],
+    rows: "pa.Array | list[int]",
+    step: str,
+    detail: str | list[str] = "",
+    parent_ids: list[str] | None = None,
+    model: str = "",
+    prompt_id: str = "",
+) -> pa.StructArray:
+    """Build, column-wise, the lineage of `len(rows)` records that one step created."""
+    rows = pa.array(rows, pa.int64()) if not isinstance(rows, pa.Array) else rows.cast(pa.int64())
+    n = len(rows)
+    event = pa.StructArray.from_arrays(
+        [_const(step, n), _const(model, n), _const(prompt_id, n), _const(detail, n)],
+        fields=list(LINEAGE_EVENT),
+    )
+    events = pa.ListArray.from_arrays(pa.array(range(n + 1), pa.int32()), event, type=pa.list_(LINEAGE_EVENT))
+    return pa.StructArray.from_arrays(
+        [_const(source, n), _const(file, n), rows, _const(parent_ids or "", n), events],
+        fields=list(LINEAGE),
+    )
+
+
+def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str = "") -> pa.Array:
+    """Append one event to every lineage in a column (used by steps that change records)."""
+    rows = lineage.to_pylist()
+    event = {"step": step, "model": model, "prompt_id": prompt_id, "detail": detail}
+    for r in rows:
+        r["events"] = list(r["events"] or []) + [event]
+    return pa.array(rows, type=LINEAGE)

@@ -1,0 +1,73 @@
+"""Recipe steps: small objects with one job, registered by name.
+
+A step's `run` takes a stream of `(kind, table)` record batches and yields the batches it
+keeps (datatrove style), so streaming steps work batch by batch and global steps
+(dedup, mining) can consume the whole stream first. Its counters go into the manifest.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+Stream = Iterator[tuple[str, pa.Table]]
+
+
+class StepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+@dataclass
+class StepContext:
+    """What a step may need besides its config: where the recipe lives and where output goes."""
+
+    base_dir: Path
+    out_dir: Path
+    work_dir: Path  # scratch space inside the staging folder
+
+
+class Step:
+    name: ClassVar[str]
+    Config: ClassVar[type[StepConfig]]
+
+    def __init__(self, config: StepConfig, ctx: StepContext):
+        self.config = config
+        self.ctx = ctx
+        self.dropped: Counter[str] = Counter()
+        self.kept = 0
+
+    def run(self, stream: Stream) -> Stream:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """Counters for the manifest."""
+        return {"kept": self.kept, "dropped": dict(self.dropped)}
+
+
+STEPS: dict[str, type[Step]] = {}
+
+
+def register(cls: type[Step]) -> type[Step]:
+    STEPS[cls.name] = cls
+    return cls
+
+
+def step_config(raw: dict[str, Any]) -> StepConfig:
+    """Validate one recipe step; KeyError for an unknown type, ValidationError for bad keys."""
+    kind = raw.get("type")
+    if kind not in STEPS:
+        raise KeyError(f"unknown step type {kind!r}; known: {', '.join(sorted(STEPS))}")
+    return STEPS[kind].Config.model_validate(raw)
+
+
+def make_step(raw: dict[str, Any], ctx: StepContext) -> Step:
+    config = step_config(raw)
+    return STEPS[config.type](config, ctx)
+
+
+from datakit.steps import filter as _filter  # noqa: E402,F401  (registers the built-in steps)

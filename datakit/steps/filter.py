@@ -1,0 +1,67 @@
+"""`filter`: drop records whose texts are too short or too long (in characters or words)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datakit.steps import Step, StepConfig, Stream, register
+
+_DEFAULT_FIELDS = {"retrieval": ["query", "positive"], "pair": ["text_a", "text_b"], "classification": ["text"]}
+
+
+class FilterConfig(StepConfig):
+    type: Literal["filter"] = "filter"
+    kinds: list[Literal["retrieval", "pair", "classification"]] | None = None  # default: all
+    fields: list[str] | None = None  # default: the kind's texts (query+positive, text_a+text_b, text)
+    min_chars: int = 1
+    max_chars: int | None = None
+    min_words: int | None = None
+    max_words: int | None = None
+    drop_identical: bool = True  # retrieval: query == positive
+
+
+@register
+class Filter(Step):
+    name = "filter"
+    Config = FilterConfig
+    config: FilterConfig
+
+    def run(self, stream: Stream) -> Stream:
+        for kind, table in stream:
+            if self.config.kinds is None or kind in self.config.kinds:
+                table = self._filter(kind, table)
+            self.kept += table.num_rows
+            if table.num_rows:
+                yield kind, table
+
+    def _filter(self, kind: str, table: pa.Table) -> pa.Table:
+        cfg = self.config
+        drop = pa.array([False] * table.num_rows)
+        reasons: list[tuple[pa.Array, str]] = []
+        for name in cfg.fields or _DEFAULT_FIELDS[kind]:
+            if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
+                continue
+            col = pc.utf8_trim_whitespace(table.column(name).combine_chunks())
+            chars = pc.utf8_length(col)
+            words = pc.count_substring_regex(col, r"\S+") if cfg.min_words or cfg.max_words else None
+            if cfg.min_chars:
+                reasons.append((pc.less(chars, cfg.min_chars), f"too_short:{name}"))
+            if cfg.max_chars is not None:
+                reasons.append((pc.greater(chars, cfg.max_chars), f"too_long:{name}"))
+            if cfg.min_words is not None and words is not None:
+                reasons.append((pc.less(words, cfg.min_words), f"too_short:{name}"))
+            if cfg.max_words is not None and words is not None:
+                reasons.append((pc.greater(words, cfg.max_words), f"too_long:{name}"))
+        if kind == "retrieval" and cfg.drop_identical:
+            same = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(table.column("query").combine_chunks())),
+                            pc.utf8_lower(pc.utf8_trim_whitespace(table.column("positive").combine_chunks())))
+            reasons.append((same, "query_equals_positive"))
+        for mask, reason in reasons:  # the first failing check names the reason
+            new = pc.and_(mask, pc.invert(drop))
+            n = pc.sum(new).as_py() or 0
+            if n:
+                self.dropped[reason] += n
+            drop = pc.or_(drop, mask)
+        return table.filter(pc.invert(drop))

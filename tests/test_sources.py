@@ -1,0 +1,147 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datakit.recipe import SourceConfig
+from datakit.sources import ColumnSpec, SourceError, read_source
+from tests.conftest import write
+
+
+def _read(tmp_path, cols=("a", "b"), optional=(), batch_rows=50_000, **src):
+    src.setdefault("adapter", "qa")
+    cfg = SourceConfig(name="s", **src)
+    chunks = list(read_source(cfg, tmp_path, ColumnSpec(list(cols), set(optional)), batch_rows))
+    rows = [r for c in chunks for r in c.table.to_pylist()]
+    idx = [i for c in chunks for i in c.rows.to_pylist()]
+    bad = [q for c in chunks for q in c.quarantine]
+    return rows, idx, bad, chunks
+
+
+def test_jsonl_fast_path_projects_columns_and_numbers_rows(tmp_path):
+    write(tmp_path / "x.jsonl", "".join(json.dumps({"a": f"q{i}", "b": f"p{i}", "extra": i}) + "\n" for i in range(10)))
+    rows, idx, bad, _ = _read(tmp_path, path="x.jsonl")
+    assert rows[3] == {"a": "q3", "b": "p3"} and idx == list(range(10)) and bad == []
+
+
+def test_jsonl_bad_lines_are_quarantined_with_line_numbers(tmp_path):
+    content = (b'{"a": "ok0", "b": "x"}\n'
+               b'{"a": "broken\n'
+               b'\n'
+               b'{"a": "bad utf8 \xff", "b": "x"}\n'
+               b'[1, 2]\n'
+               b'{"a": 5, "b": "x"}\n'
+               b'{"a": "ok6", "b": "x"}\n'
+               b'{"a": "ok7", "b": "x"}')  # no final newline
+    write(tmp_path / "x.jsonl", content)
+    rows, idx, bad, _ = _read(tmp_path, path="x.jsonl")
+    assert [r["a"] for r in rows] == ["ok0", "ok6", "ok7"]
+    assert idx == [0, 6, 7]
+    got = {(q["row"], q["reason"], q["field"]) for q in bad}
+    assert got == {(1, "bad_json", ""), (3, "bad_utf8", ""), (4, "bad_json", ""), (5, "wrong_type", "a")}
+    assert all(q["file"] == "x.jsonl" for q in bad)
+    assert "line 2" in next(q["detail"] for q in bad if q["row"] == 1)
+
+
+def test_jsonl_gzip_and_small_batches(tmp_path):
+    lines = "".join(json.dumps({"a": f"q{i}", "b": "p"}) + "\n" for i in range(25))
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    rows, idx, _, chunks = _read(tmp_path, path="x.jsonl.gz", batch_rows=10)
+    assert [c.table.num_rows for c in chunks] == [10, 10, 5]
+    assert idx == list(range(25)) and rows[-1]["a"] == "q24"
+
+
+def test_globs_and_folders_continue_row_numbers_across_files(tmp_path):
+    write(tmp_path / "d/part1.jsonl", '{"a": "1", "b": "x"}\n{"a": "2", "b": "x"}\n')
+    write(tmp_path / "d/part2.jsonl", '{"a": "3", "b": "x"}\n')
+    write(tmp_path / "d/notes.txt", "ignored: unknown extension\n")
+    rows, idx, _, chunks = _read(tmp_path, path="d")
+    assert [r["a"] for r in rows] == ["1", "2", "3"] and idx == [0, 1, 2]
+    assert [c.file for c in chunks] == ["d/part1.jsonl", "d/part2.jsonl"]
+    rows, idx, _, _ = _read(tmp_path, path="d/*.jsonl")
+    assert idx == [0, 1, 2]
+    with pytest.raises(SourceError, match="no input file matches"):
+        _read(tmp_path, path="nothing/*.jsonl")
+
+
+def test_csv_quotes_newlines_malformed_rows_and_bad_bytes(tmp_path):
+    content = ('a,b\n'
+               '"multi\nline",x\n'
+               'only_one_field\n'
+               '"with ""quotes""",y\n').encode() + b'bad \xff byte,z\n' + b'last,w\n'
+    write(tmp_path / "x.csv", content)
+    rows, idx, bad, _ = _read(tmp_path, path="x.csv")
+    assert [r["a"] for r in rows] == ["multi\nline", 'with "quotes"', "last"]
+    assert idx == [0, 1, 3]
+    assert {(q["reason"], q["field"]) for q in bad} == {("malformed_row", ""), ("bad_utf8", "a")}
+    assert next(q for q in bad if q["reason"] == "bad_utf8")["row"] == 2
+
+
+def test_tsv_without_header_and_quotes(tmp_path):
+    write(tmp_path / "x.tsv", 'He said "hi\tok\nextra\tfields\there\n')
+    rows, _, bad, _ = _read(tmp_path, cols=("s1", "s2"), path="x.tsv",
+                            csv={"header": False, "column_names": ["s1", "s2"], "quote_char": False})
+    assert rows == [{"s1": 'He said "hi', "s2": "ok"}]
+    assert [q["reason"] for q in bad] == ["malformed_row"]
+    write(tmp_path / "y.tsv", "s1\ts2\nhello\tworld\n")
+    rows, *_ = _read(tmp_path, cols=("s1", "s2"), path="y.tsv")
+    assert rows == [{"s1": "hello", "s2": "world"}]
+
+
+def test_csv_keeps_strings_as_written(tmp_path):
+    """No type guessing: a numeric-looking column stays text, so a later block cannot contradict it."""
+    write(tmp_path / "x.csv", "a,b\n001,1.50\n")
+    rows, *_ = _read(tmp_path, path="x.csv")
+    assert rows == [{"a": "001", "b": "1.50"}]
+
+
+def test_missing_required_column_is_a_clear_error_and_optional_reads_null(tmp_path):
+    write(tmp_path / "x.csv", "a,c\n1,2\n")
+    with pytest.raises(SourceError, match=r"x.csv: no column 'b' \(columns: a, c\)"):
+        _read(tmp_path, path="x.csv")
+    rows, *_ = _read(tmp_path, path="x.csv", optional=("b",))
+    assert rows == [{"a": "1", "b": None}]
+
+
+def test_parquet(tmp_path):
+    pq.write_table(pa.table({"a": ["x", "y", "z"], "b": ["1", "2", "3"], "c": [1, 2, 3]}), tmp_path / "x.parquet")
+    rows, idx, _, chunks = _read(tmp_path, path="x.parquet", batch_rows=2)
+    assert [r["a"] for r in rows] == ["x", "y", "z"] and idx == [0, 1, 2] and len(chunks) == 2
+    assert chunks[0].table.column_names == ["a", "b"]
+
+
+def test_hf_dataset_saved_to_disk_and_local_data_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"a": ["t1", "t2"], "b": ["x", "y"]}),
+        "test": datasets.Dataset.from_dict({"a": ["e1"], "b": ["z"]}),
+    })
+    dd.save_to_disk(str(tmp_path / "saved"))
+    rows, idx, _, _ = _read(tmp_path, hf={"path": "saved", "split": "test"})
+    assert rows == [{"a": "e1", "b": "z"}] and idx == [0]
+    with pytest.raises(SourceError, match="no split 'dev'"):
+        _read(tmp_path, hf={"path": "saved", "split": "dev"})
+
+    write(tmp_path / "folder/train.jsonl", '{"a": "f1", "b": "x"}\n{"a": "f2", "b": "y"}\n')
+    rows, *_ = _read(tmp_path, hf={"path": "folder", "split": "train"})
+    assert [r["a"] for r in rows] == ["f1", "f2"]
+    rows, *_ = _read(tmp_path, hf={"path": "folder", "split": "train", "streaming": True})
+    assert [r["a"] for r in rows] == ["f1", "f2"]
+
+
+def test_duckdb_sql_over_local_files(tmp_path):
+    write(tmp_path / "x.csv", "a,b,keep\nq1,p1,1\nq2,p2,0\nq3,p3,1\n")
+    rows, idx, _, _ = _read(tmp_path, sql="SELECT a, b FROM read_csv('x.csv') WHERE keep = 1 ORDER BY a")
+    assert rows == [{"a": "q1", "b": "p1"}, {"a": "q3", "b": "p3"}] and idx == [0, 1]
+    with pytest.raises(SourceError, match="sql"):
+        _read(tmp_path, sql="SELECT a FROM read_csv('x.csv')")
+    with pytest.raises(SourceError, match="sql source failed"):
+        _read(tmp_path, sql="SELECT * FROM no_such_table")
+
+
+def test_limit(tmp_path):
+    write(tmp_path / "x.jsonl", "".join(json.dumps({"a": str(i), "b": "p"}) + "\n" for i in range(20)))
+    rows, *_ = _read(tmp_path, path="x.jsonl", limit=7, batch_rows=5)
+    assert [r["a"] for r in rows] == [str(i) for i in range(7)]
