@@ -60,7 +60,9 @@ class Problems:
 
     def good(self) -> pa.Array:
         """Positions of rows without problems."""
-        return pa.array([i for i in range(self.n) if i not in self.entries], pa.int64())
+        keep = np.ones(self.n, dtype=bool)
+        keep[list(self.entries)] = False
+        return pa.array(np.nonzero(keep)[0], pa.int64())
 
 
 class NoOptions(BaseModel):
@@ -197,7 +199,7 @@ def extract(col: pa.ChunkedArray, kind: RoleType, name: str, problems: Problems)
                 return arr.cast(pa.list_(pa.string()))
             return _text_list(arr, name, problems)
         single = extract(arr, "label", name, problems)
-        return pa.ListArray.from_arrays(pa.array(range(len(single) + 1), pa.int32()), single,
+        return pa.ListArray.from_arrays(pa.array(np.arange(len(single) + 1, dtype=np.int32)), single,
                                         mask=pc.is_null(single))
     if kind == "messages":
         return _messages(arr, name, problems)
@@ -294,6 +296,10 @@ def _origins(negatives: pa.Array, origin: str) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array([origin] * int(offsets[-1]), pa.string()))
 
 
+def _positions(n: int) -> pa.Array:
+    return pa.array(np.arange(n, dtype=np.int64))
+
+
 def _lengths(values: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -308,7 +314,7 @@ def _explode(values: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
 
 
 def _pairs(cols_a: pa.Array, cols_b: pa.Array, score: pa.Array, label: pa.Array, n: int, both: bool) -> list[RecordSet]:
-    pos = pa.array(range(n), pa.int64())
+    pos = _positions(n)
     sets = [RecordSet("pair", {"text_a": cols_a, "text_b": cols_b, "score": score, "label": label}, pos,
                       "ab" if both else "", "order=ab" if both else "")]
     if both:
@@ -326,7 +332,7 @@ class TitleBody(Adapter):
     defaults = {"query": "title", "positive": "body"}
 
     def build(self, cols, n):
-        return [RecordSet("retrieval", {"query": cols["query"], "positive": cols["positive"]}, pa.array(range(n)))]
+        return [RecordSet("retrieval", {"query": cols["query"], "positive": cols["positive"]}, _positions(n))]
 
 
 class QA(Adapter):
@@ -345,7 +351,7 @@ class QA(Adapter):
             query, positive = pc.struct_field(m, "query"), pc.struct_field(m, "answer")
         else:
             query, positive = cols["query"], cols["positive"]
-        return [RecordSet("retrieval", {"query": query, "positive": positive}, pa.array(range(n)))]
+        return [RecordSet("retrieval", {"query": query, "positive": positive}, _positions(n))]
 
 
 class ReadingOptions(NoOptions):
@@ -364,7 +370,7 @@ class ReadingComprehension(Adapter):
         ctx, q = cols["context"].to_pylist(), cols["question"].to_pylist()
         tpl = self.options.template
         query = pa.array([tpl.format(context=c, question=x) for c, x in zip(ctx, q)], pa.string())
-        return [RecordSet("retrieval", {"query": query, "positive": cols["positive"]}, pa.array(range(n)))]
+        return [RecordSet("retrieval", {"query": query, "positive": cols["positive"]}, _positions(n))]
 
 
 class Retrieval(Adapter):
@@ -492,7 +498,7 @@ class Classification(Adapter):
         if self.options.label_names:
             names = self.options.label_names
             label = pa.array([names.get(v, v) for v in label.to_pylist()], pa.string())
-        return [RecordSet("classification", {"text": cols["text"], "label": label}, pa.array(range(n)))]
+        return [RecordSet("classification", {"text": cols["text"], "label": label}, _positions(n))]
 
 
 class Clustering(Classification):

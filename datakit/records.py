@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -95,6 +96,11 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+def blank(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """True where a string is empty or only whitespace (no copy of the strings)."""
+    return pc.or_(pc.equal(pc.binary_length(col), 0), pc.utf8_is_space(col))
+
+
 class RecordError(ValueError):
     """A table does not conform to a record schema."""
 
@@ -158,11 +164,11 @@ def validate(kind: str, table: pa.Table) -> tuple[pa.Table, Rejected]:
         bad = pc.or_(bad, mask)
 
     for name in ("id", "dataset"):
-        mark(pc.equal(pc.utf8_length(table.column(name)), 0), name, "empty_text")
+        mark(pc.equal(pc.binary_length(table.column(name)), 0), name, "empty_text")
     for name in TEXT_FIELDS[kind]:
         col = table.column(name)
         mark(pc.is_null(col), name, "missing_field")
-        mark(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), name, "empty_text")
+        mark(blank(col), name, "empty_text")
     if kind == "pair":
         score = table.column("score")
         mark(pc.is_null(score), "score", "missing_field")
@@ -175,7 +181,7 @@ def validate(kind: str, table: pa.Table) -> tuple[pa.Table, Rejected]:
         flat = pc.list_flatten(negs)
         if len(flat):
             parent = pc.list_parent_indices(negs)
-            empty_neg = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(flat)), 0)
+            empty_neg = blank(flat)
             rows = pc.unique(pc.filter(parent, pc.fill_null(empty_neg, True))).to_pylist()
             mask = [False] * n
             for r in rows:
@@ -221,7 +227,7 @@ def lineage_array(
         [_const(step, n), _const(model, n), _const(prompt_id, n), _const(detail, n)],
         fields=list(LINEAGE_EVENT),
     )
-    events = pa.ListArray.from_arrays(pa.array(range(n + 1), pa.int32()), event, type=pa.list_(LINEAGE_EVENT))
+    events = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), event, type=pa.list_(LINEAGE_EVENT))
     return pa.StructArray.from_arrays(
         [_const(source, n), _const(file, n), rows, _const(parent_ids or "", n), events],
         fields=list(LINEAGE),

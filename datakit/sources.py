@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -135,6 +136,10 @@ def _read_files(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows:
             offset += yield from _read_parquet(path, shown, need, batch_rows, offset)
 
 
+def _row_range(start: int, n: int) -> pa.Array:
+    return pa.array(np.arange(start, start + n, dtype=np.int64))
+
+
 def project(table: pa.Table, columns: list[str]) -> pa.Table:
     """Select `columns` in order; absent ones become all-null columns."""
     arrays = [table.column(c) if c in table.column_names else pa.nulls(table.num_rows) for c in columns]
@@ -162,11 +167,11 @@ def _read_jsonl(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offse
                 break
             if not block.endswith(b"\n"):
                 block += fh.readline()
-            table, rows, bad = _parse_jsonl_block(block, line_no, shown, need)
+            table, rows, bad, n_lines = _parse_jsonl_block(block, line_no, shown, need)
             rows = pc.add(rows, offset)
             for q in bad:
                 q["row"] += offset
-            line_no += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            line_no += n_lines
             for start in range(0, max(table.num_rows, 1), batch_rows):
                 yield Chunk(table.slice(start, batch_rows), shown, rows.slice(start, batch_rows),
                             bad if start == 0 else [])
@@ -174,17 +179,19 @@ def _read_jsonl(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offse
 
 
 def _parse_jsonl_block(block: bytes, first_line: int, shown: str, need: ColumnSpec):
-    lines = block.rstrip(b"\n").split(b"\n")
-    if all(line.strip() for line in lines):  # blank lines would shift pyarrow's row numbers
+    body = block[:-1] if block.endswith(b"\n") else block
+    n_lines = body.count(b"\n") + 1
+    if body:
         try:
-            table = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(block_size=len(block) + 1))
-            if table.num_rows == len(lines):
+            # 1 MiB parse blocks run on every core; a row longer than that fails and takes the slow path
+            table = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(block_size=1 << 20))
+            if table.num_rows == n_lines:  # pyarrow skips blank lines: then row numbers would shift
                 table = project(table, need.names)
                 table.validate(full=True)  # catches invalid UTF-8, which the parser lets through
-                return table, pa.array(range(first_line, first_line + len(lines)), pa.int64()), []
+                return table, _row_range(first_line, n_lines), [], n_lines
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
-    return _parse_jsonl_lines(block, first_line, shown, need)
+    return (*_parse_jsonl_lines(block, first_line, shown, need), n_lines)
 
 
 def _parse_jsonl_lines(block: bytes, first_line: int, shown: str, need: ColumnSpec):
@@ -340,7 +347,7 @@ def _read_parquet(path: Path, shown: str, need: ColumnSpec, batch_rows: int, off
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
         start = offset + seen
         table = project(pa.Table.from_batches([batch]), need.names)
-        yield Chunk(table, shown, pa.array(range(start, start + batch.num_rows), pa.int64()))
+        yield Chunk(table, shown, _row_range(start, batch.num_rows))
         seen += batch.num_rows
     return seen
 
@@ -371,12 +378,12 @@ def _read_hf(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: in
     if isinstance(ds, datasets.IterableDataset):
         for batch in ds.iter(batch_size=batch_rows):
             table = project(pa.Table.from_pydict(batch), need.names)
-            yield Chunk(table, shown, pa.array(range(seen, seen + table.num_rows), pa.int64()))
+            yield Chunk(table, shown, _row_range(seen, table.num_rows))
             seen += table.num_rows
     else:
         for table in ds.with_format("arrow").iter(batch_size=batch_rows):
             table = project(table, need.names)
-            yield Chunk(table, shown, pa.array(range(seen, seen + table.num_rows), pa.int64()))
+            yield Chunk(table, shown, _row_range(seen, table.num_rows))
             seen += table.num_rows
 
 
@@ -397,6 +404,6 @@ def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> It
     seen = 0
     for batch in reader:
         table = project(pa.Table.from_batches([batch]), need.names)
-        yield Chunk(table, "sql", pa.array(range(seen, seen + table.num_rows), pa.int64()))
+        yield Chunk(table, "sql", _row_range(seen, table.num_rows))
         seen += table.num_rows
     con.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,30 +39,42 @@ class Filter(Step):
 
     def _filter(self, kind: str, table: pa.Table) -> pa.Table:
         cfg = self.config
-        drop = pa.array([False] * table.num_rows)
-        reasons: list[tuple[pa.Array, str]] = []
+        checks: list[tuple[pa.Array, str]] = []
         for name in cfg.fields or _DEFAULT_FIELDS[kind]:
             if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
                 continue
-            col = pc.utf8_trim_whitespace(table.column(name).combine_chunks())
+            col = table.column(name).combine_chunks()
             chars = pc.utf8_length(col)
-            words = pc.count_substring_regex(col, r"\S+") if cfg.min_words or cfg.max_words else None
             if cfg.min_chars:
-                reasons.append((pc.less(chars, cfg.min_chars), f"too_short:{name}"))
+                checks.append((pc.less(chars, cfg.min_chars), f"too_short:{name}"))
             if cfg.max_chars is not None:
-                reasons.append((pc.greater(chars, cfg.max_chars), f"too_long:{name}"))
-            if cfg.min_words is not None and words is not None:
-                reasons.append((pc.less(words, cfg.min_words), f"too_short:{name}"))
-            if cfg.max_words is not None and words is not None:
-                reasons.append((pc.greater(words, cfg.max_words), f"too_long:{name}"))
+                checks.append((pc.greater(chars, cfg.max_chars), f"too_long:{name}"))
+            if cfg.min_words is not None or cfg.max_words is not None:
+                words = pc.count_substring_regex(col, r"\S+")
+                if cfg.min_words is not None:
+                    checks.append((pc.less(words, cfg.min_words), f"too_short:{name}"))
+                if cfg.max_words is not None:
+                    checks.append((pc.greater(words, cfg.max_words), f"too_long:{name}"))
         if kind == "retrieval" and cfg.drop_identical:
-            same = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(table.column("query").combine_chunks())),
-                            pc.utf8_lower(pc.utf8_trim_whitespace(table.column("positive").combine_chunks())))
-            reasons.append((same, "query_equals_positive"))
-        for mask, reason in reasons:  # the first failing check names the reason
+            checks.append((_same_text(table.column("query"), table.column("positive")), "query_equals_positive"))
+        drop = pa.array(np.zeros(table.num_rows, dtype=bool))
+        for mask, reason in checks:  # the first failing check names the reason
             new = pc.and_(mask, pc.invert(drop))
             n = pc.sum(new).as_py() or 0
             if n:
                 self.dropped[reason] += n
             drop = pc.or_(drop, mask)
         return table.filter(pc.invert(drop))
+
+
+def _same_text(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.Array:
+    """Equal ignoring case and surrounding whitespace; strings are only copied where lengths are close."""
+    a, b = a.combine_chunks(), b.combine_chunks()
+    close = pc.less_equal(pc.abs(pc.subtract(pc.binary_length(a), pc.binary_length(b))), 8)
+    out = np.zeros(len(a), dtype=bool)
+    idx = pc.indices_nonzero(close)
+    if len(idx):
+        norm_a = pc.utf8_lower(pc.utf8_trim_whitespace(a.take(idx)))
+        norm_b = pc.utf8_lower(pc.utf8_trim_whitespace(b.take(idx)))
+        out[idx.to_numpy()] = pc.equal(norm_a, norm_b).to_numpy(zero_copy_only=False)
+    return pa.array(out)

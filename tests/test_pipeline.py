@@ -1,0 +1,151 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from datakit import records
+from datakit.audit import connect
+from datakit.pipeline import DataError, build
+from datakit.recipe import load_recipe
+from datakit.shards import read_manifest, read_shards, sha256_file, shard_files
+from tests.conftest import ROOT, build_yaml, write
+
+DEMO = ROOT / "recipes" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    build(load_recipe(DEMO), out)
+    return out
+
+
+def test_demo_counts_quarantine_and_manifest(demo_out):
+    m = read_manifest(demo_out)
+    assert set(m["counts"]) == {"retrieval", "pair", "classification"}
+    assert m["counts"]["pair"]["sts"] == 24  # 12 good pairs, both orders
+    assert m["counts"]["retrieval"]["nli"] == 6  # one triplet per premise
+    assert m["quarantined"]["n"] == len(read_shards(demo_out, "quarantine"))
+    assert m["quarantined"]["by_dataset"]["articles"] == {"bad_json": 1, "wrong_type": 1, "empty_text": 1}
+    assert m["recipe"]["name"] == "demo" and len(m["recipe"]["sha256"]) == 64
+    assert {"pyarrow", "duckdb", "embedkit", "python"} <= set(m["versions"])
+    assert m["inputs"]["articles"]["files"][0]["path"].endswith("articles.jsonl")
+    assert "0:filter" in m["dropped"] and m["steps"][0]["type"] == "filter"
+    for shard in m["shards"]:
+        path = demo_out / shard["file"]
+        assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
+    total = {k: sum(v.values()) for k, v in m["counts"].items()}
+    for kind, n in total.items():
+        assert sum(s["rows"] for s in m["shards"] if s["kind"] == kind) == n
+
+
+def test_shards_round_trip_through_pyarrow_datasets_and_duckdb(demo_out):
+    import datasets
+
+    for kind in records.KINDS:
+        table = read_shards(demo_out, kind)
+        assert table.schema.equals(records.schema(kind))
+        records.validate(kind, table)  # conforms
+        [path] = shard_files(demo_out, kind)
+        ds = datasets.Dataset.from_file(str(path))
+        assert ds.num_rows == table.num_rows and ds[0]["id"] == table.column("id")[0].as_py()
+    con = connect(demo_out)
+    n = con.execute("SELECT count(*) FROM retrieval WHERE len(negatives) > 0").fetchone()[0]
+    assert n == read_shards(demo_out, "retrieval").to_pandas()["negatives"].map(len).gt(0).sum()
+    rows = con.execute("SELECT dataset, count(*) FROM pair GROUP BY dataset ORDER BY 1").fetchall()
+    assert rows == [("nli", 36), ("sts", 24)]
+    assert con.execute("SELECT lineage.events[1].step FROM classification WHERE dataset='topics' LIMIT 1").fetchone() \
+        == ("adapter:classification",)
+    # DuckDB can also scan the shard files directly through pyarrow
+    pair_shard = pa.ipc.open_stream(pa.memory_map(str(shard_files(demo_out, "pair")[0]))).read_all()
+    assert duckdb.sql("SELECT count(*) FROM pair_shard").fetchall() == [(60,)]
+
+
+def test_shard_rows_split_and_up_to_date_skip(tmp_path):
+    write(tmp_path / "in.jsonl", "".join(json.dumps({"title": f"t{i}", "body": f"b{i}"}) + "\n" for i in range(25)))
+    recipe = """
+        name: split
+        sources: [{name: s, path: in.jsonl, adapter: title_body}]
+        output: {shard_rows: 10}
+    """
+    first = build_yaml(tmp_path, recipe)
+    assert [s["rows"] for s in first.manifest["shards"]] == [10, 10, 5]
+    assert read_shards(first.out_dir, "retrieval").column("id").to_pylist() == [f"s:{i}" for i in range(25)]
+    again = build_yaml(tmp_path, recipe)
+    assert again.skipped and again.manifest["created"] == first.manifest["created"]
+    forced = build_yaml(tmp_path, recipe, force=True)
+    assert not forced.skipped
+    time.sleep(0.01)
+    with open(tmp_path / "in.jsonl", "a") as fh:
+        fh.write(json.dumps({"title": "new", "body": "row"}) + "\n")
+    changed = build_yaml(tmp_path, recipe)
+    assert not changed.skipped and changed.manifest["counts"]["retrieval"]["s"] == 26
+    assert [s["rows"] for s in changed.manifest["shards"]] == [10, 10, 6]
+
+
+def test_strict_names_file_row_and_field_and_keeps_previous_output(tmp_path):
+    write(tmp_path / "in.jsonl", '{"title": "t", "body": "b"}\n')
+    recipe = "name: s\nsources: [{name: s, path: in.jsonl, adapter: title_body}]\n"
+    good = build_yaml(tmp_path, recipe)
+    write(tmp_path / "in.jsonl", '{"title": "t", "body": "b"}\n{"title": "t2", "body": "  "}\n')
+    with pytest.raises(DataError, match=r"in.jsonl, row 1, field body: empty_text"):
+        build_yaml(tmp_path, recipe, strict=True)
+    assert read_manifest(good.out_dir)["created"] == good.manifest["created"]
+    assert len(read_shards(good.out_dir, "retrieval")) == 1
+    assert not list(good.out_dir.glob(".staging-*"))
+    lenient = build_yaml(tmp_path, recipe)
+    assert lenient.manifest["quarantined"]["n"] == 1
+
+
+def test_filter_step_counts_drops(tmp_path):
+    rows = [{"title": "ok title", "body": "a long enough body"}, {"title": "x", "body": "short title"},
+            {"title": "same", "body": "Same"}, {"title": "long body", "body": "y" * 50}]
+    write(tmp_path / "in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    result = build_yaml(tmp_path, """
+        name: f
+        sources: [{name: s, path: in.jsonl, adapter: title_body}]
+        steps:
+          - {type: filter, min_chars: 2, max_chars: 40}
+    """)
+    assert result.manifest["counts"]["retrieval"]["s"] == 1
+    assert result.manifest["dropped"]["0:filter"] == {"too_short:query": 1, "query_equals_positive": 1,
+                                                      "too_long:positive": 1}
+    assert result.manifest["steps"][0]["report"]["kept"] == 1
+
+
+KILL_SCRIPT = """
+import sys
+from datakit.pipeline import build
+from datakit.recipe import load_recipe
+build(load_recipe(sys.argv[1]), sys.argv[2], batch_rows=2000)
+"""
+
+
+def test_killed_build_leaves_no_shard_that_looks_whole(tmp_path):
+    body = "x" * 200
+    write(tmp_path / "in.jsonl", "".join(json.dumps({"title": f"t{i}", "body": body}) + "\n" for i in range(300_000)))
+    write(tmp_path / "r.yaml", "name: k\nsources: [{name: s, path: in.jsonl, adapter: title_body}]\n"
+                               "output: {shard_rows: 2000}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "r.yaml"), str(out)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".staging-*/retrieval/part-*.arrow")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be killed; make the input larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("retrieval/*.arrow"))  # nothing outside staging looks like output
+    for part in out.glob(".staging-*/retrieval/part-*.arrow"):  # every renamed shard is whole
+        assert len(pa.ipc.open_stream(pa.memory_map(str(part))).read_all()) == 2000
+    result = build(load_recipe(tmp_path / "r.yaml"), out, batch_rows=50_000)
+    assert result.manifest["counts"]["retrieval"]["s"] == 300_000
+    assert not list(out.glob(".staging-*"))
