@@ -41,6 +41,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
+    from datakit.benchmarks import PackError
     from datakit.pipeline import DataError, build as run_build
     from datakit.sources import SourceError
 
@@ -56,7 +57,7 @@ def build(
 
         try:
             result = run_build(loaded, out, strict=strict or None, force=force, progress=progress)
-        except (DataError, SourceError) as exc:
+        except (DataError, SourceError, PackError) as exc:
             _fail(f"{exc}\nnothing was written; the previous output in {out} (if any) is unchanged")
     if result.skipped:
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
@@ -128,6 +129,87 @@ def sql(
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
+
+
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark packs for decontamination.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("build")
+def bench_build(
+    out: Path = typer.Option(..., "--out", "-o", help="pack folder to write"),
+    from_files: Optional[list[Path]] = typer.Option(None, "--from-files", help="benchmark files or folders (each a task; BEIR folders too)"),
+    mteb_benchmark: Optional[str] = typer.Option(None, "--mteb", help='an MTEB benchmark, e.g. "MTEB(eng, v2)" (network)'),
+    cmteb: bool = typer.Option(False, "--cmteb", help="the Chinese benchmark (C-MTEB); network"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated task names to keep"),
+    no_corpus: bool = typer.Option(False, "--no-corpus", help="leave retrieval corpora out (they are large)"),
+    fields: Optional[str] = typer.Option(None, "--fields", help="text columns of the files (default: detected)"),
+) -> None:
+    """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
+    from datakit.benchmarks import PackError, build_pack, texts_from_files, texts_from_mteb
+
+    task_list = [t.strip() for t in tasks.split(",")] if tasks else None
+    try:
+        if from_files:
+            items = texts_from_files(from_files, corpus=not no_corpus,
+                                     fields=[f.strip() for f in fields.split(",")] if fields else None)
+            if task_list:
+                items = (it for it in items if it[0] in task_list)
+        elif mteb_benchmark or cmteb or task_list:
+            items = texts_from_mteb(mteb_benchmark or ("C-MTEB" if cmteb else None), task_list, corpus=not no_corpus)
+        else:
+            _fail("give --from-files, --mteb, --cmteb or --tasks")
+        meta = build_pack(items, out)
+    except PackError as exc:
+        _fail(str(exc))
+    table = Table("task", "split", "texts")
+    for task, splits in meta["tasks"].items():
+        for split, n in splits.items():
+            table.add_row(task, split, f"{n:,}")
+    console.print(table)
+    console.print(f"[bold green]pack:[/] {out} ({meta['n_texts']:,} texts)")
+
+
+def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
+    from datakit.pipeline import apply_steps
+
+    try:
+        result = apply_steps(in_dir, out, [step])
+    except (FileNotFoundError, ValueError) as exc:  # no manifest, bad pack, bad step option
+        _fail(str(exc))
+    _summary(result.manifest)
+    console.print(f"[bold green]output:[/] {out.resolve()}")
+
+
+@app.command()
+def dedup(
+    in_dir: Path = typer.Argument(..., help="output folder of a build"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    method: str = typer.Option("minhash", help="exact | minhash"),
+    threshold: float = typer.Option(0.8, help="Jaccard threshold for near duplicates"),
+    ngram: int = typer.Option(3, help="word n-gram size of the shingles"),
+    keep: str = typer.Option("first", help="first | longest"),
+) -> None:
+    """Remove exact and near-duplicate records from an existing shard folder."""
+    _apply(in_dir, out, {"type": "dedup", "method": method, "threshold": threshold, "ngram": ngram, "keep": keep})
+
+
+@app.command()
+def decontaminate(
+    in_dir: Path = typer.Argument(..., help="output folder of a build"),
+    bench: list[Path] = typer.Option(..., "--bench", help="benchmark pack folder (repeatable)"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    threshold: float = typer.Option(0.8, help="MinHash Jaccard threshold"),
+    action: str = typer.Option("drop", help="drop | flag"),
+) -> None:
+    """Find (and drop or flag) records that overlap benchmark test sets; writes OUT/contamination.json."""
+    _apply(in_dir, out, {"type": "decontaminate", "packs": [str(p.resolve()) for p in bench],
+                         "threshold": threshold, "action": action})
+    from datakit.shards import read_manifest
+
+    c = read_manifest(out).get("contamination", {})
+    console.print(f"contaminated: {c.get('contaminated', 0):,} of {c.get('records_checked', 0):,} records; "
+                  f"report: {out / 'contamination.json'}")
 
 
 def _json_default(v: Any) -> Any:

@@ -7,7 +7,9 @@ when it is complete: a crash or a kill never damages the previous output, and
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata as md
+import json
 import platform
 import shutil
 import time
@@ -21,11 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit.adapters import make_adapter
-from datakit.recipe import LoadedRecipe, SourceConfig
-from datakit.records import QUARANTINE_SCHEMA
-from datakit.shards import MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, write_json_atomic
+from datakit.recipe import LoadedRecipe, OutputConfig, SourceConfig
+from datakit.records import KINDS, QUARANTINE_SCHEMA
+from datakit.shards import (MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, read_shards, sha256_file, shard_files,
+                            write_json_atomic)
 from datakit.sources import read_source, resolve_files
-from datakit.steps import Step, StepContext, make_step
+from datakit.steps import Step, StepContext, make_step, step_config
 
 MANIFEST_FORMAT = 1
 _VERSIONED = ("embedkit", "pyarrow", "duckdb", "datasets", "pydantic", "litellm", "sentence-transformers",
@@ -100,6 +103,54 @@ def build(
     if not force and (old := _up_to_date(out_dir, recipe_sha, inputs)) is not None:
         return BuildResult(out_dir, old, skipped=True)
 
+    head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
+
+    def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
+        return _records(loaded, writer, tally, strict, progress, batch_rows)
+
+    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head)
+
+
+def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
+                base_dir: Path | None = None, shard_rows: int = 50_000) -> BuildResult:
+    """Run steps over the shards of an earlier build (e.g. `datakit dedup IN --out OUT`).
+
+    The input's quarantine is carried over; the new manifest names the input build as its parent.
+    """
+    in_dir = Path(in_dir)
+    parent = read_manifest(in_dir)
+    for raw in steps:
+        step_config(raw)  # fail before any work on a bad step
+    blob = json.dumps({"parent": parent["recipe"]["sha256"], "steps": steps}, sort_keys=True)
+    head = {
+        "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(s["type"] for s in steps),
+                   "sha256": hashlib.sha256(blob.encode()).hexdigest(), "path": None},
+        "parent": {"path": str(in_dir.resolve()), "recipe": parent["recipe"],
+                   "manifest_sha256": sha256_file(in_dir / MANIFEST)},
+        "inputs": {"shards": {"path": str(in_dir.resolve())}},
+    }
+
+    def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
+        quarantine = read_shards(in_dir, "quarantine")
+        writer.write("quarantine", quarantine)
+        for reason, n in Counter(quarantine.column("reason").to_pylist()).items():
+            tally.quarantine["(input)"][reason] += n
+        for kind in KINDS:
+            for path in shard_files(in_dir, kind):
+                for batch in pa.ipc.open_stream(pa.memory_map(str(path))):
+                    tally.rows_read[kind] += batch.num_rows
+                    yield kind, pa.Table.from_batches([batch])
+
+    output = OutputConfig(shard_rows=shard_rows)
+    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head)
+
+
+RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
+
+
+def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], output: OutputConfig,
+             records: RecordsFn, head: dict[str, Any]) -> BuildResult:
+    """Stream records through the steps into a staging folder, then publish it with its manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -107,11 +158,12 @@ def build(
     staging.mkdir()
     started = time.time()
     try:
-        ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work")
-        steps = [make_step(raw, ctx) for raw in recipe.steps]
-        writer = ShardWriter(staging, recipe.output.shard_rows, recipe.output.compression)
+        ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work",
+                          artifacts_dir=staging / "artifacts")
+        steps = [make_step(raw, ctx) for raw in raw_steps]
+        writer = ShardWriter(staging, output.shard_rows, output.compression)
         tally = _Tally()
-        stream: Iterator[tuple[str, pa.Table]] = _records(loaded, writer, tally, strict, progress, batch_rows)
+        stream = records(writer, tally)
         for step in steps:
             stream = step.run(stream)
         counts: dict[str, Counter] = defaultdict(Counter)
@@ -120,8 +172,7 @@ def build(
             for item in pc.value_counts(table.column("dataset")).to_pylist():
                 counts[kind][item["values"]] += item["counts"]
         shards = writer.close()
-        manifest = _manifest(loaded, recipe_sha, inputs, counts, tally, steps, shards, started)
-        _publish(staging, out_dir, manifest)
+        manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out_dir, manifest)
@@ -156,9 +207,8 @@ def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: b
                 yield kind, table
 
 
-def _manifest(loaded: LoadedRecipe, recipe_sha: str, inputs: dict[str, Any], counts: dict[str, Counter],
-              tally: _Tally, steps: list[Step], shards: list[dict[str, Any]], started: float) -> dict[str, Any]:
-    recipe = loaded.recipe
+def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, steps: list[Step],
+              shards: list[dict[str, Any]], started: float) -> dict[str, Any]:
     reasons: Counter = Counter()
     for c in tally.quarantine.values():
         reasons.update(c)
@@ -166,29 +216,39 @@ def _manifest(loaded: LoadedRecipe, recipe_sha: str, inputs: dict[str, Any], cou
     rows_read = sum(tally.rows_read.values())
     return {
         "format": MANIFEST_FORMAT,
-        "recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)},
+        "recipe": head["recipe"],
+        **({"parent": head["parent"]} if "parent" in head else {}),
         "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration, 3),
         "rows_read": dict(tally.rows_read),
         "rows_per_s": round(rows_read / duration, 1) if duration > 0 else None,
-        "inputs": inputs,
+        "inputs": head["inputs"],
         "counts": {k: dict(sorted(counts[k].items())) for k in SHARD_KINDS if k != "quarantine" and counts.get(k)},
         "quarantined": {"n": sum(reasons.values()), "reasons": dict(reasons),
                         "by_dataset": {k: dict(v) for k, v in tally.quarantine.items()}},
         "dropped": {f"{i}:{s.name}": dict(s.dropped) for i, s in enumerate(steps)},
         "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
         "shards": shards,
+        **{k: v for s in steps for k, v in s.manifest_entries().items()},
     }
 
 
-def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Swap the staged kind folders into place; the manifest goes last."""
+def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Swap the staged kind folders and step reports into place; the manifest goes last."""
+    old = read_manifest(out_dir).get("artifacts", []) if (out_dir / MANIFEST).exists() else []
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    for name in old:
+        (out_dir / name).unlink(missing_ok=True)
     for kind in SHARD_KINDS:
         target = out_dir / kind
         if target.exists():
             shutil.rmtree(target)
         if (staging / kind).exists():
             (staging / kind).rename(target)
+    artifacts = sorted(p.name for p in (staging / "artifacts").glob("*")) if (staging / "artifacts").exists() else []
+    for name in artifacts:
+        (staging / "artifacts" / name).replace(out_dir / name)
+    manifest = {**manifest, "artifacts": artifacts}
     write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest

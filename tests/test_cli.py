@@ -41,7 +41,7 @@ def test_stats_and_sql(demo):
     res = run("datakit", "sql", str(demo), "SELECT dataset, count(*) AS n FROM pair GROUP BY 1 ORDER BY 1", "--json")
     assert res.returncode == 0
     assert [json.loads(line) for line in res.stdout.splitlines()] == [{"dataset": "nli", "n": 36},
-                                                                      {"dataset": "sts", "n": 24}]
+                                                                      {"dataset": "sts", "n": 20}]
     res = run("datakit", "sql", str(demo), "SELECT reason FROM quarantine WHERE dataset = 'sts'")
     assert res.returncode == 0 and "bad_score" in res.stdout
     res = run("datakit", "sql", str(demo), "SELECT nope FROM pair")
@@ -77,6 +77,28 @@ def test_trainer_inspect_reads_the_shards(demo):
     res = run("trainer", "inspect", str(demo))
     assert res.returncode == 0
     lines = {tuple(line.split()) for line in res.stdout.splitlines()[1:]}
-    assert ("pair", "sts", "24") in lines and ("retrieval", "articles", "16") in lines
+    assert ("pair", "sts", "20") in lines and ("retrieval", "articles", "16") in lines
     res = run("trainer", "inspect", str(demo / "retrieval"))
     assert res.returncode == 1 and "no manifest.json" in res.stderr
+
+
+def test_bench_build_decontaminate_and_dedup_commands(demo, tmp_path):
+    res = run("datakit", "bench", "build", "--from-files", "recipes/data/bench/STSDemo.test.tsv",
+              "--from-files", "recipes/data/bench/QADemo", "--out", str(tmp_path / "pack"))
+    assert res.returncode == 0, res.stderr
+    assert "STSDemo" in res.stdout and (tmp_path / "pack" / "pack.json").exists()
+    write(tmp_path / "extra.tsv", "A cat is sitting on a windowsill.\tA dog is running in a field.\n")
+    res = run("datakit", "bench", "build", "--from-files", str(tmp_path / "extra.tsv"), "--out", str(tmp_path / "p2"))
+    assert res.returncode == 0, res.stderr
+    res = run("datakit", "decontaminate", str(demo), "--bench", str(tmp_path / "pack"), "--bench", str(tmp_path / "p2"),
+              "--out", str(tmp_path / "clean"))
+    assert res.returncode == 0, res.stderr
+    assert "contaminated: 2 of" in res.stdout  # the demo already dropped the first pack's matches
+    report = json.loads((tmp_path / "clean" / "contamination.json").read_text())
+    assert list(report["tasks"]) == ["p2/extra/test"]
+    res = run("datakit", "dedup", str(tmp_path / "clean"), "--out", str(tmp_path / "dd"), "--threshold", "0.5")
+    assert res.returncode == 0 and "dropped by 0:dedup" in res.stdout
+    res = run("datakit", "bench", "build", "--out", str(tmp_path / "p3"))
+    assert res.returncode == 1 and "--from-files" in res.stderr
+    res = run("datakit", "decontaminate", str(demo), "--bench", str(tmp_path), "--out", str(tmp_path / "x"))
+    assert res.returncode == 1 and "not a benchmark pack" in res.stderr

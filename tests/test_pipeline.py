@@ -30,14 +30,17 @@ def demo_out(tmp_path_factory) -> Path:
 def test_demo_counts_quarantine_and_manifest(demo_out):
     m = read_manifest(demo_out)
     assert set(m["counts"]) == {"retrieval", "pair", "classification"}
-    assert m["counts"]["pair"]["sts"] == 24  # 12 good pairs, both orders
+    assert m["counts"]["pair"]["sts"] == 20  # 12 good pairs, both orders, less 2 pairs found in the sample benchmark
+    assert m["dropped"]["1:dedup"] == {"exact_duplicate": 1, "near_duplicate": 1}  # the two repeated articles
+    assert m["contamination"]["by_dataset"] == {"faq": 1, "sts": 4}
+    assert (demo_out / "contamination.json").exists()
     assert m["counts"]["retrieval"]["nli"] == 6  # one triplet per premise
     assert m["quarantined"]["n"] == len(read_shards(demo_out, "quarantine"))
     assert m["quarantined"]["by_dataset"]["articles"] == {"bad_json": 1, "wrong_type": 1, "empty_text": 1}
     assert m["recipe"]["name"] == "demo" and len(m["recipe"]["sha256"]) == 64
     assert {"pyarrow", "duckdb", "embedkit", "python"} <= set(m["versions"])
     assert m["inputs"]["articles"]["files"][0]["path"].endswith("articles.jsonl")
-    assert "0:filter" in m["dropped"] and m["steps"][0]["type"] == "filter"
+    assert "0:filter" in m["dropped"] and [s["type"] for s in m["steps"]] == ["filter", "dedup", "decontaminate"]
     for shard in m["shards"]:
         path = demo_out / shard["file"]
         assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
@@ -60,12 +63,12 @@ def test_shards_round_trip_through_pyarrow_datasets_and_duckdb(demo_out):
     n = con.execute("SELECT count(*) FROM retrieval WHERE len(negatives) > 0").fetchone()[0]
     assert n == read_shards(demo_out, "retrieval").to_pandas()["negatives"].map(len).gt(0).sum()
     rows = con.execute("SELECT dataset, count(*) FROM pair GROUP BY dataset ORDER BY 1").fetchall()
-    assert rows == [("nli", 36), ("sts", 24)]
+    assert rows == [("nli", 36), ("sts", 20)]
     assert con.execute("SELECT lineage.events[1].step FROM classification WHERE dataset='topics' LIMIT 1").fetchone() \
         == ("adapter:classification",)
     # DuckDB can also scan the shard files directly through pyarrow
     pair_shard = pa.ipc.open_stream(pa.memory_map(str(shard_files(demo_out, "pair")[0]))).read_all()
-    assert duckdb.sql("SELECT count(*) FROM pair_shard").fetchall() == [(60,)]
+    assert duckdb.sql("SELECT count(*) FROM pair_shard").fetchall() == [(56,)]
 
 
 def test_shard_rows_split_and_up_to_date_skip(tmp_path):

@@ -28,7 +28,8 @@ class StepContext:
 
     base_dir: Path
     out_dir: Path
-    work_dir: Path  # scratch space inside the staging folder
+    work_dir: Path  # scratch space inside the staging folder (removed after the build)
+    artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
 
 
 class Step:
@@ -45,8 +46,12 @@ class Step:
         raise NotImplementedError
 
     def report(self) -> dict[str, Any]:
-        """Counters for the manifest."""
+        """Counters for the manifest's `steps` entry."""
         return {"kept": self.kept, "dropped": dict(self.dropped)}
+
+    def manifest_entries(self) -> dict[str, Any]:
+        """Top-level manifest keys this step contributes (e.g. `contamination`)."""
+        return {}
 
 
 STEPS: dict[str, type[Step]] = {}
@@ -70,4 +75,5 @@ def make_step(raw: dict[str, Any], ctx: StepContext) -> Step:
     return STEPS[config.type](config, ctx)
 
 
-from datakit.steps import filter as _filter  # noqa: E402,F401  (registers the built-in steps)
+# registers the built-in steps
+from datakit.steps import decontaminate as _decontaminate, dedup as _dedup, filter as _filter  # noqa: E402,F401

@@ -1,0 +1,301 @@
+"""Benchmark packs: the evaluation texts of MTEB/CMTEB tasks, pre-hashed for decontamination.
+
+A pack is a folder::
+
+    PACK/pack.json        parameters (MinHash, long n-gram) and per-task counts
+    PACK/texts.parquet    task, split, field, text, hash (normalised-text hash)
+    PACK/signatures.npy   (n_texts, num_perm) uint32 MinHash signatures
+    PACK/exact.npy        sorted normalised-text hashes, with exact_rows.npy (the text row of each)
+    PACK/ngrams.npy       sorted long n-gram hashes, with ngram_rows.npy
+
+so a decontamination run never re-hashes the benchmarks. Packs come from local files
+(`--from-files`, offline) or from the `mteb` package (network needed).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datakit import minhash as mh
+
+PACK_FORMAT = 1
+_SPLIT_WORDS = ("test", "dev", "validation", "val", "train")
+_NOT_DATA = re.compile(r"(\d+-)?(readme|license|licence|changelog)", re.I)
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz")
+
+
+class PackError(ValueError):
+    """A benchmark pack cannot be built or read."""
+
+
+@dataclass(frozen=True)
+class PackParams:
+    num_perm: int = 128
+    ngram: int = 1  # MinHash word shingles: sets of words, robust to swaps and drops in short texts
+    char_ngram: int = 2
+    long_ngram: int = 13  # words: a shared run this long marks contamination
+    long_char_ngram: int = 30  # Chinese/Japanese: characters
+    seed: int = 1
+
+    def minhash(self) -> mh.MinHashConfig:
+        return mh.MinHashConfig(num_perm=self.num_perm, ngram=self.ngram, char_ngram=self.char_ngram, seed=self.seed)
+
+    def long(self) -> mh.MinHashConfig:
+        return mh.MinHashConfig(ngram=self.long_ngram, char_ngram=self.long_char_ngram, seed=self.seed)
+
+
+def long_ngrams(norm: pa.Array, params: PackParams) -> tuple[np.ndarray, np.ndarray]:
+    """(n-gram hash, text index) of the long n-grams of normalised texts; shorter texts give none."""
+    h, doc = mh.shingle(norm, params.long(), normalized=True)
+    words = pa.compute.list_value_length(pa.compute.utf8_split_whitespace(norm)).to_numpy(zero_copy_only=False)
+    chars = pa.compute.utf8_length(norm).to_numpy(zero_copy_only=False)
+    cjk = mh.is_cjk(norm, mh.MinHashConfig().cjk_ratio)
+    long_enough = np.where(cjk, chars >= params.long_char_ngram, words >= params.long_ngram)
+    ok = long_enough[doc] if len(doc) else np.zeros(0, bool)
+    return h[ok], doc[ok]
+
+
+# ------------------------------------------------------------------ reading benchmark files
+def _split_of(name: str) -> str:
+    for word in re.split(r"[^a-z]+", name.lower()):
+        if word in _SPLIT_WORDS:
+            return "validation" if word == "val" else word
+    return "test"
+
+
+def _relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    p = str(path).replace("'", "''")
+    name = path.name.lower()
+    if name.endswith((".parquet",)):
+        return f"read_parquet('{p}')"
+    if any(name.endswith(s) or name.endswith(s + ".gz") for s in (".jsonl", ".json", ".ndjson")):
+        return f"read_json('{p}', format='newline_delimited', union_by_name=true)"
+    if any(name.endswith(s) or name.endswith(s + ".gz") for s in (".tsv", ".txt")) or _tab_separated(path):
+        header = "true" if _has_header(path) else "false"
+        return (f"read_csv('{p}', delim='\\t', quote='', escape='', header={header}, all_varchar=true, "
+                "strict_mode=false, null_padding=true)")
+    return f"read_csv('{p}', all_varchar=true, strict_mode=false, null_padding=true)"
+
+
+def _head_lines(path: Path, n: int = 50) -> list[str]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        return [line.rstrip("\n") for _, line in zip(range(n), fh) if line.strip()]
+
+
+def _tab_separated(path: Path) -> bool:
+    """Many '.csv' benchmark files (STS-B) are really tab-separated: every line has a tab."""
+    lines = _head_lines(path)
+    return bool(lines) and all("\t" in line for line in lines)
+
+
+def _has_header(path: Path) -> bool:
+    """A first line of short identifier-like fields (query-id, sentence1, ...) is a header."""
+    lines = _head_lines(path, 2)
+    return bool(lines) and all(re.fullmatch(r"[A-Za-z_][\w\- ]{0,40}", f or "_") for f in lines[0].split("\t"))
+
+
+def _text_columns(con: duckdb.DuckDBPyConnection, rel: str, fields: list[str] | None) -> list[str]:
+    """Columns that hold natural-language text: long enough on average and mostly with spaces (or CJK)."""
+    cols = con.sql(f"DESCRIBE SELECT * FROM {rel}").fetchall()
+    names = [c[0] for c in cols if c[1] == "VARCHAR"]
+    if fields:
+        return [f for f in fields if f in names]
+    out = []
+    for c in names:
+        q = f'"{c}"'
+        avg_len, spaced = con.sql(
+            f"SELECT avg(length({q})), avg(CASE WHEN {q} LIKE '% %' OR regexp_matches({q}, '\\p{{Han}}') "
+            f"THEN 1 ELSE 0 END) FROM (SELECT {q} FROM {rel} WHERE {q} IS NOT NULL LIMIT 2000)").fetchall()[0]
+        if avg_len is not None and avg_len >= 12 and (spaced or 0) >= 0.5:
+            out.append(c)
+    return out
+
+
+def _file_texts(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str] | None) -> Iterator[tuple[str, list[str]]]:
+    rel = _relation(con, path)
+    for col in _text_columns(con, rel, fields):
+        texts = [r[0] for r in con.sql(f'SELECT "{col}" FROM {rel} WHERE "{col}" IS NOT NULL').fetchall()]
+        yield col, [t for t in texts if t.strip()]
+
+
+def _beir_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool) -> Iterator[tuple[str, str, list[str]]]:
+    """(split, field, texts) of a BEIR folder: queries of the qrels' splits, and the corpus."""
+    queries = next((folder / n for n in ("queries.jsonl", "queries.jsonl.gz") if (folder / n).exists()), None)
+    qrels = sorted((folder / "qrels").glob("*.tsv")) if (folder / "qrels").exists() else []
+    if queries is not None:
+        qrel = _relation(con, queries)
+        for split_file in qrels or [None]:
+            split = split_file.stem if split_file else "test"
+            if split_file is None:
+                sql = f"SELECT text FROM {qrel}"
+            else:
+                ids = f"read_csv('{split_file}', delim='\\t', header=true, all_varchar=true)"
+                sql = (f'SELECT q.text FROM {qrel} q WHERE CAST(q._id AS VARCHAR) IN '
+                       f'(SELECT "query-id" FROM {ids})')
+            yield split, "query", [r[0] for r in con.sql(sql).fetchall() if r[0]]
+    if corpus:
+        docs = next((folder / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (folder / n).exists()), None)
+        if docs is not None:
+            rel = _relation(con, docs)
+            rows = con.sql(f"SELECT title, text FROM {rel}").fetchall()
+            yield "corpus", "document", [f"{t}. {x}" if t else x for t, x in rows if x]
+
+
+def _is_beir(folder: Path) -> bool:
+    return any((folder / n).exists() for n in ("queries.jsonl", "queries.jsonl.gz", "corpus.jsonl", "corpus.jsonl.gz"))
+
+
+def texts_from_files(inputs: Iterable[Path], corpus: bool = True, fields: list[str] | None = None
+                     ) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(task, split, field, texts) from files and folders; each file or folder is a task."""
+    con = duckdb.connect()
+    for item in inputs:
+        item = Path(item)
+        if not item.exists():
+            raise PackError(f"{item}: no such file or folder")
+        if item.is_dir() and _is_beir(item):
+            for split, field, texts in _beir_texts(con, item, corpus):
+                yield item.name, split, field, texts
+        elif item.is_dir():
+            for sub in sorted(p for p in item.iterdir() if p.is_dir() and _is_beir(p)):
+                for split, field, texts in _beir_texts(con, sub, corpus):
+                    yield sub.name, split, field, texts
+            for f in sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(_DATA_SUFFIXES)
+                            and not _NOT_DATA.match(p.name)):
+                for field, texts in _file_texts(con, f, fields):
+                    yield item.name, _split_of(f.name), f"{f.stem}:{field}", texts
+        else:
+            stem = re.sub(r"[._-]?(test|dev|validation|val|train)$", "", item.name.split(".")[0], flags=re.I) or item.stem
+            for field, texts in _file_texts(con, item, fields):
+                yield stem, _split_of(item.name), field, texts
+
+
+def texts_from_mteb(benchmark: str | None, tasks: list[str] | None, corpus: bool = True
+                    ) -> Iterator[tuple[str, str, str, list[str]]]:  # pragma: no cover - needs the network
+    """(task, split, field, texts) of MTEB tasks' evaluation splits, through the `mteb` package."""
+    try:
+        import mteb
+    except ImportError:
+        raise PackError("building a pack from MTEB needs the `mteb` package: pip install mteb") from None
+    chosen = list(mteb.get_benchmark(benchmark).tasks) if benchmark else []
+    if tasks:
+        chosen = [t for t in chosen if t.metadata.name in tasks] if chosen else list(mteb.get_tasks(tasks=tasks))
+    for task in chosen:
+        meta = task.metadata
+        task.load_data()
+        for split in meta.eval_splits:
+            if meta.type in ("Retrieval", "Reranking", "InstructionRetrieval"):
+                queries = getattr(task, "queries", {}).get(split, {})
+                queries = queries.get("default", queries) if isinstance(queries, dict) else queries
+                yield meta.name, split, "query", [q if isinstance(q, str) else str(q) for q in dict(queries).values()]
+                if corpus:
+                    docs = getattr(task, "corpus", {}).get(split, {})
+                    docs = docs.get("default", docs) if isinstance(docs, dict) and "default" in docs else docs
+                    yield meta.name, split, "document", [
+                        (f"{d.get('title', '')}. {d.get('text', '')}" if isinstance(d, dict) else str(d))
+                        for d in dict(docs).values()]
+                continue
+            data = task.dataset[split] if "default" not in task.dataset else task.dataset["default"][split]
+            for col in ("sentence1", "sentence2", "text", "sentences", "sent1", "sent2", "query", "positive",
+                        "negative", "premise", "hypothesis"):
+                if col in data.column_names:
+                    values = data[col]
+                    flat = [v for x in values for v in (x if isinstance(x, list) else [x]) if isinstance(v, str)]
+                    yield meta.name, split, col, flat
+
+
+# ------------------------------------------------------------------ pack building and loading
+def build_pack(items: Iterable[tuple[str, str, str, list[str]]], out: Path, params: PackParams = PackParams()) -> dict:
+    """Hash every benchmark text once and write the pack folder; returns pack.json's content."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list] = {"task": [], "split": [], "field": [], "text": []}
+    for task, split, field, texts in items:
+        seen = set()
+        for t in texts:
+            if t not in seen:
+                seen.add(t)
+                rows["task"].append(task), rows["split"].append(split), rows["field"].append(field)
+                rows["text"].append(t)
+    if not rows["text"]:
+        raise PackError("no benchmark text found")
+    table = pa.table(rows)
+    norm = mh.normalize(table.column("text"))
+    exact = mh.hash_strings(norm)
+    table = table.append_column("hash", pa.array(exact, pa.uint64()))
+    pq.write_table(table, out / "texts.parquet")
+    np.save(out / "signatures.npy", mh.signatures(norm, params.minhash(), normalized=True))
+    order = np.argsort(exact, kind="stable")
+    np.save(out / "exact.npy", exact[order])
+    np.save(out / "exact_rows.npy", order.astype(np.int64))
+    gh, gdoc = long_ngrams(norm, params)
+    order = np.argsort(gh, kind="stable")
+    np.save(out / "ngrams.npy", gh[order])
+    np.save(out / "ngram_rows.npy", gdoc[order].astype(np.int64))
+    counts: dict[str, dict[str, int]] = {}
+    for task, split in zip(rows["task"], rows["split"]):
+        counts.setdefault(task, {}).setdefault(split, 0)
+        counts[task][split] += 1
+    meta = {"format": PACK_FORMAT, "params": asdict(params), "n_texts": table.num_rows, "tasks": counts}
+    (out / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+class Pack:
+    """A loaded pack: arrays memory-mapped, LSH buckets built on demand for a threshold."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "pack.json"
+        if not meta_path.exists():
+            raise PackError(f"{self.folder}: not a benchmark pack (no pack.json); build one with `datakit bench build`")
+        self.meta = json.loads(meta_path.read_text())
+        self.params = PackParams(**self.meta["params"])
+        self.texts = pq.read_table(self.folder / "texts.parquet")
+        self.sig = np.load(self.folder / "signatures.npy", mmap_mode="r")
+        self.exact = np.load(self.folder / "exact.npy", mmap_mode="r")
+        self.exact_rows = np.load(self.folder / "exact_rows.npy", mmap_mode="r")
+        self.ngrams = np.load(self.folder / "ngrams.npy", mmap_mode="r")
+        self.ngram_rows = np.load(self.folder / "ngram_rows.npy", mmap_mode="r")
+        self._buckets: dict[float, tuple[int, int, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def buckets(self, threshold: float) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(bands, rows, sorted band hashes (bands, n), their pack rows (bands, n)) for a threshold."""
+        if threshold not in self._buckets:
+            bands, rows = mh.optimal_bands(threshold, self.params.num_perm)
+            sig = np.asarray(self.sig)
+            bh = mh.band_hashes(sig, bands, rows)
+            bh[mh.empty_rows(sig)] = 0  # empty texts never match: 0 is reserved below
+            order = np.argsort(bh, axis=0, kind="stable")
+            self._buckets[threshold] = (bands, rows, np.take_along_axis(bh, order, axis=0).T.copy(), order.T.copy())
+        return self._buckets[threshold]
+
+    def task_of(self, rows: np.ndarray) -> list[tuple[str, str, str, str]]:
+        """(task, split, field, text) of pack rows."""
+        sub = self.texts.take(pa.array(rows, pa.int64()))
+        return list(zip(*(sub.column(c).to_pylist() for c in ("task", "split", "field", "text"))))
+
+
+def lookup_sorted(sorted_keys: np.ndarray, owners: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (query index, owner) with sorted_keys[j] == queries[i]; vectorised range expansion."""
+    left = np.searchsorted(sorted_keys, queries, side="left")
+    right = np.searchsorted(sorted_keys, queries, side="right")
+    counts = right - left
+    q = np.repeat(np.arange(len(queries)), counts)
+    if len(q) == 0:
+        return q, np.zeros(0, np.int64)
+    offsets = np.arange(len(q)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return q, np.asarray(owners)[np.repeat(left, counts) + offsets]

@@ -1,0 +1,383 @@
+"""MinHash signatures and LSH banding, vectorised over Arrow batches (shared by dedup and decontamination).
+
+Pipeline for a batch of texts, with no per-token Python loop:
+
+1. normalise: NFKC, lower case, punctuation and symbols to spaces, whitespace collapsed (pyarrow compute);
+2. tokens: words (split on whitespace) or, for Chinese/Japanese text, characters (decoded from the UTF-8
+   buffer with numpy); the script is chosen per text (`auto`) or forced;
+3. token hashes: 64-bit FNV-1a over each *distinct* token's bytes, vectorised across tokens (dictionary encoding);
+4. shingles: n consecutive token hashes combined (a text shorter than n gives one shingle of all its tokens);
+5. signatures: `num_perm` multiply-shift hashes per shingle (uint64 arithmetic, top 32 bits), min per text
+   (`np.minimum.reduceat`), over chunks that numpy runs on every core (ufunc loops release the GIL);
+6. LSH: bands x rows chosen from the Jaccard threshold the way datasketch does (weighted false positive and
+   false negative areas), each band hashed to 64 bits.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Script = Literal["auto", "word", "char"]
+EMPTY = np.uint32(0xFFFFFFFF)  # every signature value of a text with no shingles
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"
+_CHUNK_SHINGLES = 1 << 15
+
+
+@dataclass(frozen=True)
+class MinHashConfig:
+    num_perm: int = 128
+    ngram: int = 3  # word n-grams
+    char_ngram: int = 3  # character n-grams for Chinese/Japanese/Korean text
+    script: Script = "auto"
+    cjk_ratio: float = 0.3  # auto: a text with at least this share of CJK characters is shingled by characters
+    seed: int = 1
+    threads: int = 2
+
+
+def splitmix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: a cheap, well-mixing bijection on uint64."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _MIX1
+        x = (x ^ (x >> np.uint64(27))) * _MIX2
+        return x ^ (x >> np.uint64(31))
+
+
+def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64, data uint8) of a string/binary array, honouring its slice offset."""
+    arr = arr.cast(pa.large_binary()) if not pa.types.is_large_binary(arr.type) else arr
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
+
+
+def hash_strings(arr: pa.Array) -> np.ndarray:
+    """64-bit FNV-1a of each string's UTF-8 bytes (then mixed), vectorised across strings.
+
+    Strings are visited longest first, so at byte position j the strings still running are a prefix.
+    """
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    offsets, data = _buffers(pc.fill_null(arr, ""))
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")
+    starts, lens = offsets[:-1][order], lengths[order]
+    h = np.full(n, _FNV_OFFSET, np.uint64)
+    running = n
+    with np.errstate(over="ignore"):
+        for j in range(int(lens[0]) if n else 0):
+            while running and lens[running - 1] <= j:
+                running -= 1
+            h[:running] = (h[:running] ^ data[starts[:running] + j]) * _FNV_PRIME
+        h = splitmix(h ^ lens.astype(np.uint64))
+    out = np.empty(n, np.uint64)
+    out[order] = h
+    return out
+
+
+def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """NFKC, lower case, punctuation/symbols -> space, whitespace collapsed and trimmed."""
+    t = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    t = pc.utf8_normalize(pc.fill_null(t.cast(pa.string()), ""), "NFKC")
+    t = pc.utf8_lower(t)
+    t = pc.replace_substring_regex(t, r"[\p{P}\p{S}\s]+", " ")
+    return pc.utf8_trim_whitespace(t)
+
+
+def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
+    """Per text: does it have at least `ratio` CJK characters (of its non-space characters)?"""
+    cjk = pc.count_substring_regex(norm, _CJK).to_numpy(zero_copy_only=False)
+    length = pc.utf8_length(pc.replace_substring(norm, " ", "")).to_numpy(zero_copy_only=False)
+    return (cjk > 0) & (cjk >= ratio * np.maximum(length, 1))
+
+
+def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(token hash, text index) for whitespace tokens, in order."""
+    lists = pc.utf8_split_whitespace(norm)
+    flat = pc.list_flatten(lists)
+    parent = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+    nonempty = pc.greater(pc.binary_length(flat), 0)
+    if not pc.all(nonempty).as_py():
+        flat, parent = flat.filter(nonempty), parent[nonempty.to_numpy(zero_copy_only=False)]
+    if len(flat) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    enc = pc.dictionary_encode(flat)
+    token_hash = hash_strings(enc.dictionary)
+    return token_hash[enc.indices.to_numpy()], parent
+
+
+def _char_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(char hash, text index) for every non-space character, decoded from the UTF-8 buffer."""
+    offsets, data = _buffers(norm)
+    if len(data) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    data = data[offsets[0]: offsets[-1]]
+    base = offsets - offsets[0]
+    lead = (data & 0xC0) != 0x80
+    pos = np.nonzero(lead & (data != 0x20))[0]
+    b0 = data[pos].astype(np.uint64)
+    width = np.where(b0 < 0x80, 1, np.where(b0 < 0xE0, 2, np.where(b0 < 0xF0, 3, 4)))
+    padded = np.concatenate([data, np.zeros(3, np.uint8)]).astype(np.uint64)
+    code = b0
+    for k in (1, 2, 3):
+        code = code | np.where(width > k, padded[pos + k] << np.uint64(8 * k), np.uint64(0))
+    parent = np.searchsorted(base, pos, side="right") - 1
+    return splitmix(code), parent.astype(np.int64)
+
+
+def _shingles(tok: np.ndarray, doc: np.ndarray, n: int, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Combine n consecutive token hashes within each text; texts shorter than n give one shingle."""
+    if len(tok) == 0:
+        return tok, doc
+    counts = np.bincount(doc, minlength=n_docs)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    with np.errstate(over="ignore"):
+        m = len(tok) - n + 1
+        if m > 0:
+            h = tok[:m].copy()
+            for k in range(1, n):
+                h = splitmix(h * _GOLD + tok[k: k + m])
+            valid = doc[:m] == doc[n - 1:]
+            full_h, full_doc = h[valid], doc[:m][valid]
+        else:
+            full_h, full_doc = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        short = np.nonzero((counts > 0) & (counts < n))[0]
+        if len(short):
+            s_start, s_len = starts[short], counts[short]
+            h = tok[s_start].copy()
+            for k in range(1, n - 1 + 1):
+                more = s_len > k
+                idx = np.minimum(s_start + k, len(tok) - 1)
+                h = np.where(more, splitmix(h * _GOLD + tok[idx]), h)
+            full_h = np.concatenate([full_h, h])
+            full_doc = np.concatenate([full_doc, short.astype(np.int64)])
+    order = np.argsort(full_doc, kind="stable")
+    return full_h[order], full_doc[order]
+
+
+def shingle(texts: pa.Array | pa.ChunkedArray, cfg: MinHashConfig, normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(shingle hash, text index) sorted by text index, for a batch of texts."""
+    norm = texts if normalized else normalize(texts)
+    norm = norm.combine_chunks() if isinstance(norm, pa.ChunkedArray) else norm
+    n = len(norm)
+    if cfg.script == "word":
+        char = np.zeros(n, bool)
+    elif cfg.script == "char":
+        char = np.ones(n, bool)
+    else:
+        char = is_cjk(norm, cfg.cjk_ratio)
+    parts_h, parts_d = [], []
+    for mask, tokens, size in ((~char, _word_tokens, cfg.ngram), (char, _char_tokens, cfg.char_ngram)):
+        idx = np.nonzero(mask)[0]
+        if len(idx) == 0:
+            continue
+        sub = norm if len(idx) == n else norm.take(pa.array(idx))
+        tok, doc = tokens(sub)
+        h, d = _shingles(tok, doc, size, len(idx))
+        parts_h.append(h)
+        parts_d.append(idx[d] if len(idx) != n else d)
+    if not parts_h:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    h, d = np.concatenate(parts_h), np.concatenate(parts_d)
+    order = np.argsort(d, kind="stable")
+    return h[order], d[order]
+
+
+@lru_cache(maxsize=16)
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd multipliers
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+try:  # a compiled, multi-core kernel when numba is there (it is a dependency); numpy otherwise
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _minhash_kernel(h, seg_bounds, seg_docs, a, b, sig):  # pragma: no cover - compiled
+        num_perm = a.shape[0]
+        for s in numba.prange(seg_bounds.shape[0] - 1):
+            row = seg_docs[s]
+            for i in range(seg_bounds[s], seg_bounds[s + 1]):
+                x = h[i]
+                for k in range(num_perm):
+                    v = np.uint32((a[k] * x + b[k]) >> np.uint64(32))
+                    if v < sig[row, k]:
+                        sig[row, k] = v
+except ImportError:  # pragma: no cover
+    _minhash_kernel = None
+
+
+def signatures_from_shingles(h: np.ndarray, doc: np.ndarray, n_docs: int, cfg: MinHashConfig) -> np.ndarray:
+    """(n_docs, num_perm) uint32 MinHash signatures; texts without shingles get EMPTY everywhere.
+
+    Each permutation is a multiply-add-shift hash of the 64-bit shingle hash: top 32 bits of a*x+b mod 2^64.
+    """
+    a, b = permutations(cfg.num_perm, cfg.seed)
+    sig = np.full((n_docs, cfg.num_perm), EMPTY, np.uint32)
+    if len(h) == 0:
+        return sig
+    seg_starts = np.concatenate([[0], np.nonzero(np.diff(doc))[0] + 1])
+    seg_docs = doc[seg_starts]
+    if _minhash_kernel is not None:
+        _minhash_kernel(h, np.append(seg_starts, len(h)), seg_docs, a, b, sig)
+        return sig
+    # numpy: chunks of whole segments, about _CHUNK_SHINGLES shingles each, on `threads` threads
+    cut = np.searchsorted(seg_starts, np.arange(0, len(h), _CHUNK_SHINGLES))
+    cut = np.unique(np.concatenate([cut, [len(seg_starts)]]))
+
+    def work(i: int) -> None:
+        s0, s1 = cut[i], cut[i + 1]
+        lo = seg_starts[s0]
+        hi = seg_starts[s1] if s1 < len(seg_starts) else len(h)
+        with np.errstate(over="ignore"):
+            vals = ((h[lo:hi, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
+        sig[seg_docs[s0:s1]] = np.minimum.reduceat(vals, seg_starts[s0:s1] - lo, axis=0)
+
+    with ThreadPoolExecutor(max(1, cfg.threads)) as pool:
+        list(pool.map(work, range(len(cut) - 1)))
+    return sig
+
+
+def signatures(texts: pa.Array | pa.ChunkedArray, cfg: MinHashConfig, normalized: bool = False) -> np.ndarray:
+    h, d = shingle(texts, cfg, normalized)
+    return signatures_from_shingles(h, d, len(texts), cfg)
+
+
+def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Row-wise share of equal signature values (the MinHash estimate of Jaccard similarity)."""
+    same = (sig_a == sig_b).mean(axis=-1)
+    empty = (sig_a == EMPTY).all(axis=-1) | (sig_b == EMPTY).all(axis=-1)
+    return np.where(empty, 0.0, same)
+
+
+def exact_jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if (a or b) else 0.0
+
+
+# ------------------------------------------------------------------ LSH
+def _integrate(f, a: float, b: float, steps: int = 200) -> float:
+    xs = np.linspace(a, b, steps + 1)
+    ys = f(xs)
+    return float(np.sum((ys[1:] + ys[:-1]) * 0.5 * np.diff(xs)))
+
+
+@lru_cache(maxsize=64)
+def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted false-positive and false-negative areas (datasketch's rule)."""
+    best, best_err = (1, num_perm), math.inf
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            fp = _integrate(lambda s: 1 - (1 - s ** rows) ** bands, 0.0, threshold)
+            fn = _integrate(lambda s: (1 - s ** rows) ** bands, threshold, 1.0)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best_err:
+                best, best_err = (bands, rows), err
+    return best
+
+
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: each band's `rows` signature values hashed together."""
+    n = sig.shape[0]
+    out = np.empty((n, bands), np.uint64)
+    s = sig.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            h = np.full(n, np.uint64(band) * _GOLD, np.uint64)
+            for r in range(rows):
+                h = splitmix(h ^ s[:, band * rows + r])
+            out[:, band] = h
+    return out
+
+
+def empty_rows(sig: np.ndarray) -> np.ndarray:
+    """Texts without a single shingle (empty after normalisation): they take part in no LSH candidate."""
+    return (sig == EMPTY).all(axis=1)
+
+
+# ------------------------------------------------------------------ candidates, verification, clusters
+def candidate_pairs(con, bands_sql: str) -> np.ndarray:
+    """(k, 2) int64 doc pairs sharing a band bucket, from a DuckDB relation with columns doc, band, h.
+
+    Runs out of core in DuckDB (GROUP BY band, h); each bucket links its smallest doc to every other one.
+    """
+    rows = con.sql(f"""
+        WITH buckets AS (
+            SELECT list(doc ORDER BY doc) AS docs FROM ({bands_sql}) GROUP BY band, h HAVING count(*) > 1
+        ), pairs AS (SELECT docs[1] AS a, unnest(docs[2:]) AS b FROM buckets)
+        SELECT DISTINCT a, b FROM pairs ORDER BY a, b
+    """).fetchnumpy()
+    return np.stack([rows["a"].astype(np.int64), rows["b"].astype(np.int64)], axis=1) if len(rows["a"]) else \
+        np.zeros((0, 2), np.int64)
+
+
+def verify_pairs(pairs: np.ndarray, sig_a: np.ndarray, sig_b: np.ndarray | None = None,
+                 threshold: float = 0.8, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the pairs whose estimated Jaccard (from the signatures) reaches `threshold`.
+
+    `sig_a` holds the signatures of the pairs' first column, `sig_b` of the second (default: `sig_a`);
+    either may be a memmap. Returns (kept pairs, their estimates).
+    """
+    sig_b = sig_a if sig_b is None else sig_b
+    keep, scores = [], []
+    for lo in range(0, len(pairs), chunk):
+        part = pairs[lo: lo + chunk]
+        est = jaccard_estimate(np.asarray(sig_a[part[:, 0]]), np.asarray(sig_b[part[:, 1]]))
+        ok = est >= threshold
+        keep.append(part[ok])
+        scores.append(est[ok])
+    if not keep:
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    return np.concatenate(keep), np.concatenate(scores)
+
+
+def components(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Connected-component label per doc: vectorised union-find (each root is its component's smallest
+    index; unions link the larger root to the smaller, then pointer jumping compresses paths)."""
+    parent = np.arange(n, dtype=np.int64)
+    if len(pairs) == 0:
+        return parent
+    a, b = pairs[:, 0], pairs[:, 1]
+    while True:
+        ra, rb = parent[a], parent[b]
+        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+        moving = lo != hi
+        if not moving.any():
+            break
+        np.minimum.at(parent, hi[moving], lo[moving])  # union: the larger root points to the smaller
+        while True:  # path compression until every node points at a root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    return parent
+
+
+def keep_mask(labels: np.ndarray, lengths: np.ndarray | None = None, policy: str = "first") -> np.ndarray:
+    """True for the doc each cluster keeps: the first (lowest index) or the longest (ties: first)."""
+    n = len(labels)
+    idx = np.arange(n)
+    if policy == "longest" and lengths is not None:
+        order = np.lexsort((idx, -lengths.astype(np.int64), labels))
+    else:
+        order = np.lexsort((idx, labels))
+    first = np.ones(n, bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    keep = np.zeros(n, bool)
+    keep[order[first]] = True
+    return keep

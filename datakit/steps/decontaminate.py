@@ -1,0 +1,208 @@
+"""`decontaminate`: find records whose texts overlap benchmark test sets, and drop (or flag) them.
+
+A record is contaminated when any of its texts matches a benchmark text of a pack by normalised exact match,
+by MinHash Jaccard at or above `threshold`, or by sharing a long n-gram (13 words / 30 CJK characters by
+default, fixed when the pack is built). Streaming: each batch is checked on its own against the packs.
+The step writes OUT/contamination.json (per task and split, per dataset, 5 examples each) and a summary
+into the manifest under `contamination`.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datakit import minhash as mh
+from datakit.benchmarks import Pack, build_pack, long_ngrams, lookup_sorted, texts_from_files
+from datakit.records import add_event
+from datakit.steps import Step, StepConfig, Stream, register
+
+DEFAULT_FIELDS = {"retrieval": ["query", "positive", "negatives"], "pair": ["text_a", "text_b"],
+                  "classification": ["text"]}
+MATCHES = ("exact", "minhash", "ngram")
+EXAMPLES = 5
+_SHOWN = 300
+
+
+class DecontaminateConfig(StepConfig):
+    type: Literal["decontaminate"] = "decontaminate"
+    packs: list[str] = []  # pack folders (`datakit bench build`), relative to the recipe
+    bench_files: list[str] = []  # or benchmark files/folders (each a task), packed when the step starts
+    kinds: list[Literal["retrieval", "pair", "classification"]] = ["retrieval", "pair", "classification"]
+    fields: dict[str, list[str]] = {}  # per kind; default: every text (negatives included)
+    match: list[Literal["exact", "minhash", "ngram"]] = list(MATCHES)
+    threshold: float = 0.8
+    action: Literal["drop", "flag"] = "drop"
+    report: str = "contamination.json"
+
+
+def _texts(table: pa.Table, fields: list[str]) -> tuple[pa.Array, np.ndarray, list[str]]:
+    """Every text of the batch: (texts, record position, field name per text)."""
+    texts, pos, names = [], [], []
+    for f in fields:
+        if f not in table.column_names:
+            continue
+        col = table.column(f).combine_chunks()
+        if pa.types.is_list(col.type):
+            flat = pc.list_flatten(col)
+            texts.append(flat)
+            pos.append(pc.list_parent_indices(col).to_numpy().astype(np.int64))
+        else:
+            texts.append(col)
+            pos.append(np.arange(len(col)))
+        names += [f] * len(texts[-1])
+    if not texts:
+        return pa.array([], pa.string()), np.zeros(0, np.int64), []
+    return pa.concat_arrays(texts), np.concatenate(pos), names
+
+
+@register
+class Decontaminate(Step):
+    name = "decontaminate"
+    Config = DecontaminateConfig
+    config: DecontaminateConfig
+
+    def __init__(self, config: DecontaminateConfig, ctx):
+        super().__init__(config, ctx)
+        self.packs = [Pack(self._path(p)) for p in config.packs]
+        if config.bench_files:
+            folder = ctx.work_dir / "bench_pack"
+            build_pack(texts_from_files([self._path(p) for p in config.bench_files]), folder)
+            self.packs.append(Pack(folder))
+        if not self.packs:
+            raise ValueError("decontaminate: give `packs` or `bench_files`")
+        for pack in self.packs:
+            if "minhash" in config.match:
+                pack.buckets(config.threshold)
+        self.by_task: dict[str, Counter] = defaultdict(Counter)  # "pack/task/split" -> {dataset: records}
+        self.by_dataset: Counter = Counter()
+        self.by_match: Counter = Counter()
+        self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.dataset_examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.checked = 0
+
+    def _path(self, p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else self.ctx.base_dir / p
+
+    def run(self, stream: Stream) -> Stream:
+        for kind, table in stream:
+            if kind in self.config.kinds and table.num_rows:
+                table = self._check(kind, table)
+            self.kept += table.num_rows
+            if table.num_rows:
+                yield kind, table
+        self._write_report()
+
+    def _check(self, kind: str, table: pa.Table) -> pa.Table:
+        texts, pos, fields = _texts(table, self.config.fields.get(kind, DEFAULT_FIELDS[kind]))
+        self.checked += table.num_rows
+        if len(texts) == 0:
+            return table
+        norm = mh.normalize(texts)
+        hits: list[tuple[int, int, int, str, float]] = []  # (text index, pack index, pack row, match, score)
+        for p_i, pack in enumerate(self.packs):
+            hits += [(t, p_i, r, m, s) for t, r, m, s in self._match(pack, norm)]
+        if not hits:
+            return table
+        rank = {m: i for i, m in enumerate(MATCHES)}
+        best: dict[int, dict[str, tuple[int, int, int, str, float]]] = defaultdict(dict)  # record -> task -> hit
+        for h in sorted(hits, key=lambda h: (rank[h[3]], -h[4])):
+            best[int(pos[h[0]])].setdefault(self._task_key(h[1], h[2]), h)
+        ids = table.column("id").to_pylist()
+        datasets = table.column("dataset").to_pylist()
+        for rec, per_task in best.items():
+            ds = datasets[rec]
+            first_example = None
+            for key, (t, p_i, r, m, s) in sorted(per_task.items(), key=lambda kv: rank[kv[1][3]]):
+                example = self._example(ids[rec], ds, fields[t], texts[t].as_py(), p_i, r, m, s)
+                first_example = first_example or example
+                self.by_task[key][ds] += 1
+                if len(self.examples[key]) < EXAMPLES:
+                    self.examples[key].append(example)
+            self.by_dataset[ds] += 1
+            self.by_match[first_example["match"]] += 1
+            if len(self.dataset_examples[ds]) < EXAMPLES:
+                self.dataset_examples[ds].append(first_example)
+        bad = np.zeros(table.num_rows, bool)
+        bad[list(best)] = True
+        if self.config.action == "drop":
+            self.dropped["contaminated"] += int(bad.sum())
+            return table.filter(pa.array(~bad))
+        lineage = table.column("lineage").combine_chunks()
+        marked = add_event(lineage.filter(pa.array(bad)), "decontaminate", detail="contaminated")
+        merged = lineage.to_pylist()
+        for i, row in zip(np.nonzero(bad)[0], marked.to_pylist()):
+            merged[i] = row
+        idx = table.schema.get_field_index("lineage")
+        return table.set_column(idx, "lineage", pa.array(merged, type=lineage.type))
+
+    def _match(self, pack: Pack, norm: pa.Array) -> list[tuple[int, int, str, float]]:
+        out: list[tuple[int, int, str, float]] = []
+        nonempty = pc.greater(pc.binary_length(norm), 0).to_numpy(zero_copy_only=False)
+        if "exact" in self.config.match:
+            q, rows = lookup_sorted(pack.exact, pack.exact_rows, mh.hash_strings(norm))
+            out += [(int(a), int(b), "exact", 1.0) for a, b in zip(q, rows) if nonempty[a]]
+        if "ngram" in self.config.match and len(pack.ngrams):
+            gh, gdoc = long_ngrams(norm, pack.params)
+            q, rows = lookup_sorted(pack.ngrams, pack.ngram_rows, gh)
+            pairs = {(int(gdoc[a]), int(b)) for a, b in zip(q, rows)}
+            out += [(a, b, "ngram", 1.0) for a, b in sorted(pairs)]
+        if "minhash" in self.config.match:
+            bands, rows_per_band, keys, owners = pack.buckets(self.config.threshold)
+            sig = mh.signatures(norm, pack.params.minhash(), normalized=True)
+            bh = mh.band_hashes(sig, bands, rows_per_band)
+            live = ~mh.empty_rows(sig)
+            cand = []
+            for b in range(bands):
+                q, rows = lookup_sorted(keys[b], owners[b], bh[:, b])
+                cand.append(np.stack([q, rows], axis=1))
+            pairs = np.unique(np.concatenate(cand), axis=0) if cand else np.zeros((0, 2), np.int64)
+            pairs = pairs[live[pairs[:, 0]]] if len(pairs) else pairs
+            if len(pairs):
+                kept, scores = mh.verify_pairs(pairs, sig, pack.sig, threshold=self.config.threshold)
+                out += [(int(a), int(b), "minhash", float(s)) for (a, b), s in zip(kept, scores)]
+        return out
+
+    def _task_key(self, pack_index: int, row: int) -> str:
+        pack = self.packs[pack_index]
+        task, split = pack.texts.column("task")[row].as_py(), pack.texts.column("split")[row].as_py()
+        return f"{pack.name}/{task}/{split}"
+
+    def _example(self, rec_id: str, dataset: str, field: str, text: str, p_i: int, row: int, match: str,
+                 score: float) -> dict[str, Any]:
+        task, split, bfield, btext = self.packs[p_i].task_of(np.array([row]))[0]
+        return {"id": rec_id, "dataset": dataset, "field": field, "text": text[:_SHOWN],
+                "benchmark": f"{self.packs[p_i].name}/{task}/{split}", "benchmark_field": bfield,
+                "benchmark_text": btext[:_SHOWN], "match": match, "score": round(score, 3)}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "action": self.config.action,
+            "packs": [p.name for p in self.packs],
+            "records_checked": self.checked,
+            "contaminated": sum(self.by_dataset.values()),
+            "by_match": dict(self.by_match),
+            "by_dataset": dict(self.by_dataset),
+            "by_task": {k: sum(v.values()) for k, v in sorted(self.by_task.items())},
+        }
+
+    def _write_report(self) -> None:
+        report = {
+            **self.summary(),
+            "tasks": {k: {"records": sum(v.values()), "by_dataset": dict(v), "examples": self.examples[k]}
+                      for k, v in sorted(self.by_task.items())},
+            "datasets": {d: {"records": n, "examples": self.dataset_examples[d]} for d, n in self.by_dataset.items()},
+        }
+        self.ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        (self.ctx.artifacts_dir / self.config.report).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+    def manifest_entries(self) -> dict[str, Any]:
+        return {"contamination": self.summary()}
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "contaminated": sum(self.by_dataset.values())}

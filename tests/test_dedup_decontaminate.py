@@ -1,0 +1,175 @@
+import json
+import random
+
+import pytest
+
+from datakit.audit import connect
+from datakit.benchmarks import Pack, build_pack, texts_from_files
+from datakit.pipeline import apply_steps, build
+from datakit.recipe import load_recipe
+from datakit.shards import read_manifest, read_shards
+from tests.conftest import ROOT, build_yaml, write
+
+WORDS = ("river mountain quiet engine silver market garden window yellow thunder paper rocket coffee music "
+         "winter forest planet bridge candle ocean castle pencil orange shadow violin desert harbor").split()
+
+
+def _sentences(n, seed=0, length=14):
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=length)) for _ in range(n)]
+
+
+def _jsonl(path, rows):
+    write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_dedup_exact_and_near_duplicates_across_datasets(tmp_path):
+    base = _sentences(300)
+    a = [{"text": t, "label": "x"} for t in base]
+    b = [{"text": base[0].upper() + " !!", "label": "y"},                      # exact after normalisation
+         {"text": " ".join(base[1].split()[:-1] + ["zebra"]), "label": "y"},    # one word changed: near duplicate
+         {"text": base[2], "label": "y"},                                       # exact
+         {"text": _sentences(1, seed=99)[0], "label": "y"}]                     # new
+    _jsonl(tmp_path / "a.jsonl", a)
+    _jsonl(tmp_path / "b.jsonl", b)
+    result = build_yaml(tmp_path, """
+        name: d
+        sources:
+          - {name: a, path: a.jsonl, adapter: classification}
+          - {name: b, path: b.jsonl, adapter: classification}
+        steps:
+          - {type: dedup, threshold: 0.7, ngram: 2}
+    """)
+    m = result.manifest
+    assert m["dropped"]["0:dedup"] == {"exact_duplicate": 2, "near_duplicate": 1}
+    assert m["counts"]["classification"] == {"a": 300, "b": 1}  # "first" keeps the earlier source
+    report = m["steps"][0]["report"]
+    assert report["verified_pairs"] >= 1 and report["candidate_pairs"] >= report["verified_pairs"]
+    assert (report["bands"], report["rows"]) == (14, 9)
+
+
+def test_dedup_keep_longest_scope_and_exact_method(tmp_path):
+    _jsonl(tmp_path / "a.jsonl", [{"text": "Same text here.", "label": "x"}, {"text": "same TEXT here", "label": "x"}])
+    _jsonl(tmp_path / "b.jsonl", [{"text": "Same text here!!!", "label": "x"}])
+    recipe = """
+        name: d
+        sources:
+          - {name: a, path: a.jsonl, adapter: classification}
+          - {name: b, path: b.jsonl, adapter: classification}
+        steps:
+          - {type: dedup, method: exact, keep: KEEP, scope: SCOPE}
+    """
+    r = build_yaml(tmp_path, recipe.replace("KEEP", "longest").replace("SCOPE", "kind"), force=True)
+    assert [x["text"] for x in read_shards(r.out_dir, "classification").to_pylist()] == ["Same text here!!!"]
+    r = build_yaml(tmp_path, recipe.replace("KEEP", "first").replace("SCOPE", "dataset"), force=True)
+    assert [x["id"] for x in read_shards(r.out_dir, "classification").to_pylist()] == ["a:0", "b:0"]
+
+
+def test_dedup_keeps_both_orders_of_a_pair_and_catches_swapped_copies(tmp_path):
+    rows = [{"sentence1": "A man plays the guitar on stage.", "sentence2": "Someone performs music.", "score": 4},
+            {"sentence1": "Someone performs music.", "sentence2": "A man plays the guitar on stage.", "score": 4},
+            {"sentence1": "A cat sleeps.", "sentence2": "A dog runs.", "score": 0}]
+    _jsonl(tmp_path / "s.jsonl", rows)
+    r = build_yaml(tmp_path, "name: p\nsources: [{name: s, path: s.jsonl, adapter: sts}]\nsteps: [{type: dedup}]\n")
+    ids = sorted(x["id"] for x in read_shards(r.out_dir, "pair").to_pylist())
+    assert ids == ["s:0:ab", "s:0:ba", "s:2:ab", "s:2:ba"]  # row 1 is row 0 swapped: dropped with both its orders
+    assert r.manifest["dropped"]["0:dedup"]["exact_duplicate"] == 2
+
+
+def _bench_files(tmp_path, bench_sentences):
+    write(tmp_path / "bench" / "STSX.test.tsv", "".join(f"{a}\t{b}\t3.0\n" for a, b in
+                                                         zip(bench_sentences[::2], bench_sentences[1::2])))
+    write(tmp_path / "bench" / "QAX" / "queries.jsonl", json.dumps({"_id": "q1", "text": "what is the tallest mountain on earth"}) + "\n")
+    write(tmp_path / "bench" / "QAX" / "corpus.jsonl", json.dumps({"_id": "d1", "title": "Everest", "text": "Mount Everest is the tallest mountain on earth above sea level"}) + "\n")
+    write(tmp_path / "bench" / "QAX" / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+
+
+def test_pack_from_files_detects_tasks_splits_and_text_columns(tmp_path):
+    bench = _sentences(10, seed=5)
+    _bench_files(tmp_path, bench)
+    meta = build_pack(texts_from_files([tmp_path / "bench" / "STSX.test.tsv", tmp_path / "bench" / "QAX"]),
+                      tmp_path / "pack")
+    assert meta["tasks"] == {"STSX": {"test": 10}, "QAX": {"test": 1, "corpus": 1}}
+    pack = Pack(tmp_path / "pack")
+    assert pack.sig.shape == (12, 128) and len(pack.exact) == 12 and len(pack.ngrams) > 0
+    assert set(pack.texts.column("field").to_pylist()) == {"column0", "column1", "query", "document"}
+
+
+def test_decontaminate_exact_near_and_ngram_matches_with_report(tmp_path):
+    bench = _sentences(20, seed=7, length=16)
+    _bench_files(tmp_path, bench)
+    train = _sentences(200, seed=8, length=16)
+    rows = [{"title": t, "body": u} for t, u in zip(train[::2], train[1::2])]
+    rows.append({"title": bench[0].upper() + "?", "body": "unrelated body text for an exact match"})         # exact
+    w = bench[2].split()
+    rows.append({"title": " ".join(w[:7] + ["zebra"] + w[8:]), "body": "a near copy in the title"})        # near
+    rows.append({"title": "long n-gram", "body": "intro words here " + " ".join(bench[4].split()[:13]) + " and more"})  # 13-gram
+    rows.append({"title": "What is the tallest mountain on Earth?", "body": "Everest."})                  # exact query
+    _jsonl(tmp_path / "train.jsonl", rows)
+    recipe = f"""
+        name: c
+        sources: [{{name: web, path: train.jsonl, adapter: title_body}}]
+        steps:
+          - {{type: decontaminate, bench_files: [bench/STSX.test.tsv, bench/QAX], action: ACTION}}
+    """
+    r = build_yaml(tmp_path, recipe.replace("ACTION", "drop"))
+    c = r.manifest["contamination"]
+    assert c["contaminated"] == 4 and c["by_dataset"] == {"web": 4} and c["records_checked"] == 104
+    assert c["by_match"] == {"exact": 2, "minhash": 1, "ngram": 1}
+    assert r.manifest["counts"]["retrieval"]["web"] == 100
+    report = json.loads((r.out_dir / "contamination.json").read_text())
+    assert report["tasks"]["bench_pack/STSX/test"]["records"] == 3
+    assert report["tasks"]["bench_pack/QAX/test"]["records"] == 1
+    ex = {e["match"]: e for e in report["tasks"]["bench_pack/STSX/test"]["examples"]}
+    assert ex["exact"]["benchmark_text"] == bench[0] and ex["exact"]["field"] == "query"
+    assert 0.8 <= ex["minhash"]["score"] < 1 and ex["ngram"]["field"] == "positive"
+    assert len(report["datasets"]["web"]["examples"]) == 4
+    assert "contamination.json" in r.manifest["artifacts"]
+
+    flagged = build_yaml(tmp_path, recipe.replace("ACTION", "flag"), force=True)
+    assert flagged.manifest["counts"]["retrieval"]["web"] == 104
+    con = connect(flagged.out_dir)
+    n = con.execute("SELECT count(*) FROM retrieval WHERE list_contains([e.step FOR e IN lineage.events], "
+                    "'decontaminate')").fetchall()[0][0]
+    assert n == 4
+
+
+def test_cli_style_apply_steps_on_an_existing_output(tmp_path):
+    out = tmp_path / "demo"
+    build(load_recipe(ROOT / "recipes" / "demo.yaml"), out)
+    _bench_files(tmp_path, ["A cat is sitting on a windowsill.", "A dog is running in a field."])
+    build_pack(texts_from_files([tmp_path / "bench" / "STSX.test.tsv"]), tmp_path / "pack")
+    result = apply_steps(out, tmp_path / "clean", [{"type": "decontaminate", "packs": [str(tmp_path / "pack")]}])
+    m = result.manifest
+    assert m["contamination"]["contaminated"] == 2  # the sts pair in both orders
+    assert m["parent"]["recipe"]["name"] == "demo" and m["recipe"]["name"] == "demo+decontaminate"
+    assert m["quarantined"]["n"] == read_manifest(out)["quarantined"]["n"]  # input quarantine carried over
+    assert sum(m["counts"]["pair"].values()) == sum(read_manifest(out)["counts"]["pair"].values()) - 2
+
+
+def test_real_contamination_stsb_train_against_sts_benchmarks(shared_data, tmp_path):
+    """STS12-16 and STS-B test sentences really do sit in STS-B train: the audit must find them."""
+    build_pack(texts_from_files([shared_data / "stsb" / "sts-test.csv"]), tmp_path / "pack")
+    write(tmp_path / "r.yaml", f"""
+        name: real
+        sources:
+          - name: stsb_train
+            path: {shared_data / 'stsb' / 'sts-train.csv'}
+            format: tsv
+            csv: {{header: false, quote_char: false, column_names: [g, f, y, i, score, sentence1, sentence2]}}
+            adapter: sts
+            options: {{both_orders: false}}
+        steps:
+          - {{type: decontaminate, packs: [pack], match: [exact]}}
+    """)
+    r = build(load_recipe(tmp_path / "r.yaml"), tmp_path / "out")
+    test_sents = set()
+    for line in (shared_data / "stsb" / "sts-test.csv").read_text().splitlines():
+        test_sents.update(p.strip().lower() for p in line.split("\t")[5:7])
+    expected = 0
+    for line in (shared_data / "stsb" / "sts-train.csv").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 7 and (parts[5].strip().lower() in test_sents or parts[6].strip().lower() in test_sents):
+            expected += 1
+    found = r.manifest["contamination"]["contaminated"]
+    assert expected > 50 and abs(found - expected) <= expected * 0.05

@@ -1,0 +1,107 @@
+import random
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from datakit import minhash as mh
+
+
+def fnv1a(b: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for x in b:
+        h = ((h ^ x) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_normalize_nfkc_case_punctuation_whitespace():
+    got = mh.normalize(pa.array(["  Hello,\tWORLD!! ", "Ｆｕｌｌ－ｗｉｄｔｈ　ｔｅｘｔ", "l'été — déjà vu…", None])).to_pylist()
+    assert got == ["hello world", "full width text", "l été déjà vu", ""]
+
+
+def test_hash_strings_is_fnv1a_then_mixed_and_order_independent():
+    words = ["", "a", "abc", "héllo", "a much longer token than the others", "abc"]
+    h = mh.hash_strings(pa.array(words))
+    expected = mh.splitmix(np.array([fnv1a(w.encode()) ^ len(w.encode()) for w in words], np.uint64))
+    assert (h == expected).all() and h[2] == h[5] and len(set(h.tolist())) == 5
+    sliced = mh.hash_strings(pa.array(words).slice(2, 3))
+    assert (sliced == h[2:5]).all()
+
+
+def test_word_shingles_and_short_texts():
+    cfg = mh.MinHashConfig(ngram=3)
+    h, doc = mh.shingle(pa.array(["a b c d", "a b", "", "x"]), cfg)
+    assert doc.tolist() == [0, 0, 1, 3]  # 2 trigrams, one shingle for the 2-word text, none for the empty one
+    h2, _ = mh.shingle(pa.array(["A, b; c d!"]), cfg)
+    assert (h2 == h[:2]).all()
+
+
+def test_chinese_text_is_shingled_by_characters():
+    cfg = mh.MinHashConfig(char_ngram=2)
+    texts = pa.array(["一架飞机要起飞了。", "一架飞机正在起飞。", "The plane takes off"])
+    norm = mh.normalize(texts)
+    assert mh.is_cjk(norm, 0.3).tolist() == [True, True, False]
+    h, doc = mh.shingle(texts, cfg)
+    assert (doc == 0).sum() == 7 and (doc == 1).sum() == 7 and (doc == 2).sum() == 2  # 8 chars -> 7 bigrams
+    sig = mh.signatures(texts, cfg)
+    a = {"一架", "架飞", "飞机", "机要", "要起", "起飞", "飞了"}
+    b = {"一架", "架飞", "飞机", "机正", "正在", "在起", "起飞"}
+    assert abs(mh.jaccard_estimate(sig[0], sig[1]) - mh.exact_jaccard(a, b)) < 0.15
+    forced = mh.shingle(texts, mh.MinHashConfig(script="word"))[1]
+    assert (forced == 0).sum() == 1  # no spaces: one word
+
+
+def test_signature_estimates_track_exact_jaccard():
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(400)]
+    cfg = mh.MinHashConfig(ngram=1, num_perm=256)
+    base = rng.sample(vocab, 60)
+    texts, truth = [], []
+    for keep in range(0, 61, 6):
+        other = base[:keep] + rng.sample([w for w in vocab if w not in base], 60 - keep)
+        texts.append(" ".join(other))
+        truth.append(mh.exact_jaccard(set(base), set(other)))
+    sig = mh.signatures(pa.array([" ".join(base)] + texts), cfg)
+    est = mh.jaccard_estimate(sig[:1], sig[1:])
+    assert np.abs(est - np.array(truth)).max() < 0.1
+    again = mh.signatures(pa.array([" ".join(base)]), cfg)
+    assert (again == sig[:1]).all()  # deterministic across batches
+
+
+def test_empty_texts_have_empty_signatures():
+    sig = mh.signatures(pa.array(["", "  ...  ", "words here"]), mh.MinHashConfig())
+    assert mh.empty_rows(sig).tolist() == [True, True, False]
+    assert mh.jaccard_estimate(sig[0], sig[1]) == 0.0
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.8, 128), (0.5, 128), (0.7, 256), (0.9, 64)])
+def test_bands_match_datasketch_parameter_choice(threshold, num_perm):
+    from datasketch.lsh import _optimal_param
+
+    assert mh.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+def test_candidates_are_verified_so_band_collisions_are_not_duplicates():
+    cfg = mh.MinHashConfig(ngram=1)
+    sig = mh.signatures(pa.array(["a b c d e f g h", "a b c d e f g x", "q r s t u v w z"]), cfg)
+    bands, rows = mh.optimal_bands(0.8, cfg.num_perm)
+    bh = mh.band_hashes(sig, bands, rows)
+    bh[2, 0] = bh[0, 0]  # force a band collision between unrelated texts 0 and 2
+    con = duckdb.connect()
+    table = pa.table({"doc": np.repeat(np.arange(3), bands), "band": np.tile(np.arange(bands), 3),
+                      "h": bh.reshape(-1)})
+    con.register("bands", table)
+    pairs = mh.candidate_pairs(con, "SELECT * FROM bands")
+    assert [0, 2] in pairs.tolist()
+    verified, scores = mh.verify_pairs(pairs, sig, threshold=0.6)
+    assert [0, 2] not in verified.tolist()
+    assert all(s >= 0.6 for s in scores)
+
+
+def test_components_and_keep_policies():
+    labels = mh.components(np.array([[0, 1], [1, 2], [5, 6], [6, 7], [3, 3]]), 9)
+    assert labels.tolist() == [0, 0, 0, 3, 4, 5, 5, 5, 8]
+    lengths = np.array([3, 9, 9, 1, 1, 2, 2, 8, 1])
+    assert np.nonzero(mh.keep_mask(labels))[0].tolist() == [0, 3, 4, 5, 8]
+    assert np.nonzero(mh.keep_mask(labels, lengths, "longest"))[0].tolist() == [1, 3, 4, 7, 8]
