@@ -94,15 +94,22 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     t = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     t = pc.utf8_normalize(pc.fill_null(t.cast(pa.string()), ""), "NFKC")
     t = pc.utf8_lower(t)
-    t = pc.replace_substring_regex(t, r"[\p{P}\p{S}\s]+", " ")
+    # punctuation/symbols (with the spaces around them) and runs of whitespace become one space; a plain
+    # single space is not a match, which keeps the regex pass fast
+    t = pc.replace_substring_regex(t, r"\s*[\p{P}\p{S}]+\s*|\s\s+|[\t\n\r\f\v]", " ")
     return pc.utf8_trim_whitespace(t)
 
 
 def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
     """Per text: does it have at least `ratio` CJK characters (of its non-space characters)?"""
-    cjk = pc.count_substring_regex(norm, _CJK).to_numpy(zero_copy_only=False)
-    length = pc.utf8_length(pc.replace_substring(norm, " ", "")).to_numpy(zero_copy_only=False)
-    return (cjk > 0) & (cjk >= ratio * np.maximum(length, 1))
+    out = np.zeros(len(norm), bool)
+    other = np.nonzero(~pc.string_is_ascii(norm).to_numpy(zero_copy_only=False))[0]  # ASCII text is never CJK
+    if len(other):
+        sub = norm.take(pa.array(other))
+        cjk = pc.count_substring_regex(sub, _CJK).to_numpy(zero_copy_only=False)
+        length = pc.utf8_length(pc.replace_substring(sub, " ", "")).to_numpy(zero_copy_only=False)
+        out[other] = (cjk > 0) & (cjk >= ratio * np.maximum(length, 1))
+    return out
 
 
 def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +170,9 @@ def _shingles(tok: np.ndarray, doc: np.ndarray, n: int, n_docs: int) -> tuple[np
                 more = s_len > k
                 idx = np.minimum(s_start + k, len(tok) - 1)
                 h = np.where(more, splitmix(h * _GOLD + tok[idx]), h)
-            full_h = np.concatenate([full_h, h])
-            full_doc = np.concatenate([full_doc, short.astype(np.int64)])
-    order = np.argsort(full_doc, kind="stable")
-    return full_h[order], full_doc[order]
+            at = np.searchsorted(full_doc, short)  # merge: both are sorted by text
+            full_h, full_doc = np.insert(full_h, at, h), np.insert(full_doc, at, short.astype(np.int64))
+    return full_h, full_doc
 
 
 def shingle(texts: pa.Array | pa.ChunkedArray, cfg: MinHashConfig, normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +198,8 @@ def shingle(texts: pa.Array | pa.ChunkedArray, cfg: MinHashConfig, normalized: b
         parts_d.append(idx[d] if len(idx) != n else d)
     if not parts_h:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    if len(parts_h) == 1:
+        return parts_h[0], parts_d[0]
     h, d = np.concatenate(parts_h), np.concatenate(parts_d)
     order = np.argsort(d, kind="stable")
     return h[order], d[order]
@@ -211,14 +219,14 @@ try:  # a compiled, multi-core kernel when numba is there (it is a dependency); 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _minhash_kernel(h, seg_bounds, seg_docs, a, b, sig):  # pragma: no cover - compiled
         num_perm = a.shape[0]
-        for s in numba.prange(seg_bounds.shape[0] - 1):
-            row = seg_docs[s]
+        for s in numba.prange(seg_bounds.shape[0] - 1):  # one text per iteration, texts spread over cores
+            mins = np.full(num_perm, np.uint64(0xFFFFFFFF))  # running minima stay in registers/L1
             for i in range(seg_bounds[s], seg_bounds[s + 1]):
                 x = h[i]
                 for k in range(num_perm):
-                    v = np.uint32((a[k] * x + b[k]) >> np.uint64(32))
-                    if v < sig[row, k]:
-                        sig[row, k] = v
+                    mins[k] = min(mins[k], (a[k] * x + b[k]) >> np.uint64(32))
+            for k in range(num_perm):
+                sig[seg_docs[s], k] = np.uint32(mins[k])
 except ImportError:  # pragma: no cover
     _minhash_kernel = None
 
