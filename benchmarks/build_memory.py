@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -54,34 +53,6 @@ def make_jsonl(path: Path, gigabytes: float, seed: int = 0) -> int:
             written += len(line)
             rows += 1
     return rows
-
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run a command; return (seconds, peak RSS in bytes of the process tree, stdout)."""
-    start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = 0
-    ps = psutil.Process(proc.pid)
-    done = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    out, _ = proc.communicate()
-    done.set()
-    t.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed:\n{out[-3000:]}")
-    return time.time() - start, peak, out
 
 
 HF_SCRIPT = """

@@ -29,7 +29,7 @@ from datakit import minhash as mh
 
 PACK_FORMAT = 1
 _SPLIT_WORDS = ("test", "dev", "validation", "val", "train")
-_NOT_DATA = re.compile(r"(\d+-)?(readme|license|licence|changelog)", re.I)
+_NOT_DATA = re.compile(r"(\d+-)?(readme|license|licence|changelog|provenance)", re.I)
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz")
 
 
@@ -155,6 +155,21 @@ def _is_beir(folder: Path) -> bool:
     return any((folder / n).exists() for n in ("queries.jsonl", "queries.jsonl.gz", "corpus.jsonl", "corpus.jsonl.gz"))
 
 
+def _folder_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool, fields: list[str] | None
+                  ) -> Iterator[tuple[str, str, str, list[str]]]:
+    """A folder of data files is one task; its sub-folders (BEIR or not) are tasks of their own."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if _is_beir(sub):
+            for split, field, texts in _beir_texts(con, sub, corpus):
+                yield sub.name, split, field, texts
+        else:
+            yield from _folder_texts(con, sub, corpus, fields)
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_DATA_SUFFIXES)
+                    and not _NOT_DATA.match(p.name)):
+        for field, texts in _file_texts(con, f, fields):
+            yield folder.name, _split_of(f.name), f"{f.stem}:{field}", texts
+
+
 def texts_from_files(inputs: Iterable[Path], corpus: bool = True, fields: list[str] | None = None
                      ) -> Iterator[tuple[str, str, str, list[str]]]:
     """(task, split, field, texts) from files and folders; each file or folder is a task."""
@@ -167,13 +182,7 @@ def texts_from_files(inputs: Iterable[Path], corpus: bool = True, fields: list[s
             for split, field, texts in _beir_texts(con, item, corpus):
                 yield item.name, split, field, texts
         elif item.is_dir():
-            for sub in sorted(p for p in item.iterdir() if p.is_dir() and _is_beir(p)):
-                for split, field, texts in _beir_texts(con, sub, corpus):
-                    yield sub.name, split, field, texts
-            for f in sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(_DATA_SUFFIXES)
-                            and not _NOT_DATA.match(p.name)):
-                for field, texts in _file_texts(con, f, fields):
-                    yield item.name, _split_of(f.name), f"{f.stem}:{field}", texts
+            yield from _folder_texts(con, item, corpus, fields)
         else:
             stem = re.sub(r"[._-]?(test|dev|validation|val|train)$", "", item.name.split(".")[0], flags=re.I) or item.stem
             for field, texts in _file_texts(con, item, fields):

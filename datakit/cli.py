@@ -187,7 +187,7 @@ def dedup(
     out: Path = typer.Option(..., "--out", "-o"),
     method: str = typer.Option("minhash", help="exact | minhash"),
     threshold: float = typer.Option(0.8, help="Jaccard threshold for near duplicates"),
-    ngram: int = typer.Option(3, help="word n-gram size of the shingles"),
+    ngram: int = typer.Option(1, help="word n-gram size of the shingles (1: word sets)"),
     keep: str = typer.Option("first", help="first | longest"),
 ) -> None:
     """Remove exact and near-duplicate records from an existing shard folder."""

@@ -39,8 +39,8 @@ _CHUNK_SHINGLES = 1 << 15
 @dataclass(frozen=True)
 class MinHashConfig:
     num_perm: int = 128
-    ngram: int = 3  # word n-grams
-    char_ngram: int = 3  # character n-grams for Chinese/Japanese/Korean text
+    ngram: int = 1  # word n-grams (1: sets of words)
+    char_ngram: int = 2  # character n-grams for Chinese/Japanese/Korean text
     script: Script = "auto"
     cjk_ratio: float = 0.3  # auto: a text with at least this share of CJK characters is shingled by characters
     seed: int = 1
@@ -227,8 +227,19 @@ try:  # a compiled, multi-core kernel when numba is there (it is a dependency); 
                     mins[k] = min(mins[k], (a[k] * x + b[k]) >> np.uint64(32))
             for k in range(num_perm):
                 sig[seg_docs[s], k] = np.uint32(mins[k])
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _band_kernel(sig, mult, salt, rows, out):  # pragma: no cover - compiled
+        bands = out.shape[1]
+        for i in numba.prange(sig.shape[0]):
+            for band in range(bands):
+                acc = salt[band]
+                for r in range(rows):
+                    c = band * rows + r
+                    acc += np.uint64(sig[i, c]) * mult[c]
+                out[i, band] = acc
 except ImportError:  # pragma: no cover
-    _minhash_kernel = None
+    _minhash_kernel = _band_kernel = None
 
 
 def signatures_from_shingles(h: np.ndarray, doc: np.ndarray, n_docs: int, cfg: MinHashConfig) -> np.ndarray:
@@ -300,17 +311,22 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: each band's `rows` signature values hashed together."""
-    n = sig.shape[0]
-    out = np.empty((n, bands), np.uint64)
-    s = sig.astype(np.uint64)
+    """(n, bands) uint64: each band's `rows` signature values hashed together.
+
+    A band's hash is a random linear combination of its values mod 2^64 (a universal hash of the
+    vector), then mixed; one pass over the whole signature matrix.
+    """
     with np.errstate(over="ignore"):
-        for band in range(bands):
-            h = np.full(n, np.uint64(band) * _GOLD, np.uint64)
-            for r in range(rows):
-                h = splitmix(h ^ s[:, band * rows + r])
-            out[:, band] = h
-    return out
+        mult = splitmix(np.arange(1, bands * rows + 1, dtype=np.uint64) * _GOLD) | np.uint64(1)
+        salt = np.arange(bands, dtype=np.uint64) * _GOLD
+    if _band_kernel is not None:
+        out = np.empty((len(sig), bands), np.uint64)
+        _band_kernel(np.ascontiguousarray(sig), mult, salt, rows, out)
+        return splitmix(out)
+    with np.errstate(over="ignore"):
+        prod = sig[:, : bands * rows].astype(np.uint64) * mult[None, :]
+        out = prod.reshape(len(sig), bands, rows).sum(axis=2, dtype=np.uint64)
+        return splitmix(out + salt[None, :])
 
 
 def empty_rows(sig: np.ndarray) -> np.ndarray:

@@ -29,8 +29,8 @@ class DedupConfig(StepConfig):
     method: Literal["exact", "minhash"] = "minhash"  # minhash also runs the exact pass first
     threshold: float = 0.8
     num_perm: int = 128
-    ngram: int = 3
-    char_ngram: int = 3
+    ngram: int = 1  # word shingles: sets of words (benchmarks/RESULTS.md: best recall on edited short texts)
+    char_ngram: int = 2
     script: Literal["auto", "word", "char"] = "auto"
     keep: Literal["first", "longest"] = "first"
     scope: Literal["kind", "dataset"] = "kind"  # compare across all datasets of a kind, or within each dataset

@@ -1,0 +1,378 @@
+"""Near-duplicate detection: datakit's MinHash/LSH engine against datasketch and rensa, on real text.
+
+Documents: short real texts from ../shared/data (STS-B, WikiQA, SNLI, emotion, Banking77, SciFact), with
+planted near-duplicates (case, punctuation, one word dropped, two words swapped, and combinations).
+Every engine sees the same normalisation and the same shingles (word n-grams), so differences come from
+the engines. Each engine runs in its own process (peak RSS of that process).
+
+Columns: signature docs/s on one core (shingled tokens in, signatures out); end-to-end seconds and docs/s
+(normalise, shingle, sign, band, candidates, verify, cluster) and peak RSS; mean absolute error of the
+Jaccard estimates against exact Jaccard on 3,000 pairs; precision and recall on the planted duplicates.
+
+    python benchmarks/dedup_bench.py --n 100000
+    python benchmarks/dedup_bench.py --scale 1000000      # datakit only: 1M docs through `datakit build`
+    python benchmarks/dedup_bench.py --decontam           # decontamination precision/recall
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import measure  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+THRESHOLD = 0.8
+NUM_PERM = 128
+
+
+# ------------------------------------------------------------------ data
+def real_texts(include_sts: bool = True) -> list[str]:
+    if not SHARED.exists():
+        sys.exit("needs ../shared/data (real public text)")
+    out: list[str] = []
+    for name in ("sts-train.csv", "sts-dev.csv", "sts-test.csv") if include_sts else ():
+        for line in (SHARED / "stsb" / name).read_text(encoding="utf-8").splitlines():
+            out += line.split("\t")[5:7]
+    for line in (SHARED / "wikiqa" / "WikiQA-train.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        out.append(line.split("\t")[-2])
+    for line in (SHARED / "emotion" / "train.txt").read_text(encoding="utf-8").splitlines()[1:]:
+        out.append(line.rsplit(";", 1)[0])
+    with open(SHARED / "banking77" / "train.csv", newline="", encoding="utf-8") as fh:
+        out += [r["text"] for r in csv.DictReader(fh)]
+    for line in (SHARED / "snli_sample" / "snli_1.0_dev_head.jsonl").open(encoding="utf-8"):
+        r = json.loads(line)
+        out += [r["sentence1"], r["sentence2"]]
+    with gzip.open(SHARED / "scifact" / "beir" / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            words = json.loads(line)["text"].split()
+            out += [" ".join(words[i: i + 40]) for i in range(0, min(len(words), 200), 40)]
+    seen, uniq = set(), []
+    for t in out:
+        t = t.strip()
+        if len(t.split()) >= 4 and t.lower() not in seen:
+            seen.add(t.lower())
+            uniq.append(t)
+    return uniq
+
+
+def edit(text: str, rng: random.Random) -> tuple[str, str]:
+    words = text.split()
+    kind = rng.choice(["case", "punct", "drop", "swap", "case+drop", "punct+swap"])
+    if "drop" in kind and len(words) >= 8:
+        del words[rng.randrange(len(words))]
+    if "swap" in kind and len(words) >= 8:
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    out = " ".join(words)
+    if "case" in kind:
+        out = rng.choice([out.upper(), out.lower(), out.title()])
+    if "punct" in kind:
+        out = out.replace(",", "").replace(".", "") + rng.choice(["!!", " ?", "...", " :)"])
+    return out, kind
+
+
+def make_docs(n: int, planted_frac: float = 0.05, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """n docs: real texts plus planted edited copies; returns docs and (original, copy) index pairs."""
+    rng = random.Random(seed)
+    base = real_texts()
+    n_copies = int(n * planted_frac)
+    originals = base[: n - n_copies] if len(base) >= n - n_copies else base
+    while len(originals) < n - n_copies:  # more docs than real texts: join two texts into a new one
+        originals.append(rng.choice(base) + " " + rng.choice(base))
+    docs = list(originals)
+    pairs = []
+    for _ in range(n_copies):
+        i = rng.randrange(len(originals))
+        docs.append(edit(originals[i], rng)[0])
+        pairs.append((i, len(docs) - 1))
+    return docs, np.array(pairs, np.int64)
+
+
+# ------------------------------------------------------------------ shared pieces
+def token_sets(docs: list[str], ngram: int) -> list[list[str]]:
+    from datakit.minhash import normalize
+
+    out = []
+    for text in normalize(pa.array(docs)).to_pylist():
+        w = text.split()
+        out.append([" ".join(w[i: i + ngram]) for i in range(max(1, len(w) - ngram + 1))] if w else [])
+    return out
+
+
+def clusters_from_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    from datakit.minhash import components
+
+    return components(pairs, n)
+
+
+def band_candidates_numpy(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Candidate pairs from band buckets with numpy (the plain rensa pipeline's banding)."""
+    n = len(sig)
+    out = []
+    for b in range(bands):
+        block = np.ascontiguousarray(sig[:, b * rows:(b + 1) * rows])
+        keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
+        order = np.argsort(keys, kind="stable")
+        k = keys[order]
+        start = np.r_[True, k[1:] != k[:-1]]
+        group = np.cumsum(start) - 1
+        first = order[np.r_[np.nonzero(start)[0]]][group]
+        mask = first != order
+        out.append(np.stack([first[mask], order[mask]], axis=1))
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    return np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
+
+
+# ------------------------------------------------------------------ engines (each in its own process)
+def run_datakit(docs: list[str], ngram: int) -> dict:
+    import duckdb
+    import numba
+
+    from datakit import minhash as mh
+
+    cfg = mh.MinHashConfig(num_perm=NUM_PERM, ngram=ngram, script="word")
+    arr = pa.array(docs)
+    mh.band_hashes(mh.signatures(arr[:10], cfg), 2, 2)  # compile the kernels outside the timings
+    numba.set_num_threads(1)
+    h, d = mh.shingle(arr, cfg)
+    t = time.time()
+    mh.signatures_from_shingles(h, d, len(docs), cfg)
+    sign_one_core = time.time() - t
+    t0 = time.time()  # end to end on one core too (numba and DuckDB held to one thread)
+    norm = mh.normalize(arr)
+    sig = mh.signatures(norm, cfg, normalized=True)
+    bands, rows = mh.optimal_bands(THRESHOLD, NUM_PERM)
+    bh = mh.band_hashes(sig, bands, rows)
+    live = np.nonzero(~mh.empty_rows(sig))[0]
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    con.register("bands", pa.table({"doc": np.repeat(live, bands), "band": np.tile(np.arange(bands), len(live)),
+                                    "h": bh[live].reshape(-1)}))
+    cand = mh.candidate_pairs(con, "SELECT * FROM bands")
+    verified, _ = mh.verify_pairs(cand, sig, threshold=THRESHOLD)
+    labels = mh.components(verified, len(docs))
+    e2e = time.time() - t0
+    return {"sign_one_core_s": sign_one_core, "e2e_s": e2e, "labels": labels, "sig": sig, "candidates": len(cand)}
+
+
+def run_datasketch(docs: list[str], ngram: int) -> dict:
+    from datasketch import MinHash, MinHashLSH
+
+    t0 = time.time()
+    tokens = token_sets(docs, ngram)
+    shingle_s = time.time() - t0
+    t = time.time()
+    hashes = []
+    for toks in tokens:
+        m = MinHash(num_perm=NUM_PERM, seed=1)
+        m.update_batch([x.encode() for x in toks])
+        hashes.append(m)
+    sign_s = time.time() - t
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    pairs = []
+    for i, m in enumerate(hashes):
+        for j in lsh.query(m):
+            if hashes[j].jaccard(m) >= THRESHOLD:
+                pairs.append((j, i))
+        lsh.insert(i, m)
+    labels = clusters_from_pairs(np.array(pairs, np.int64).reshape(-1, 2), len(docs))
+    sig = np.stack([m.hashvalues for m in hashes]).astype(np.uint64)
+    return {"sign_one_core_s": sign_s, "shingle_s": shingle_s, "e2e_s": time.time() - t0, "labels": labels, "sig": sig}
+
+
+def run_rensa(docs: list[str], ngram: int) -> dict:
+    from rensa import RMinHash
+
+    from datakit import minhash as mh
+
+    t0 = time.time()
+    tokens = token_sets(docs, ngram)
+    t = time.time()
+    matrix = RMinHash.digest_matrix_from_token_sets(tokens, num_perm=NUM_PERM, seed=1)
+    sign_s = time.time() - t
+    sig = np.asarray(matrix.to_rows(), dtype=np.uint64)
+    bands, rows = mh.optimal_bands(THRESHOLD, NUM_PERM)
+    cand = band_candidates_numpy(sig, bands, rows)
+    est = (sig[cand[:, 0]] == sig[cand[:, 1]]).mean(axis=1) if len(cand) else np.zeros(0)
+    verified = cand[est >= THRESHOLD]
+    labels = clusters_from_pairs(verified, len(docs))
+    return {"sign_one_core_s": sign_s, "e2e_s": time.time() - t0, "labels": labels, "sig": sig}
+
+
+ENGINES = {"datakit": run_datakit, "datasketch": run_datasketch, "rensa": run_rensa}
+
+
+def worker(engine: str, docs_path: Path, ngram: int, out: Path) -> None:
+    docs = pq.read_table(docs_path).column("text").to_pylist()
+    res = ENGINES[engine](docs, ngram)
+    np.save(out.with_suffix(".labels.npy"), res.pop("labels"))
+    np.save(out.with_suffix(".sig.npy"), res.pop("sig"))
+    out.write_text(json.dumps(res))
+
+
+# ------------------------------------------------------------------ scoring
+def score(labels: np.ndarray, sig: np.ndarray, planted: np.ndarray, tokens: list[set], rng: random.Random) -> dict:
+    recall = float(np.mean(labels[planted[:, 0]] == labels[planted[:, 1]])) if len(planted) else 0.0
+    # predicted pairs: every cluster member with its cluster's root
+    members = np.nonzero(labels != np.arange(len(labels)))[0]
+    planted_set = {(int(a), int(b)) for a, b in planted}
+    true = 0
+    for m in members:
+        r = int(labels[m])
+        a, b = tokens[r], tokens[m]
+        j = len(a & b) / len(a | b) if (a or b) else 0
+        true += (r, int(m)) in planted_set or (int(m), r) in planted_set or j >= THRESHOLD - 0.05
+    precision = true / len(members) if len(members) else 1.0
+    # Jaccard estimate error on planted pairs and random pairs of one source
+    pairs = [tuple(p) for p in planted[:1500]] + [(i, i + 1) for i in rng.sample(range(len(tokens) - 1), 1500)]
+    err = []
+    for a, b in pairs:
+        ta, tb = tokens[a], tokens[b]
+        if ta or tb:
+            err.append(abs(len(ta & tb) / len(ta | tb) - float(np.mean(sig[a] == sig[b]))))
+    return {"recall": recall, "precision": precision, "mae": float(np.mean(err)), "pairs": int(len(members))}
+
+
+def compare(n: int, ngram: int, engines: list[str], work: Path) -> None:
+    docs, planted = make_docs(n)
+    docs_path = work / "docs.parquet"
+    pq.write_table(pa.table({"text": docs}), docs_path)
+    tokens = [set(t) for t in token_sets(docs, ngram)]
+    rng = random.Random(1)
+    rows = []
+    for engine in engines:
+        out = work / f"{engine}.json"
+        secs, peak, _ = measure([sys.executable, __file__, "--worker", engine, "--docs", str(docs_path),
+                                 "--ngram", str(ngram), "--out", str(out)])
+        res = json.loads(out.read_text())
+        q = score(np.load(out.with_suffix(".labels.npy")), np.load(out.with_suffix(".sig.npy")), planted, tokens, rng)
+        rows.append((engine, n / res["sign_one_core_s"], res["e2e_s"], n / res["e2e_s"], peak / 2**20, q))
+    print(f"\n{n:,} docs ({len(planted):,} planted near-duplicates), word {ngram}-gram shingles, "
+          f"num_perm {NUM_PERM}, threshold {THRESHOLD}")
+    print("| engine | sign docs/s (1 core) | end-to-end s | end-to-end docs/s | peak RSS MiB | Jaccard MAE | precision | recall |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for engine, sign, e2e, rate, rss, q in rows:
+        print(f"| {engine} | {sign:,.0f} | {e2e:.1f} | {rate:,.0f} | {rss:,.0f} | {q['mae']:.3f} | "
+              f"{q['precision']:.3f} | {q['recall']:.3f} |")
+    base = {r[0]: r for r in rows}
+    if "datakit" in base:
+        for other in ("datasketch", "rensa"):
+            if other in base:
+                print(f"datakit end to end: {base[other][2] / base['datakit'][2]:.1f}x {other}")
+
+
+def scale(n: int, ngram: int, work: Path) -> None:
+    """1M short docs through the real pipeline: JSONL -> classification records -> dedup step -> shards."""
+    docs, planted = make_docs(n, planted_frac=0.02)
+    with open(work / "docs.jsonl", "w", encoding="utf-8") as fh:
+        for t in docs:
+            fh.write(json.dumps({"text": t, "label": "x"}) + "\n")
+    (work / "recipe.yaml").write_text(
+        "name: scale\nsources: [{name: docs, path: docs.jsonl, adapter: classification}]\n"
+        f"steps: [{{type: dedup, threshold: {THRESHOLD}, ngram: {ngram}}}]\noutput: {{shard_rows: 200000}}\n")
+    datakit = str(Path(sys.executable).parent / "datakit")
+    secs, peak, _ = measure([datakit, "build", str(work / "recipe.yaml"), "--out", str(work / "out"), "--force", "-q"])
+    m = json.loads((work / "out" / "manifest.json").read_text())
+    print(f"\n| docs | wall s (read, adapt, dedup, write) | peak RSS MiB | exact dropped | near dropped | planted |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    d = m["dropped"]["0:dedup"]
+    print(f"| {n:,} | {secs:.0f} | {peak / 2**20:,.0f} | {d.get('exact_duplicate', 0):,} | "
+          f"{d.get('near_duplicate', 0):,} | {len(planted):,} |")
+
+
+def decontam(ngram_check: bool, work: Path) -> None:
+    """Planted near-copies of benchmark texts among real training text: precision and recall of the audit."""
+    from datakit.audit import connect
+    from datakit.benchmarks import build_pack, texts_from_files
+    from datakit.pipeline import build
+    from datakit.recipe import load_recipe
+
+    rng = random.Random(3)
+    build_pack(texts_from_files([SHARED / "sts12_16", SHARED / "stsb" / "sts-test.csv", SHARED / "biosses" / "biosses.tsv"]),
+               work / "pack")
+    bench = pq.read_table(work / "pack" / "texts.parquet").column("text").to_pylist()
+    bench_all = bench
+    bench = [b for b in bench if len(b.split()) >= 8 and "StackExchange" not in b]
+    train = [t for t in real_texts(include_sts=False) if t not in set(bench_all)]
+    rng.shuffle(train)
+    train = train[:50_000]
+    planted = rng.sample(bench, 1000)
+    rows = [{"text": t, "label": "train"} for t in train]
+    for b in planted:
+        rows.insert(rng.randrange(len(rows)), {"text": edit(b, rng)[0], "label": "planted"})
+    with open(work / "train.jsonl", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    (work / "recipe.yaml").write_text(
+        "name: decontam\nsources: [{name: train, path: train.jsonl, adapter: classification}]\n"
+        "steps: [{type: decontaminate, packs: [pack], action: flag}]\n")
+    t = time.time()
+    build(load_recipe(work / "recipe.yaml"), work / "out")
+    secs = time.time() - t
+    con = connect(work / "out")
+    flagged = con.execute("SELECT label, text FROM classification WHERE "
+                          "list_contains([e.step FOR e IN lineage.events], 'decontaminate')").fetchall()
+    tp = sum(1 for label, _ in flagged if label == "planted")
+    # a flagged training text that is not planted may still truly overlap a benchmark: check by exact Jaccard
+    from datakit.minhash import normalize
+
+    bench_norm = normalize(pa.array(bench_all)).to_pylist()
+    bench_sets = [set(x.split()) for x in bench_norm]
+    grams = {" ".join(w[i: i + 13]) for x in bench_norm for w in [x.split()] for i in range(len(w) - 12)}
+    real_overlap = 0
+    for label, text in flagged:
+        if label != "planted":
+            norm = normalize(pa.array([text])).to_pylist()[0]
+            s, w = set(norm.split()), norm.split()
+            jac = max(len(s & b) / len(s | b) for b in bench_sets if b)
+            shared = any(" ".join(w[i: i + 13]) in grams for i in range(len(w) - 12))
+            real_overlap += jac >= THRESHOLD - 0.05 or shared
+    precision = (tp + real_overlap) / len(flagged) if flagged else 1.0
+    print(f"\ndecontamination: {len(train):,} real training texts (WikiQA, emotion, Banking77, SNLI, SciFact) + "
+          f"1,000 planted near-copies of benchmark texts; pack: {len(bench_all):,} texts (STS12-16, STS-B test, "
+          f"BIOSSES); {secs:.1f}s")
+    print("| flagged | planted found (recall) | precision | flagged non-planted that truly overlap |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {len(flagged):,} | {tp / 1000:.3f} | {precision:.3f} | {real_overlap} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--ngram", type=int, default=1)
+    ap.add_argument("--engines", default="datakit,rensa,datasketch")
+    ap.add_argument("--scale", type=int, default=0, help="run datakit alone on this many docs through `datakit build`")
+    ap.add_argument("--decontam", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--docs", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.docs, args.ngram, args.out)
+        return
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dedup_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.scale:
+        scale(args.scale, args.ngram, work)
+    elif args.decontam:
+        decontam(True, work)
+    else:
+        compare(args.n, args.ngram, args.engines.split(","), work)
+
+
+if __name__ == "__main__":
+    main()
