@@ -43,7 +43,7 @@ def test_chinese_text_is_shingled_by_characters():
     norm = mh.normalize(texts)
     assert mh.is_cjk(norm, 0.3).tolist() == [True, True, False]
     h, doc = mh.shingle(texts, cfg)
-    assert (doc == 0).sum() == 7 and (doc == 1).sum() == 7 and (doc == 2).sum() == 2  # 8 chars -> 7 bigrams
+    assert (doc == 0).sum() == 7 and (doc == 1).sum() == 7 and (doc == 2).sum() == 4  # 8 chars -> 7 bigrams; 4 words
     sig = mh.signatures(texts, cfg)
     a = {"一架", "架飞", "飞机", "机要", "要起", "起飞", "飞了"}
     b = {"一架", "架飞", "飞机", "机正", "正在", "在起", "起飞"}
