@@ -144,9 +144,11 @@ def bench_build(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated task names to keep"),
     no_corpus: bool = typer.Option(False, "--no-corpus", help="leave retrieval corpora out (they are large)"),
     fields: Optional[str] = typer.Option(None, "--fields", help="text columns of the files (default: detected)"),
+    long_ngram: int = typer.Option(13, "--long-ngram", help="words in a shared run that marks contamination"),
+    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations"),
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
-    from datakit.benchmarks import PackError, build_pack, texts_from_files, texts_from_mteb
+    from datakit.benchmarks import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
 
     task_list = [t.strip() for t in tasks.split(",")] if tasks else None
     try:
@@ -159,7 +161,7 @@ def bench_build(
             items = texts_from_mteb(mteb_benchmark or ("C-MTEB" if cmteb else None), task_list, corpus=not no_corpus)
         else:
             _fail("give --from-files, --mteb, --cmteb or --tasks")
-        meta = build_pack(items, out)
+        meta = build_pack(items, out, PackParams(num_perm=num_perm, long_ngram=long_ngram))
     except PackError as exc:
         _fail(str(exc))
     table = Table("task", "split", "texts")

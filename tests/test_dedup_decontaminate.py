@@ -173,3 +173,29 @@ def test_real_contamination_stsb_train_against_sts_benchmarks(shared_data, tmp_p
             expected += 1
     found = r.manifest["contamination"]["contaminated"]
     assert expected > 50 and abs(found - expected) <= expected * 0.05
+
+
+def test_real_chinese_contamination_bge_file_against_chinese_stsb_test(shared_data, tmp_path):
+    """The text2vec bge finetune file holds Chinese STS-B test sentences: character shingles must find them."""
+    zh = shared_data / "text2vec_zh"
+    build_pack(texts_from_files([zh / "STS-B" / "STS-B.test.data"]), tmp_path / "pack")
+    write(tmp_path / "r.yaml", f"""
+        name: zh
+        sources:
+          - {{name: bge_zh, path: {zh / 'bge_finetune_data.jsonl'}, adapter: retrieval,
+             columns: {{positive: pos, negatives: neg}}}}
+        steps:
+          - {{type: decontaminate, packs: [pack], action: flag}}
+    """)
+    r = build(load_recipe(tmp_path / "r.yaml"), tmp_path / "out")
+    test = set()
+    for line in (zh / "STS-B" / "STS-B.test.data").read_text(encoding="utf-8").splitlines():
+        test.update(line.split("\t")[:2])
+    expected = 0
+    for line in (zh / "bge_finetune_data.jsonl").open(encoding="utf-8"):
+        rec = json.loads(line)
+        if any(t in test for t in [rec["query"], *rec["pos"], *rec["neg"]]):
+            expected += len(rec["pos"])
+    c = r.manifest["contamination"]
+    assert expected <= c["by_match"]["exact"] <= expected * 1.02
+    assert c["contaminated"] > c["by_match"]["exact"]  # near copies found beyond exact strings
