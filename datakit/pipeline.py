@@ -52,6 +52,32 @@ class _Tally:
     quarantine: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
+class NegativeMix:
+    """Per dataset: hard negatives by origin (given / mined / llm) and records short of the target."""
+
+    def __init__(self, target: int | None):
+        self.target = target
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+
+    def add(self, table: pa.Table) -> None:
+        origins = table.column("negative_origins").combine_chunks()
+        flat = pc.list_flatten(origins)
+        parent_ds = table.column("dataset").combine_chunks().take(pc.list_parent_indices(origins))
+        for item in pc.value_counts(pc.binary_join_element_wise(parent_ds, flat, "\x00")).to_pylist():
+            ds, origin = item["values"].split("\x00")
+            self.counts[ds][origin] += item["counts"]
+        if self.target is not None:
+            short = pc.less(pc.list_value_length(origins), self.target)
+            for item in pc.value_counts(table.column("dataset").combine_chunks().filter(short)).to_pylist():
+                self.counts[item["values"]]["records_short"] += item["counts"]
+        for item in pc.value_counts(table.column("dataset")).to_pylist():
+            self.counts[item["values"]]["records"] += item["counts"]
+
+    def report(self) -> dict[str, dict[str, int]]:
+        keys = ("records", "given", "mined", "llm") + (("records_short",) if self.target is not None else ())
+        return {ds: {k: int(c.get(k, 0)) for k in keys} for ds, c in sorted(self.counts.items())}
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
@@ -167,11 +193,16 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
         for step in steps:
             stream = step.run(stream)
         counts: dict[str, Counter] = defaultdict(Counter)
+        target = next((s.config.negatives for s in steps if s.name == "mine_negatives"), None)
+        mix = NegativeMix(target)
         for kind, table in stream:
             writer.write(kind, table)
             for item in pc.value_counts(table.column("dataset")).to_pylist():
                 counts[kind][item["values"]] += item["counts"]
+            if kind == "retrieval":
+                mix.add(table)
         shards = writer.close()
+        head = {**head, "negatives": mix.report()}
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -230,6 +261,7 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
         "dropped": {f"{i}:{s.name}": dict(s.dropped) for i, s in enumerate(steps)},
         "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
         "shards": shards,
+        "negatives": head["negatives"],
         **{k: v for s in steps for k, v in s.manifest_entries().items()},
     }
 

@@ -27,6 +27,14 @@ def build_yaml(tmp_path: Path, recipe: str, **kwargs) -> BuildResult:
     return build(load_recipe(path), tmp_path / "out", **kwargs)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _embedding_cache(tmp_path_factory):
+    """Keep the tests' embedding cache out of the user's home."""
+    import os
+
+    os.environ["DATAKIT_CACHE"] = str(tmp_path_factory.mktemp("datakit_cache"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -34,13 +34,14 @@ def test_demo_counts_quarantine_and_manifest(demo_out):
     assert m["dropped"]["1:dedup"] == {"exact_duplicate": 1, "near_duplicate": 1}  # the two repeated articles
     assert m["contamination"]["by_dataset"] == {"faq": 1, "sts": 4}
     assert (demo_out / "contamination.json").exists()
+    assert m["negatives"]["articles"]["mined"] == 4 * m["counts"]["retrieval"]["articles"]  # demo mines offline
     assert m["counts"]["retrieval"]["nli"] == 6  # one triplet per premise
     assert m["quarantined"]["n"] == len(read_shards(demo_out, "quarantine"))
     assert m["quarantined"]["by_dataset"]["articles"] == {"bad_json": 1, "wrong_type": 1, "empty_text": 1}
     assert m["recipe"]["name"] == "demo" and len(m["recipe"]["sha256"]) == 64
     assert {"pyarrow", "duckdb", "embedkit", "python"} <= set(m["versions"])
     assert m["inputs"]["articles"]["files"][0]["path"].endswith("articles.jsonl")
-    assert "0:filter" in m["dropped"] and [s["type"] for s in m["steps"]] == ["filter", "dedup", "decontaminate"]
+    assert "0:filter" in m["dropped"] and [s["type"] for s in m["steps"]] == ["filter", "dedup", "decontaminate", "mine_negatives"]
     for shard in m["shards"]:
         path = demo_out / shard["file"]
         assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]

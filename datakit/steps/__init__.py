@@ -76,4 +76,5 @@ def make_step(raw: dict[str, Any], ctx: StepContext) -> Step:
 
 
 # registers the built-in steps
-from datakit.steps import decontaminate as _decontaminate, dedup as _dedup, filter as _filter  # noqa: E402,F401
+from datakit.steps import (  # noqa: E402,F401
+    decontaminate as _decontaminate, dedup as _dedup, filter as _filter, mine as _mine)

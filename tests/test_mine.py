@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from datakit.embed import Embedder, build_index
+from datakit.shards import read_shards
+from datakit.steps.mine import llm_quota
+from tests.conftest import ROOT, build_yaml, write
+
+DATA = ROOT / "recipes" / "data"
+
+SOLAR = [
+    "Solar cells are made of semiconductor layers; when photons hit them they free electrons, and the electric "
+    "field at the junction drives those electrons as a current.",
+    "A photovoltaic panel turns sunlight directly into direct current, which an inverter converts to alternating "
+    "current for the home.",
+]
+PARAPHRASE = ("Photovoltaic panels convert sunlight straight into direct current electricity, and an inverter "
+              "then turns it into alternating current for household use.")
+
+
+def _recipe(tmp_path, step: str) -> str:
+    rows = [{"query": "how do solar panels generate electricity", "pos": SOLAR, "neg": []}]
+    write(tmp_path / "solar.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write(tmp_path / "extra.jsonl", json.dumps({"text": PARAPHRASE}) + "\n")
+    return f"""
+        name: m
+        sources:
+          - {{name: articles, path: {DATA / 'articles.jsonl'}, adapter: title_body}}
+          - {{name: chats, path: {DATA / 'chats.jsonl'}, adapter: qa, columns: {{messages: messages}}}}
+          - {{name: solar, path: solar.jsonl, adapter: retrieval, columns: {{positive: pos, negatives: neg}}}}
+        steps:
+          - {step}
+    """
+
+
+def _solar(result):
+    return [r for r in read_shards(result.out_dir, "retrieval").to_pylist() if r["dataset"] == "solar"]
+
+
+def test_known_positives_never_become_negatives_and_the_guard_drops_unlabelled_paraphrases(tmp_path):
+    step = ("{type: mine_negatives, skip: 0, depth: 12, negatives: 8, guard: GUARD, extra_pool: [extra.jsonl], "
+            f"cache_dir: {tmp_path / 'cache'}}}")
+    unguarded = build_yaml(tmp_path, _recipe(tmp_path, step.replace("GUARD", "none")))
+    recs = _solar(unguarded)
+    assert len(recs) == 2
+    for r in recs:
+        assert not set(r["negatives"]) & set(SOLAR)  # the query's other labelled positive is excluded too
+        assert set(r["negative_origins"]) == {"mined"} and len(r["negatives"]) == 8
+    assert any(PARAPHRASE in r["negatives"] for r in recs)  # without the guard the paraphrase is a "negative"
+    guarded = build_yaml(tmp_path, _recipe(tmp_path, step.replace("GUARD", "perc_pos")), force=True)
+    assert not any(PARAPHRASE in r["negatives"] for r in _solar(guarded))
+    report = guarded.manifest["steps"][0]["report"]
+    assert report["by_dataset"]["solar"]["dropped_known_positive"] >= 2
+    assert report["by_dataset"]["solar"]["dropped_guard"] >= 1
+
+
+def test_rank_window_k_cache_and_manifest(tmp_path):
+    step = f"{{type: mine_negatives, skip: 2, depth: 6, negatives: 3, guard: none, cache_dir: {tmp_path / 'cache'}}}"
+    first = build_yaml(tmp_path, _recipe(tmp_path, step))
+    report = first.manifest["steps"][0]["report"]
+    assert report["encoded"] > 0 and report["cache_hits"] == 0
+    records = read_shards(first.out_dir, "retrieval").to_pylist()
+    pool = list(dict.fromkeys(r["positive"] for r in records))
+    emb = Embedder(cache_dir=tmp_path / "cache")
+    pv, qv = emb.encode(pool), emb.encode([r["query"] for r in records])
+    order = np.argsort(-(qv @ pv.T), axis=1)
+    for r, ranks in zip(records, order):
+        window = {pool[j] for j in ranks[2:6]}
+        assert len(r["negatives"]) <= 3 and set(r["negatives"]) <= window
+    assert sum(len(r["negatives"]) == 3 for r in records) >= len(records) * 0.9
+    again = build_yaml(tmp_path, _recipe(tmp_path, step), force=True)
+    report = again.manifest["steps"][0]["report"]
+    assert report["encoded"] == 0 and report["cache_hits"] > 0  # nothing re-embedded
+    assert read_shards(again.out_dir, "retrieval").to_pylist() == records  # deterministic
+    mix = again.manifest["negatives"]["articles"]
+    arts = [r for r in records if r["dataset"] == "articles"]
+    assert mix == {"records": len(arts), "given": 0, "mined": sum(len(r["negatives"]) for r in arts), "llm": 0,
+                   "records_short": sum(len(r["negatives"]) < 3 for r in arts)}
+    sim = again.manifest["mining"]["similarity"]["articles"]
+    assert sim["query_positive"]["mean"] > sim["query_mined_negative"]["mean"]
+
+
+def test_llm_share_leaves_room_for_llm_negatives(tmp_path):
+    quota = llm_quota([f"d:{i}" for i in range(10_000)], target=4, share=0.3, seed=0)
+    assert abs(quota.mean() - 1.2) < 0.03 and set(quota.tolist()) == {1, 2}
+    step = f"{{type: mine_negatives, skip: 0, depth: 20, negatives: 4, llm_share: 0.3, cache_dir: {tmp_path / 'c'}}}"
+    result = build_yaml(tmp_path, _recipe(tmp_path, step))
+    counts = [len(r["negatives"]) for r in read_shards(result.out_dir, "retrieval").to_pylist()]
+    assert set(counts) <= {2, 3} and 2.6 < np.mean(counts) < 3.0
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_recall_close_to_exact_on_100k(kind):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(200, 64)).astype(np.float32)
+    x = centers[rng.integers(0, 200, 100_000)] + 0.6 * rng.normal(size=(100_000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[rng.choice(100_000, 500, replace=False)] + 0.05 * rng.normal(size=(500, 64)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, exact = build_index(x, "flat").search(q, 10)
+    _, approx = build_index(x, kind).search(q, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.98, recall
