@@ -1,12 +1,17 @@
-"""Shard reading for training: memory-mapped Arrow tables per record kind, indexed by dataset.
+"""Shards -> batches. Every batch comes from one dataset; stage 1 draws retrieval data only, stage 2 draws
+retrieval with probability `eta` and the other kinds otherwise, datasets in proportion to size**(1/T).
 
-Only `datakit.records` is imported from the data side (the GPU machine has torch,
-transformers and pyarrow, not the data stack).
+Shards are memory-mapped with pyarrow; only `datakit.records` is imported from the data side (the GPU
+machine has torch, transformers and pyarrow, not the data stack). Batches are deterministic given the seed
+and the step, and the sampler's state (per-dataset permutation positions) is saved with checkpoints.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,3 +38,204 @@ def dataset_index(table: pa.Table) -> dict[str, pa.Array]:
     """Row positions of each dataset (the trainer draws every batch from one dataset)."""
     col = table.column("dataset")
     return {name: pc.indices_nonzero(pc.equal(col, name)) for name in pc.unique(col).to_pylist()}
+
+
+@dataclass
+class DataConfig:
+    shards: str
+    batch_size: int = 32  # InfoNCE batch (retrieval, classification) per optimizer step
+    pair_batch_size: int | None = None  # CoSENT batch (the report: 768); default batch_size
+    negatives: int = 4  # hard negatives per query
+    query_max_length: int = 256
+    doc_max_length: int = 1536
+    eta: float = 0.72  # stage 2: share of batches from retrieval data
+    temperature: float = 1.0  # dataset weights are size ** (1 / temperature)
+    length_grouping: bool = True
+    group_batches: int = 32  # length grouping window, in batches
+    query_template: str = "Instruct: {instruction}\nQuery: "
+    symmetric_instruction: bool = True  # pairs and classification: the instruction on both sides
+    seed: int = 0
+
+
+@dataclass
+class Batch:
+    kind: str
+    dataset: str
+    queries: list[str]  # retrieval queries, pair text_a, classification anchors
+    docs: list[str]  # positives, pair text_b, same-label positives
+    negatives: list[list[str]] = field(default_factory=list)  # (B, K)
+    scores: list[float] = field(default_factory=list)  # pairs
+    labels: list[int] = field(default_factory=list)  # classification: anchor label ids
+    negative_labels: list[list[int]] = field(default_factory=list)
+
+
+class _Pool:
+    """One (kind, dataset): its rows, a per-epoch permutation, and the read position."""
+
+    def __init__(self, kind: str, name: str, table: pa.Table, rows: np.ndarray, seed: int):
+        self.kind, self.name, self.rows, self.seed = kind, name, rows, seed
+        text = "query" if kind == "retrieval" else ("text_a" if kind == "pair" else "text")
+        self.lengths = pc.utf8_length(table.column(text).take(pa.array(rows))).to_numpy(zero_copy_only=False)
+        self.epoch, self.pos = 0, 0
+        self.queue: list[np.ndarray] = []
+        self._perm = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        key = sum(ord(c) * 31**i for i, c in enumerate(f"{self.kind}/{self.name}")) % (2**31)  # not hash(): salted
+        return np.random.default_rng([self.seed, key, self.epoch]).permutation(len(self.rows))
+
+    def take(self, n: int, group: int, grouping: bool) -> np.ndarray:
+        """n row positions (into the kind's table); with grouping, batches of similar length."""
+        if not self.queue:
+            window = []
+            for _ in range(group if grouping else 1):
+                window.append(self._next(n))
+            if grouping:
+                flat = np.concatenate(window)
+                flat = flat[np.argsort(self.lengths[flat], kind="stable")]
+                chunks = [flat[i * n:(i + 1) * n] for i in range(len(window))]
+                order = np.random.default_rng([self.seed, self.epoch, self.pos]).permutation(len(chunks))
+                window = [chunks[i] for i in order]
+            self.queue = window
+        return self.rows[self.queue.pop(0)]
+
+    def _next(self, n: int) -> np.ndarray:
+        out = []
+        while n:
+            if self.pos == len(self._perm):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation()
+            k = min(n, len(self._perm) - self.pos)
+            out.append(self._perm[self.pos: self.pos + k])
+            self.pos += k
+            n -= k
+        return np.concatenate(out)
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "queue": [q.tolist() for q in self.queue]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._perm = self._permutation()
+        self.queue = [np.array(q, np.int64) for q in state["queue"]]
+
+
+class BatchSampler:
+    """Deterministic one-dataset batches for a stage (1: retrieval only; 2: all kinds at share eta)."""
+
+    def __init__(self, tables: dict[str, pa.Table], cfg: DataConfig, stage: int, world_size: int = 1, rank: int = 0):
+        self.tables, self.cfg, self.stage = tables, cfg, stage
+        self.world_size, self.rank = world_size, rank
+        self.step = 0
+        self.pools: dict[str, list[_Pool]] = {}
+        self.labels: dict[str, dict[str, Any]] = {}
+        kinds = ["retrieval"] if stage == 1 else list(KINDS)
+        for kind in kinds:
+            table = tables[kind]
+            for name, rows in sorted(dataset_index(table).items()):
+                rows = rows.to_numpy()
+                if kind == "classification":
+                    rows = self._classification_rows(table, name, rows)
+                if len(rows):
+                    self.pools.setdefault(kind, []).append(_Pool(kind, name, table, rows, cfg.seed))
+        if "retrieval" not in self.pools and stage == 1:
+            raise ValueError("stage 1 needs retrieval records; the shards have none")
+        if not self.pools:
+            raise ValueError("no records to train on")
+
+    def _classification_rows(self, table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray:
+        """Keep rows whose label has a second example (for the positive) and a different label exists."""
+        labels = np.array(table.column("label").take(pa.array(rows)).to_pylist(), dtype=object)
+        uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        ok = (counts[inverse] >= 2) & (len(uniq) >= 2)
+        by_label = {lab: rows[(labels == lab) & ok] for lab in uniq}
+        self.labels[name] = {"ids": {lab: i for i, lab in enumerate(uniq)}, "rows": by_label}
+        return rows[ok]
+
+    def _weights(self, pools: list[_Pool]) -> np.ndarray:
+        w = np.array([len(p.rows) for p in pools], float) ** (1.0 / self.cfg.temperature)
+        return w / w.sum()
+
+    def plan(self, step: int) -> tuple[str, int]:
+        """(kind, pool index) of a step: the same on every process."""
+        rng = np.random.default_rng([self.cfg.seed, self.stage, step])
+        others = [k for k in self.pools if k != "retrieval"]
+        if "retrieval" in self.pools and (not others or rng.random() < self.cfg.eta):
+            kind = "retrieval"
+        else:
+            sizes = np.array([sum(len(p.rows) for p in self.pools[k]) for k in others], float) ** (1.0 / self.cfg.temperature)
+            kind = others[int(rng.choice(len(others), p=sizes / sizes.sum()))]
+        return kind, int(rng.choice(len(self.pools[kind]), p=self._weights(self.pools[kind])))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        kind, i = self.plan(self.step)
+        pool = self.pools[kind][i]
+        size = (self.cfg.pair_batch_size or self.cfg.batch_size) if kind == "pair" else self.cfg.batch_size
+        rows = pool.take(size * self.world_size, self.cfg.group_batches, self.cfg.length_grouping)
+        rows = rows[self.rank * size:(self.rank + 1) * size]  # every process: a disjoint part of one batch
+        rng = np.random.default_rng([self.cfg.seed, self.stage, self.step, 7])
+        self.step += 1
+        return getattr(self, f"_{kind}")(pool, rows, rng)
+
+    # ------------------------------------------------------------------ batch builders
+    def _prompt(self, instruction: str) -> str:
+        return self.cfg.query_template.format(instruction=instruction) if instruction else ""
+
+    def _retrieval(self, pool: _Pool, rows: np.ndarray, rng: np.random.Generator) -> Batch:
+        t = self.tables["retrieval"].take(pa.array(rows))
+        k = self.cfg.negatives
+        queries = [self._prompt(ins) + q for ins, q in zip(t.column("instruction").to_pylist(), t.column("query").to_pylist())]
+        positives = t.column("positive").to_pylist()
+        negatives = []
+        for negs in t.column("negatives").to_pylist():
+            negs = list(negs[:k])
+            while len(negs) < k:  # short of hard negatives: fill with random positives of the dataset
+                other = self.tables["retrieval"].column("positive")[int(pool.rows[rng.integers(len(pool.rows))])].as_py()
+                negs.append(other)
+            negatives.append(negs)
+        return Batch("retrieval", pool.name, queries, positives, negatives)
+
+    def _pair(self, pool: _Pool, rows: np.ndarray, rng: np.random.Generator) -> Batch:
+        t = self.tables["pair"].take(pa.array(rows))
+        prompts = [self._prompt(i) if self.cfg.symmetric_instruction else "" for i in t.column("instruction").to_pylist()]
+        a = [p + x for p, x in zip(prompts, t.column("text_a").to_pylist())]
+        b = [p + x for p, x in zip(prompts, t.column("text_b").to_pylist())]
+        return Batch("pair", pool.name, a, b, scores=t.column("score").to_pylist())
+
+    def _classification(self, pool: _Pool, rows: np.ndarray, rng: np.random.Generator) -> Batch:
+        table = self.tables["classification"]
+        info = self.labels[pool.name]
+        t = table.take(pa.array(rows))
+        labels = t.column("label").to_pylist()
+        prompt = [self._prompt(i) for i in t.column("instruction").to_pylist()]
+        anchors = [p + x for p, x in zip(prompt, t.column("text").to_pylist())]
+        positives, negatives, neg_labels = [], [], []
+        all_labels = list(info["rows"])
+        for row, lab, p in zip(rows, labels, prompt):
+            same = info["rows"][lab]
+            choice = same[same != row]
+            positives.append(p + table.column("text")[int(choice[rng.integers(len(choice))])].as_py())
+            negs, nlabs = [], []
+            for _ in range(self.cfg.negatives):
+                other = [x for x in all_labels if x != lab and len(info["rows"][x])]
+                olab = other[rng.integers(len(other))]
+                orow = info["rows"][olab][rng.integers(len(info["rows"][olab]))]
+                negs.append(p + table.column("text")[int(orow)].as_py())
+                nlabs.append(info["ids"][olab])
+            negatives.append(negs)
+            neg_labels.append(nlabs)
+        return Batch("classification", pool.name, anchors, positives, negatives,
+                     labels=[info["ids"][lab] for lab in labels], negative_labels=neg_labels)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "pools": {f"{k}/{p.name}": p.state() for k, ps in self.pools.items() for p in ps}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        for k, ps in self.pools.items():
+            for p in ps:
+                p.load(state["pools"][f"{k}/{p.name}"])

@@ -1,0 +1,79 @@
+from collections import Counter
+
+import pytest
+
+from datakit.pipeline import build
+from datakit.recipe import load_recipe
+from trainer.data import BatchSampler, DataConfig, open_shards
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    recipe.recipe.steps = [s for s in recipe.recipe.steps if s["type"] != "mine_negatives"]  # fast: no model
+    build(recipe, out)
+    return out
+
+
+def test_every_batch_comes_from_one_dataset_and_stage_one_is_retrieval_only(shards):
+    tables = open_shards(shards)
+    s1 = BatchSampler(tables, DataConfig(str(shards), batch_size=4), stage=1)
+    for _ in range(50):
+        b = next(s1)
+        assert b.kind == "retrieval" and len(b.queries) == len(b.docs) == 4
+        t = tables["retrieval"].to_pylist()
+        ids = {r["positive"] for r in t if r["dataset"] == b.dataset}
+        assert set(b.docs) <= ids and all(len(n) == 4 for n in b.negatives)
+    s2 = BatchSampler(tables, DataConfig(str(shards), batch_size=4), stage=2)
+    kinds = Counter(next(s2).kind for _ in range(60))
+    assert set(kinds) == {"retrieval", "pair", "classification"}
+
+
+def test_eta_share_over_many_batches(shards):
+    tables = open_shards(shards)
+    for eta in (0.72, 0.5):
+        s = BatchSampler(tables, DataConfig(str(shards), batch_size=2, eta=eta), stage=2)
+        plans = [s.plan(step)[0] for step in range(5000)]
+        assert abs(plans.count("retrieval") / 5000 - eta) < 0.02
+
+
+def test_batches_are_deterministic_and_resume_exactly(shards):
+    tables = open_shards(shards)
+    cfg = DataConfig(str(shards), batch_size=3, seed=5)
+    a = BatchSampler(tables, cfg, stage=2)
+    first = [next(a) for _ in range(20)]
+    b = BatchSampler(tables, cfg, stage=2)
+    assert [x.queries for x in (next(b) for _ in range(20))] == [x.queries for x in first]
+    state = a.state_dict()
+    cont = [next(a) for _ in range(10)]
+    c = BatchSampler(tables, cfg, stage=2)
+    c.load_state_dict(state)
+    assert [(x.dataset, x.queries, x.docs, x.negatives) for x in (next(c) for _ in range(10))] == \
+        [(x.dataset, x.queries, x.docs, x.negatives) for x in cont]
+
+
+def test_classification_batches_pair_same_label_and_negatives_of_other_labels(shards):
+    tables = open_shards(shards)
+    s = BatchSampler(tables, DataConfig(str(shards), batch_size=4, eta=0.0), stage=2)
+    seen = 0
+    for _ in range(40):
+        b = next(s)
+        if b.kind != "classification":
+            continue
+        seen += 1
+        for lab, negl in zip(b.labels, b.negative_labels):
+            assert lab not in negl
+        assert all(q != d for q, d in zip(b.queries, b.docs))
+    assert seen > 5
+
+
+def test_two_processes_split_one_global_batch(shards):
+    tables = open_shards(shards)
+    cfg = DataConfig(str(shards), batch_size=2)
+    one = BatchSampler(tables, DataConfig(str(shards), batch_size=4), stage=1)
+    r0, r1 = (BatchSampler(tables, cfg, stage=1, world_size=2, rank=r) for r in (0, 1))
+    for _ in range(10):
+        g, a, b = next(one), next(r0), next(r1)
+        assert g.dataset == a.dataset == b.dataset and a.docs + b.docs == g.docs
