@@ -16,9 +16,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from trainer.train import load_config, train
+
+    cfg = load_config(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    final = train(cfg, resume=not args.restart)
+    print(f"model: {final}  (SentenceTransformer({str(final)!r}) loads it)")
+    return 0
+
+
 def app(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train both stages from a YAML config, then export a SentenceTransformer model")
+    r.add_argument("config")
+    r.add_argument("--output-dir", default=None)
+    r.add_argument("--restart", action="store_true", help="ignore checkpoints in the output folder")
+    r.set_defaults(func=_run)
     p = sub.add_parser("inspect", help="what the trainer sees in a shard folder: records per kind and dataset")
     p.add_argument("shards", help="output folder of `datakit build`")
     p.set_defaults(func=_inspect)

@@ -2,7 +2,7 @@
 
 - retrieval: InfoNCE over the positive, every in-batch document (other records' positives and all hard
   negatives) and every other query (query-query negatives); documents and queries are gathered across
-  processes, with gradients flowing through the local part;
+  processes with an autograd-aware all_gather;
 - pair: CoSENT over ordinal scores;
 - classification: InfoNCE with anchor / same-label positive / other-label negatives, every candidate that
   shares the anchor's label masked out of the denominator.
@@ -17,14 +17,14 @@ NEG_INF = -1e4  # large enough to vanish under exp at temperature 0.02, small en
 
 
 def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All processes' rows, this process's own rows kept in the graph; returns (rows, offset of local rows)."""
+    """All processes' rows (autograd-aware all_gather: each process's embeddings receive the gradient of
+    every process's loss, so DDP's averaged gradient equals the single-process gradient of the global batch);
+    returns (rows, offset of this process's rows)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    rank = dist.get_rank()
-    parts[rank] = x
-    return torch.cat(parts), rank * x.shape[0]
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous())), dist.get_rank() * x.shape[0]
 
 
 def info_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, tau: float = 0.02,

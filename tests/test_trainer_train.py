@@ -1,0 +1,99 @@
+"""Real (small) training runs on CPU: the packaged all-MiniLM-L6-v2 on the demo corpus."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from datakit.pipeline import build
+from datakit.recipe import load_recipe
+from trainer.data import DataConfig
+from trainer.model import ModelConfig
+from trainer.train import StageConfig, TrainConfig, train
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    recipe.recipe.steps = [s for s in recipe.recipe.steps if s["type"] != "mine_negatives"]
+    build(recipe, out)
+    return out
+
+
+def _cfg(shards, out, stages, **kw):
+    return TrainConfig(model=ModelConfig("embedded-minilm"),
+                       data=DataConfig(str(shards), batch_size=4, pair_batch_size=6, negatives=1,
+                                       query_max_length=32, doc_max_length=48),
+                       output_dir=str(out), stages=stages, log_every=1, **kw)
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_stages_then_sentence_transformers_loads_the_same_model(shards, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(4, 3e-5, 1), StageConfig(6, 2e-5, 1)])
+    final = train(cfg, log=lambda r: None)
+    log = _log(tmp_path / "run")
+    stage1 = {k.split("/")[0] for r in log if r["stage"] == 1 for k in r["loss"]}
+    stage2 = {k.split("/")[0] for r in log if r["stage"] == 2 for k in r["loss"]}
+    assert stage1 == {"retrieval"} and len(stage2) >= 2 and all(r["tokens_per_s"] > 0 for r in log)
+
+    st = SentenceTransformer(str(final), device="cpu")
+    prompts = st.prompts
+    assert prompts["articles"] == "Instruct: Given a title, retrieve the article it heads\nQuery: "
+    texts = ["Why is the sky blue?", "A man is playing a flute."]
+    from trainer.model import EmbeddingModel
+
+    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval()
+    mine = ours.encode(texts, prompt=prompts["articles"]).numpy()
+    theirs = st.encode(texts, prompt_name="articles", normalize_embeddings=False)
+    assert np.allclose(mine, theirs, atol=1e-5)
+    assert not np.allclose(mine, EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval()
+                           .encode(texts, prompt=prompts["articles"]).numpy(), atol=1e-4)  # training changed it
+
+
+def test_exact_resume_from_a_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(shards, out, [StageConfig(6, 5e-5, 1)], save_every=3)
+    train(cfg, log=lambda r: None)
+    full = [r["loss"] for r in _log(out)]
+    assert (out / "stage1" / "state.pt").exists()
+    (out / "stage1" / "done").unlink()
+    (out / "log.jsonl").unlink()
+    shutil.rmtree(out / "model")
+    train(cfg, log=lambda r: None)  # resumes at step 3 from state.pt
+    resumed = _log(out)
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    for a, b in zip(resumed, full[3:]):
+        assert a["loss"].keys() == b.keys()
+        for k in a["loss"]:
+            assert abs(a["loss"][k] - b[k]) < 1e-4
+
+
+def test_two_process_gather_and_gradients_match_one_process(tmp_path):
+    """A real 2-process run (accelerate, gloo, CPU) against one process on the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "tests" / "dist_check.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, env=env, cwd=ROOT)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    res = subprocess.run(launcher + [script, str(tmp_path / "two.pt")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (one["world"], two["world"]) == (1, 2)
+    # the same documents in the same order: process 0's positives, then process 1's, then the negatives
+    pos1, neg1 = one["docs"][:8], one["docs"][8:]
+    assert torch.allclose(two["docs"][:8], pos1, atol=1e-6) and torch.allclose(two["docs"][8:], neg1, atol=1e-6)
+    assert torch.allclose(two["loss"], one["loss"], atol=1e-5)
+    assert torch.allclose(two["grad_w"], one["grad_w"], atol=1e-5)
+    assert torch.allclose(two["grad_b"], one["grad_b"], atol=1e-5)

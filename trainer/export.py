@@ -1,0 +1,61 @@
+"""Save a trained model so that `sentence_transformers.SentenceTransformer(path)` loads it as it is:
+same backbone (decoders keep `is_causal: false` in their config), same pooling, L2 normalisation, and the
+training instructions as named query prompts.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.data import open_shards
+
+if TYPE_CHECKING:
+    from trainer.model import EmbeddingModel
+    from trainer.train import TrainConfig
+
+_POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token"}
+
+
+def prompts_from_shards(shards: str | Path, template: str) -> dict[str, str]:
+    """{dataset: prompt} for every retrieval dataset with an instruction, plus `query`: the most common."""
+    table = open_shards(shards)["retrieval"]
+    pairs = Counter(zip(table.column("dataset").to_pylist(), table.column("instruction").to_pylist()))
+    prompts = {ds: template.format(instruction=ins) for (ds, ins), _ in pairs.most_common() if ins}
+    by_ins = Counter(ins for (ds, ins), n in pairs.items() for _ in range(n) if ins)
+    if by_ins:
+        prompts["query"] = template.format(instruction=by_ins.most_common(1)[0][0])
+    return prompts
+
+
+def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig") -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone = model.backbone
+    if hasattr(backbone, "merge_and_unload"):  # LoRA: save plain weights
+        backbone = backbone.merge_and_unload()
+    backbone.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    dim = backbone.config.hidden_size
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ], indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": cfg.data.doc_max_length, "do_lower_case": False}, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": dim, "include_prompt": True,
+               **{flag: False for flag in ("pooling_mode_cls_token", "pooling_mode_mean_tokens",
+                                          "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                                          "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")}}
+    pooling[_POOLING[model.cfg.pooling]] = True
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": prompts_from_shards(cfg.data.shards, cfg.data.query_template),
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }, indent=2, ensure_ascii=False))
+    return folder

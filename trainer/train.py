@@ -1,0 +1,217 @@
+"""Two-stage multi-task training (the report's recipe) through accelerate.
+
+Stage 1 trains on retrieval data only; stage 2 on every kind with retrieval share `eta`. Each step draws one
+dataset's batch, computes its kind's loss (InfoNCE with query-query negatives, CoSENT, or masked InfoNCE)
+and steps AdamW under a warm-up + cosine/linear schedule. Run it as `trainer run CONFIG` on one process, or
+under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed: see trainer/configs/) for many GPUs.
+Checkpoints hold model, optimizer, scheduler, sampler position and RNG states, so a restart resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.data import Batch, BatchSampler, DataConfig, open_shards
+from trainer.losses import cosent, info_nce, masked_info_nce
+from trainer.model import EmbeddingModel, ModelConfig
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    lr: float
+    warmup_steps: int = 300
+    schedule: str = "cosine"  # or "linear", "constant"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig
+    output_dir: str
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(32_000, 3e-5), StageConfig(8_000, 2e-5)])
+    tau: float = 0.02
+    cosent_scale: float = 50.0  # 1 / tau, as the report implies; sentence-transformers uses 20
+    query_negatives: bool = True
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "bf16" on GPU
+    log_every: int = 10
+    save_every: int = 0  # steps; 0 = only at the end of each stage
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> "TrainConfig":
+        raw = dict(raw)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown key(s) in training config: {', '.join(sorted(unknown))}")
+        model, data = ModelConfig(**raw.pop("model")), DataConfig(**raw.pop("data"))
+        stages = [StageConfig(**s) for s in raw.pop("stages", [])] or None
+        if base_dir is not None:
+            for obj, attr in ((data, "shards"), (model, "name_or_path")):
+                p = Path(getattr(obj, attr))
+                if not p.is_absolute() and (base_dir / p).exists():
+                    setattr(obj, attr, str(base_dir / p))
+            if not Path(raw["output_dir"]).is_absolute():
+                raw["output_dir"] = str(base_dir / raw["output_dir"])
+        cfg = cls(model=model, data=data, **raw)
+        if stages:
+            cfg.stages = stages
+        return cfg
+
+
+def batch_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
+    """The loss of one batch by its kind, and the number of tokens it encoded."""
+    d = cfg.data
+    q = model.tokenize(batch.queries, d.query_max_length)
+    docs = batch.docs + [n for negs in batch.negatives for n in negs]
+    p = model.tokenize(docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length)
+    tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
+    qe, de = model(**q), model(**p)
+    b = len(batch.queries)
+    pos, neg = de[:b], de[b:].reshape(b, -1, de.shape[-1]) if len(docs) > b else None
+    if batch.kind == "retrieval":
+        return info_nce(qe, pos, neg, cfg.tau, cfg.query_negatives), tokens
+    if batch.kind == "pair":
+        return cosent(qe, pos, torch.tensor(batch.scores, device=qe.device), cfg.cosent_scale), tokens
+    labels = torch.tensor(batch.labels, device=qe.device)
+    neg_labels = torch.tensor(batch.negative_labels, device=qe.device) if neg is not None else None
+    return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau), tokens
+
+
+def _scheduler(optimizer, stage: StageConfig):
+    from transformers import get_scheduler
+
+    return get_scheduler(stage.schedule, optimizer, num_warmup_steps=min(stage.warmup_steps, stage.steps),
+                         num_training_steps=stage.steps)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
+    """Train every stage; return the folder of the exported SentenceTransformer model."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = EmbeddingModel(cfg.model, device=acc.device)
+    tables = open_shards(cfg.data.shards)
+    log_path = out / "log.jsonl"
+    for index, stage in enumerate(cfg.stages, start=1):
+        ckpt = out / f"stage{index}"
+        if resume and (ckpt / "done").exists():
+            model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
+            continue
+        sampler = BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
+                                      weight_decay=cfg.weight_decay)
+        scheduler = _scheduler(optimizer, stage)
+        wrapped, optimizer = acc.prepare(model, optimizer)
+        start = 0
+        if resume and (ckpt / "state.pt").exists():
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+            acc.unwrap_model(wrapped).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            sampler.load_state_dict(state["sampler"])
+            _set_rng_state(state["rng"])
+            start = state["step"]
+        window: dict[str, list[float]] = {}
+        tokens, t0 = 0, time.time()
+        wrapped.train()
+        for step in range(start, stage.steps):
+            batch = next(sampler)
+            loss, n_tok = batch_loss(wrapped if acc.num_processes == 1 else _Forward(wrapped, model), batch, cfg)
+            acc.backward(loss)
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            tokens += n_tok
+            window.setdefault(f"{batch.kind}/{batch.dataset}", []).append(loss.item())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
+                rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9), 1),
+                       "loss": {k: round(float(np.mean(v)), 5) for k, v in window.items()}}
+                if acc.is_main_process:
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    log(rec)
+                window, tokens, t0 = {}, 0, time.time()
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
+                _save_state(acc, ckpt, wrapped, optimizer, scheduler, sampler, step + 1)
+        if acc.is_main_process:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            torch.save(acc.unwrap_model(wrapped).state_dict(), ckpt / "model.pt")
+            (ckpt / "done").write_text("ok\n")
+        acc.wait_for_everyone()
+    final = out / "model"
+    if acc.is_main_process:
+        from trainer.export import export
+
+        export(model, final, cfg)
+    acc.wait_for_everyone()
+    return final
+
+
+class _Forward:
+    """Forward through the DDP wrapper (so gradients sync), tokenise with the plain model."""
+
+    def __init__(self, wrapped, model):
+        self.wrapped, self.model = wrapped, model
+
+    def tokenize(self, texts, max_length):
+        return self.model.tokenize(texts, max_length)
+
+    def __call__(self, **kw):
+        return self.wrapped(**kw)
+
+
+def _save_state(acc, ckpt: Path, wrapped, optimizer, scheduler, sampler: BatchSampler, step: int) -> None:
+    if not acc.is_main_process:
+        return
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / "state.pt.tmp"
+    torch.save({"model": acc.unwrap_model(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": _rng_state(),
+                "step": step}, tmp)
+    tmp.replace(ckpt / "state.pt")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return TrainConfig.from_dict(raw, base_dir=path.resolve().parent)
+
+
+def describe(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
