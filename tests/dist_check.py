@@ -1,4 +1,4 @@
-"""Run under `accelerate launch --cpu --num_processes N` (or plain python for N = 1): InfoNCE on one global
+"""Run under `torchrun --nproc_per_node N` (or plain python for N = 1): InfoNCE on one global
 batch split over the processes; writes the gathered documents, the loss and the gradients for comparison."""
 import sys
 
@@ -28,3 +28,5 @@ if acc.is_main_process:
     unwrapped = acc.unwrap_model(model)
     torch.save({"world": acc.num_processes, "loss": losses.mean(), "grad_w": unwrapped.weight.grad, "grad_b": unwrapped.bias.grad,
                 "docs": docs.detach()}, out)
+acc.wait_for_everyone()
+acc.end_training()  # tears the process group down before the interpreter exits

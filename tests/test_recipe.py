@@ -83,6 +83,13 @@ def test_load_recipe_resolves_base_dir_and_reports_missing_file(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
-def test_shipped_recipes_are_valid():
+def test_shipped_recipes_and_training_configs_are_valid():
+    from trainer.train import load_config
+
     for path in (ROOT / "recipes").glob("*.yaml"):
-        load_recipe(path)
+        if path.name.startswith("train-"):
+            load_config(path)  # training configs live beside the recipes that build their corpus
+        else:
+            load_recipe(path)
+    assert load_config(ROOT / "trainer" / "configs" / "qzhou-7b.yaml").data.eta == 0.72
+    load_recipe(ROOT / "benchmarks" / "recipes" / "shared_corpus.yaml")

@@ -77,7 +77,8 @@ def test_exact_resume_from_a_checkpoint(shards, tmp_path):
 
 
 def test_two_process_gather_and_gradients_match_one_process(tmp_path):
-    """A real 2-process run (accelerate, gloo, CPU) against one process on the same global batch."""
+    """A real 2-process run (torchrun + accelerate's Accelerator, gloo, CPU) against one process on the same
+    global batch. (`accelerate launch --cpu --num_processes 2` starts a single process on a CPU-only machine.)"""
     import os
     import subprocess
     import sys
@@ -85,8 +86,7 @@ def test_two_process_gather_and_gradients_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     script = str(ROOT / "tests" / "dist_check.py")
     subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, env=env, cwd=ROOT)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     res = subprocess.run(launcher + [script, str(tmp_path / "two.pt")], env=env, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")

@@ -57,13 +57,13 @@ class TrainConfig:
             raise ValueError(f"unknown key(s) in training config: {', '.join(sorted(unknown))}")
         model, data = ModelConfig(**raw.pop("model")), DataConfig(**raw.pop("data"))
         stages = [StageConfig(**s) for s in raw.pop("stages", [])] or None
-        if base_dir is not None:
-            for obj, attr in ((data, "shards"), (model, "name_or_path")):
-                p = Path(getattr(obj, attr))
-                if not p.is_absolute() and (base_dir / p).exists():
-                    setattr(obj, attr, str(base_dir / p))
+        if base_dir is not None:  # relative paths are relative to the config file
+            if not Path(data.shards).is_absolute():
+                data.shards = str(base_dir / data.shards)
             if not Path(raw["output_dir"]).is_absolute():
                 raw["output_dir"] = str(base_dir / raw["output_dir"])
+            if not Path(model.name_or_path).is_absolute() and (base_dir / model.name_or_path).exists():
+                model.name_or_path = str(base_dir / model.name_or_path)  # else a hub id or an alias
         cfg = cls(model=model, data=data, **raw)
         if stages:
             cfg.stages = stages
@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
 
         export(model, final, cfg)
     acc.wait_for_everyone()
+    acc.end_training()
     return final
 
 
