@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean train-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/datakit build recipes/demo.yaml --out out/demo --force
 	$(BIN)/datakit sql out/demo "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"
+
+train-demo: demo
+	$(BIN)/trainer run recipes/train-demo.yaml --restart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
