@@ -120,7 +120,6 @@ def clusters_from_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
 
 def band_candidates_numpy(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """Candidate pairs from band buckets with numpy (the plain rensa pipeline's banding)."""
-    n = len(sig)
     out = []
     for b in range(bands):
         block = np.ascontiguousarray(sig[:, b * rows:(b + 1) * rows])
@@ -286,7 +285,7 @@ def scale(n: int, ngram: int, work: Path) -> None:
     datakit = str(Path(sys.executable).parent / "datakit")
     secs, peak, _ = measure([datakit, "build", str(work / "recipe.yaml"), "--out", str(work / "out"), "--force", "-q"])
     m = json.loads((work / "out" / "manifest.json").read_text())
-    print(f"\n| docs | wall s (read, adapt, dedup, write) | peak RSS MiB | exact dropped | near dropped | planted |")
+    print("\n| docs | wall s (read, adapt, dedup, write) | peak RSS MiB | exact dropped | near dropped | planted |")
     print("|---:|---:|---:|---:|---:|---:|")
     d = m["dropped"]["0:dedup"]
     print(f"| {n:,} | {secs:.0f} | {peak / 2**20:,.0f} | {d.get('exact_duplicate', 0):,} | "

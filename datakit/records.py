@@ -234,10 +234,13 @@ def lineage_array(
     )
 
 
-def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str = "") -> pa.Array:
-    """Append one event to every lineage in a column (used by steps that change records)."""
+def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str = "",
+              where=None) -> pa.Array:
+    """Append one event to the lineage of every record (or of the records where `where` is true)."""
+    lineage = lineage.combine_chunks() if isinstance(lineage, pa.ChunkedArray) else lineage
     rows = lineage.to_pylist()
     event = {"step": step, "model": model, "prompt_id": prompt_id, "detail": detail}
-    for r in rows:
-        r["events"] = list(r["events"] or []) + [event]
+    for i, r in enumerate(rows):
+        if r is not None and (where is None or where[i]):
+            r["events"] = list(r["events"] or []) + [event]
     return pa.array(rows, type=LINEAGE)

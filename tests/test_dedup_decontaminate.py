@@ -1,7 +1,6 @@
 import json
 import random
 
-import pytest
 
 from datakit.audit import connect
 from datakit.benchmarks import Pack, build_pack, texts_from_files
@@ -106,11 +105,11 @@ def test_decontaminate_exact_near_and_ngram_matches_with_report(tmp_path):
     rows.append({"title": "long n-gram", "body": "intro words here " + " ".join(bench[4].split()[:13]) + " and more"})  # 13-gram
     rows.append({"title": "What is the tallest mountain on Earth?", "body": "Everest."})                  # exact query
     _jsonl(tmp_path / "train.jsonl", rows)
-    recipe = f"""
+    recipe = """
         name: c
-        sources: [{{name: web, path: train.jsonl, adapter: title_body}}]
+        sources: [{name: web, path: train.jsonl, adapter: title_body}]
         steps:
-          - {{type: decontaminate, bench_files: [bench/STSX.test.tsv, bench/QAX], action: ACTION}}
+          - {type: decontaminate, bench_files: [bench/STSX.test.tsv, bench/QAX], action: ACTION}
     """
     r = build_yaml(tmp_path, recipe.replace("ACTION", "drop"))
     c = r.manifest["contamination"]

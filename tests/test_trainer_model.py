@@ -45,7 +45,7 @@ def test_decoder_is_bidirectional_and_padding_invariant(tmp_path, arch, attn):
 
 
 def test_causal_model_is_not_bidirectional_without_the_switch(tmp_path):
-    model = tiny_decoder(tmp_path, "qwen2").eval()
+    tiny_decoder(tmp_path, "qwen2")  # writes a random Qwen2 checkpoint into tmp_path
     from transformers import AutoModel
 
     causal = AutoModel.from_pretrained(tmp_path).eval()

@@ -9,7 +9,6 @@ Checkpoints hold model, optimizer, scheduler, sampler position and RNG states, s
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field

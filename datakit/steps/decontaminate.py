@@ -133,13 +133,8 @@ class Decontaminate(Step):
         if self.config.action == "drop":
             self.dropped["contaminated"] += int(bad.sum())
             return table.filter(pa.array(~bad))
-        lineage = table.column("lineage").combine_chunks()
-        marked = add_event(lineage.filter(pa.array(bad)), "decontaminate", detail="contaminated")
-        merged = lineage.to_pylist()
-        for i, row in zip(np.nonzero(bad)[0], marked.to_pylist()):
-            merged[i] = row
-        idx = table.schema.get_field_index("lineage")
-        return table.set_column(idx, "lineage", pa.array(merged, type=lineage.type))
+        lineage = add_event(table.column("lineage"), "decontaminate", detail="contaminated", where=bad)
+        return table.set_column(table.schema.get_field_index("lineage"), "lineage", lineage)
 
     def _match(self, pack: Pack, norm: pa.Array) -> list[tuple[int, int, str, float]]:
         out: list[tuple[int, int, str, float]] = []

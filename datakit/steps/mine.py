@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
-from datakit.records import LINEAGE, add_event
+from datakit.records import add_event
 from datakit.sources import ColumnSpec, read_source
 from datakit.steps import Step, StepConfig, Stream, register
 
@@ -186,14 +186,8 @@ class MineNegatives(Step):
             rows = [r for r, i in enumerate(chosen) if datasets[i] == ds]
             self.similarity[ds] = {"query_positive": _stats(pos_sim[rows]),
                                    "query_mined_negative": _stats(np.array(neg_sims[ds]))}
-        lineage = table.column("lineage").combine_chunks()
-        if changed.any():
-            marked = add_event(lineage.filter(pa.array(changed)), "mine_negatives", model=cfg.model,
-                               detail=f"ranks {cfg.skip}-{cfg.depth}, guard {cfg.guard}")
-            merged = lineage.to_pylist()
-            for i, row in zip(np.nonzero(changed)[0], marked.to_pylist()):
-                merged[i] = row
-            lineage = pa.array(merged, type=LINEAGE)
+        lineage = add_event(table.column("lineage"), "mine_negatives", model=cfg.model,
+                            detail=f"ranks {cfg.skip}-{cfg.depth}, guard {cfg.guard}", where=changed)
         table = table.set_column(table.schema.get_field_index("negatives"), "negatives",
                                  pa.array(negatives, pa.list_(pa.string())))
         table = table.set_column(table.schema.get_field_index("negative_origins"), "negative_origins",
