@@ -100,6 +100,10 @@ class EmbeddingModel(nn.Module):
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
         self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype,
                                                   attn_implementation=cfg.attn_implementation, **kw)
+        if gguf_file:  # transformers dequantised the GGUF weights: it is a plain model from here on
+            self.backbone.hf_quantizer = None
+            self.backbone.is_quantized = False
+            self.backbone.config.__dict__.pop("quantization_config", None)
         self.decoder = is_decoder(self.backbone.config)
         if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:
             make_bidirectional(self.backbone)
