@@ -127,3 +127,28 @@ def test_smollm2_decoder_trains_bidirectionally_and_exports(shards, tmp_path):
     with torch.no_grad():
         hidden = st[0].auto_model(**tok).last_hidden_state
     assert not torch.allclose(hidden[0, 0], hidden[1, 0], atol=1e-5), "the exported decoder must stay bidirectional"
+
+
+def test_grad_cache_gives_the_full_batch_gradient(shards):
+    """GradCache (chunks of 3 texts) against one plain backward on the same batch (dropout off: chunked and
+    whole-batch forwards draw different dropout masks; within GradCache the re-run repeats its own masks)."""
+    from trainer.data import BatchSampler, open_shards
+    from trainer.model import EmbeddingModel
+    from trainer.train import batch_loss, grad_cache_step
+
+    cfg = _cfg(shards, "unused", [StageConfig(1, 1e-5)], grad_cache_chunk=3)
+    batch = next(BatchSampler(open_shards(shards), cfg.data, stage=1))
+    grads = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        model = EmbeddingModel(cfg.model, device="cpu").eval()
+        torch.manual_seed(1)
+        if cached:
+            loss, _ = grad_cache_step(model, batch, cfg, lambda x: x.backward())
+        else:
+            loss, _ = batch_loss(model, batch, cfg)
+            loss.backward()
+        grads.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (l1, g1), (l2, g2) = grads
+    assert abs(l1 - l2) < 1e-5
+    assert torch.allclose(g1, g2, atol=1e-5, rtol=1e-3)

@@ -40,6 +40,7 @@ class TrainConfig:
     tau: float = 0.02
     cosent_scale: float = 50.0  # 1 / tau, as the report implies; sentence-transformers uses 20
     query_negatives: bool = True
+    grad_cache_chunk: int = 0  # > 0: GradCache with chunks of this many texts (big batches on one GPU)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # "bf16" on GPU
@@ -69,23 +70,58 @@ class TrainConfig:
         return cfg
 
 
-def batch_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
-    """The loss of one batch by its kind, and the number of tokens it encoded."""
+def _inputs(model, batch: Batch, cfg: TrainConfig) -> tuple[dict, dict, int]:
     d = cfg.data
     q = model.tokenize(batch.queries, d.query_max_length)
     docs = batch.docs + [n for negs in batch.negatives for n in negs]
     p = model.tokenize(docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length)
-    tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
-    qe, de = model(**q), model(**p)
+    return q, p, int(q["attention_mask"].sum() + p["attention_mask"].sum())
+
+
+def batch_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
+    """The loss of one batch by its kind, and the number of tokens it encoded."""
+    q, p, tokens = _inputs(model, batch, cfg)
+    return task_loss(model(**q), model(**p), batch, cfg), tokens
+
+
+def task_loss(qe: torch.Tensor, de: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    """The batch's loss from its query-side and document-side embeddings."""
     b = len(batch.queries)
-    pos, neg = de[:b], de[b:].reshape(b, -1, de.shape[-1]) if len(docs) > b else None
+    pos, neg = de[:b], de[b:].reshape(b, -1, de.shape[-1]) if de.shape[0] > b else None
     if batch.kind == "retrieval":
-        return info_nce(qe, pos, neg, cfg.tau, cfg.query_negatives), tokens
+        return info_nce(qe, pos, neg, cfg.tau, cfg.query_negatives)
     if batch.kind == "pair":
-        return cosent(qe, pos, torch.tensor(batch.scores, device=qe.device), cfg.cosent_scale), tokens
+        return cosent(qe, pos, torch.tensor(batch.scores, device=qe.device), cfg.cosent_scale)
     labels = torch.tensor(batch.labels, device=qe.device)
     neg_labels = torch.tensor(batch.negative_labels, device=qe.device) if neg is not None else None
-    return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau), tokens
+    return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau)
+
+
+def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward) -> tuple[torch.Tensor, int]:
+    """GradCache (Gao et al. 2021): embed in chunks without a graph, take the loss and its gradient with
+    respect to the embeddings, then re-run each chunk with a graph (same RNG, so the same dropout) and push
+    the cached gradient through it. Memory is that of one chunk; the gradient is the full batch's."""
+    q, p, tokens = _inputs(model, batch, cfg)
+    size = cfg.grad_cache_chunk
+    embs, states = [], []
+    for inputs in (q, p):
+        parts, rng = [], []
+        with torch.no_grad():
+            for i in range(0, inputs["input_ids"].shape[0], size):
+                rng.append((torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
+                parts.append(model(**{k: v[i: i + size] for k, v in inputs.items()}))
+        embs.append(torch.cat(parts).detach().requires_grad_())
+        states.append(rng)
+    loss = task_loss(embs[0], embs[1], batch, cfg)
+    loss.backward()
+    for inputs, emb, rng in zip((q, p), embs, states):
+        for j, i in enumerate(range(0, inputs["input_ids"].shape[0], size)):
+            torch.set_rng_state(rng[j][0])
+            if rng[j][1] is not None:
+                torch.cuda.set_rng_state_all(rng[j][1])
+            out = model(**{k: v[i: i + size] for k, v in inputs.items()})
+            backward(torch.dot(out.flatten(), emb.grad[i: i + size].flatten()))
+    return loss.detach(), tokens
 
 
 def _scheduler(optimizer, stage: StageConfig):
@@ -122,6 +158,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     model = EmbeddingModel(cfg.model, device=acc.device)
     tables = open_shards(cfg.data.shards)
     log_path = out / "log.jsonl"
+    sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
+    global_step = 0
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
@@ -146,8 +184,12 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         wrapped.train()
         for step in range(start, stage.steps):
             batch = next(sampler)
-            loss, n_tok = batch_loss(wrapped if acc.num_processes == 1 else _Forward(wrapped, model), batch, cfg)
-            acc.backward(loss)
+            fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
+            if cfg.grad_cache_chunk:
+                loss, n_tok = grad_cache_step(fwd, batch, cfg, acc.backward)
+            else:
+                loss, n_tok = batch_loss(fwd, batch, cfg)
+                acc.backward(loss)
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -163,9 +205,14 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
                     with open(log_path, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
                     log(rec)
+                    flat = {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
+                            **{f"loss/{k}": v for k, v in rec["loss"].items()}}
+                    for sink in sinks:
+                        sink(flat, global_step + step + 1)
                 window, tokens, t0 = {}, 0, time.time()
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
                 _save_state(acc, ckpt, wrapped, optimizer, scheduler, sampler, step + 1)
+        global_step += stage.steps
         if acc.is_main_process:
             ckpt.mkdir(parents=True, exist_ok=True)
             torch.save(acc.unwrap_model(wrapped).state_dict(), ckpt / "model.pt")
@@ -179,6 +226,29 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def _metric_sinks(out: Path, cfg: TrainConfig) -> list:
+    """Writers for tensorboard (when installed) and wandb (when installed and WANDB_PROJECT is set)."""
+    import os
+
+    sinks = []
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+        sinks.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()] and writer.flush())
+    except ImportError:
+        pass
+    if os.environ.get("WANDB_PROJECT"):
+        try:
+            import wandb
+
+            run = wandb.init(project=os.environ["WANDB_PROJECT"], config=asdict(cfg))
+            sinks.append(lambda m, step: run.log(m, step=step))
+        except ImportError:
+            pass
+    return sinks
 
 
 class _Forward:
