@@ -152,3 +152,20 @@ def test_grad_cache_gives_the_full_batch_gradient(shards):
     (l1, g1), (l2, g2) = grads
     assert abs(l1 - l2) < 1e-5
     assert torch.allclose(g1, g2, atol=1e-5, rtol=1e-3)
+
+
+def test_lora_training_exports_merged_weights(shards, tmp_path):
+    pytest.importorskip("peft")
+    from sentence_transformers import SentenceTransformer
+
+    from trainer.model import EmbeddingModel
+
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(3, 5e-4, 1)])
+    cfg.model = ModelConfig("embedded-minilm", lora={"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]})
+    final = train(cfg, log=lambda r: None)
+    assert not (final / "adapter_config.json").exists()  # merged: a plain checkpoint
+    texts = ["Why is the sky blue?"]
+    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval().encode(texts).numpy()
+    st = SentenceTransformer(str(final), device="cpu").encode(texts, normalize_embeddings=False)
+    base = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval().encode(texts).numpy()
+    assert np.allclose(ours, st, atol=1e-5) and not np.allclose(ours, base, atol=1e-4)
