@@ -1,0 +1,199 @@
+"""Training throughput: `trainer` against the sentence-transformers trainer (MultipleNegativesRankingLoss)
+on the same Qwen2-architecture model (built from a config, random weights), batch and data.
+
+Data: synthetic retrieval records (query, positive, 4 hard negatives) of varied lengths over a word-level
+vocabulary; both trainers get the same texts and tokenizer. Tokens/s counts real (non-padding) tokens.
+Each size runs in its own process; peak GPU memory from torch.cuda.max_memory_allocated.
+
+    python benchmarks/train_throughput.py --sizes 0.5B,1.5B,7B --batch 32 --steps 30      (on a GPU)
+    python benchmarks/train_throughput.py --sizes tiny --batch 4 --steps 3 --device cpu   (smoke run)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {  # Qwen2 configurations (hidden, layers, heads, kv heads, intermediate)
+    "tiny": (64, 2, 4, 2, 128),
+    "0.5B": (896, 24, 14, 2, 4864),
+    "1.5B": (1536, 28, 12, 2, 8960),
+    "7B": (3584, 28, 28, 4, 18944),
+}
+VOCAB = 32_000
+
+
+def make_model(folder: Path, size: str) -> None:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+
+    hidden, layers, heads, kv, inter = SIZES[size]
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=4096,
+                      architectures=["Qwen2ForCausalLM"], torch_dtype="bfloat16")
+    with torch.device("meta"):
+        Qwen2Model(cfg)  # validates the config cheaply
+    Qwen2Model(cfg).to(torch.bfloat16).save_pretrained(folder)
+    vocab = {f"w{i}": i for i in range(VOCAB - 2)} | {"<pad>": VOCAB - 2, "<unk>": VOCAB - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # in a folder of its own: beside a Qwen2 config, AutoTokenizer would pick Qwen2's BPE tokenizer class
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>").save_pretrained(folder / "tok")
+
+
+def make_corpus(folder: Path, n: int, seed: int = 0) -> None:
+    """A datakit output folder of synthetic retrieval records (lengths vary, as in real corpora)."""
+    from datakit.pipeline import build
+    from datakit.recipe import load_recipe
+
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        return " ".join(f"w{rng.randrange(VOCAB - 2)}" for _ in range(rng.randint(lo, hi)))
+
+    rows = [{"query": text(8, 64), "pos": [text(32, 256)], "neg": [text(32, 256) for _ in range(4)]} for _ in range(n)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "recipe.yaml").write_text("name: synth\nsources: [{name: synth, path: data.jsonl, adapter: retrieval, "
+                                        "columns: {positive: pos, negatives: neg}}]\n")
+    build(load_recipe(folder / "recipe.yaml"), folder / "out")
+
+
+def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool) -> dict:
+    import torch
+
+    from trainer.data import BatchSampler, DataConfig, open_shards
+    from trainer.model import EmbeddingModel, ModelConfig
+    from trainer.train import StageConfig, TrainConfig, batch_loss
+
+    cfg = TrainConfig(model=ModelConfig(str(model_dir), gradient_checkpointing=grad_ckpt,
+                                        dtype="bfloat16" if device == "cuda" else "float32"),
+                      data=DataConfig(str(corpus), batch_size=batch, negatives=4, query_max_length=256,
+                                      doc_max_length=512), output_dir="unused", stages=[StageConfig(steps, 1e-5)])
+    model = EmbeddingModel(cfg.model, device=device)
+    from transformers import PreTrainedTokenizerFast
+
+    model.tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir / "tok")
+    sampler = BatchSampler(open_shards(corpus), cfg.data, stage=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    tokens, t0 = 0, None
+    for step in range(steps + 2):
+        if step == 2:  # two warm-up steps
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0, tokens = time.time(), 0
+        loss, n = batch_loss(model, next(sampler), cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        tokens += n
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.time() - t0
+    return {"tokens_per_s": tokens / secs, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
+
+
+def run_st(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments, losses, models)
+    from transformers import TrainerCallback
+
+    from trainer.data import open_shards
+
+    t = open_shards(corpus)["retrieval"].to_pylist()
+    data = {"anchor": [r["query"] for r in t], "positive": [r["positive"] for r in t]}
+    for k in range(4):
+        data[f"negative_{k}"] = [r["negatives"][k] for r in t]
+    word = models.Transformer(str(model_dir), max_seq_length=512, tokenizer_name_or_path=str(model_dir / "tok"),
+                              model_kwargs={"dtype": torch.bfloat16 if device == "cuda" else torch.float32})
+    model = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
+                                device=device)
+    timing: dict = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 2:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                timing["t0"] = time.time()
+
+    tok = model.tokenizer
+    sample = Dataset.from_dict(data).select(range((steps + 2) * batch))
+    texts = [sample[c] for c in data]
+    real_tokens = sum(len(tok(x, truncation=True, max_length=512)["input_ids"]) for col in texts for x in col)
+    args = SentenceTransformerTrainingArguments(output_dir=str(corpus / "st"), max_steps=steps + 2,
+                                                per_device_train_batch_size=batch, learning_rate=1e-5,
+                                                bf16=device == "cuda", gradient_checkpointing=grad_ckpt,
+                                                save_strategy="no", report_to=[], use_cpu=device == "cpu",
+                                                dataloader_drop_last=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=sample,
+                                         loss=losses.MultipleNegativesRankingLoss(model), callbacks=[Clock()])
+    trainer.train()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.time() - timing["t0"]
+    return {"tokens_per_s": real_tokens * steps / (steps + 2) / secs,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
+
+
+def worker(args) -> None:
+    res = (run_ours if args.worker == "ours" else run_st)(Path(args.model), Path(args.corpus), args.batch, args.steps,
+                                                          args.device, args.grad_ckpt)
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="0.5B,1.5B,7B")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in both trainers")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="train_throughput_"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus"
+    corpus.mkdir(exist_ok=True)
+    make_corpus(corpus, n=max(2000, (args.steps + 2) * args.batch))
+    rows = []
+    for size in args.sizes.split(","):
+        model_dir = work / f"qwen2-{size}"
+        if not (model_dir / "config.json").exists():
+            make_model(model_dir, size)
+        res = {}
+        for who in ("ours", "st"):
+            cmd = [sys.executable, __file__, "--worker", who, "--model", str(model_dir), "--corpus", str(corpus / "out"),
+                   "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
+            cmd += ["--grad-ckpt"] if args.grad_ckpt else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            res[who] = json.loads(line[7:]) if line else {"error": out.stderr[-500:]}
+        rows.append((size, res))
+    print(f"\nbatch {args.batch} queries x (1 positive + 4 negatives), {args.steps} timed steps, device {args.device}")
+    print("| model (Qwen2, random weights) | trainer tokens/s | ST tokens/s | ratio | trainer peak GiB | ST peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for size, res in rows:
+        o, s = res["ours"], res["st"]
+        if "error" in o or "error" in s:
+            print(f"| {size} | error: {(o.get('error') or s.get('error'))[-200:]!r} |")
+            continue
+        print(f"| {size} | {o['tokens_per_s']:,.0f} | {s['tokens_per_s']:,.0f} | {o['tokens_per_s'] / s['tokens_per_s']:.2f} | "
+              f"{o['peak_gib']:.1f} | {s['peak_gib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
