@@ -1,0 +1,198 @@
+"""An async LLM client on litellm (any provider by model string, or an OpenAI-compatible `api_base`).
+
+Bounded concurrency and an optional requests-per-minute limit; every answer cached on disk before it is
+used; retries with exponential backoff and jitter on rate limits (honouring Retry-After), timeouts,
+connection errors and 5xx; JSON answers parsed and validated against a pydantic model, with one stricter
+retry; tokens from the provider's `usage`, cost from litellm's (offline) cost map; a budget that stops new
+requests once reached. API keys come from the environment (litellm reads them) and are never cached, counted
+or logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from datakit.llm import cache as _cache  # noqa: F401  (sets the offline cost map before litellm loads)
+from datakit.llm.cache import LLMCache, cache_key
+
+Transport = Callable[..., Awaitable[Any]]  # litellm.acompletion's signature
+STRICT = "Answer with one JSON object only, no other text. It must match this JSON schema: {schema}"
+
+
+@dataclass
+class LLMStats:
+    calls: int = 0  # requests sent to the provider (retries included)
+    cache_hits: int = 0
+    failed: int = 0  # calls that still failed after the retries
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_skipped: int = 0  # requests not sent because the budget was reached
+    dropped: Counter = field(default_factory=Counter)  # answers unusable: {reason: n}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "cache_hits": self.cache_hits, "failed": self.failed,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cost_usd": round(self.cost_usd, 6), "budget_skipped": self.budget_skipped,
+                "dropped": dict(self.dropped)}
+
+
+@dataclass
+class Answer:
+    text: str | None  # None: no usable answer (see `error`)
+    data: Any = None  # the validated JSON object when a schema was given
+    error: str = ""
+    cached: bool = False
+
+
+def _retryable(exc: Exception) -> tuple[bool, float | None]:
+    """(retry?, seconds the provider asked to wait)."""
+    import litellm
+
+    retry_after = None
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name in ("retry-after", "Retry-After"):
+        if name in headers:
+            try:
+                retry_after = float(headers[name])
+            except (TypeError, ValueError):
+                pass
+    kinds = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
+             litellm.ServiceUnavailableError, asyncio.TimeoutError, TimeoutError, ConnectionError)
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, kinds) or (isinstance(status, int) and (status == 429 or status >= 500)), retry_after
+
+
+def parse_json(text: str, schema: type[BaseModel]) -> tuple[Any, str]:
+    """(validated object, "") or (None, reason): the first {...} block of the text, checked by the schema."""
+    match = re.search(r"\{.*\}", text, re.S)
+    if not match:
+        return None, "invalid_json"
+    try:
+        raw = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None, "invalid_json"
+    try:
+        return schema.model_validate(raw), ""
+    except ValidationError:
+        return None, "off_schema"
+
+
+class LLMClient:
+    def __init__(self, model: str, cache: LLMCache, concurrency: int = 8, rpm: int | None = None,
+                 max_retries: int = 5, timeout: float = 120.0, max_budget_usd: float | None = None,
+                 backoff: float = 1.0, transport: Transport | None = None, **params: Any):
+        self.model, self.cache, self.params = model, cache, params
+        self.concurrency, self.rpm, self.max_retries = concurrency, rpm, max_retries
+        self.timeout, self.max_budget_usd, self.backoff = timeout, max_budget_usd, backoff
+        self.stats = LLMStats()
+        self._transport = transport
+        self._sent: list[float] = []  # request times, for the rpm limit
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.max_budget_usd is not None and self.stats.cost_usd >= self.max_budget_usd
+
+    async def _send(self, messages: list[dict[str, str]]) -> Any:
+        if self._transport is None:
+            import litellm
+
+            self._transport = litellm.acompletion
+        return await asyncio.wait_for(self._transport(model=self.model, messages=messages, **self.params),
+                                      timeout=self.timeout)
+
+    async def _throttle(self) -> None:
+        if not self.rpm:
+            return
+        while True:
+            now = time.monotonic()
+            self._sent = [t for t in self._sent if now - t < 60]
+            if len(self._sent) < self.rpm:
+                self._sent.append(now)
+                return
+            await asyncio.sleep(60 - (now - self._sent[0]) + 0.01)
+
+    async def _call(self, messages: list[dict[str, str]], key: str) -> tuple[dict[str, Any] | None, bool]:
+        """The raw answer ({"text", "usage"}), from the cache or the provider; (None, False) on failure."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return hit, True
+        if self.budget_reached:
+            self.stats.budget_skipped += 1
+            return None, False
+        for attempt in range(self.max_retries + 1):
+            await self._throttle()
+            self.stats.calls += 1
+            try:
+                resp = await self._send(messages)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retry, wait = _retryable(exc)
+                if not retry or attempt == self.max_retries:
+                    self.stats.failed += 1
+                    return None, False
+                delay = wait if wait is not None else self.backoff * 2**attempt
+                await asyncio.sleep(delay * (1 + 0.25 * random.random()))
+                continue
+            text = resp.choices[0].message.content or ""
+            usage = getattr(resp, "usage", None)
+            value = {"text": text, "usage": {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                                             "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}}
+            value["cost_usd"] = self._cost(resp)
+            self.cache.put(key, value)  # persisted before it is used: a kill loses nothing that returned
+            self.stats.prompt_tokens += value["usage"]["prompt_tokens"]
+            self.stats.completion_tokens += value["usage"]["completion_tokens"]
+            self.stats.cost_usd += value["cost_usd"]
+            return value, False
+        return None, False
+
+    def _cost(self, resp: Any) -> float:
+        try:
+            import litellm
+
+            return float(litellm.completion_cost(completion_response=resp, model=self.model) or 0.0)
+        except Exception:  # noqa: BLE001 - models without a price (local servers) cost nothing
+            return 0.0
+
+    async def complete(self, messages: list[dict[str, str]], prompt_version: str = "", sample: int = 0,
+                       schema: type[BaseModel] | None = None) -> Answer:
+        key = cache_key(self.model, messages, self.params, prompt_version, sample)
+        value, cached = await self._call(messages, key)
+        if value is None:
+            return Answer(None, error="budget" if self.budget_reached else "failed")
+        if schema is None:
+            return Answer(value["text"], cached=cached)
+        data, reason = parse_json(value["text"], schema)
+        if data is None:  # one retry with a stricter instruction
+            strict = messages + [{"role": "user", "content": STRICT.format(schema=json.dumps(schema.model_json_schema()))}]
+            value, cached = await self._call(strict, cache_key(self.model, strict, self.params, prompt_version, sample))
+            if value is None:
+                return Answer(None, error="failed")
+            data, reason = parse_json(value["text"], schema)
+            if data is None:
+                self.stats.dropped[reason] += 1
+                return Answer(value["text"], error=reason, cached=cached)
+        return Answer(value["text"], data=data, cached=cached)
+
+    def complete_many(self, requests: list[dict[str, Any]]) -> list[Answer]:
+        """Run `complete(**request)` for every request, at most `concurrency` at a time."""
+
+        async def run() -> list[Answer]:
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(req: dict[str, Any]) -> Answer:
+                async with gate:
+                    return await self.complete(**req)
+
+            return await asyncio.gather(*(one(r) for r in requests))
+
+        return asyncio.run(run())

