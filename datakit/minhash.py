@@ -213,11 +213,19 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-try:  # a compiled, multi-core kernel when numba is there (it is a dependency); numpy otherwise
-    import numba
+@lru_cache(maxsize=1)
+def _kernels():
+    """numba kernels (signatures, band hashes), compiled on first use; (None, None) without numba.
+
+    Imported lazily: numba costs ~1 s and ~70 MB at import, which a build without MinHash should not pay.
+    """
+    try:
+        import numba
+    except ImportError:  # pragma: no cover
+        return None, None
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _minhash_kernel(h, seg_bounds, seg_docs, a, b, sig):  # pragma: no cover - compiled
+    def minhash_kernel(h, seg_bounds, seg_docs, a, b, sig):  # pragma: no cover - compiled
         num_perm = a.shape[0]
         for s in numba.prange(seg_bounds.shape[0] - 1):  # one text per iteration, texts spread over cores
             mins = np.full(num_perm, np.uint64(0xFFFFFFFF))  # running minima stay in registers/L1
@@ -229,7 +237,7 @@ try:  # a compiled, multi-core kernel when numba is there (it is a dependency); 
                 sig[seg_docs[s], k] = np.uint32(mins[k])
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _band_kernel(sig, mult, salt, rows, out):  # pragma: no cover - compiled
+    def band_kernel(sig, mult, salt, rows, out):  # pragma: no cover - compiled
         bands = out.shape[1]
         for i in numba.prange(sig.shape[0]):
             for band in range(bands):
@@ -238,8 +246,8 @@ try:  # a compiled, multi-core kernel when numba is there (it is a dependency); 
                     c = band * rows + r
                     acc += np.uint64(sig[i, c]) * mult[c]
                 out[i, band] = acc
-except ImportError:  # pragma: no cover
-    _minhash_kernel = _band_kernel = None
+
+    return minhash_kernel, band_kernel
 
 
 def signatures_from_shingles(h: np.ndarray, doc: np.ndarray, n_docs: int, cfg: MinHashConfig) -> np.ndarray:
@@ -253,8 +261,9 @@ def signatures_from_shingles(h: np.ndarray, doc: np.ndarray, n_docs: int, cfg: M
         return sig
     seg_starts = np.concatenate([[0], np.nonzero(np.diff(doc))[0] + 1])
     seg_docs = doc[seg_starts]
-    if _minhash_kernel is not None:
-        _minhash_kernel(h, np.append(seg_starts, len(h)), seg_docs, a, b, sig)
+    minhash_kernel = _kernels()[0]
+    if minhash_kernel is not None:
+        minhash_kernel(h, np.append(seg_starts, len(h)), seg_docs, a, b, sig)
         return sig
     # numpy: chunks of whole segments, about _CHUNK_SHINGLES shingles each, on `threads` threads
     cut = np.searchsorted(seg_starts, np.arange(0, len(h), _CHUNK_SHINGLES))
@@ -319,9 +328,10 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         mult = splitmix(np.arange(1, bands * rows + 1, dtype=np.uint64) * _GOLD) | np.uint64(1)
         salt = np.arange(bands, dtype=np.uint64) * _GOLD
-    if _band_kernel is not None:
+    band_kernel = _kernels()[1]
+    if band_kernel is not None:
         out = np.empty((len(sig), bands), np.uint64)
-        _band_kernel(np.ascontiguousarray(sig), mult, salt, rows, out)
+        band_kernel(np.ascontiguousarray(sig), mult, salt, rows, out)
         return splitmix(out)
     with np.errstate(over="ignore"):
         prod = sig[:, : bands * rows].astype(np.uint64) * mult[None, :]
