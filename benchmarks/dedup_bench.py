@@ -292,7 +292,7 @@ def scale(n: int, ngram: int, work: Path) -> None:
           f"{d.get('near_duplicate', 0):,} | {len(planted):,} |")
 
 
-def decontam(ngram_check: bool, work: Path) -> None:
+def decontam(work: Path) -> None:
     """Planted near-copies of benchmark texts among real training text: precision and recall of the audit."""
     from datakit.audit import connect
     from datakit.benchmarks import build_pack, texts_from_files
@@ -368,7 +368,7 @@ def main() -> None:
     if args.scale:
         scale(args.scale, args.ngram, work)
     elif args.decontam:
-        decontam(True, work)
+        decontam(work)
     else:
         compare(args.n, args.ngram, args.engines.split(","), work)
 

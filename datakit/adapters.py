@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from datakit import records
 from datakit.recipe import SourceConfig
-from datakit.sources import Chunk, ColumnSpec, bad_row
+from datakit.sources import Chunk, ColumnSpec, bad_row, row_range
 
 RoleType = Literal["text", "score", "label", "text_list", "label_list", "messages"]
 
@@ -296,10 +296,6 @@ def _origins(negatives: pa.Array, origin: str) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array([origin] * int(offsets[-1]), pa.string()))
 
 
-def _positions(n: int) -> pa.Array:
-    return pa.array(np.arange(n, dtype=np.int64))
-
-
 def _lengths(values: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -314,7 +310,7 @@ def _explode(values: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
 
 
 def _pairs(cols_a: pa.Array, cols_b: pa.Array, score: pa.Array, label: pa.Array, n: int, both: bool) -> list[RecordSet]:
-    pos = _positions(n)
+    pos = row_range(0, n)
     sets = [RecordSet("pair", {"text_a": cols_a, "text_b": cols_b, "score": score, "label": label}, pos,
                       "ab" if both else "", "order=ab" if both else "")]
     if both:
@@ -332,7 +328,7 @@ class TitleBody(Adapter):
     defaults = {"query": "title", "positive": "body"}
 
     def build(self, cols, n):
-        return [RecordSet("retrieval", {"query": cols["query"], "positive": cols["positive"]}, _positions(n))]
+        return [RecordSet("retrieval", {"query": cols["query"], "positive": cols["positive"]}, row_range(0, n))]
 
 
 class QA(Adapter):
@@ -351,7 +347,7 @@ class QA(Adapter):
             query, positive = pc.struct_field(m, "query"), pc.struct_field(m, "answer")
         else:
             query, positive = cols["query"], cols["positive"]
-        return [RecordSet("retrieval", {"query": query, "positive": positive}, _positions(n))]
+        return [RecordSet("retrieval", {"query": query, "positive": positive}, row_range(0, n))]
 
 
 class ReadingOptions(NoOptions):
@@ -370,7 +366,7 @@ class ReadingComprehension(Adapter):
         ctx, q = cols["context"].to_pylist(), cols["question"].to_pylist()
         tpl = self.options.template
         query = pa.array([tpl.format(context=c, question=x) for c, x in zip(ctx, q)], pa.string())
-        return [RecordSet("retrieval", {"query": query, "positive": cols["positive"]}, _positions(n))]
+        return [RecordSet("retrieval", {"query": query, "positive": cols["positive"]}, row_range(0, n))]
 
 
 class Retrieval(Adapter):
@@ -498,7 +494,7 @@ class Classification(Adapter):
         if self.options.label_names:
             names = self.options.label_names
             label = pa.array([names.get(v, v) for v in label.to_pylist()], pa.string())
-        return [RecordSet("classification", {"text": cols["text"], "label": label}, _positions(n))]
+        return [RecordSet("classification", {"text": cols["text"], "label": label}, row_range(0, n))]
 
 
 class Clustering(Classification):

@@ -76,10 +76,10 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
     problems = []
     for src in loaded.recipe.sources:
         where = src.path if src.path is not None else (f"hf:{src.hf.path}" if src.hf else "sql")
-        adapter = make_adapter(src)
-        columns = adapter.columns().names
+        spec = make_adapter(src).columns()
+        columns = spec.names
         try:
-            chunk = next(iter(read_source(src, loaded.base_dir, adapter.columns(), batch_rows=5)), None)
+            chunk = next(iter(read_source(src, loaded.base_dir, spec, batch_rows=5)), None)
             status = f"{chunk.table.num_rows} read" if chunk else "empty"
         except (SourceError, OSError) as exc:
             status = "[red]cannot read[/]"

@@ -48,15 +48,18 @@ class EmbeddingCache:
                 vecs.append(z["vectors"])
         self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
         self.vectors = np.concatenate(vecs) if vecs else None
+        self._index()
+
+    def _index(self) -> None:
         self._order = np.argsort(self.keys, kind="stable")
+        self._sorted = self.keys[self._order]
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, row in self.vectors for the found keys)."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), bool), np.zeros(0, np.int64)
-        sorted_keys = self.keys[self._order]
-        pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
-        found = sorted_keys[pos] == keys
+        pos = np.clip(np.searchsorted(self._sorted, keys), 0, len(self._sorted) - 1)
+        found = self._sorted[pos] == keys
         return found, self._order[pos[found]]
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -68,7 +71,7 @@ class EmbeddingCache:
         tmp.replace(self.folder / f"part-{n:06d}.npz")  # a killed run never leaves half a part
         self.keys = np.concatenate([self.keys, keys])
         self.vectors = vectors.astype(np.float32) if self.vectors is None else np.concatenate([self.vectors, vectors])
-        self._order = np.argsort(self.keys, kind="stable")
+        self._index()
 
 
 class Embedder:

@@ -82,6 +82,13 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "classification": ("text", "label"),
 }
 
+#: The texts that say what a record is about (what filters and dedup compare by default).
+MAIN_TEXTS: dict[str, tuple[str, ...]] = {
+    "retrieval": ("query", "positive"),
+    "pair": ("text_a", "text_b"),
+    "classification": ("text",),
+}
+
 #: Quarantine shard schema: a row that could not become a record, and why.
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -178,24 +185,9 @@ def validate(kind: str, table: pa.Table) -> tuple[pa.Table, Rejected]:
         origins = table.column("negative_origins")
         mark(pc.not_equal(pc.list_value_length(negs), pc.list_value_length(origins)),
              "negative_origins", "length_mismatch")
-        flat = pc.list_flatten(negs)
-        if len(flat):
-            parent = pc.list_parent_indices(negs)
-            empty_neg = blank(flat)
-            rows = pc.unique(pc.filter(parent, pc.fill_null(empty_neg, True))).to_pylist()
-            mask = [False] * n
-            for r in rows:
-                mask[r] = True
-            mark(pa.array(mask), "negatives", "empty_text")
-        flat_o = pc.list_flatten(origins)
-        if len(flat_o):
-            parent = pc.list_parent_indices(origins)
-            bad_o = pc.invert(pc.is_in(flat_o, value_set=pa.array(NEGATIVE_ORIGINS)))
-            rows = pc.unique(pc.filter(parent, pc.fill_null(bad_o, True))).to_pylist()
-            mask = [False] * n
-            for r in rows:
-                mask[r] = True
-            mark(pa.array(mask), "negative_origins", "bad_origin")
+        mark(_any_item(negs, blank), "negatives", "empty_text")
+        mark(_any_item(origins, lambda o: pc.invert(pc.is_in(o, value_set=pa.array(NEGATIVE_ORIGINS)))),
+             "negative_origins", "bad_origin")
     bad_idx = pc.indices_nonzero(bad)
     good = table.filter(pc.invert(bad))
     rejected = Rejected(
@@ -208,6 +200,17 @@ def validate(kind: str, table: pa.Table) -> tuple[pa.Table, Rejected]:
 
 def _const(value: str | list[str], n: int) -> pa.Array:
     return pa.array(value if isinstance(value, list) else [value] * n, pa.string())
+
+
+def _any_item(lists: pa.ChunkedArray, test) -> pa.Array:
+    """Per row: does any item of its list fail `test` (a vectorised predicate; null items fail)?"""
+    lists = lists.combine_chunks()
+    out = np.zeros(len(lists), bool)
+    flat = pc.list_flatten(lists)
+    if len(flat):
+        failing = pc.fill_null(test(flat), True).to_numpy(zero_copy_only=False)
+        out[pc.list_parent_indices(lists).to_numpy()[failing]] = True
+    return pa.array(out)
 
 
 def lineage_array(

@@ -136,7 +136,8 @@ def _read_files(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows:
             offset += yield from _read_parquet(path, shown, need, batch_rows, offset)
 
 
-def _row_range(start: int, n: int) -> pa.Array:
+def row_range(start: int, n: int) -> pa.Array:
+    """int64 positions start .. start + n - 1."""
     return pa.array(np.arange(start, start + n, dtype=np.int64))
 
 
@@ -188,7 +189,7 @@ def _parse_jsonl_block(block: bytes, first_line: int, shown: str, need: ColumnSp
             if table.num_rows == n_lines:  # pyarrow skips blank lines: then row numbers would shift
                 table = project(table, need.names)
                 table.validate(full=True)  # catches invalid UTF-8, which the parser lets through
-                return table, _row_range(first_line, n_lines), [], n_lines
+                return table, row_range(first_line, n_lines), [], n_lines
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
     return (*_parse_jsonl_lines(block, first_line, shown, need), n_lines)
@@ -347,7 +348,7 @@ def _read_parquet(path: Path, shown: str, need: ColumnSpec, batch_rows: int, off
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
         start = offset + seen
         table = project(pa.Table.from_batches([batch]), need.names)
-        yield Chunk(table, shown, _row_range(start, batch.num_rows))
+        yield Chunk(table, shown, row_range(start, batch.num_rows))
         seen += batch.num_rows
     return seen
 
@@ -378,12 +379,12 @@ def _read_hf(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: in
     if isinstance(ds, datasets.IterableDataset):
         for batch in ds.iter(batch_size=batch_rows):
             table = project(pa.Table.from_pydict(batch), need.names)
-            yield Chunk(table, shown, _row_range(seen, table.num_rows))
+            yield Chunk(table, shown, row_range(seen, table.num_rows))
             seen += table.num_rows
     else:
         for table in ds.with_format("arrow").iter(batch_size=batch_rows):
             table = project(table, need.names)
-            yield Chunk(table, shown, _row_range(seen, table.num_rows))
+            yield Chunk(table, shown, row_range(seen, table.num_rows))
             seen += table.num_rows
 
 
@@ -404,6 +405,6 @@ def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> It
     seen = 0
     for batch in reader:
         table = project(pa.Table.from_batches([batch]), need.names)
-        yield Chunk(table, "sql", _row_range(seen, table.num_rows))
+        yield Chunk(table, "sql", row_range(seen, table.num_rows))
         seen += table.num_rows
     con.close()

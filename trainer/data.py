@@ -213,14 +213,14 @@ class BatchSampler:
         prompt = [self._prompt(i) for i in t.column("instruction").to_pylist()]
         anchors = [p + x for p, x in zip(prompt, t.column("text").to_pylist())]
         positives, negatives, neg_labels = [], [], []
-        all_labels = list(info["rows"])
+        usable = [x for x in info["rows"] if len(info["rows"][x])]
         for row, lab, p in zip(rows, labels, prompt):
             same = info["rows"][lab]
             choice = same[same != row]
             positives.append(p + table.column("text")[int(choice[rng.integers(len(choice))])].as_py())
             negs, nlabs = [], []
+            other = [x for x in usable if x != lab]
             for _ in range(self.cfg.negatives):
-                other = [x for x in all_labels if x != lab and len(info["rows"][x])]
                 olab = other[rng.integers(len(other))]
                 orow = info["rows"][olab][rng.integers(len(info["rows"][olab]))]
                 negs.append(p + table.column("text")[int(orow)].as_py())

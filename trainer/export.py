@@ -23,7 +23,10 @@ def prompts_from_shards(shards: str | Path, template: str) -> dict[str, str]:
     table = open_shards(shards)["retrieval"]
     pairs = Counter(zip(table.column("dataset").to_pylist(), table.column("instruction").to_pylist()))
     prompts = {ds: template.format(instruction=ins) for (ds, ins), _ in pairs.most_common() if ins}
-    by_ins = Counter(ins for (ds, ins), n in pairs.items() for _ in range(n) if ins)
+    by_ins: Counter = Counter()
+    for (_, ins), n in pairs.items():
+        if ins:
+            by_ins[ins] += n
     if by_ins:
         prompts["query"] = template.format(instruction=by_ins.most_common(1)[0][0])
     return prompts

@@ -282,6 +282,3 @@ def load_config(path: str | Path) -> TrainConfig:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     return TrainConfig.from_dict(raw, base_dir=path.resolve().parent)
 
-
-def describe(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

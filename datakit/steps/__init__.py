@@ -31,6 +31,11 @@ class StepContext:
     work_dir: Path  # scratch space inside the staging folder (removed after the build)
     artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
 
+    def resolve(self, path: str | Path) -> Path:
+        """A path from a step's config: relative ones are relative to the recipe."""
+        path = Path(path)
+        return path if path.is_absolute() else self.base_dir / path
+
 
 class Step:
     name: ClassVar[str]

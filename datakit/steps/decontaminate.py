@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -69,10 +68,10 @@ class Decontaminate(Step):
 
     def __init__(self, config: DecontaminateConfig, ctx):
         super().__init__(config, ctx)
-        self.packs = [Pack(self._path(p)) for p in config.packs]
+        self.packs = [Pack(ctx.resolve(p)) for p in config.packs]
         if config.bench_files:
             folder = ctx.work_dir / "bench_pack"
-            build_pack(texts_from_files([self._path(p) for p in config.bench_files]), folder)
+            build_pack(texts_from_files([ctx.resolve(p) for p in config.bench_files]), folder)
             self.packs.append(Pack(folder))
         if not self.packs:
             raise ValueError("decontaminate: give `packs` or `bench_files`")
@@ -85,9 +84,6 @@ class Decontaminate(Step):
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.dataset_examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.checked = 0
-
-    def _path(self, p: str) -> Path:
-        return Path(p) if Path(p).is_absolute() else self.ctx.base_dir / p
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:

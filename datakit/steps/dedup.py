@@ -17,9 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datakit import minhash as mh
+from datakit.records import MAIN_TEXTS
 from datakit.steps import Step, StepConfig, Stream, register
-
-DEFAULT_FIELDS = {"retrieval": ["query", "positive"], "pair": ["text_a", "text_b"], "classification": ["text"]}
 
 
 class DedupConfig(StepConfig):
@@ -130,7 +129,7 @@ class Dedup(Step):
                 yield kind, table
                 continue
             state = states.get(kind) or states.setdefault(kind, _KindState(self.ctx.work_dir / f"dedup-{kind}", cfg, kind))
-            state.add(table, cfg.fields.get(kind, DEFAULT_FIELDS[kind]), mh_cfg, bands, rows)
+            state.add(table, cfg.fields.get(kind, list(MAIN_TEXTS[kind])), mh_cfg, bands, rows)
         for kind, state in states.items():
             state.close()
             keep = self._decide(state)

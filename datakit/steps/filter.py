@@ -7,9 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.records import MAIN_TEXTS
 from datakit.steps import Step, StepConfig, Stream, register
-
-_DEFAULT_FIELDS = {"retrieval": ["query", "positive"], "pair": ["text_a", "text_b"], "classification": ["text"]}
 
 
 class FilterConfig(StepConfig):
@@ -40,7 +39,7 @@ class Filter(Step):
     def _filter(self, kind: str, table: pa.Table) -> pa.Table:
         cfg = self.config
         checks: list[tuple[pa.Array, str]] = []
-        for name in cfg.fields or _DEFAULT_FIELDS[kind]:
+        for name in cfg.fields or MAIN_TEXTS[kind]:
             if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
                 continue
             col = table.column(name).combine_chunks()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
+from datakit.recipe import SourceConfig
 from datakit.records import add_event
 from datakit.sources import ColumnSpec, read_source
 from datakit.steps import Step, StepConfig, Stream, register
@@ -73,9 +73,7 @@ class MineNegatives(Step):
 
     def __init__(self, config: MineConfig, ctx):
         super().__init__(config, ctx)
-        cache = Path(config.cache_dir) if config.cache_dir else None
-        if cache is not None and not cache.is_absolute():
-            cache = ctx.base_dir / cache
+        cache = ctx.resolve(config.cache_dir) if config.cache_dir else None
         self.embedder = Embedder(config.model, cache_dir=cache, batch_size=config.batch_size)
         self.similarity: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -109,10 +107,7 @@ class MineNegatives(Step):
     def _pool(self, table: pa.Table) -> list[str]:
         texts = table.column("positive").to_pylist()
         for item in self.config.extra_pool:
-            path = Path(item) if Path(item).is_absolute() else self.ctx.base_dir / item
-            from datakit.recipe import SourceConfig
-
-            src = SourceConfig(name="pool", path=str(path), adapter="classification")
+            src = SourceConfig(name="pool", path=str(self.ctx.resolve(item)), adapter="classification")
             for chunk in read_source(src, self.ctx.base_dir, ColumnSpec(["text"])):
                 texts += [t for t in chunk.table.column("text").to_pylist() if isinstance(t, str) and t.strip()]
         return list(dict.fromkeys(texts))  # unique, in first-seen order
