@@ -247,6 +247,16 @@ def _summary(manifest: dict[str, Any]) -> None:
     for step, reasons in manifest.get("dropped", {}).items():
         if reasons:
             console.print(f"dropped by {step}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+    for step, e in manifest.get("synthesis", {}).items():
+        drops = ", ".join(f"{r} {n}" for r, n in sorted(e["dropped"].items(), key=lambda x: -x[1])) or "none"
+        console.print(f"synthesis {step} ({e['model']}, {e['prompt']}): {e['calls']} calls, {e['cache_hits']} cached, "
+                      f"{e['failed']} failed, {e['prompt_tokens'] + e['completion_tokens']:,} tokens, "
+                      f"${e['cost_usd']:.4f}; kept {e['kept']}, dropped {drops}")
+    budget = manifest.get("llm_budget")
+    if budget and budget["reached"]:
+        err.print(f"[bold yellow]budget reached:[/] ${budget['spent_usd']:.4f} of ${budget['max_budget_usd']:.4f}; "
+                  f"{budget['requests_not_sent']} requests were not sent (their records are left unsynthesised; "
+                  "raise llm.max_budget_usd and rebuild: answers already paid for come from the cache)")
     rate = manifest.get("rows_per_s")
     console.print(f"read {sum(manifest['rows_read'].values()):,} rows in {manifest['duration_s']:.1f}s"
                   + (f" ({rate:,.0f} rows/s)" if rate else ""))

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit.adapters import make_adapter
-from datakit.recipe import LoadedRecipe, OutputConfig, SourceConfig
+from datakit.llm.client import Budget
+from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
 from datakit.records import KINDS, QUARANTINE_SCHEMA
 from datakit.shards import (MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, read_shards, sha256_file, shard_files,
                             write_json_atomic)
@@ -134,11 +135,11 @@ def build(
     def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
         return _records(loaded, writer, tally, strict, progress, batch_rows)
 
-    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head)
+    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm)
 
 
 def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
-                base_dir: Path | None = None, shard_rows: int = 50_000) -> BuildResult:
+                base_dir: Path | None = None, shard_rows: int = 50_000, llm: LLMSettings | None = None) -> BuildResult:
     """Run steps over the shards of an earlier build (e.g. `datakit dedup IN --out OUT`).
 
     The input's quarantine is carried over; the new manifest names the input build as its parent.
@@ -168,14 +169,14 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
                     yield kind, pa.Table.from_batches([batch])
 
     output = OutputConfig(shard_rows=shard_rows)
-    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head)
+    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings())
 
 
 RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
 
 
 def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], output: OutputConfig,
-             records: RecordsFn, head: dict[str, Any]) -> BuildResult:
+             records: RecordsFn, head: dict[str, Any], llm: LLMSettings) -> BuildResult:
     """Stream records through the steps into a staging folder, then publish it with its manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".staging-*"):
@@ -184,8 +185,9 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
     staging.mkdir()
     started = time.time()
     try:
+        budget = Budget(llm.max_budget_usd)
         ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work",
-                          artifacts_dir=staging / "artifacts")
+                          artifacts_dir=staging / "artifacts", llm=llm, budget=budget)
         steps = [make_step(raw, ctx) for raw in raw_steps]
         writer = ShardWriter(staging, output.shard_rows, output.compression)
         tally = _Tally()
@@ -203,6 +205,8 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
                 mix.add(table)
         shards = writer.close()
         head = {**head, "negatives": mix.report()}
+        if any(getattr(s, "uses_llm", False) for s in steps):
+            head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -262,8 +266,26 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
         "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
         "shards": shards,
         "negatives": head["negatives"],
-        **{k: v for s in steps for k, v in s.manifest_entries().items()},
+        **({"llm_budget": head["llm_budget"]} if "llm_budget" in head else {}),
+        **_step_entries(steps),
     }
+
+
+def _step_entries(steps: list[Step]) -> dict[str, Any]:
+    """Top-level manifest keys from the steps; mappings under one key (e.g. `synthesis`) are merged, and a
+    second step of the same type gets `#2`."""
+    out: dict[str, Any] = {}
+    for step in steps:
+        for key, value in step.manifest_entries().items():
+            if key in out and isinstance(out[key], dict) and isinstance(value, dict):
+                for sub, item in value.items():
+                    name, n = sub, 2
+                    while name in out[key]:
+                        name, n = f"{sub}#{n}", n + 1
+                    out[key][name] = item
+            else:
+                out[key] = value
+    return out
 
 
 def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -65,11 +65,27 @@ class OutputConfig(_Strict):
     compression: Literal["none", "lz4", "zstd"] = "none"
 
 
+class LLMSettings(_Strict):
+    """Defaults for every synthesis step of a recipe, and the run's one spending cap."""
+
+    model: str = Field("embedded/smollm2", description="litellm model string; embedded/smollm2 runs offline")
+    api_base: str | None = Field(None, description="an OpenAI-compatible server, with model 'openai/<name>'")
+    concurrency: int = Field(4, gt=0)
+    rpm: int | None = Field(None, gt=0, description="requests per minute, per step")
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_budget_usd: float | None = Field(None, ge=0, description="stop sending requests once spent")
+    price_per_million: tuple[float, float] | None = Field(
+        None, description="(input, output) USD per million tokens, for models litellm has no price for")
+    cache: str | None = Field(None, description="answers cache (SQLite); default $DATAKIT_CACHE/llm/answers.sqlite")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
     sources: list[SourceConfig] = Field(..., min_length=1)
     steps: list[dict[str, Any]] = []
+    llm: LLMSettings = LLMSettings()
     output: OutputConfig = OutputConfig()
     strict: bool = False
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import time
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def default_path() -> Path:
+    return Path(os.environ.get("DATAKIT_CACHE", Path.home() / ".cache" / "datakit")) / "llm" / "answers.sqlite"
+
+
 class LLMCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -28,6 +34,8 @@ class LLMCache:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # every request sent to a provider (an audit trail: a resumed run can show it repeated nothing)
+        self._db.execute("CREATE TABLE IF NOT EXISTS sent (key TEXT NOT NULL, pid INTEGER, at REAL)")
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -38,6 +46,19 @@ class LLMCache:
         """Committed at once (autocommit): a kill right after loses nothing that returned."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False)))
+
+    def log_sent(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO sent VALUES (?, ?, ?)", (key, os.getpid(), time.time()))
+
+    def sent_counts(self) -> dict[str, int]:
+        """How many times each key was sent to a provider, over all runs sharing this cache."""
+        with self._lock:
+            return dict(self._db.execute("SELECT key, count(*) FROM sent GROUP BY key").fetchall())
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return {k for (k,) in self._db.execute("SELECT key FROM answers")}
 
     def __len__(self) -> int:
         with self._lock:

@@ -28,6 +28,23 @@ STRICT = "Answer with one JSON object only, no other text. It must match this JS
 
 
 @dataclass
+class Budget:
+    """A spending cap shared by every client of a run (all synthesis steps of a recipe)."""
+
+    limit_usd: float | None = None
+    spent_usd: float = 0.0
+    skipped: int = 0  # requests not sent because the cap was reached
+
+    @property
+    def reached(self) -> bool:
+        return self.limit_usd is not None and self.spent_usd >= self.limit_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_budget_usd": self.limit_usd, "spent_usd": round(self.spent_usd, 6), "reached": self.reached,
+                "requests_not_sent": self.skipped}
+
+
+@dataclass
 class LLMStats:
     calls: int = 0  # requests sent to the provider (retries included)
     cache_hits: int = 0
@@ -90,24 +107,33 @@ def parse_json(text: str, schema: type[BaseModel]) -> tuple[Any, str]:
 class LLMClient:
     def __init__(self, model: str, cache: LLMCache, concurrency: int = 8, rpm: int | None = None,
                  max_retries: int = 5, timeout: float = 120.0, max_budget_usd: float | None = None,
-                 backoff: float = 1.0, transport: Transport | None = None, **params: Any):
-        self.model, self.cache, self.params = model, cache, params
+                 backoff: float = 1.0, transport: Transport | None = None, budget: Budget | None = None,
+                 price_per_million: tuple[float, float] | None = None, structured: bool = False, **params: Any):
+        """`price_per_million`: (input, output) USD per million tokens, for models litellm has no price for
+        (self-hosted); `budget`: a cap shared with other clients (else one of `max_budget_usd`);
+        `structured`: send a JSON schema `response_format` with requests that have a schema."""
+        self.model, self.cache, self.params, self.structured = model, cache, params, structured
         self.concurrency, self.rpm, self.max_retries = concurrency, rpm, max_retries
-        self.timeout, self.max_budget_usd, self.backoff = timeout, max_budget_usd, backoff
+        self.timeout, self.backoff, self.price = timeout, backoff, price_per_million
+        self.budget = budget if budget is not None else Budget(max_budget_usd)
         self.stats = LLMStats()
+        if model.startswith("embedded/") and transport is None:
+            from datakit.llm.embedded import register
+
+            register()
         self._transport = transport
         self._sent: list[float] = []  # request times, for the rpm limit
 
     @property
     def budget_reached(self) -> bool:
-        return self.max_budget_usd is not None and self.stats.cost_usd >= self.max_budget_usd
+        return self.budget.reached
 
-    async def _send(self, messages: list[dict[str, str]]) -> Any:
+    async def _send(self, messages: list[dict[str, str]], extra: dict[str, Any]) -> Any:
         if self._transport is None:
             import litellm
 
             self._transport = litellm.acompletion
-        return await asyncio.wait_for(self._transport(model=self.model, messages=messages, **self.params),
+        return await asyncio.wait_for(self._transport(model=self.model, messages=messages, **self.params, **extra),
                                       timeout=self.timeout)
 
     async def _throttle(self) -> None:
@@ -121,7 +147,8 @@ class LLMClient:
                 return
             await asyncio.sleep(60 - (now - self._sent[0]) + 0.01)
 
-    async def _call(self, messages: list[dict[str, str]], key: str) -> tuple[dict[str, Any] | None, bool]:
+    async def _call(self, messages: list[dict[str, str]], key: str,
+                    extra: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         """The raw answer ({"text", "usage"}), from the cache or the provider; (None, False) on failure."""
         hit = self.cache.get(key)
         if hit is not None:
@@ -129,12 +156,14 @@ class LLMClient:
             return hit, True
         if self.budget_reached:
             self.stats.budget_skipped += 1
+            self.budget.skipped += 1
             return None, False
         for attempt in range(self.max_retries + 1):
             await self._throttle()
             self.stats.calls += 1
+            self.cache.log_sent(key)
             try:
-                resp = await self._send(messages)
+                resp = await self._send(messages, extra)
             except Exception as exc:  # noqa: BLE001 - classified below
                 retry, wait = _retryable(exc)
                 if not retry or attempt == self.max_retries:
@@ -152,10 +181,15 @@ class LLMClient:
             self.stats.prompt_tokens += value["usage"]["prompt_tokens"]
             self.stats.completion_tokens += value["usage"]["completion_tokens"]
             self.stats.cost_usd += value["cost_usd"]
+            self.budget.spent_usd += value["cost_usd"]
             return value, False
         return None, False
 
     def _cost(self, resp: Any) -> float:
+        if self.price is not None:
+            usage = getattr(resp, "usage", None)
+            return ((getattr(usage, "prompt_tokens", 0) or 0) * self.price[0]
+                    + (getattr(usage, "completion_tokens", 0) or 0) * self.price[1]) / 1e6
         try:
             import litellm
 
@@ -165,8 +199,13 @@ class LLMClient:
 
     async def complete(self, messages: list[dict[str, str]], prompt_version: str = "", sample: int = 0,
                        schema: type[BaseModel] | None = None) -> Answer:
-        key = cache_key(self.model, messages, self.params, prompt_version, sample)
-        value, cached = await self._call(messages, key)
+        extra: dict[str, Any] = {}
+        if schema is not None and self.structured:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.__name__, "schema": schema.model_json_schema()}}
+        params = {**self.params, **extra}
+        key = cache_key(self.model, messages, params, prompt_version, sample)
+        value, cached = await self._call(messages, key, extra)
         if value is None:
             return Answer(None, error="budget" if self.budget_reached else "failed")
         if schema is None:
@@ -174,7 +213,7 @@ class LLMClient:
         data, reason = parse_json(value["text"], schema)
         if data is None:  # one retry with a stricter instruction
             strict = messages + [{"role": "user", "content": STRICT.format(schema=json.dumps(schema.model_json_schema()))}]
-            value, cached = await self._call(strict, cache_key(self.model, strict, self.params, prompt_version, sample))
+            value, cached = await self._call(strict, cache_key(self.model, strict, params, prompt_version, sample), extra)
             if value is None:
                 return Answer(None, error="failed")
             data, reason = parse_json(value["text"], schema)

@@ -30,6 +30,8 @@ class StepContext:
     out_dir: Path
     work_dir: Path  # scratch space inside the staging folder (removed after the build)
     artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
+    llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
+    budget: Any = None  # llm.client.Budget shared by the synthesis steps
 
     def resolve(self, path: str | Path) -> Path:
         """A path from a step's config: relative ones are relative to the recipe."""
@@ -82,4 +84,5 @@ def make_step(raw: dict[str, Any], ctx: StepContext) -> Step:
 
 # registers the built-in steps
 from datakit.steps import (  # noqa: E402,F401
-    decontaminate as _decontaminate, dedup as _dedup, filter as _filter, mine as _mine)
+    augment as _augment, decontaminate as _decontaminate, dedup as _dedup, filter as _filter,
+    llm_negatives as _llm_negatives, mine as _mine, paraphrase as _paraphrase)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
 from datakit.recipe import SourceConfig
-from datakit.records import add_event
+from datakit.records import add_event, conform
 from datakit.sources import ColumnSpec, read_source
 from datakit.steps import Step, StepConfig, Stream, register
 
@@ -92,6 +92,7 @@ class MineNegatives(Step):
                 self.kept += table.num_rows
                 yield kind, table
                 continue
+            table = conform("retrieval", table)  # steps before may differ in field nullability
             if writer is None:
                 writer = pa.ipc.new_stream(str(spill), table.schema)
             writer.write_table(table)

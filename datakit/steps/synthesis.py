@@ -1,0 +1,168 @@
+"""What the LLM generator steps (`paraphrase`, `augment`, `llm_negatives`) share.
+
+Record selection (a deterministic `fraction` of ids, `datasets`, `max_records`), the LLM client built from the
+step's config over the recipe's `llm:` defaults (one answer cache, one budget for the run), prompt rendering
+with `sample` indices, answer parsing, embedding similarities for the quality bands, and the manifest's
+`synthesis.{step}` entry: provider calls, cache hits, failures, tokens, cost, kept and dropped by reason.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from datakit.embed import DEFAULT_MODEL, Embedder
+from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
+from datakit.llm.client import Answer, Budget, LLMClient
+from datakit.llm.prompts import load_prompt
+from datakit.llm.quality import QualityConfig, clean
+from datakit.recipe import LLMSettings
+from datakit.records import LINEAGE
+from datakit.steps import Step, StepConfig, StepContext
+
+CHUNK = 256  # requests per complete_many call: bounds memory and lets a kill lose at most one chunk's progress
+
+
+class SynthesisConfig(StepConfig):
+    model: str | None = None  # litellm model string; default: the recipe's `llm.model`
+    api_base: str | None = None  # default: the recipe's `llm.api_base`
+    concurrency: int | None = Field(None, gt=0)
+    temperature: float = 0.7
+    max_tokens: int = 256
+    params: dict[str, Any] = {}  # more litellm params (top_p, extra_body, ...); never keys: they come from the env
+    prompt: str | None = None  # a packaged prompt id (`paraphrase.v1`) or a YAML file; default: the step's own
+    structured: Literal["auto", "on", "off"] = "auto"  # schema-constrained JSON (auto: on for embedded/ models)
+    fraction: float = Field(1.0, ge=0, le=1)  # share of records (chosen by a hash of the id and the seed)
+    max_records: int | None = Field(None, ge=0)
+    datasets: list[str] | None = None  # default: all
+    samples: int = Field(1, ge=1)  # generations per record (with temperature > 0, each its own cache entry)
+    quality: QualityConfig = QualityConfig()
+    encoder: str = DEFAULT_MODEL  # sentence-transformers model for the similarity bands
+    seed: int = 0
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, params: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(SECRET_PARAMS & set(params) - {"api_base", "base_url"})
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must not be in a recipe: API keys come from the environment "
+                             "(e.g. OPENAI_API_KEY)")
+        return params
+
+
+class SynthesisStep(Step):
+    default_prompt: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]] = ("retrieval",)
+    uses_llm = True
+    config: SynthesisConfig
+
+    def __init__(self, config: SynthesisConfig, ctx: StepContext):
+        super().__init__(config, ctx)
+        self.settings: LLMSettings = ctx.llm or LLMSettings()
+        self.budget: Budget = ctx.budget if ctx.budget is not None else Budget(self.settings.max_budget_usd)
+        self.prompt = load_prompt(config.prompt or self.default_prompt, ctx.base_dir)
+        self.model = config.model or self.settings.model
+        self.out: Counter[str] = Counter()  # generated texts: "kept" and drop reasons
+        self.selected = 0
+        self._client: LLMClient | None = None
+        self._embedder: Embedder | None = None
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def client(self) -> LLMClient:
+        if self._client is None:
+            s, cfg = self.settings, self.config
+            params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.params}
+            if cfg.api_base or s.api_base:
+                params["api_base"] = cfg.api_base or s.api_base
+            structured = cfg.structured == "on" or (cfg.structured == "auto" and self.model.startswith("embedded/"))
+            cache = LLMCache(self.ctx.resolve(s.cache) if s.cache else default_path())
+            self._client = LLMClient(self.model, cache, concurrency=cfg.concurrency or s.concurrency, rpm=s.rpm,
+                                     max_retries=s.max_retries, timeout=s.timeout_s, budget=self.budget,
+                                     price_per_million=s.price_per_million, structured=structured, **params)
+        return self._client
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.config.encoder)
+        return self._embedder
+
+    def similarity(self, a: list[str], b: list[str]) -> np.ndarray:
+        """Cosine similarity of a[i] and b[i] (normalised embeddings, cached on disk)."""
+        if not a:
+            return np.zeros(0, np.float32)
+        va, vb = self.embedder.encode(a), self.embedder.encode(b)
+        return np.einsum("ij,ij->i", va, vb)
+
+    def select(self, table: pa.Table) -> list[int]:
+        """Rows of this batch that get synthesis: in `datasets`, under `fraction`, within `max_records`."""
+        cfg = self.config
+        ids = table.column("id").to_pylist()
+        datasets = table.column("dataset").to_pylist()
+        rows = []
+        for i, (rid, ds) in enumerate(zip(ids, datasets)):
+            if cfg.max_records is not None and self.selected >= cfg.max_records:
+                break
+            if cfg.datasets is not None and ds not in cfg.datasets:
+                continue
+            if cfg.fraction < 1 and _unit(f"{cfg.seed}:{self.name}:{rid}") >= cfg.fraction:
+                continue
+            rows.append(i)
+            self.selected += 1
+        return rows
+
+    def generate(self, values: list[dict[str, Any]], samples: list[int] | None = None,
+                 prompt: Any = None) -> list[Answer]:
+        """One answer per `values[i]` (its sample index `samples[i]`, default 0), in order."""
+        prompt = prompt or self.prompt
+        schema = prompt.schema()
+        samples = samples or [0] * len(values)
+        requests = [{"messages": prompt.render(v), "prompt_version": prompt.cache_version, "sample": k,
+                     "schema": schema} for v, k in zip(values, samples)]
+        answers: list[Answer] = []
+        for start in range(0, len(requests), CHUNK):
+            answers += self.client.complete_many(requests[start:start + CHUNK])
+        return answers
+
+    def text_of(self, answer: Answer, field: str | None = None) -> tuple[str, str]:
+        """(cleaned text, "") or ("", reason) for an answer; `field` picks a JSON answer's field."""
+        if answer.text is None:
+            return "", answer.error or "failed"  # failed after retries, or not sent (budget)
+        if answer.error:
+            return "", answer.error  # invalid_json / off_schema after the stricter retry
+        raw = getattr(answer.data, field) if field else answer.text
+        return clean(raw if isinstance(raw, str) else str(raw)), ""
+
+    def lineage_event(self, detail: str) -> dict[str, str]:
+        return {"step": self.name, "model": self.model, "prompt_id": self.prompt.ref, "detail": detail}
+
+    # ------------------------------------------------------------------ reporting
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "selected": self.selected, "generated_kept": self.out["kept"]}
+
+    def manifest_entries(self) -> dict[str, Any]:
+        stats = self.client.stats.as_dict() if self._client is not None else {}
+        stats.pop("dropped", None)  # the step counts answer drops itself, with the quality reasons
+        entry = {"model": self.model, "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
+                 "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"}}
+        return {"synthesis": {self.name: entry}}
+
+
+def _unit(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def derived_lineage(parents: pa.Array | pa.ChunkedArray, rows: list[int], parent_ids: list[str],
+                    events: list[dict[str, str]]) -> pa.Array:
+    """Lineage of new records made from `rows` of a batch: the parent's source, parent_id set, one event added."""
+    out = []
+    parent_values = parents.take(pa.array(rows, pa.int64())).to_pylist() if rows else []
+    for lin, pid, event in zip(parent_values, parent_ids, events):
+        lin = dict(lin or {"source": "", "file": "", "row": -1, "parent_id": "", "events": []})
+        out.append({**lin, "parent_id": pid, "events": list(lin.get("events") or []) + [event]})
+    return pa.array(out, LINEAGE)
