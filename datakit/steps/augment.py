@@ -35,13 +35,12 @@ class Augment(SynthesisStep):
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:
+            new = self._augment(table) if kind == "retrieval" and table.num_rows else None
             self.kept += table.num_rows
             yield kind, table
-            if kind == "retrieval" and table.num_rows:
-                new = self._augment(table)
-                if new is not None:
-                    self.kept += new.num_rows
-                    yield kind, new
+            if new is not None:
+                self.kept += new.num_rows
+                yield kind, new
 
     def _augment(self, table: pa.Table) -> pa.Table | None:
         cfg = self.config

@@ -25,6 +25,7 @@ from datakit.steps.synthesis import SynthesisConfig, SynthesisStep
 class LLMNegativesConfig(SynthesisConfig):
     type: Literal["llm_negatives"] = "llm_negatives"
     fraction: float = 0.3  # the report: 30% of hard negatives generated, 70% mined
+    include_generated: bool = True  # paraphrased and augmented records need negatives too
     per_record: int = 1
     fill_to: int | None = None  # instead of per_record: generate until the record holds this many negatives
     min_query_similarity: float = 0.3  # below: off topic, too easy to be a hard negative

@@ -40,13 +40,12 @@ class Paraphrase(SynthesisStep):
     def run(self, stream: Stream) -> Stream:
         wanted = {FIELD_KIND[f] for f in self.config.fields}
         for kind, table in stream:
+            new = self._paraphrase(kind, table) if kind in wanted and table.num_rows else None
             self.kept += table.num_rows
             yield kind, table
-            if kind in wanted and table.num_rows:
-                new = self._paraphrase(kind, table)
-                if new is not None and new.num_rows:
-                    self.kept += new.num_rows
-                    yield kind, new
+            if new is not None and new.num_rows:
+                self.kept += new.num_rows
+                yield kind, new
 
     def _paraphrase(self, kind: str, table: pa.Table) -> pa.Table | None:
         cfg = self.config

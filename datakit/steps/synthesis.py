@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from datakit.embed import DEFAULT_MODEL, Embedder
@@ -35,11 +36,12 @@ class SynthesisConfig(StepConfig):
     max_tokens: int = 256
     params: dict[str, Any] = {}  # more litellm params (top_p, extra_body, ...); never keys: they come from the env
     prompt: str | None = None  # a packaged prompt id (`paraphrase.v1`) or a YAML file; default: the step's own
-    structured: Literal["auto", "on", "off"] = "auto"  # schema-constrained JSON (auto: on for embedded/ models)
+    structured: bool | None = None  # ask for schema-constrained JSON (default: only for embedded/ models)
     fraction: float = Field(1.0, ge=0, le=1)  # share of records (chosen by a hash of the id and the seed)
     max_records: int | None = Field(None, ge=0)
     datasets: list[str] | None = None  # default: all
     samples: int = Field(1, ge=1)  # generations per record (with temperature > 0, each its own cache entry)
+    include_generated: bool = False  # also records an earlier synthesis step made (lineage parent_id set)
     quality: QualityConfig = QualityConfig()
     encoder: str = DEFAULT_MODEL  # sentence-transformers model for the similarity bands
     seed: int = 0
@@ -79,7 +81,7 @@ class SynthesisStep(Step):
             params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.params}
             if cfg.api_base or s.api_base:
                 params["api_base"] = cfg.api_base or s.api_base
-            structured = cfg.structured == "on" or (cfg.structured == "auto" and self.model.startswith("embedded/"))
+            structured = self.model.startswith("embedded/") if cfg.structured is None else cfg.structured
             cache = LLMCache(self.ctx.resolve(s.cache) if s.cache else default_path())
             self._client = LLMClient(self.model, cache, concurrency=cfg.concurrency or s.concurrency, rpm=s.rpm,
                                      max_retries=s.max_retries, timeout=s.timeout_s, budget=self.budget,
@@ -104,11 +106,12 @@ class SynthesisStep(Step):
         cfg = self.config
         ids = table.column("id").to_pylist()
         datasets = table.column("dataset").to_pylist()
+        generated = [bool(p) for p in pc.struct_field(table.column("lineage"), "parent_id").to_pylist()]
         rows = []
         for i, (rid, ds) in enumerate(zip(ids, datasets)):
             if cfg.max_records is not None and self.selected >= cfg.max_records:
                 break
-            if cfg.datasets is not None and ds not in cfg.datasets:
+            if (cfg.datasets is not None and ds not in cfg.datasets) or (generated[i] and not cfg.include_generated):
                 continue
             if cfg.fraction < 1 and _unit(f"{cfg.seed}:{self.name}:{rid}") >= cfg.fraction:
                 continue
