@@ -39,13 +39,27 @@ def build(
     strict: bool = typer.Option(False, "--strict", help="stop at the first bad row (naming file, row, field)"),
     force: bool = typer.Option(False, "--force", help="rebuild even if the output is up to date"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (pip install 'embedkit[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one, "
+                                          "or RAY_ADDRESS)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray cluster"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
     from datakit.benchmarks import PackError
-    from datakit.pipeline import DataError, build as run_build
+    from datakit.pipeline import DataError, LocalExecutor, build as run_build
     from datakit.sources import SourceError
 
     loaded = _load(recipe)
+    if executor == "ray":
+        try:
+            from datakit.ray_executor import RayExecutor
+        except ImportError as exc:
+            _fail(str(exc))
+        runner = RayExecutor(address=address, num_cpus=num_cpus)
+    elif executor == "local":
+        runner = LocalExecutor()
+    else:
+        _fail(f"unknown executor {executor!r}: local or ray", 2)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
                   TimeElapsedColumn(), console=err, disable=quiet, transient=True) as bar:
         tasks: dict[str, Any] = {}
@@ -56,7 +70,7 @@ def build(
             bar.update(tasks[source], completed=rows)
 
         try:
-            result = run_build(loaded, out, strict=strict or None, force=force, progress=progress)
+            result = run_build(loaded, out, strict=strict or None, force=force, progress=progress, executor=runner)
         except (DataError, SourceError, PackError) as exc:
             _fail(f"{exc}\nnothing was written; the previous output in {out} (if any) is unchanged")
     if result.skipped:

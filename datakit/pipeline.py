@@ -113,6 +113,60 @@ def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[
 ProgressFn = Callable[[str, int], None]
 
 
+class StageClock:
+    """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls)."""
+
+    def __init__(self) -> None:
+        self.inclusive: dict[str, float] = {}
+
+    def wrap(self, name: str, stream: Iterator[tuple[str, pa.Table]]) -> Iterator[tuple[str, pa.Table]]:
+        self.inclusive[name] = 0.0
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(stream)
+            except StopIteration:
+                self.inclusive[name] += time.perf_counter() - t
+                return
+            self.inclusive[name] += time.perf_counter() - t
+            yield item
+
+    def exclusive(self, total: float) -> dict[str, float]:
+        """Seconds per stage alone (each stage pulls only from the one before it); `write` is the rest."""
+        out, before = {}, 0.0
+        for name, t in self.inclusive.items():
+            out[name] = round(max(0.0, t - before), 3)
+            before = t
+        out["write+manifest"] = round(max(0.0, total - before), 3)
+        return out
+
+
+class LocalExecutor:
+    """Runs a build in this process: sources one after another, steps chained as generators.
+
+    An executor decides where the work runs (see `datakit.ray_executor.RayExecutor`); the records, their order
+    and the manifest's counts do not depend on it."""
+
+    name = "local"
+
+    def budget(self, limit_usd: float | None) -> Budget:
+        return Budget(limit_usd)
+
+    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
+                progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
+        return _records(loaded, writer, tally, strict, progress, batch_rows)
+
+    def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
+                  ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:
+        """Chain the steps (`first`: index of steps[0] in the recipe, for the timing names)."""
+        for i, step in enumerate(steps, first):
+            stream = clock.wrap(f"{i}:{step.name}", step.run(stream))
+        return stream
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
 def build(
     loaded: LoadedRecipe,
     out_dir: str | Path,
@@ -120,8 +174,10 @@ def build(
     force: bool = False,
     progress: ProgressFn | None = None,
     batch_rows: int = 50_000,
+    executor: LocalExecutor | None = None,
 ) -> BuildResult:
     """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read."""
+    executor = executor or LocalExecutor()
     recipe, base_dir = loaded.recipe, loaded.base_dir
     out_dir = Path(out_dir)
     strict = recipe.strict if strict is None else strict
@@ -133,9 +189,9 @@ def build(
     head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
 
     def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
-        return _records(loaded, writer, tally, strict, progress, batch_rows)
+        return executor.records(loaded, writer, tally, strict, progress, batch_rows)
 
-    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm)
+    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm, executor)
 
 
 def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
@@ -169,14 +225,15 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
                     yield kind, pa.Table.from_batches([batch])
 
     output = OutputConfig(shard_rows=shard_rows)
-    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings())
+    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings(),
+                    LocalExecutor())
 
 
 RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
 
 
 def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], output: OutputConfig,
-             records: RecordsFn, head: dict[str, Any], llm: LLMSettings) -> BuildResult:
+             records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: LocalExecutor) -> BuildResult:
     """Stream records through the steps into a staging folder, then publish it with its manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".staging-*"):
@@ -185,15 +242,14 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
     staging.mkdir()
     started = time.time()
     try:
-        budget = Budget(llm.max_budget_usd)
+        budget = executor.budget(llm.max_budget_usd)
         ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work",
                           artifacts_dir=staging / "artifacts", llm=llm, budget=budget)
         steps = [make_step(raw, ctx) for raw in raw_steps]
         writer = ShardWriter(staging, output.shard_rows, output.compression)
         tally = _Tally()
-        stream = records(writer, tally)
-        for step in steps:
-            stream = step.run(stream)
+        clock = StageClock()
+        stream = executor.run_steps(clock.wrap("read", records(writer, tally)), steps, raw_steps, ctx, clock)
         counts: dict[str, Counter] = defaultdict(Counter)
         target = next((s.config.negatives for s in steps if s.name == "mine_negatives"), None)
         mix = NegativeMix(target)
@@ -204,7 +260,8 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
             if kind == "retrieval":
                 mix.add(table)
         shards = writer.close()
-        head = {**head, "negatives": mix.report()}
+        head = {**head, "negatives": mix.report(), "executor": executor.describe(),
+                "timings_s": clock.exclusive(time.time() - started)}
         if any(getattr(s, "uses_llm", False) for s in steps):
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
@@ -213,33 +270,55 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
     return BuildResult(out_dir, manifest)
 
 
+SourceEvent = tuple  # ("records", kind, table) | ("quarantine", table) | ("read", rows)
+
+
+def source_events(src: SourceConfig, base_dir: Path, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
+    """Read one source through its adapter: its record batches, quarantined rows and rows read, in order.
+
+    The local executor consumes this in process; the Ray executor runs it as a Ray task per source."""
+    adapter = make_adapter(src)
+    for chunk in read_source(src, base_dir, adapter.columns(), batch_rows):
+        out = adapter.adapt(chunk)
+        bad = chunk.quarantine + out.quarantine
+        if bad and strict:
+            q = bad[0]
+            row = f"row {q['row']}" if q["row"] >= 0 else "a row"
+            raise DataError(f"source {src.name!r}: {q['file']}, {row}, field {q['field'] or '-'}: "
+                            f"{q['reason']}: {q['detail']}")
+        if bad:
+            yield ("quarantine", pa.Table.from_pylist([{"dataset": src.name, **q} for q in bad], schema=QUARANTINE_SCHEMA))
+        yield ("read", chunk.table.num_rows + len(chunk.quarantine))
+        for kind, tables in out.tables.items():
+            for table in tables:
+                yield ("records", kind, table)
+    for kind, tables in adapter.flush().tables.items():
+        for table in tables:
+            yield ("records", kind, table)
+
+
+def consume_source(name: str, events: Iterator[SourceEvent], writer: ShardWriter, tally: _Tally,
+                   progress: ProgressFn | None) -> Iterator[tuple[str, pa.Table]]:
+    """Write a source's quarantine, count its rows, and pass its record batches on."""
+    for event in events:
+        if event[0] == "quarantine":
+            for reason, n in Counter(event[1].column("reason").to_pylist()).items():
+                tally.quarantine[name][reason] += n
+            writer.write("quarantine", event[1])
+        elif event[0] == "read":
+            tally.rows_read[name] += event[1]
+            if progress:
+                progress(name, tally.rows_read[name])
+        else:
+            yield event[1], event[2]
+
+
 def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
              progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
     """Read every source through its adapter; quarantine goes straight to the writer."""
     for src in loaded.recipe.sources:
-        adapter = make_adapter(src)
-        for chunk in read_source(src, loaded.base_dir, adapter.columns(), batch_rows):
-            out = adapter.adapt(chunk)
-            bad = chunk.quarantine + out.quarantine
-            tally.rows_read[src.name] += chunk.table.num_rows + len(chunk.quarantine)
-            if bad:
-                if strict:
-                    q = bad[0]
-                    row = f"row {q['row']}" if q["row"] >= 0 else "a row"
-                    raise DataError(f"source {src.name!r}: {q['file']}, {row}, field {q['field'] or '-'}: "
-                                    f"{q['reason']}: {q['detail']}")
-                for q in bad:
-                    tally.quarantine[src.name][q["reason"]] += 1
-                rows = [{"dataset": src.name, **q} for q in bad]
-                writer.write("quarantine", pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
-            if progress:
-                progress(src.name, tally.rows_read[src.name])
-            for kind, tables in out.tables.items():
-                for table in tables:
-                    yield kind, table
-        for kind, tables in adapter.flush().tables.items():
-            for table in tables:
-                yield kind, table
+        yield from consume_source(src.name, source_events(src, loaded.base_dir, strict, batch_rows), writer, tally,
+                                  progress)
 
 
 def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, steps: list[Step],
@@ -256,6 +335,8 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
         "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration, 3),
+        "executor": head["executor"],
+        "timings_s": head["timings_s"],
         "rows_read": dict(tally.rows_read),
         "rows_per_s": round(rows_read / duration, 1) if duration > 0 else None,
         "inputs": head["inputs"],

@@ -49,7 +49,7 @@ TEXTS = [("My card was swallowed by the cash machine", "card_swallowed"),
 KNOWN_REASONS = {"empty", "too_short", "too_long", "length_ratio", "refusal", "boilerplate", "wrong_script",
                  "near_copy", "drifted", "too_similar", "answered", "unanswered", "off_topic", "same_topic",
                  "query_equals_passage", "false_negative", "duplicate", "invalid_json", "off_schema", "failed",
-                 "budget"}
+                 "budget", "judge_says_answers", "judge_invalid_json", "judge_off_schema", "judge_failed"}
 
 
 def _data(tmp_path: Path, n_qa: int = len(QA)) -> None:
@@ -304,6 +304,27 @@ llm:
     entry = res.manifest["synthesis"]["augment"]
     assert entry["dropped"] == {"invalid_json": 3} and entry["kept"] == 0
     assert entry["calls"] == 6  # each prompt once, then once more with the stricter instruction
+
+
+def test_llm_judge_for_negatives(tmp_path):
+    """With the bands opened wide, every parsed negative goes to the LLM judge (the same embedded model)."""
+    _data(tmp_path, n_qa=4)
+    res = build_yaml(tmp_path, SOURCES + """
+steps:
+  - type: llm_negatives
+    fraction: 1.0
+    max_tokens: 96
+    min_query_similarity: -1.0
+    perc: 100.0
+    judge: true
+""")
+    e = res.manifest["synthesis"]["llm_negatives"]
+    judged = e["kept"] + e["dropped"].get("judge_says_answers", 0)
+    # one judge request per negative that passed the filters (answers may come from the session's cache)
+    assert judged > 0 and e["calls"] + e["cache_hits"] >= 4 + judged
+    _entry_accounts(e, 4)
+    llm_negs = sum(o.count("llm") for o in read_shards(res.out_dir, "retrieval").column("negative_origins").to_pylist())
+    assert llm_negs == e["kept"]
 
 
 class ScriptedTransport:

@@ -39,6 +39,12 @@ class Budget:
     def reached(self) -> bool:
         return self.limit_usd is not None and self.spent_usd >= self.limit_usd
 
+    def spend(self, usd: float) -> None:
+        self.spent_usd += usd
+
+    def skip(self) -> None:
+        self.skipped += 1
+
     def as_dict(self) -> dict[str, Any]:
         return {"max_budget_usd": self.limit_usd, "spent_usd": round(self.spent_usd, 6), "reached": self.reached,
                 "requests_not_sent": self.skipped}
@@ -54,6 +60,12 @@ class LLMStats:
     cost_usd: float = 0.0
     budget_skipped: int = 0  # requests not sent because the budget was reached
     dropped: Counter = field(default_factory=Counter)  # answers unusable: {reason: n}
+
+    def add(self, other: dict[str, Any]) -> None:
+        """Add the counters of another client (`as_dict()` form), e.g. from a Ray worker."""
+        for name in ("calls", "cache_hits", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "budget_skipped"):
+            setattr(self, name, getattr(self, name) + other.get(name, 0))
+        self.dropped.update(other.get("dropped", {}))
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "cache_hits": self.cache_hits, "failed": self.failed,
@@ -156,7 +168,7 @@ class LLMClient:
             return hit, True
         if self.budget_reached:
             self.stats.budget_skipped += 1
-            self.budget.skipped += 1
+            self.budget.skip()
             return None, False
         for attempt in range(self.max_retries + 1):
             await self._throttle()
@@ -181,7 +193,7 @@ class LLMClient:
             self.stats.prompt_tokens += value["usage"]["prompt_tokens"]
             self.stats.completion_tokens += value["usage"]["completion_tokens"]
             self.stats.cost_usd += value["cost_usd"]
-            self.budget.spent_usd += value["cost_usd"]
+            self.budget.spend(value["cost_usd"])
             return value, False
         return None, False
 

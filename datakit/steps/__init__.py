@@ -42,6 +42,9 @@ class StepContext:
 class Step:
     name: ClassVar[str]
     Config: ClassVar[type[StepConfig]]
+    #: True when the step works on each batch alone (no state across batches but counters), so an executor
+    #: may run it on many batches at once in other processes (the Ray executor) and merge the counters
+    parallel_safe: ClassVar[bool] = False
 
     def __init__(self, config: StepConfig, ctx: StepContext):
         self.config = config
@@ -51,6 +54,16 @@ class Step:
 
     def run(self, stream: Stream) -> Stream:
         raise NotImplementedError
+
+    def take_state(self) -> dict[str, Any]:
+        """The counters gathered since the last call (reset), for `merge_state` in another process."""
+        state = {"kept": self.kept, "dropped": dict(self.dropped)}
+        self.kept, self.dropped = 0, Counter()
+        return state
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        self.kept += state["kept"]
+        self.dropped.update(state["dropped"])
 
     def report(self) -> dict[str, Any]:
         """Counters for the manifest's `steps` entry."""

@@ -26,6 +26,7 @@ class FilterConfig(StepConfig):
 class Filter(Step):
     name = "filter"
     Config = FilterConfig
+    parallel_safe = True
     config: FilterConfig
 
     def run(self, stream: Stream) -> Stream:

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from datakit.embed import DEFAULT_MODEL, Embedder
 from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
-from datakit.llm.client import Answer, Budget, LLMClient
+from datakit.llm.client import Answer, Budget, LLMClient, LLMStats
 from datakit.llm.prompts import load_prompt
 from datakit.llm.quality import QualityConfig, clean
 from datakit.recipe import LLMSettings
@@ -70,6 +70,7 @@ class SynthesisStep(Step):
         self.model = config.model or self.settings.model
         self.out: Counter[str] = Counter()  # generated texts: "kept" and drop reasons
         self.selected = 0
+        self.merged = LLMStats()  # counters of clients in other processes (Ray workers)
         self._client: LLMClient | None = None
         self._embedder: Embedder | None = None
 
@@ -144,12 +145,36 @@ class SynthesisStep(Step):
     def lineage_event(self, detail: str) -> dict[str, str]:
         return {"step": self.name, "model": self.model, "prompt_id": self.prompt.ref, "detail": detail}
 
+    # ------------------------------------------------------------------ state across processes
+    @property
+    def parallel_safe(self) -> bool:  # type: ignore[override]
+        return self.config.max_records is None  # max_records counts records in stream order
+
+    def take_state(self) -> dict[str, Any]:
+        state = super().take_state()
+        state.update(out=dict(self.out), selected=self.selected,
+                     llm=self._client.stats.as_dict() if self._client is not None else {})
+        self.out, self.selected = Counter(), 0
+        if self._client is not None:
+            self._client.stats = LLMStats()
+        return state
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        super().merge_state(state)
+        self.out.update(state["out"])
+        self.selected += state["selected"]
+        self.merged.add(state["llm"])
+
     # ------------------------------------------------------------------ reporting
     def report(self) -> dict[str, Any]:
         return {**super().report(), "selected": self.selected, "generated_kept": self.out["kept"]}
 
     def manifest_entries(self) -> dict[str, Any]:
-        stats = self.client.stats.as_dict() if self._client is not None else {}
+        total = LLMStats()
+        total.add(self.merged.as_dict())
+        if self._client is not None:
+            total.add(self._client.stats.as_dict())
+        stats = total.as_dict()
         stats.pop("dropped", None)  # the step counts answer drops itself, with the quality reasons
         entry = {"model": self.model, "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
                  "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"}}

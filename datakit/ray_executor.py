@@ -1,0 +1,174 @@
+"""Ray executor: the same recipe, its per-source and per-batch work spread over a Ray cluster.
+
+- Each source is read and adapted by its own Ray task (a streaming generator), all sources at once; the
+  driver consumes them in recipe order, so the record stream is the one the local executor makes.
+- The leading steps that work batch by batch (`filter`, and `paraphrase` / `augment` / `llm_negatives`
+  without `max_records`) run as one Ray task per batch, up to `window` batches in flight; results come back
+  in order and each step's counters are merged into the driver's copy for the manifest.
+- From the first step that needs the whole stream (`dedup`, `decontaminate`, `mine_negatives`, or a step
+  with `max_records`) on, steps run on the driver, out of core as in a local build.
+- Synthesis on workers shares one answer cache (the SQLite file, resolved on the driver: on a multi-node
+  cluster put it on shared storage with `llm.cache`) and one budget (a Ray actor).
+
+Needs `pip install 'embedkit[ray]'`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from datakit.llm.cache import default_path
+from datakit.llm.client import Budget
+from datakit.pipeline import LocalExecutor, ProgressFn, StageClock, _Tally, consume_source, source_events
+from datakit.recipe import LLMSettings, LoadedRecipe, SourceConfig
+from datakit.shards import ShardWriter
+from datakit.steps import Step, StepContext, make_step
+
+try:
+    import ray
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the Ray executor needs Ray: pip install 'embedkit[ray]'") from exc
+
+
+@ray.remote
+class _BudgetActor:
+    """The run's one spending cap, shared by every worker's LLM clients."""
+
+    def __init__(self, limit_usd: float | None):
+        self.budget = Budget(limit_usd)
+
+    def spend(self, usd: float) -> None:
+        self.budget.spend(usd)
+
+    def skip(self) -> None:
+        self.budget.skip()
+
+    def reached(self) -> bool:
+        return self.budget.reached
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.budget.as_dict()
+
+
+class RayBudget:
+    """`Budget`'s interface over the actor (picklable: workers get the actor handle)."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    @property
+    def reached(self) -> bool:
+        return ray.get(self.actor.reached.remote())
+
+    def spend(self, usd: float) -> None:
+        if usd:
+            ray.get(self.actor.spend.remote(usd))
+
+    def skip(self) -> None:
+        self.actor.skip.remote()
+
+    def as_dict(self) -> dict[str, Any]:
+        return ray.get(self.actor.as_dict.remote())
+
+
+@ray.remote(num_returns="streaming")
+def _source_task(src: dict[str, Any], base_dir: str, strict: bool, batch_rows: int) -> Iterator[tuple]:
+    yield from source_events(SourceConfig.model_validate(src), Path(base_dir), strict, batch_rows)
+
+
+_WORKER_STEPS: dict[str, list[Step]] = {}  # per worker process: steps built once per build, reused per batch
+
+
+@ray.remote
+def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
+                table: pa.Table) -> tuple[list[tuple[str, pa.Table]], list[dict[str, Any]]]:
+    steps = _WORKER_STEPS.get(build_id)
+    if steps is None:
+        _WORKER_STEPS.clear()  # one build at a time per worker: drop the previous build's models
+        work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
+        context = StepContext(base_dir=Path(ctx["base_dir"]), out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
+                              artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
+                              budget=ctx["budget"])
+        steps = _WORKER_STEPS[build_id] = [make_step(raw, context) for raw in raw_steps]
+    stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])
+    for step in steps:
+        stream = step.run(stream)
+    out = list(stream)
+    return out, [step.take_state() for step in steps]
+
+
+def _events(generator: Any) -> Iterator[tuple]:
+    """A source task's events; a worker's exception is raised as itself (DataError names file, row, field)."""
+    try:
+        for ref in generator:
+            yield ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from None
+        raise
+
+
+class RayExecutor(LocalExecutor):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, window: int | None = None):
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ("DATAKIT_CACHE",) if k in os.environ}
+            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env} if env else None)
+        self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self.build_id = uuid.uuid4().hex
+
+    def describe(self) -> dict[str, Any]:
+        resources = ray.cluster_resources()
+        return {"name": self.name, "cpus": int(resources.get("CPU", 0)), "nodes": len(ray.nodes()),
+                "window": self.window}
+
+    def budget(self, limit_usd: float | None) -> RayBudget:
+        return RayBudget(_BudgetActor.remote(limit_usd))
+
+    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
+                progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
+        sources = loaded.recipe.sources
+        generators = [_source_task.remote(src.model_dump(mode="json"), str(loaded.base_dir), strict, batch_rows)
+                      for src in sources]
+        for src, gen in zip(sources, generators):
+            yield from consume_source(src.name, _events(gen), writer, tally, progress)
+
+    def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
+                  ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:
+        lead = 0
+        while lead < len(steps) and steps[lead].parallel_safe:
+            lead += 1
+        if lead:
+            name = "+".join(f"{i}:{s.name}" for i, s in enumerate(steps[:lead])) + " (ray tasks)"
+            stream = clock.wrap(name, self._parallel(stream, steps[:lead], raw_steps[:lead], ctx))
+        return super().run_steps(stream, steps[lead:], raw_steps[lead:], ctx, clock, lead)
+
+    def _parallel(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
+                  ctx: StepContext) -> Iterator[tuple[str, pa.Table]]:
+        llm = ctx.llm.model_copy() if ctx.llm is not None else LLMSettings()
+        llm.cache = str(ctx.resolve(llm.cache) if llm.cache else default_path())  # the one cache, for every worker
+        spec = ray.put({"base_dir": str(ctx.base_dir), "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
+                        "budget": ctx.budget})
+        raw = ray.put(raw_steps)
+        pending: deque = deque()
+
+        def collect() -> Iterator[tuple[str, pa.Table]]:
+            out, states = ray.get(pending.popleft())
+            for step, state in zip(steps, states):
+                step.merge_state(state)
+            yield from out
+
+        for kind, table in stream:
+            pending.append(_steps_task.remote(self.build_id, raw, spec, kind, table))
+            if len(pending) >= self.window:
+                yield from collect()
+        while pending:
+            yield from collect()
