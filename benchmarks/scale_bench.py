@@ -2,7 +2,8 @@
 
 Builds the sources of benchmarks/recipes/shared_corpus.yaml (10 sources from ../shared/data: CSV, TSV,
 JSONL, Parquet, HF folders, DuckDB SQL), `--copies` times over (each copy a source of its own), through
-`filter` (batch by batch: Ray tasks) and `dedup` (global: the driver), with `datakit build`, and prints one
+`filter` and `decontaminate` against STS-B and WikiQA test (batch by batch: Ray tasks) and `dedup` (global:
+the driver), with `datakit build`, and prints one
 row per executor with the manifest's per-stage timings (the driver's view: time spent waiting for each stage).
 
     python benchmarks/scale_bench.py [--copies 3] [--workers 1 2]
@@ -30,7 +31,11 @@ def recipe(copies: int) -> Path:
     for c in range(copies):
         for src in data["sources"]:
             sources.append({**src, "name": f"{src['name']}_{c}" if copies > 1 else src["name"]})
-    data.update(name="scale", sources=sources, steps=[{"type": "filter", "min_chars": 3}, {"type": "dedup"}])
+    bench = ["../../../shared/data/stsb/sts-test.csv", "../../../shared/data/wikiqa/WikiQA-test.tsv"]
+    data.update(name="scale", sources=sources, steps=[
+        {"type": "filter", "min_chars": 3},  # batch by batch: Ray tasks
+        {"type": "decontaminate", "bench_files": bench},  # batch by batch (MinHash signatures): Ray tasks
+        {"type": "dedup"}])  # global: the driver
     path = BASE.parent / ".scale-bench.yaml"  # next to the base recipe: its relative paths stay valid
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -67,8 +72,8 @@ def main() -> None:
         path.unlink(missing_ok=True)
     base = rows[0][2]
     print(f"\nshared_corpus x{args.copies}: {base['rows']:,} rows read, {base['records']:,} records out; "
-          f"{os.cpu_count()} CPU cores; filter + dedup\n")
-    print("| executor | workers | build s | rows/s | rows/s per worker | process wall s (incl. Ray start) | records equal |")
+          f"{os.cpu_count()} CPU cores; filter + decontaminate + dedup\n")
+    print("| executor | workers | build s | rows/s | rows/s per worker | process wall s (incl. Ray start) | same record count as local |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, w, r in rows:
         per = r["rows"] / r["build"] / (w or 1)

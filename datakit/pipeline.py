@@ -120,7 +120,11 @@ class StageClock:
         self.inclusive: dict[str, float] = {}
 
     def wrap(self, name: str, stream: Iterator[tuple[str, pa.Table]]) -> Iterator[tuple[str, pa.Table]]:
+        """Time `stream` as stage `name`; stages must be wrapped in pipeline order (read first)."""
         self.inclusive[name] = 0.0
+        return self._timed(name, stream)
+
+    def _timed(self, name: str, stream: Iterator[tuple[str, pa.Table]]) -> Iterator[tuple[str, pa.Table]]:
         while True:
             t = time.perf_counter()
             try:
@@ -132,12 +136,13 @@ class StageClock:
             yield item
 
     def exclusive(self, total: float) -> dict[str, float]:
-        """Seconds per stage alone (each stage pulls only from the one before it); `write` is the rest."""
+        """Seconds per stage alone (each stage pulls only from the one before it); the rest (setting the
+        steps up, writing shards) is `other`."""
         out, before = {}, 0.0
         for name, t in self.inclusive.items():
             out[name] = round(max(0.0, t - before), 3)
             before = t
-        out["write+manifest"] = round(max(0.0, total - before), 3)
+        out["other"] = round(max(0.0, total - before), 3)
         return out
 
 

@@ -2,11 +2,11 @@
 
 - Each source is read and adapted by its own Ray task (a streaming generator), all sources at once; the
   driver consumes them in recipe order, so the record stream is the one the local executor makes.
-- The leading steps that work batch by batch (`filter`, and `paraphrase` / `augment` / `llm_negatives`
-  without `max_records`) run as one Ray task per batch, up to `window` batches in flight; results come back
+- The leading steps that work batch by batch (`filter`, `decontaminate`, and `paraphrase` / `augment` /
+  `llm_negatives` without `max_records`) run as one Ray task per batch, up to `window` batches in flight; results come back
   in order and each step's counters are merged into the driver's copy for the manifest.
-- From the first step that needs the whole stream (`dedup`, `decontaminate`, `mine_negatives`, or a step
-  with `max_records`) on, steps run on the driver, out of core as in a local build.
+- From the first step that needs the whole stream (`dedup`, `mine_negatives`, or a step with `max_records`)
+  on, steps run on the driver, out of core as in a local build.
 - Synthesis on workers shares one answer cache (the SQLite file, resolved on the driver: on a multi-node
   cluster put it on shared storage with `llm.cache`) and one budget (a Ray actor).
 
@@ -94,7 +94,7 @@ def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, A
         work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
         context = StepContext(base_dir=Path(ctx["base_dir"]), out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
-                              budget=ctx["budget"])
+                              budget=ctx["budget"], worker=True)
         steps = _WORKER_STEPS[build_id] = [make_step(raw, context) for raw in raw_steps]
     stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])
     for step in steps:
@@ -172,3 +172,5 @@ class RayExecutor(LocalExecutor):
                 yield from collect()
         while pending:
             yield from collect()
+        for step in steps:
+            step.finish()

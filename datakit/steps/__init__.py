@@ -32,6 +32,7 @@ class StepContext:
     artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
     llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
     budget: Any = None  # llm.client.Budget shared by the synthesis steps
+    worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
 
     def resolve(self, path: str | Path) -> Path:
         """A path from a step's config: relative ones are relative to the recipe."""
@@ -64,6 +65,9 @@ class Step:
     def merge_state(self, state: dict[str, Any]) -> None:
         self.kept += state["kept"]
         self.dropped.update(state["dropped"])
+
+    def finish(self) -> None:
+        """Called once the stream is exhausted when the step ran elsewhere (writes reports from merged state)."""
 
     def report(self) -> dict[str, Any]:
         """Counters for the manifest's `steps` entry."""

@@ -65,6 +65,7 @@ class Decontaminate(Step):
     name = "decontaminate"
     Config = DecontaminateConfig
     config: DecontaminateConfig
+    parallel_safe = True  # each batch is checked alone; counters and examples merge in stream order
 
     def __init__(self, config: DecontaminateConfig, ctx):
         super().__init__(config, ctx)
@@ -92,6 +93,30 @@ class Decontaminate(Step):
             self.kept += table.num_rows
             if table.num_rows:
                 yield kind, table
+        if not self.ctx.worker:
+            self.finish()
+
+    def take_state(self) -> dict[str, Any]:
+        state = {**super().take_state(), "by_task": {k: dict(v) for k, v in self.by_task.items()},
+                 "by_dataset": dict(self.by_dataset), "by_match": dict(self.by_match),
+                 "examples": dict(self.examples), "dataset_examples": dict(self.dataset_examples),
+                 "checked": self.checked}
+        self.by_task, self.by_dataset, self.by_match = defaultdict(Counter), Counter(), Counter()
+        self.examples, self.dataset_examples, self.checked = defaultdict(list), defaultdict(list), 0
+        return state
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        super().merge_state(state)
+        for key, counts in state["by_task"].items():
+            self.by_task[key].update(counts)
+        self.by_dataset.update(state["by_dataset"])
+        self.by_match.update(state["by_match"])
+        for mine, theirs in ((self.examples, state["examples"]), (self.dataset_examples, state["dataset_examples"])):
+            for key, items in theirs.items():
+                mine[key].extend(items[:EXAMPLES - len(mine[key])])
+        self.checked += state["checked"]
+
+    def finish(self) -> None:
         self._write_report()
 
     def _check(self, kind: str, table: pa.Table) -> pa.Table:
