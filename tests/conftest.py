@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,3 +83,29 @@ def llama_server():
     yield base
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ a fake provider (faults only)
+def _reply(text, prompt=10, completion=5):
+    return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))],
+                           usage=SimpleNamespace(prompt_tokens=prompt, completion_tokens=completion))
+
+
+class FakeTransport:
+    """Fake provider, named so (for what a real server cannot be made to do: 429s, timeouts, empty answers,
+    refusals). Scripted: each call pops the next outcome (an exception to raise, or a reply text)."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.calls = list(outcomes), 0
+
+    async def __call__(self, **kw):
+        self.calls += 1
+        out = self.outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        if isinstance(out, float):
+            await asyncio.sleep(out)
+            return _reply("late")
+        return _reply(out)
+
+

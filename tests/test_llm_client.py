@@ -1,8 +1,6 @@
 """The LLM client: faults through a fake transport (named so: a real server cannot be made to send 429s or
 time out on demand), everything else against a real local model behind litellm (llama.cpp's server)."""
-import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
 from pydantic import BaseModel
@@ -10,27 +8,7 @@ from pydantic import BaseModel
 from datakit.llm.cache import LLMCache, cache_key
 from datakit.llm.client import LLMClient, parse_json
 
-
-def _reply(text, prompt=10, completion=5):
-    return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))],
-                           usage=SimpleNamespace(prompt_tokens=prompt, completion_tokens=completion))
-
-
-class FakeTransport:
-    """Scripted provider: each call pops the next outcome (an exception to raise, or a reply text)."""
-
-    def __init__(self, outcomes):
-        self.outcomes, self.calls = list(outcomes), 0
-
-    async def __call__(self, **kw):
-        self.calls += 1
-        out = self.outcomes.pop(0)
-        if isinstance(out, Exception):
-            raise out
-        if isinstance(out, float):
-            await asyncio.sleep(out)
-            return _reply("late")
-        return _reply(out)
+from tests.conftest import FakeTransport
 
 
 def _rate_limited(retry_after="0.05"):

@@ -1,7 +1,7 @@
 """LLM synthesis steps against the real embedded model (SmolLM2-135M-Instruct in llama.cpp, behind litellm),
 the HTTP path against llama.cpp's server, resume after SIGKILL, and the quality filters.
 
-Only the fault test at the end uses a scripted transport (named `ScriptedTransport`): a real model cannot be
+Only the bad-output test uses a scripted transport (conftest's `FakeTransport`): a real model cannot be
 made to answer with an empty string or a refusal on demand."""
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +27,7 @@ from datakit.records import LINEAGE, validate
 from datakit.shards import read_shards
 from datakit.steps import StepContext, make_step
 
-from conftest import build_yaml, write
+from tests.conftest import FakeTransport, build_yaml, write
 
 pytest.importorskip("llama_cpp")
 
@@ -327,19 +326,6 @@ steps:
     assert llm_negs == e["kept"]
 
 
-class ScriptedTransport:
-    """Fake provider (named so): answers from a list, for outputs a real model cannot be made to give."""
-
-    def __init__(self, texts):
-        self.texts, self.calls = list(texts), 0
-
-    async def __call__(self, **kw):
-        self.calls += 1
-        text = self.texts.pop(0)
-        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))],
-                               usage=SimpleNamespace(prompt_tokens=10, completion_tokens=5))
-
-
 def test_bad_outputs_are_filtered_with_reasons(tmp_path):
     ctx = StepContext(base_dir=tmp_path, out_dir=tmp_path, work_dir=tmp_path / "w", artifacts_dir=tmp_path / "a",
                       budget=Budget())
@@ -349,7 +335,7 @@ def test_bad_outputs_are_filtered_with_reasons(tmp_path):
                "no JSON at all", "still no JSON",  # invalid JSON, then the stricter retry fails too
                '{"text": "wrong field"}', '{"text": "wrong again"}',  # off schema twice
                '{"passage": "Eggs from free-range hens often have darker yolks than eggs from caged hens."}']
-    step._client = LLMClient("openai/x", LLMCache(tmp_path / "c.db"), transport=ScriptedTransport(answers),
+    step._client = LLMClient("openai/x", LLMCache(tmp_path / "c.db"), transport=FakeTransport(answers),
                              concurrency=1)
     queries = ["q1 eggs", "q2 eggs", "q3 eggs", "q4 eggs", "How long should I boil an egg for a soft yolk?"]
     table = pa.table({

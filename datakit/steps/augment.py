@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from datakit.llm import quality
 from datakit.records import conform
-from datakit.steps import Stream, register
+from datakit.steps import register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage
 
 
@@ -33,18 +33,9 @@ class Augment(SynthesisStep):
     default_prompt = "augment"
     config: AugmentConfig
 
-    def run(self, stream: Stream) -> Stream:
-        for kind, table in stream:
-            new = self._augment(table) if kind == "retrieval" and table.num_rows else None
-            self.kept += table.num_rows
-            yield kind, table
-            if new is not None:
-                self.kept += new.num_rows
-                yield kind, new
-
-    def _augment(self, table: pa.Table) -> pa.Table | None:
+    def new_records(self, kind: str, table: pa.Table) -> pa.Table | None:
         cfg = self.config
-        rows = self.select(table)
+        rows = self.select(table) if kind == "retrieval" else []
         if not rows:
             return None
         queries = table.column("query").to_pylist()

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from datakit.llm import quality
 from datakit.records import conform
-from datakit.steps import Stream, register
+from datakit.steps import register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage
 
 FIELD_KIND = {"query": "retrieval", "positive": "retrieval", "text_a": "pair", "text_b": "pair",
@@ -37,20 +37,10 @@ class Paraphrase(SynthesisStep):
     default_prompt = "paraphrase"
     config: ParaphraseConfig
 
-    def run(self, stream: Stream) -> Stream:
-        wanted = {FIELD_KIND[f] for f in self.config.fields}
-        for kind, table in stream:
-            new = self._paraphrase(kind, table) if kind in wanted and table.num_rows else None
-            self.kept += table.num_rows
-            yield kind, table
-            if new is not None and new.num_rows:
-                self.kept += new.num_rows
-                yield kind, new
-
-    def _paraphrase(self, kind: str, table: pa.Table) -> pa.Table | None:
+    def new_records(self, kind: str, table: pa.Table) -> pa.Table | None:
         cfg = self.config
         fields = [f for f in cfg.fields if FIELD_KIND[f] == kind]
-        rows = self.select(table)
+        rows = self.select(table) if fields else []
         if not rows:
             return None
         cols = {f: table.column(f).to_pylist() for f in fields}

@@ -23,7 +23,7 @@ from datakit.llm.prompts import load_prompt
 from datakit.llm.quality import QualityConfig, clean
 from datakit.recipe import LLMSettings
 from datakit.records import LINEAGE
-from datakit.steps import Step, StepConfig, StepContext
+from datakit.steps import Step, StepConfig, StepContext, Stream
 
 CHUNK = 256  # requests per complete_many call: bounds memory and lets a kill lose at most one chunk's progress
 
@@ -73,6 +73,20 @@ class SynthesisStep(Step):
         self.merged = LLMStats()  # counters of clients in other processes (Ray workers)
         self._client: LLMClient | None = None
         self._embedder: Embedder | None = None
+
+    def run(self, stream: Stream) -> Stream:
+        """For steps that add records (paraphrase, augment): each batch, then the records made from it.
+        The new records are generated before the batch is passed on, so LLM calls happen in recipe order."""
+        for kind, table in stream:
+            new = self.new_records(kind, table) if table.num_rows else None
+            self.kept += table.num_rows
+            yield kind, table
+            if new is not None and new.num_rows:
+                self.kept += new.num_rows
+                yield kind, new
+
+    def new_records(self, kind: str, table: pa.Table) -> pa.Table | None:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ parts
     @property
