@@ -5,7 +5,12 @@ size and learning rate (MultipleNegativesRankingLoss for retrieval, CoSENTLoss f
 Evaluation on held-out splits: STS-B test (Spearman of cosine similarity against the gold scores) and WikiQA
 test (nDCG@10, each question against the pool of all test sentences).
 
-    python benchmarks/train_quality.py [--steps 300]
+    python benchmarks/train_quality.py [--steps 300] [--mix matched|report]
+
+`--mix report` (default): our two stages (half the steps retrieval only, half at eta 0.5) against
+sentence-transformers' proportional sampler (batches by dataset size). `--mix matched`: the same task mix on
+both sides, every step drawing retrieval or pairs half the time: our stage 2 alone at eta 0.5 against
+sentence-transformers' round-robin sampler.
 """
 from __future__ import annotations
 
@@ -61,22 +66,23 @@ def st_encoder(model):
                                               convert_to_numpy=True)
 
 
-def train_ours(corpus: Path, out: Path, steps: int, batch: int, lr: float) -> tuple[Path, float]:
+def train_ours(corpus: Path, out: Path, steps: int, batch: int, lr: float, mix: str) -> tuple[Path, float]:
     from trainer.data import DataConfig
     from trainer.model import ModelConfig
     from trainer.train import StageConfig, TrainConfig, train
 
+    first = steps // 2 if mix == "report" else 0  # matched: no retrieval-only stage
     cfg = TrainConfig(model=ModelConfig("embedded-minilm"),
                       data=DataConfig(str(corpus), batch_size=batch, pair_batch_size=batch, negatives=1,
                                       query_max_length=64, doc_max_length=128, eta=0.5),
-                      output_dir=str(out), stages=[StageConfig(steps // 2, lr, steps // 20),
-                                                   StageConfig(steps - steps // 2, lr, steps // 20)],
+                      output_dir=str(out), stages=[StageConfig(first, lr, steps // 20),
+                                                   StageConfig(steps - first, lr, steps // 20)],
                       tau=0.05, cosent_scale=20.0, log_every=50)
     t = time.time()
     return train(cfg, resume=False, log=lambda r: None), time.time() - t
 
 
-def train_st(corpus: Path, out: Path, steps: int, batch: int, lr: float) -> tuple[Path, float]:
+def train_st(corpus: Path, out: Path, steps: int, batch: int, lr: float, mix: str) -> tuple[Path, float]:
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments, losses)
@@ -96,7 +102,8 @@ def train_st(corpus: Path, out: Path, steps: int, batch: int, lr: float) -> tupl
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "st-tmp"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
         warmup_steps=steps // 10, lr_scheduler_type="cosine", save_strategy="no", logging_steps=50, report_to=[],
-        multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL, use_cpu=True, seed=0)
+        multi_dataset_batch_sampler=(MultiDatasetBatchSamplers.PROPORTIONAL if mix == "report"
+                                     else MultiDatasetBatchSamplers.ROUND_ROBIN), use_cpu=True, seed=0)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset={"retrieval": retrieval, "pairs": pairs},
         loss={"retrieval": losses.MultipleNegativesRankingLoss(model), "pairs": losses.CoSENTLoss(model)})
@@ -112,6 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--mix", choices=["report", "matched"], default="report")
     args = ap.parse_args()
     if not SHARED.exists():
         sys.exit("needs ../shared/data")
@@ -129,14 +137,15 @@ def main() -> None:
     rows = []
     base = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     rows.append(("all-MiniLM-L6-v2, not fine-tuned", *evaluate(st_encoder(base), sts, pool, relevant, ""), 0.0))
-    ours, secs = train_ours(corpus, work / "ours", args.steps, args.batch, args.lr)
+    ours, secs = train_ours(corpus, work / "ours", args.steps, args.batch, args.lr, args.mix)
     model = SentenceTransformer(str(ours), device="cpu")
-    rows.append(("trainer (two stages, InfoNCE + query-query negatives, CoSENT)",
+    label = "two stages" if args.mix == "report" else "stage 2 alone, eta 0.5"
+    rows.append((f"trainer ({label}, InfoNCE + query-query negatives, CoSENT)",
                  *evaluate(st_encoder(model), sts, pool, relevant, prompt), secs))
-    st_path, secs = train_st(corpus, work, args.steps, args.batch, args.lr)
+    st_path, secs = train_st(corpus, work, args.steps, args.batch, args.lr, args.mix)
     rows.append(("sentence-transformers trainer (MNRL + CoSENTLoss)",
                  *evaluate(st_encoder(SentenceTransformer(str(st_path), device="cpu")), sts, pool, relevant, ""), secs))
-    print(f"\n{args.steps} steps, batch {args.batch}, lr {args.lr}, 1 hard negative, CPU")
+    print(f"\n{args.steps} steps, batch {args.batch}, lr {args.lr}, 1 hard negative, CPU, mix {args.mix}")
     print("| model | STS-B test Spearman | WikiQA test nDCG@10 | train s |")
     print("|---|---:|---:|---:|")
     for name, rho, ndcg, secs in rows:
