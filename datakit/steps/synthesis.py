@@ -58,7 +58,6 @@ class SynthesisConfig(StepConfig):
 
 class SynthesisStep(Step):
     default_prompt: ClassVar[str]
-    kinds: ClassVar[tuple[str, ...]] = ("retrieval",)
     uses_llm = True
     config: SynthesisConfig
 
