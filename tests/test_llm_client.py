@@ -57,6 +57,17 @@ def test_budget_stops_new_requests(tmp_path):
     assert client.stats.budget_skipped == 2 and client.budget_reached
 
 
+def test_twin_requests_in_flight_are_sent_once(tmp_path):
+    """The same prompt twice in one run (a pair in both orders): the second waits for the first's answer."""
+    transport = FakeTransport([0.05, "other"])  # the first reply arrives after 50 ms, while its twin waits
+    client = LLMClient("openai/m", LLMCache(tmp_path / "c.db"), transport=transport, concurrency=4)
+    same = {"messages": [{"role": "user", "content": "same"}]}
+    a, b, c = client.complete_many([same, same, {"messages": [{"role": "user", "content": "other"}]}])
+    assert transport.calls == 2 and client.stats.calls == 2 and client.stats.cache_hits == 1
+    assert a.text == b.text == "late" and c.text == "other"
+    assert LLMCache(tmp_path / "c.db").sent_counts() == {k: 1 for k in LLMCache(tmp_path / "c.db").keys()}
+
+
 class Pair(BaseModel):
     query: str
     passage: str

@@ -135,6 +135,7 @@ class LLMClient:
             register()
         self._transport = transport
         self._sent: list[float] = []  # request times, for the rpm limit
+        self._inflight: dict[str, asyncio.Future] = {}  # key -> the answer of a request being sent
 
     @property
     def budget_reached(self) -> bool:
@@ -161,15 +162,36 @@ class LLMClient:
 
     async def _call(self, messages: list[dict[str, str]], key: str,
                     extra: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-        """The raw answer ({"text", "usage"}), from the cache or the provider; (None, False) on failure."""
+        """The raw answer ({"text", "usage"}), from the cache or the provider; (None, False) on failure.
+
+        A request whose twin (same key) is already in flight waits for the twin's answer instead of paying for
+        it again (pairs in both orders, duplicate texts in a batch)."""
         hit = self.cache.get(key)
         if hit is not None:
             self.stats.cache_hits += 1
             return hit, True
+        twin = self._inflight.get(key)
+        if twin is not None:
+            value = await asyncio.shield(twin)
+            if value is not None:
+                self.stats.cache_hits += 1
+            return value, value is not None
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        value = None
+        try:
+            value = await self._fetch(messages, key, extra)
+        finally:
+            del self._inflight[key]
+            future.set_result(value)
+        return value, False
+
+    async def _fetch(self, messages: list[dict[str, str]], key: str, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """Send with retries; the answer is committed to the cache before it is returned (None on failure)."""
         if self.budget_reached:
             self.stats.budget_skipped += 1
             self.budget.skip()
-            return None, False
+            return None
         for attempt in range(self.max_retries + 1):
             await self._throttle()
             self.stats.calls += 1
@@ -180,7 +202,7 @@ class LLMClient:
                 retry, wait = _retryable(exc)
                 if not retry or attempt == self.max_retries:
                     self.stats.failed += 1
-                    return None, False
+                    return None
                 delay = wait if wait is not None else self.backoff * 2**attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
                 continue
@@ -194,8 +216,8 @@ class LLMClient:
             self.stats.completion_tokens += value["usage"]["completion_tokens"]
             self.stats.cost_usd += value["cost_usd"]
             self.budget.spend(value["cost_usd"])
-            return value, False
-        return None, False
+            return value
+        return None
 
     def _cost(self, resp: Any) -> float:
         if self.price is not None:
@@ -238,6 +260,7 @@ class LLMClient:
         """Run `complete(**request)` for every request, at most `concurrency` at a time."""
 
         async def run() -> list[Answer]:
+            self._inflight = {}  # futures belong to this event loop
             gate = asyncio.Semaphore(self.concurrency)
 
             async def one(req: dict[str, Any]) -> Answer:
