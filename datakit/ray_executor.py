@@ -15,6 +15,7 @@ Needs `pip install 'embedkit[ray]'`.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections import deque
@@ -82,20 +83,22 @@ def _source_task(src: dict[str, Any], base_dir: str, strict: bool, batch_rows: i
     yield from source_events(SourceConfig.model_validate(src), Path(base_dir), strict, batch_rows)
 
 
-_WORKER_STEPS: dict[str, list[Step]] = {}  # per worker process: steps built once per build, reused per batch
+_WORKER_STEPS: dict[str, tuple[list[Step], Path]] = {}  # per worker process: one build's steps and scratch folder
 
 
 @ray.remote
 def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
                 table: pa.Table) -> tuple[list[tuple[str, pa.Table]], list[dict[str, Any]]]:
-    steps = _WORKER_STEPS.get(build_id)
-    if steps is None:
-        _WORKER_STEPS.clear()  # one build at a time per worker: drop the previous build's models
+    if build_id not in _WORKER_STEPS:
+        for _, old in _WORKER_STEPS.values():  # one build at a time per worker: drop the previous one's
+            shutil.rmtree(old, ignore_errors=True)
+        _WORKER_STEPS.clear()
         work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
         context = StepContext(base_dir=Path(ctx["base_dir"]), out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
                               budget=ctx["budget"], worker=True)
-        steps = _WORKER_STEPS[build_id] = [make_step(raw, context) for raw in raw_steps]
+        _WORKER_STEPS[build_id] = ([make_step(raw, context) for raw in raw_steps], work)
+    steps = _WORKER_STEPS[build_id][0]
     stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])
     for step in steps:
         stream = step.run(stream)
@@ -103,15 +106,19 @@ def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, A
     return out, [step.take_state() for step in steps]
 
 
-def _events(generator: Any) -> Iterator[tuple]:
-    """A source task's events; a worker's exception is raised as itself (DataError names file, row, field)."""
+def _get(ref: Any) -> Any:
+    """`ray.get`, with a worker's exception raised as itself (a DataError names file, row and field)."""
     try:
-        for ref in generator:
-            yield ray.get(ref)
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, Exception):
             raise exc.cause from None
         raise
+
+
+def _events(generator: Any) -> Iterator[tuple]:
+    for ref in generator:
+        yield _get(ref)
 
 
 class RayExecutor(LocalExecutor):
@@ -123,7 +130,6 @@ class RayExecutor(LocalExecutor):
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
         self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        self.build_id = uuid.uuid4().hex
 
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
@@ -158,16 +164,17 @@ class RayExecutor(LocalExecutor):
         spec = ray.put({"base_dir": str(ctx.base_dir), "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
                         "budget": ctx.budget})
         raw = ray.put(raw_steps)
+        build_id = uuid.uuid4().hex  # workers build their copies of the steps once per build
         pending: deque = deque()
 
         def collect() -> Iterator[tuple[str, pa.Table]]:
-            out, states = ray.get(pending.popleft())
+            out, states = _get(pending.popleft())
             for step, state in zip(steps, states):
                 step.merge_state(state)
             yield from out
 
         for kind, table in stream:
-            pending.append(_steps_task.remote(self.build_id, raw, spec, kind, table))
+            pending.append(_steps_task.remote(build_id, raw, spec, kind, table))
             if len(pending) >= self.window:
                 yield from collect()
         while pending:
