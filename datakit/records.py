@@ -237,6 +237,18 @@ def lineage_array(
     )
 
 
+def replace_columns(table: pa.Table, columns: dict[str, pa.Array | list]) -> pa.Table:
+    """`table` with the named columns replaced; each keeps its schema field (type and nullability), so a
+    record table stays in its record schema."""
+    for name, values in columns.items():
+        i = table.schema.get_field_index(name)
+        field = table.schema.field(i)
+        if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = pa.array(values, field.type)
+        table = table.set_column(i, field, values)
+    return table
+
+
 def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str = "",
               where=None) -> pa.Array:
     """Append one event to the lineage of every record (or of the records where `where` is true)."""

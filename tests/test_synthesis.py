@@ -352,6 +352,17 @@ def test_bad_outputs_are_filtered_with_reasons(tmp_path):
     assert out.num_rows == 5
 
 
+def test_embedded_model_samples_differ_and_repeat(tmp_path):
+    """The k-th sample of a prompt is its own draw (a seed per cache key), and the same on every run."""
+    msgs = [{"role": "user", "content": "Paraphrase: how do bees make honey"}]
+    answers = []
+    for run in range(2):
+        client = LLMClient("embedded/smollm2", LLMCache(tmp_path / f"c{run}.db"), temperature=0.9, max_tokens=16)
+        answers.append([a.text for a in client.complete_many([{"messages": msgs, "sample": k} for k in range(3)])])
+        assert client.stats.calls == 3
+    assert len(set(answers[0])) > 1 and answers[0] == answers[1]
+
+
 # ------------------------------------------------------------------ prompts and quality checks
 def test_packaged_prompts_load_render_and_version():
     p = load_prompt("llm_negative")

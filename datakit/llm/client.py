@@ -125,6 +125,8 @@ class LLMClient:
         (self-hosted); `budget`: a cap shared with other clients (else one of `max_budget_usd`);
         `structured`: send a JSON schema `response_format` with requests that have a schema."""
         self.model, self.cache, self.params, self.structured = model, cache, params, structured
+        # the embedded model samples from a seed: one per cache key, so the k-th sample differs from the first
+        self._seeded = model.startswith("embedded/")
         self.concurrency, self.rpm, self.max_retries = concurrency, rpm, max_retries
         self.timeout, self.backoff, self.price = timeout, backoff, price_per_million
         self.budget = budget if budget is not None else Budget(max_budget_usd)
@@ -239,7 +241,7 @@ class LLMClient:
                 "name": schema.__name__, "schema": schema.model_json_schema()}}
         params = {**self.params, **extra}
         key = cache_key(self.model, messages, params, prompt_version, sample)
-        value, cached = await self._call(messages, key, extra)
+        value, cached = await self._call(messages, key, self._with_seed(extra, key))
         if value is None:
             return Answer(None, error="budget" if self.budget_reached else "failed")
         if schema is None:
@@ -247,7 +249,8 @@ class LLMClient:
         data, reason = parse_json(value["text"], schema)
         if data is None:  # one retry with a stricter instruction
             strict = messages + [{"role": "user", "content": STRICT.format(schema=json.dumps(schema.model_json_schema()))}]
-            value, cached = await self._call(strict, cache_key(self.model, strict, params, prompt_version, sample), extra)
+            strict_key = cache_key(self.model, strict, params, prompt_version, sample)
+            value, cached = await self._call(strict, strict_key, self._with_seed(extra, strict_key))
             if value is None:
                 return Answer(None, error="budget" if self.budget_reached else "failed")
             data, reason = parse_json(value["text"], schema)
@@ -255,6 +258,10 @@ class LLMClient:
                 self.stats.dropped[reason] += 1
                 return Answer(value["text"], error=reason, cached=cached)
         return Answer(value["text"], data=data, cached=cached)
+
+    def _with_seed(self, extra: dict[str, Any], key: str) -> dict[str, Any]:
+        """Request params sent (not part of the key): a seed derived from the key for the embedded model."""
+        return {**extra, "seed": int(key[:8], 16)} if self._seeded else extra
 
     def complete_many(self, requests: list[dict[str, Any]]) -> list[Answer]:
         """Run `complete(**request)` for every request, at most `concurrency` at a time."""

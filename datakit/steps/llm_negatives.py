@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from datakit.llm import quality
 from datakit.llm.prompts import load_prompt
-from datakit.records import add_event, conform
+from datakit.records import add_event, replace_columns
 from datakit.steps import Stream, register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep
 
@@ -40,6 +40,10 @@ class LLMNegatives(SynthesisStep):
     Config = LLMNegativesConfig
     default_prompt = "llm_negative"
     config: LLMNegativesConfig
+
+    def __init__(self, config: LLMNegativesConfig, ctx):
+        super().__init__(config, ctx)
+        self.judge_prompt = load_prompt(config.judge_prompt, ctx.base_dir) if config.judge else None
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:
@@ -95,17 +99,12 @@ class LLMNegatives(SynthesisStep):
             self.out["kept"] += 1
         if not changed.any():
             return table
-        table = table.set_column(table.schema.get_field_index("negatives"), "negatives",
-                                 pa.array(negatives, pa.list_(pa.string())))
-        table = table.set_column(table.schema.get_field_index("negative_origins"), "negative_origins",
-                                 pa.array(origins, pa.list_(pa.string())))
         lineage = add_event(table.column("lineage"), self.name, model=self.model, prompt_id=self.prompt.ref,
                             detail="llm hard negatives", where=changed)
-        return conform("retrieval", table.set_column(table.schema.get_field_index("lineage"), "lineage", lineage))
+        return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})
 
     def _judge(self, items: list[tuple[int, int, str]], queries: list[str]) -> list[tuple[int, int, str]]:
-        judge = load_prompt(self.config.judge_prompt, self.ctx.base_dir)
-        answers = self.generate([{"query": queries[r], "passage": t} for r, _, t in items], prompt=judge)
+        answers = self.generate([{"query": queries[r], "passage": t} for r, _, t in items], prompt=self.judge_prompt)
         kept = []
         for item, answer in zip(items, answers):
             if answer.data is None:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
 from datakit.recipe import SourceConfig
-from datakit.records import add_event, conform
+from datakit.records import add_event, replace_columns
 from datakit.sources import ColumnSpec, read_source
 from datakit.steps import Step, StepConfig, Stream, register
 
@@ -92,7 +92,6 @@ class MineNegatives(Step):
                 self.kept += table.num_rows
                 yield kind, table
                 continue
-            table = conform("retrieval", table)  # steps before may differ in field nullability
             if writer is None:
                 writer = pa.ipc.new_stream(str(spill), table.schema)
             writer.write_table(table)
@@ -184,11 +183,7 @@ class MineNegatives(Step):
                                    "query_mined_negative": _stats(np.array(neg_sims[ds]))}
         lineage = add_event(table.column("lineage"), "mine_negatives", model=cfg.model,
                             detail=f"ranks {cfg.skip}-{cfg.depth}, guard {cfg.guard}", where=changed)
-        table = table.set_column(table.schema.get_field_index("negatives"), "negatives",
-                                 pa.array(negatives, pa.list_(pa.string())))
-        table = table.set_column(table.schema.get_field_index("negative_origins"), "negative_origins",
-                                 pa.array(origins, pa.list_(pa.string())))
-        return table.set_column(table.schema.get_field_index("lineage"), "lineage", lineage)
+        return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})
 
     def report(self) -> dict[str, Any]:
         return {**super().report(), "encoded": self.embedder.encoded, "cache_hits": self.embedder.cache_hits,

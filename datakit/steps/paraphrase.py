@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 
 from datakit.llm import quality
-from datakit.records import conform
+from datakit.records import replace_columns
 from datakit.steps import register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage
 
@@ -77,15 +77,14 @@ class Paraphrase(SynthesisStep):
         take = pa.array([r for r, *_ in kept], pa.int64())
         new = table.take(take)
         ids = table.column("id").to_pylist()
-        new_ids = [f"{ids[r]}:para.{f}.{k}" for r, f, k, _ in kept]
+        columns = {"id": [f"{ids[r]}:para.{f}.{k}" for r, f, k, _ in kept],
+                   "lineage": derived_lineage(table.column("lineage"), [r for r, *_ in kept],
+                                              [ids[r] for r, *_ in kept],
+                                              [self.lineage_event(f"field={f} sample={k}") for _, f, k, _ in kept])}
         for f in fields:
             values = new.column(f).to_pylist()
             for i, (_, field, _, text) in enumerate(kept):
                 if field == f:
                     values[i] = text
-            new = new.set_column(new.schema.get_field_index(f), f, pa.array(values, pa.string()))
-        new = new.set_column(new.schema.get_field_index("id"), "id", pa.array(new_ids, pa.string()))
-        lineage = derived_lineage(table.column("lineage"), [r for r, *_ in kept], [ids[r] for r, *_ in kept],
-                                  [self.lineage_event(f"field={f} sample={k}") for _, f, k, _ in kept])
-        new = new.set_column(new.schema.get_field_index("lineage"), "lineage", lineage)
-        return conform(kind, new)
+            columns[f] = values
+        return replace_columns(new, columns)
