@@ -18,11 +18,11 @@ class RecipeError(ValueError):
     """The recipe file is not valid; the message names the key (and line) at fault."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CsvOptions(_Strict):
+class CsvOptions(Strict):
     delimiter: str | None = Field(None, description="default: ',' ('\\t' for .tsv)")
     quote_char: str | Literal[False] = '"'
     escape_char: str | Literal[False] = False
@@ -30,7 +30,7 @@ class CsvOptions(_Strict):
     column_names: list[str] | None = None
 
 
-class HFSource(_Strict):
+class HFSource(Strict):
     path: str = Field(..., description="hub id, local dataset folder (save_to_disk) or data folder")
     name: str | None = None
     split: str = "train"
@@ -39,33 +39,46 @@ class HFSource(_Strict):
     data_files: str | list[str] | dict[str, Any] | None = None
 
 
-class SourceConfig(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$", description="becomes the records' `dataset`")
+class SourceFields(Strict):
+    """Where a source's rows come from and how they are read: the syntax recipes and eval task files share."""
+
     path: str | list[str] | None = None
     hf: HFSource | None = None
     sql: str | None = None
     format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None
     csv: CsvOptions = CsvOptions()
-    adapter: AdapterName
     columns: dict[str, str] = {}
-    options: dict[str, Any] = {}
-    instruction: str = ""
     limit: int | None = Field(None, gt=0)
 
+    def locations(self) -> list[str]:
+        """Which of path, hf, sql are given."""
+        return [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
+
+
+class SourceLocation(SourceFields):
+    """Source fields with exactly one location."""
+
     @model_validator(mode="after")
-    def _one_location(self) -> "SourceConfig":
-        given = [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
+    def _one_location(self) -> "SourceLocation":
+        given = self.locations()
         if len(given) != 1:
             raise ValueError(f"give exactly one of path, hf, sql (got {', '.join(given) or 'none'})")
         return self
 
 
-class OutputConfig(_Strict):
+class SourceConfig(SourceLocation):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$", description="becomes the records' `dataset`")
+    adapter: AdapterName
+    options: dict[str, Any] = {}
+    instruction: str = ""
+
+
+class OutputConfig(Strict):
     shard_rows: int = Field(50_000, gt=0)
     compression: Literal["none", "lz4", "zstd"] = "none"
 
 
-class LLMSettings(_Strict):
+class LLMSettings(Strict):
     """Defaults for every synthesis step of a recipe, and the run's one spending cap."""
 
     model: str = Field("embedded/smollm2", description="litellm model string; embedded/smollm2 runs offline")
@@ -80,7 +93,7 @@ class LLMSettings(_Strict):
     cache: str | None = Field(None, description="answers cache (SQLite); default $DATAKIT_CACHE/llm/answers.sqlite")
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str
     description: str = ""
     sources: list[SourceConfig] = Field(..., min_length=1)
@@ -122,7 +135,7 @@ class LoadedRecipe(BaseModel):
     base_dir: Path
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """Follow a pydantic error location through the YAML node tree; return a 1-based line."""
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
@@ -143,12 +156,12 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path) -> list[str]:
+def format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
         key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        line = _line_of(root, loc)
+        line = line_of(root, loc)
         where = f"{path}:{line}" if line else str(path)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -169,7 +182,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError("\n".join(_format_errors(exc, root, (), path))) from None
+        raise RecipeError("\n".join(format_errors(exc, root, (), path))) from None
 
     from datakit.adapters import adapter_class  # late: adapters import this module
     from datakit.steps import step_config
@@ -180,10 +193,10 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         try:
             cls.Options.model_validate(src.options)
         except ValidationError as exc:
-            errors += _format_errors(exc, root, ("sources", i, "options"), path)
+            errors += format_errors(exc, root, ("sources", i, "options"), path)
         for role in src.columns:
             if role not in cls.roles:
-                line = _line_of(root, ("sources", i, "columns", role))
+                line = line_of(root, ("sources", i, "columns", role))
                 errors.append(
                     f"{path}:{line}: sources[{i}].columns.{role}: adapter {src.adapter!r} has no role {role!r} "
                     f"(roles: {', '.join(cls.roles)})"
@@ -192,9 +205,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         try:
             step_config(step)
         except ValidationError as exc:
-            errors += _format_errors(exc, root, ("steps", i), path)
+            errors += format_errors(exc, root, ("steps", i), path)
         except KeyError as exc:
-            line = _line_of(root, ("steps", i, "type"))
+            line = line_of(root, ("steps", i, "type"))
             errors.append(f"{path}:{line}: steps[{i}].type: {exc.args[0]}")
     if errors:
         raise RecipeError("\n".join(errors))

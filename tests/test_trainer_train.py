@@ -169,3 +169,29 @@ def test_lora_training_exports_merged_weights(shards, tmp_path):
     st = SentenceTransformer(str(final), device="cpu").encode(texts, normalize_embeddings=False)
     base = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval().encode(texts).numpy()
     assert np.allclose(ours, st, atol=1e-5) and not np.allclose(ours, base, atol=1e-4)
+
+
+def test_eval_during_training_logs_scores_keeps_the_best_and_matches_trainer_eval(shards, tmp_path):
+    """An `eval:` section scores the model before training and at the end of each stage (log.jsonl), keeps the
+    best model by the chosen task, and the last score equals `trainer eval` on the exported model."""
+    from trainer.eval import EvalRequest, evaluate_models
+    from trainer.eval.training import EvalSettings
+
+    tasks = ROOT / "recipes" / "eval-demo.yaml"
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(3, 5e-5, 1), StageConfig(3, 5e-5, 1)],
+               eval=EvalSettings(str(tasks), keep_best={"task": "STS-demo"}))
+    final = train(cfg, log=lambda r: None)
+    evals = [r for r in _log(tmp_path / "run") if "eval" in r]
+    assert [(r["stage"], r["step"]) for r in evals] == [(0, 0), (1, 3), (2, 3)]
+    assert set(evals[0]["eval"]) == {"STS-demo", "STS-zh-demo", "Retrieval-demo", "Reranking-demo",
+                                     "Duplicates-demo", "Intents-demo", "Headlines-demo"}
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best["value"] == pytest.approx(max(r["eval"]["STS-demo"] for r in evals), abs=1e-6)
+    assert (tmp_path / "run" / "best" / "modules.json").exists()
+    assert list((tmp_path / "run" / "eval" / "results").glob("*/stage2-step3/STS-demo.json"))
+
+    [after] = evaluate_models(EvalRequest(models=[str(final)], out=str(tmp_path / "after"), tasks_file=str(tasks)),
+                              log=lambda _: None)
+    exported = {o.task: o.value for o in after.outcomes}
+    for task in ("STS-demo", "Retrieval-demo", "Reranking-demo", "Duplicates-demo"):
+        assert exported[task] == pytest.approx(evals[-1]["eval"][task], abs=1e-4), task

@@ -27,6 +27,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    if args.compare:
+        from trainer.eval.report import compare, write_comparison
+
+        if args.models or args.tasks or args.mteb or args.cmteb or args.mteb_tasks:
+            raise ValueError("--compare reads results folders only; give no MODEL or tasks with it")
+        comp = compare(args.compare)
+        paths = write_comparison(comp, args.out or "eval-compare")
+        print(comp.markdown())
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+        return 0
+    from trainer.eval import EvalRequest, evaluate_models
+
+    sources = [x for x in (args.tasks, args.mteb, args.cmteb, args.mteb_tasks) if x]
+    if len(sources) != 1:
+        raise ValueError("give one of --tasks FILE, --mteb NAME, --cmteb, --mteb-tasks A,B")
+    if not args.models:
+        raise ValueError("give at least one MODEL (a folder, a hub id, embedded-minilm or embedded-smollm2)")
+    if not args.out:
+        raise ValueError("give --out RESULTS_DIR")
+    req = EvalRequest(models=args.models, out=args.out, tasks_file=args.tasks,
+                      mteb_benchmark=args.mteb or ("MTEB(cmn, v1)" if args.cmteb else None),
+                      mteb_tasks=[t.strip() for t in (args.mteb_tasks or "").split(",") if t.strip()],
+                      task_instructions=args.task_instructions, batch_size=args.batch_size, device=args.device,
+                      max_length=args.max_length, name=args.name, save_predictions=args.save_predictions,
+                      resume=args.resume)
+    summaries = evaluate_models(req)
+    failed = 0
+    for s in summaries:
+        print(f"\n{s.name} @ {s.revision} ({s.texts_per_s:.0f} texts/s embedded)")
+        print(s.markdown, end="")
+        for o in s.outcomes:
+            if o.error:
+                failed += 1
+                print(f"FAILED {o.task}: {o.error}")
+    print(f"results: {args.out}/results (mteb layout)")
+    return 1 if failed else 0
+
+
 def app(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,10 +77,28 @@ def app(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="what the trainer sees in a shard folder: records per kind and dataset")
     p.add_argument("shards", help="output folder of `datakit build`")
     p.set_defaults(func=_inspect)
+    e = sub.add_parser("eval", help="score models on a task file (offline) or MTEB tasks; or compare results folders")
+    e.add_argument("models", nargs="*", metavar="MODEL",
+                   help="exported trainer folder, SentenceTransformer folder or hub id, embedded-minilm, embedded-smollm2")
+    e.add_argument("--tasks", help="a task file (YAML, the recipe's source syntax)")
+    e.add_argument("--mteb", metavar="BENCHMARK", help='an mteb benchmark, e.g. "MTEB(eng, v2)" (needs the hub)')
+    e.add_argument("--cmteb", action="store_true", help='the CMTEB benchmark ("MTEB(cmn, v1)")')
+    e.add_argument("--mteb-tasks", metavar="A,B", help="mteb task names, e.g. STSBenchmark,SciFact")
+    e.add_argument("--task-instructions", action="store_true",
+                   help="mteb tasks: use each task's own prompt as its instruction")
+    e.add_argument("--out", help="results folder (eval), or the comparison's folder (--compare)")
+    e.add_argument("--compare", nargs="+", metavar="RESULTS_DIR", help="compare results folders side by side")
+    e.add_argument("--name", help="the model's name in the results (org/name; default from the MODEL)")
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--save-predictions", action="store_true", help="keep mteb's predictions and TREC run files")
+    e.add_argument("--resume", action="store_true", help="skip tasks already in the results folder")
+    e.set_defaults(func=_eval)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

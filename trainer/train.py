@@ -47,6 +47,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # steps; 0 = only at the end of each stage
     seed: int = 0
+    eval: Any = None  # trainer.eval.training.EvalSettings: score the model during training (needs the eval stack)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> "TrainConfig":
@@ -57,9 +58,15 @@ class TrainConfig:
             raise ValueError(f"unknown key(s) in training config: {', '.join(sorted(unknown))}")
         model, data = ModelConfig(**raw.pop("model")), DataConfig(**raw.pop("data"))
         stages = [StageConfig(**s) for s in raw.pop("stages", [])] or None
+        if raw.get("eval") is not None:
+            from trainer.eval.training import EvalSettings
+
+            raw["eval"] = EvalSettings(**raw["eval"])
         if base_dir is not None:  # relative paths are relative to the config file
             if not Path(data.shards).is_absolute():
                 data.shards = str(base_dir / data.shards)
+            if raw.get("eval") is not None and not Path(raw["eval"].tasks).is_absolute():
+                raw["eval"].tasks = str(base_dir / raw["eval"].tasks)
             if not Path(raw["output_dir"]).is_absolute():
                 raw["output_dir"] = str(base_dir / raw["output_dir"])
             if not Path(model.name_or_path).is_absolute() and (base_dir / model.name_or_path).exists():
@@ -159,11 +166,26 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     tables = open_shards(cfg.data.shards)
     log_path = out / "log.jsonl"
     sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
+
+    def emit(rec: dict[str, Any], flat: dict[str, float], step: int) -> None:
+        if acc.is_main_process:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            log(rec)
+            for sink in sinks:
+                sink(flat, step)
+
+    evaluator = _evaluator(cfg, out, acc, emit) if cfg.eval is not None else None
+    started = resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
+                             for name in ("done", "state.pt"))
+    if evaluator is not None and cfg.eval.at_start and not started:
+        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
     global_step = 0
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
             model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
+            global_step += stage.steps
             continue
         sampler = BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
@@ -201,31 +223,54 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
                 rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
                        "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9), 1),
                        "loss": {k: round(float(np.mean(v)), 5) for k, v in window.items()}}
-                if acc.is_main_process:
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
-                    log(rec)
-                    flat = {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
-                            **{f"loss/{k}": v for k, v in rec["loss"].items()}}
-                    for sink in sinks:
-                        sink(flat, global_step + step + 1)
+                emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
+                           **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
                 window, tokens, t0 = {}, 0, time.time()
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
                 _save_state(acc, ckpt, wrapped, optimizer, scheduler, sampler, step + 1)
+            if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
+                    and step + 1 < stage.steps:
+                evaluator(model, fwd, index, step + 1, global_step + step + 1,
+                          lambda folder: _export(model, folder, cfg))
+                wrapped.train()
         global_step += stage.steps
         if acc.is_main_process:
             ckpt.mkdir(parents=True, exist_ok=True)
             torch.save(acc.unwrap_model(wrapped).state_dict(), ckpt / "model.pt")
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
+        if evaluator is not None:
+            fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
+            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg))
     final = out / "model"
     if acc.is_main_process:
-        from trainer.export import export
-
-        export(model, final, cfg)
+        _export(model, final, cfg)
+        if evaluator is not None and evaluator.history:
+            log("eval (main score per task):\n" + evaluator.table())
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def _export(model, folder: Path, cfg: TrainConfig) -> Path:
+    from trainer.export import export
+
+    return export(model, folder, cfg)
+
+
+def _evaluator(cfg: TrainConfig, out: Path, acc, emit):
+    """The `eval:` section's evaluator; its scores go to log.jsonl and the sinks as eval/{task}/{metric}."""
+    try:
+        from trainer.eval.training import TrainingEval
+    except ImportError as exc:
+        raise ImportError(f"the config's eval: section needs the eval stack (mteb, datakit): {exc}") from None
+    from trainer.export import prompts_from_shards
+
+    def log_eval(rec: dict[str, Any]) -> None:
+        emit(rec, {f"eval/{task}": v for task, v in rec["eval"].items()}, rec["global_step"])
+
+    return TrainingEval(cfg.eval, out, prompts_from_shards(cfg.data.shards, cfg.data.query_template),
+                        cfg.data.doc_max_length, acc.is_main_process, log=log_eval)
 
 
 def _metric_sinks(out: Path, cfg: TrainConfig) -> list:

