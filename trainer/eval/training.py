@@ -78,7 +78,7 @@ class TrainingEval:
         self.history.append((f"stage {stage} step {step}" if step else "before training", main))
         if self.is_main:
             record = {"stage": stage, "step": step, "global_step": global_step,
-                      "eval": {t: round(v, 6) for t, v in main.items()}}
+                      "eval": {t: round(float(v), 6) for t, v in main.items()}}
             if failed:
                 record["eval_failed"] = failed
             self.log(record)
