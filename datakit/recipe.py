@@ -177,6 +177,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    return validate_recipe(data, path, root)
+
+
+def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Recipe:
+    """Validate a recipe mapping (keys, types, adapters' options and roles, steps); errors name each bad key,
+    with its line when `root` (the YAML node tree) is given."""
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys name, sources, steps, output")
     try:
@@ -210,7 +216,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
             line = line_of(root, ("steps", i, "type"))
             errors.append(f"{path}:{line}: steps[{i}].type: {exc.args[0]}")
     if errors:
-        raise RecipeError("\n".join(errors))
+        raise RecipeError("\n".join(errors).replace(f"{path}:None:", f"{path}:"))
     return recipe
 
 

@@ -84,11 +84,17 @@ def test_load_recipe_resolves_base_dir_and_reports_missing_file(tmp_path):
 
 
 def test_shipped_recipes_and_training_configs_are_valid():
+    from trainer.eval.taskfile import load_task_file
+    from trainer.experiment import load_experiment
     from trainer.train import load_config
 
-    for path in (ROOT / "recipes").glob("*.yaml"):
+    for path in (ROOT / "recipes").rglob("*.yaml"):
         if path.name.startswith("train-"):
             load_config(path)  # training configs live beside the recipes that build their corpus
+        elif path.name.startswith("eval-"):
+            load_task_file(path)  # `trainer eval` task files
+        elif path.parent.name == "experiments" and not path.name.startswith("corpus-"):
+            load_experiment(path)  # every variant resolves and validates
         else:
             load_recipe(path)
     assert load_config(ROOT / "trainer" / "configs" / "qzhou-7b.yaml").data.eta == 0.72

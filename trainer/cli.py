@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from trainer.data import dataset_index, open_shards
 
@@ -66,6 +67,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from trainer.experiment import load_experiment
+
+    exp = load_experiment(args.experiment)  # every override resolved and validated before anything runs
+    if args.dry_run:
+        for v in exp.variants:
+            print(f"{v.name}: build {v.build_key}  overrides {v.overrides}")
+        print(f"{len(exp.variants)} variants x {len(exp.seeds)} seeds")
+        return 0
+    from trainer.experiment.report import write_results
+    from trainer.experiment.runner import run_experiment
+
+    results = run_experiment(exp, args.out, executor=args.executor, gpus_per_run=args.gpus_per_run)
+    paths = write_results(exp, results, Path(args.out))
+    print(paths["summary_md"].read_text(encoding="utf-8"))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 1 if any("error" in r for r in results) else 0
+
+
 def app(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +115,14 @@ def app(argv: list[str] | None = None) -> int:
     e.add_argument("--save-predictions", action="store_true", help="keep mteb's predictions and TREC run files")
     e.add_argument("--resume", action="store_true", help="skip tasks already in the results folder")
     e.set_defaults(func=_eval)
+    x = sub.add_parser("experiment", help="build, train and score a grid of recipe/training variants over seeds")
+    x.add_argument("experiment", help="an experiment file (YAML)")
+    x.add_argument("--out", required=True, help="workspace: builds/, runs/ (reused across experiments), results")
+    x.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: one Ray task per (variant, seed) run; builds run first on the driver")
+    x.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray GPU resources per run")
+    x.add_argument("--dry-run", action="store_true", help="resolve and check the variants, run nothing")
+    x.set_defaults(func=_experiment)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

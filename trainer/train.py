@@ -51,17 +51,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> "TrainConfig":
-        raw = dict(raw)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown key(s) in training config: {', '.join(sorted(unknown))}")
-        model, data = ModelConfig(**raw.pop("model")), DataConfig(**raw.pop("data"))
-        stages = [StageConfig(**s) for s in raw.pop("stages", [])] or None
+        raw = dict(_checked(cls, raw, "training config"))
+        model = ModelConfig(**_checked(ModelConfig, raw.pop("model"), "model"))
+        data = DataConfig(**_checked(DataConfig, raw.pop("data"), "data"))
+        stages = [StageConfig(**_checked(StageConfig, s, f"stages[{i}]"))
+                  for i, s in enumerate(raw.pop("stages", None) or [])] or None
         if raw.get("eval") is not None:
             from trainer.eval.training import EvalSettings
 
-            raw["eval"] = EvalSettings(**raw["eval"])
+            raw["eval"] = EvalSettings(**_checked(EvalSettings, raw["eval"], "eval"))
         if base_dir is not None:  # relative paths are relative to the config file
             if not Path(data.shards).is_absolute():
                 data.shards = str(base_dir / data.shards)
@@ -75,6 +73,24 @@ class TrainConfig:
         if stages:
             cfg.stages = stages
         return cfg
+
+
+def _checked(cls: type, raw: Any, where: str) -> dict[str, Any]:
+    """A config section as keyword arguments for its dataclass: a mapping, no unknown or missing keys."""
+    import dataclasses
+
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(fields)})")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+    return raw
 
 
 def _inputs(model, batch: Batch, cfg: TrainConfig) -> tuple[dict, dict, int]:

@@ -1,0 +1,140 @@
+"""`trainer experiment`: variants built once per distinct recipe, trained per seed with the real MiniLM, scored
+with `trainer eval`; resumable; bad overrides refused before anything runs; failures recorded, others go on."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write
+from trainer.experiment import ExperimentError, load_experiment
+from trainer.experiment.report import write_results
+from trainer.experiment.runner import UNTRAINED, run_experiment
+from trainer.experiment.spec import resolve
+
+DATA = ROOT / "recipes" / "data"
+
+
+def _files(tmp: Path, variants: str, seeds: str = "[0]") -> Path:
+    write(tmp / "recipe.yaml", f"""
+        name: tiny
+        sources:
+          - {{name: articles, path: {DATA / 'articles.jsonl'}, adapter: title_body,
+              instruction: "Given a title, retrieve the article it heads"}}
+          - {{name: faq, path: {DATA / 'faq.csv'}, adapter: qa, columns: {{query: question, positive: answer}}}}
+          - {{name: sts, path: {DATA / 'sts.csv'}, adapter: sts}}
+        steps:
+          - {{type: filter, min_chars: 3}}
+          - {{type: mine_negatives, skip: 1, depth: 8, negatives: 2}}
+    """)
+    write(tmp / "train.yaml", """
+        model: {name_or_path: embedded-minilm}
+        data: {shards: unused, batch_size: 4, pair_batch_size: 4, negatives: 1, query_max_length: 32,
+               doc_max_length: 48}
+        output_dir: unused
+        stages: [{steps: 2, lr: 1.0e-4, warmup_steps: 0}, {steps: 2, lr: 1.0e-4, warmup_steps: 0}]
+        eval: {tasks: nowhere.yaml}      # dropped: runs are scored on the experiment's task file
+    """)
+    write(tmp / "tasks.yaml", f"""
+        tasks:
+          - {{name: STS-demo, type: sts, path: {DATA / 'eval' / 'sts.tsv'}}}
+          - {{name: Duplicates-demo, type: pair_classification, path: {DATA / 'eval' / 'duplicates.tsv'},
+              columns: {{text_a: question1, text_b: question2, label: is_duplicate}}}}
+    """)
+    return write(tmp / "exp.yaml", f"recipe: recipe.yaml\ntrain: train.yaml\neval: tasks.yaml\nseeds: {seeds}\n"
+                                   f"variants:\n{variants}")
+
+
+def test_overrides_address_steps_sources_and_keys():
+    recipe = {"sources": [{"name": "a.b", "limit": 5}, {"name": "c"}],
+              "steps": [{"type": "filter"}, {"type": "paraphrase", "fields": ["query"]},
+                        {"type": "paraphrase", "fields": ["text"]}, {"type": "dedup", "threshold": 0.8}]}
+    out = resolve(recipe, {"steps.paraphrase#2.fields": ["query"], "steps.dedup": {"threshold": 0.9},
+                           "steps.filter": None, "sources.a.b.limit": 10, "sources.c": None}, "recipe", "v")
+    assert [s["type"] for s in out["steps"]] == ["paraphrase", "paraphrase", "dedup"]
+    assert out["steps"][1]["fields"] == ["query"] and out["steps"][2] == {"type": "dedup", "threshold": 0.9}
+    assert out["sources"] == [{"name": "a.b", "limit": 10}]
+    assert recipe["steps"][0] == {"type": "filter"}  # the base is not touched
+    train = resolve({"data": {"eta": 0.72}, "stages": [{"steps": 3}]}, {"data.eta": 0.5, "stages.0.steps": 7,
+                                                                         "tau": 0.05}, "train", "v")
+    assert train == {"data": {"eta": 0.5}, "stages": [{"steps": 7}], "tau": 0.05}
+    for bad, msg in [({"steps.augment": None}, "no such step"), ({"sources.zzz.limit": 1}, "no such item"),
+                     ({"llm.model": "x"}, "llm: no such key")]:
+        with pytest.raises(ExperimentError, match=msg):
+            resolve(recipe, bad, "recipe", "v")
+
+
+def test_bad_override_is_an_error_naming_it_before_anything_runs(tmp_path):
+    exp = _files(tmp_path, "  base: {}\n  typo: {train: {data.etaa: 0.5}}\n")
+    with pytest.raises(ExperimentError, match=r"variant 'typo': the training config .*data: unknown key\(s\) etaa"):
+        load_experiment(exp)
+    exp = _files(tmp_path, "  base: {}\n  gone: {recipe: {steps.paraphrase: null}}\n")
+    with pytest.raises(ExperimentError, match=r"variant 'gone': recipe override 'steps.paraphrase': .*no such step"):
+        load_experiment(exp)
+    exp = _files(tmp_path, "  base: {}\n  bad: {recipe: {steps.filter.min_chars: many}}\n")
+    with pytest.raises(ExperimentError, match=r"variant 'bad': the recipe does not validate"):
+        load_experiment(exp)
+    assert not (tmp_path / "out").exists()
+
+
+def test_grid_is_the_cross_product_added_to_the_variants(tmp_path):
+    exp = _files(tmp_path, "  base: {}\n")
+    exp.write_text(exp.read_text() + "grid: {train: {data.eta: [0.5, 0.9], tau: [0.02, 0.05]}}\n")
+    names = [v.name for v in load_experiment(exp).variants]
+    assert names == ["base", "data.eta=0.5,tau=0.02", "data.eta=0.5,tau=0.05", "data.eta=0.9,tau=0.02",
+                     "data.eta=0.9,tau=0.05"]
+
+
+def test_experiment_runs_resumes_and_records_failures(tmp_path):
+    exp_path = _files(tmp_path, "  base: {}\n  no_mining: {recipe: {steps.mine_negatives: null}}\n"
+                                "  broken: {train: {model.name_or_path: /no/such/model}}\n", seeds="[0, 1]")
+    exp = load_experiment(exp_path)
+    assert len({v.build_key for v in exp.variants}) == 2  # base and broken share a build
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = run_experiment(exp, out, log=lines.append)
+    assert sorted(p.name for p in (out / "builds").iterdir()) == sorted({v.build_key for v in exp.variants})
+    ok = [r for r in results if "scores" in r]
+    failed = [r for r in results if "error" in r]
+    assert {(r["variant"], r["seed"]) for r in ok} == {("base", 0), ("base", 1), ("no_mining", 0), ("no_mining", 1),
+                                                       (UNTRAINED, 0)}
+    assert {(r["variant"], r["seed"]) for r in failed} == {("broken", 0), ("broken", 1)}
+    assert "no/such/model" in failed[0]["error"]
+    base = {r["seed"]: r["scores"]["STS-demo"]["value"] for r in ok if r["variant"] == "base"}
+    untrained = next(r for r in ok if r["variant"] == UNTRAINED)["scores"]["STS-demo"]["value"]
+    assert base[0] != untrained and base[0] != base[1]  # training moved the model; seeds differ
+
+    paths = write_results(exp, results, out)
+    rows = list(csv.DictReader(open(paths["results"])))
+    assert {(r["variant"], r["seed"], r["task"]) for r in rows if r["task"]} >= {("base", "0", "STS-demo"),
+                                                                                  ("no_mining", "1", "Duplicates-demo")}
+    summary = paths["summary_md"].read_text()
+    assert "| base | " in summary and "within noise" in summary or "beyond noise" in summary
+    assert "broken seed 0" in summary
+    page = paths["html"].read_text()
+    assert "data:image/png;base64," in page and "no_mining" in page and "<script" not in page
+
+    # killed and restarted: finished runs are not repeated, failed ones are retried
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    again: list[str] = []
+    results2 = run_experiment(load_experiment(exp_path), out, log=again.append)
+    assert any("5 done or failed to build, 2 to run" in line for line in again)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamp
+    assert len([r for r in results2 if "error" in r]) == 2
+
+
+def test_ray_executor_runs_each_variant_as_a_task(tmp_path):
+    ray = pytest.importorskip("ray")
+    exp = load_experiment(_files(tmp_path, "  base: {}\n"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}})
+    try:
+        results = run_experiment(exp, tmp_path / "out", executor="ray", log=lambda _: None)
+    finally:
+        ray.shutdown()
+    assert sorted(r["variant"] for r in results if "scores" in r) == sorted(["base", UNTRAINED])
+    run = json.loads(next((tmp_path / "out" / "runs").glob("*/result.json")).read_text())
+    assert set(run["scores"]) == {"STS-demo", "Duplicates-demo"}

@@ -1,0 +1,185 @@
+"""Running an experiment: build each distinct corpus once, train and score each (variant, seed), resumably.
+
+Layout of OUT (a workspace several experiments may share; equal builds and runs are reused across them):
+
+    OUT/builds/{build key}/          datakit output of a resolved recipe
+    OUT/runs/{run key}/train/        trainer output (checkpoints, log.jsonl, model/)
+    OUT/runs/{run key}/eval/         `trainer eval` results (mteb layout)
+    OUT/runs/{run key}/result.json   written last: the run is done (or failed.json: the error)
+    OUT/{experiment}/                results.csv, summary.md|csv, plots.png, index.html
+
+A killed experiment continues from its finished runs (and a half-trained run from its checkpoints). A run that
+fails is recorded with its error and the others go on; the command then exits non-zero.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer.experiment.spec import Experiment, Variant, run_key, untrained_key
+
+UNTRAINED = "(not fine-tuned)"
+
+
+@dataclass
+class RunSpec:
+    """Everything one (variant, seed) run needs, as plain data (it travels to Ray workers)."""
+
+    experiment: str
+    variant: str
+    seed: int
+    key: str
+    folder: str
+    build: str
+    train: dict[str, Any]
+    train_dir: str
+    eval_path: str
+    untrained: bool = False
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_corpus(exp: Experiment, variant: Variant, out: Path, log: Callable[[str], None]) -> Path:
+    """Build a variant's corpus into OUT/builds/{key}; datakit skips a build that is up to date (same resolved
+    recipe, same input files)."""
+    from datakit.pipeline import build
+    from datakit.recipe import LoadedRecipe, validate_recipe
+
+    folder = out / "builds" / variant.build_key
+    recipe = validate_recipe(variant.recipe, exp.recipe_path)
+    loaded = LoadedRecipe(recipe=recipe, path=exp.recipe_path, base_dir=exp.recipe_path.resolve().parent)
+    t0 = time.time()
+    result = build(loaded, folder)
+    if not result.skipped:
+        log(f"built {folder} (variant {variant.name}) in {time.time() - t0:.0f} s")
+    return folder
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train (unless untrained) and score one run; writes result.json or failed.json and returns it."""
+    folder = Path(spec.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "run.json", spec.__dict__)
+    (folder / "failed.json").unlink(missing_ok=True)
+    t0 = time.time()
+    try:
+        from trainer.eval import EvalRequest, evaluate_models
+
+        if spec.untrained:
+            model, train_s = spec.train["model"]["name_or_path"], 0.0
+        else:
+            from trainer.train import TrainConfig, train
+
+            raw = {**spec.train, "seed": spec.seed, "output_dir": str(folder / "train"),
+                   "data": {**spec.train["data"], "shards": spec.build, "seed": spec.seed}}
+            cfg = TrainConfig.from_dict(raw, base_dir=Path(spec.train_dir))
+            model = str(train(cfg, resume=True, log=lambda _: None))
+            train_s = time.time() - t0
+        t1 = time.time()
+        [summary] = evaluate_models(EvalRequest(models=[model], out=str(folder / "eval"), tasks_file=spec.eval_path,
+                                                name=f"experiment/{spec.key}"), log=lambda _: None)
+        failed = [f"{o.task}: {o.error}" for o in summary.outcomes if o.error]
+        if failed:
+            raise RuntimeError("evaluation failed: " + "; ".join(failed))
+        result = {"variant": spec.variant, "seed": spec.seed, "key": spec.key, "train_s": round(train_s, 1),
+                  "eval_s": round(time.time() - t1, 1),
+                  "scores": {o.task: {"type": o.type, "main_score": o.main_score, "value": o.value}
+                             for o in summary.outcomes}}
+        _write_json(folder / "result.json", result)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the others go on
+        failure = {"variant": spec.variant, "seed": spec.seed, "key": spec.key,
+                   "error": f"{type(exc).__name__}: {exc}".strip(), "traceback": traceback.format_exc()[-4000:],
+                   "seconds": round(time.time() - t0, 1)}
+        _write_json(folder / "failed.json", failure)
+        return failure
+
+
+def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSpec]:
+    """Every (variant, seed) run, plus the untrained model scored once as a reference."""
+    runs = []
+    for v in exp.variants:
+        for seed in exp.seeds:
+            key = run_key(v, seed, exp.eval_path, exp.train_path.parent)
+            runs.append(RunSpec(exp.name, v.name, seed, key, str(out / "runs" / key), str(builds[v.build_key]),
+                                v.train, str(exp.train_path.resolve().parent), str(exp.eval_path)))
+    base = next(v for v in exp.variants if v.name == exp.spec.base)
+    key = untrained_key(base, exp.eval_path, exp.train_path.parent)
+    runs.append(RunSpec(exp.name, UNTRAINED, 0, key, str(out / "runs" / key), str(builds[base.build_key]),
+                        base.train, str(exp.train_path.resolve().parent), str(exp.eval_path), untrained=True))
+    return runs
+
+
+def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gpus_per_run: float = 0.0,
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Build, train and score every run not finished yet; return every run's result (or failure)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    builds: dict[str, Path] = {}
+    build_errors: dict[str, str] = {}
+    for v in exp.variants:
+        if v.build_key in builds or v.build_key in build_errors:
+            continue
+        try:
+            builds[v.build_key] = build_corpus(exp, v, out, log)
+        except Exception as exc:  # noqa: BLE001 - its variants fail, the others go on
+            build_errors[v.build_key] = f"build failed: {type(exc).__name__}: {exc}"
+            builds[v.build_key] = out / "builds" / v.build_key
+            log(f"  {build_errors[v.build_key]}")
+    runs = plan_runs(exp, out, builds)
+    by_variant = {v.name: v for v in exp.variants}
+    pending, results = [], []
+    for r in runs:
+        done = Path(r.folder) / "result.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+        elif not r.untrained and by_variant[r.variant].build_key in build_errors:
+            failure = {"variant": r.variant, "seed": r.seed, "key": r.key,
+                       "error": build_errors[by_variant[r.variant].build_key]}
+            Path(r.folder).mkdir(parents=True, exist_ok=True)
+            _write_json(Path(r.folder) / "failed.json", failure)
+            results.append(failure)
+        else:
+            pending.append(r)
+    log(f"{exp.name}: {len(runs)} runs, {len(runs) - len(pending)} done or failed to build, {len(pending)} to run")
+    if executor == "ray":
+        results += _run_on_ray(pending, gpus_per_run, log)
+    else:
+        for i, r in enumerate(pending, 1):
+            log(f"[{i}/{len(pending)}] {r.variant} seed {r.seed}")
+            res = run_one(r)
+            log(f"  {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}")
+            results.append(res)
+    return results
+
+
+def _brief(result: dict[str, Any]) -> str:
+    scores = ", ".join(f"{t} {s['value']:.4f}" for t, s in result["scores"].items())
+    return f"train {result['train_s']:.0f} s, eval {result['eval_s']:.0f} s: {scores}"
+
+
+def _run_on_ray(pending: list[RunSpec], gpus: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One Ray task per run (GPUs as Ray resources); results in the order they finish."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_one)
+    refs = {remote.remote(r): r for r in pending}
+    results = []
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        r = refs.pop(done[0])
+        res = ray.get(done[0])
+        log(f"{r.variant} seed {r.seed}: {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}")
+        results.append(res)
+    return results
