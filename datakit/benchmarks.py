@@ -284,13 +284,20 @@ class Pack:
     def buckets(self, threshold: float) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(bands, rows, sorted band hashes (bands, n), their pack rows (bands, n)) for a threshold."""
         if threshold not in self._buckets:
-            bands, rows = mh.optimal_bands(threshold, self.params.num_perm)
+            bands, rows = mh.recall_bands(threshold, self.params.num_perm)
             sig = np.asarray(self.sig)
             bh = mh.band_hashes(sig, bands, rows)
             bh[mh.empty_rows(sig)] = 0  # empty texts never match: 0 is reserved below
             order = np.argsort(bh, axis=0, kind="stable")
             self._buckets[threshold] = (bands, rows, np.take_along_axis(bh, order, axis=0).T.copy(), order.T.copy())
         return self._buckets[threshold]
+
+    def shingle_sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The shingle sets (`minhash.shingle_sets` layout, in the order of `rows`) of some pack texts: only
+        the candidates of a batch are shingled, so a pack carries no sets of its own."""
+        texts = self.texts.column("text").take(pa.array(rows, pa.int64()))
+        h, doc = mh.shingle(texts, self.params.minhash())
+        return mh.shingle_sets(h, doc, len(rows))
 
     def task_of(self, rows: np.ndarray) -> list[tuple[str, str, str, str]]:
         """(task, split, field, text) of pack rows."""

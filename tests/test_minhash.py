@@ -105,3 +105,37 @@ def test_components_and_keep_policies():
     lengths = np.array([3, 9, 9, 1, 1, 2, 2, 8, 1])
     assert np.nonzero(mh.keep_mask(labels))[0].tolist() == [0, 3, 4, 5, 8]
     assert np.nonzero(mh.keep_mask(labels, lengths, "longest"))[0].tolist() == [1, 3, 4, 7, 8]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.85, 0.9])
+def test_recall_bands_make_a_pair_at_the_threshold_a_candidate_99_percent_of_the_time(threshold):
+    bands, rows = mh.recall_bands(threshold, 128)
+    assert bands * rows <= 128
+    assert mh.candidate_probability(threshold, bands, rows) >= 0.99
+    assert mh.candidate_probability(threshold, 128 // (rows + 1), rows + 1) < 0.99  # the most rows that do
+    assert mh.recall_bands(0.8, 128) == (21, 6)
+
+
+def test_exact_pair_jaccard_equals_python_sets():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(200)]
+    cfg = mh.MinHashConfig()
+    sets = mh.shingle_sets(*mh.shingle(pa.array(texts), cfg), len(texts))
+    pairs = rng.integers(0, len(texts), size=(500, 2))
+    got = mh.pair_jaccard(pairs, sets)
+    for (a, b), j in zip(pairs, got):
+        sa, sb = set(texts[a].split()), set(texts[b].split())
+        assert j == pytest.approx(len(sa & sb) / len(sa | sb))
+    kept, scores = mh.verify_exact(pairs, sets, threshold=0.5)
+    assert (scores >= 0.5).all() and len(kept) == int((got >= 0.5).sum())
+
+
+def test_candidate_pairs_compare_every_pair_of_a_bucket():
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("b", pa.table({"doc": [3, 1, 2, 7, 8, 9], "band": [0, 0, 0, 0, 1, 1], "h": [5, 5, 5, 6, 4, 4]}))
+    assert mh.candidate_pairs(con, "SELECT * FROM b").tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
+    star = mh.candidate_pairs(con, "SELECT * FROM b", all_pairs_up_to=2).tolist()  # a bucket of 3 over the cap
+    assert star == [[1, 2], [1, 3], [8, 9]]

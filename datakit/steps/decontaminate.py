@@ -85,6 +85,7 @@ class Decontaminate(Step):
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.dataset_examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.checked = 0
+        self.candidates = self.verified = 0  # MinHash candidate pairs checked, and those that held
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:
@@ -100,9 +101,10 @@ class Decontaminate(Step):
         state = {**super().take_state(), "by_task": {k: dict(v) for k, v in self.by_task.items()},
                  "by_dataset": dict(self.by_dataset), "by_match": dict(self.by_match),
                  "examples": dict(self.examples), "dataset_examples": dict(self.dataset_examples),
-                 "checked": self.checked}
+                 "checked": self.checked, "candidates": self.candidates, "verified": self.verified}
         self.by_task, self.by_dataset, self.by_match = defaultdict(Counter), Counter(), Counter()
         self.examples, self.dataset_examples, self.checked = defaultdict(list), defaultdict(list), 0
+        self.candidates = self.verified = 0
         return state
 
     def merge_state(self, state: dict[str, Any]) -> None:
@@ -115,6 +117,8 @@ class Decontaminate(Step):
             for key, items in theirs.items():
                 mine[key].extend(items[:EXAMPLES - len(mine[key])])
         self.checked += state["checked"]
+        self.candidates += state.get("candidates", 0)
+        self.verified += state.get("verified", 0)
 
     def finish(self) -> None:
         self._write_report()
@@ -170,7 +174,9 @@ class Decontaminate(Step):
             out += [(a, b, "ngram", 1.0) for a, b in sorted(pairs)]
         if "minhash" in self.config.match:
             bands, rows_per_band, keys, owners = pack.buckets(self.config.threshold)
-            sig = mh.signatures(norm, pack.params.minhash(), normalized=True)
+            mh_cfg = pack.params.minhash()
+            h, doc = mh.shingle(norm, mh_cfg, normalized=True)
+            sig = mh.signatures_from_shingles(h, doc, len(norm), mh_cfg)
             bh = mh.band_hashes(sig, bands, rows_per_band)
             live = ~mh.empty_rows(sig)
             cand = []
@@ -179,9 +185,14 @@ class Decontaminate(Step):
                 cand.append(np.stack([q, rows], axis=1))
             pairs = np.unique(np.concatenate(cand), axis=0) if cand else np.zeros((0, 2), np.int64)
             pairs = pairs[live[pairs[:, 0]]] if len(pairs) else pairs
-            if len(pairs):
-                kept, scores = mh.verify_pairs(pairs, sig, pack.sig, threshold=self.config.threshold)
-                out += [(int(a), int(b), "minhash", float(s)) for (a, b), s in zip(kept, scores)]
+            if len(pairs):  # each candidate decided by the exact Jaccard of the two shingle sets
+                rows, local = np.unique(pairs[:, 1], return_inverse=True)
+                kept, scores = mh.verify_exact(np.stack([pairs[:, 0], local.reshape(-1)], axis=1),
+                                               mh.shingle_sets(h, doc, len(norm)), pack.shingle_sets(rows),
+                                               threshold=self.config.threshold)
+                self.candidates += len(pairs)
+                self.verified += len(kept)
+                out += [(int(a), int(rows[b]), "minhash", float(s)) for (a, b), s in zip(kept, scores)]
         return out
 
     def _task_key(self, pack_index: int, row: int) -> str:
@@ -201,6 +212,8 @@ class Decontaminate(Step):
             "action": self.config.action,
             "packs": [p.name for p in self.packs],
             "records_checked": self.checked,
+            "minhash_candidates": self.candidates,  # pairs that shared an LSH band, decided by exact Jaccard
+            "minhash_verified": self.verified,
             "contaminated": sum(self.by_dataset.values()),
             "by_match": dict(self.by_match),
             "by_dataset": dict(self.by_dataset),

@@ -1,8 +1,9 @@
 """`dedup`: drop exact and near-duplicate records (normalised-text hash, then MinHash + LSH).
 
 A global step: it spills the records of the kinds it dedups into its work folder while hashing and signing
-them batch by batch, finds duplicates once the stream ends (exact groups in numpy, LSH buckets grouped out of
-core in DuckDB, candidates verified by signature Jaccard, clusters by union-find), then streams the kept
+them batch by batch (signatures and each record's shingle set go to disk), finds duplicates once the stream
+ends (exact groups in numpy, LSH buckets grouped out of core in DuckDB with bands chosen for recall, every
+candidate decided by the exact Jaccard of the two shingle sets, clusters by union-find), then streams the kept
 records back out. Other kinds pass straight through.
 """
 from __future__ import annotations
@@ -70,6 +71,8 @@ class _KindState:
         self.lengths: list[np.ndarray] = []
         self.scopes: list[np.ndarray] = []
         self.sig_file = open(folder / "signatures.u32", "wb") if cfg.method == "minhash" else None
+        self.shingle_file = open(folder / "shingles.u64", "wb") if cfg.method == "minhash" else None
+        self.shingle_counts: list[np.ndarray] = []
         self.band_files: list[Path] = []
 
     def add(self, table: pa.Table, fields: list[str], mh_cfg: mh.MinHashConfig, bands: int, rows: int) -> None:
@@ -86,8 +89,12 @@ class _KindState:
         if scope is not None:
             self.scopes.append(mh.hash_strings(scope))
         if self.sig_file is not None:
-            sig = mh.signatures(norm, mh_cfg, normalized=True)
+            h, doc = mh.shingle(norm, mh_cfg, normalized=True)
+            sig = mh.signatures_from_shingles(h, doc, len(norm), mh_cfg)
             sig.tofile(self.sig_file)
+            values, offsets = mh.shingle_sets(h, doc, len(norm))
+            values.tofile(self.shingle_file)
+            self.shingle_counts.append(np.diff(offsets))
             bh = mh.band_hashes(sig, bands, rows)
             if scope is not None:  # different datasets never share a bucket
                 bh = mh.splitmix(bh ^ self.scopes[-1][:, None])
@@ -108,6 +115,15 @@ class _KindState:
             self.writer.close()
         if self.sig_file is not None:
             self.sig_file.close()
+            self.shingle_file.close()
+
+    def shingle_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every record's shingle set (memory-mapped values, offsets), in stream order."""
+        offsets = np.zeros(self.n + 1, np.int64)
+        np.cumsum(np.concatenate(self.shingle_counts), out=offsets[1:])
+        path = self.folder / "shingles.u64"
+        values = np.memmap(path, dtype=np.uint64, mode="r") if offsets[-1] else np.zeros(0, np.uint64)
+        return values, offsets
 
 
 @register
@@ -120,7 +136,7 @@ class Dedup(Step):
         cfg = self.config
         mh_cfg = mh.MinHashConfig(num_perm=cfg.num_perm, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
                                   script=cfg.script, seed=cfg.seed)
-        bands, rows = mh.optimal_bands(cfg.threshold, cfg.num_perm)
+        bands, rows = mh.recall_bands(cfg.threshold, cfg.num_perm)
         self.stats = {"bands": bands, "rows": rows, "candidate_pairs": 0, "verified_pairs": 0}
         states: dict[str, _KindState] = {}
         for kind, table in stream:
@@ -165,8 +181,7 @@ class Dedup(Step):
             pairs = pairs[pairs[:, 0] != pairs[:, 1]]
             pairs = np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
             self.stats["candidate_pairs"] += len(pairs)
-            sig = np.memmap(state.folder / "signatures.u32", dtype=np.uint32, mode="r", shape=(n, self.config.num_perm))
-            verified, _ = mh.verify_pairs(pairs, sig, threshold=self.config.threshold)
+            verified, _ = mh.verify_exact(pairs, state.shingle_sets(), threshold=self.config.threshold)
             self.stats["verified_pairs"] += len(verified)
             keep = exact_keep & mh.keep_mask(mh.components(verified, n), lengths, self.config.keep)
             self.dropped["near_duplicate"] += int(exact_keep[leader].sum() - keep[leader].sum())
