@@ -309,15 +309,48 @@ def exact_jaccard(a: set, b: set) -> float:
 
 def shingle_sets(h: np.ndarray, doc: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets): each text's distinct shingle hashes, sorted, in CSR layout
-    (text i's set is values[offsets[i]:offsets[i + 1]])."""
-    order = np.lexsort((h, doc))
-    h, doc = h[order], doc[order]
-    first = np.ones(len(h), bool)
-    first[1:] = (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])
-    h, doc = h[first], doc[first]
+    (text i's set is values[offsets[i]:offsets[i + 1]]). `doc` must be sorted, as `shingle` returns it."""
+    counts = np.bincount(doc, minlength=n_docs).astype(np.int64)
+    bounds = np.zeros(n_docs + 1, np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    kernels = _set_kernels()
+    if kernels is not None:  # each text's few shingles sorted and de-duplicated in place, texts in parallel
+        h = h.copy()
+        kept = np.zeros(n_docs, np.int64)
+        kernels(h, bounds, kept)
+        within = np.arange(len(h)) - np.repeat(bounds[:-1], counts)
+        values = h[within < np.repeat(kept, counts)]
+    else:  # pragma: no cover - numba is a dependency
+        order = np.lexsort((h, doc))
+        h, doc = h[order], doc[order]
+        first = np.ones(len(h), bool)
+        first[1:] = (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])
+        values, kept = h[first], np.bincount(doc[first], minlength=n_docs)
     offsets = np.zeros(n_docs + 1, np.int64)
-    np.cumsum(np.bincount(doc, minlength=n_docs), out=offsets[1:])
-    return h, offsets
+    np.cumsum(kept, out=offsets[1:])
+    return values, offsets
+
+
+@lru_cache(maxsize=1)
+def _set_kernels():
+    try:
+        import numba
+    except ImportError:  # pragma: no cover
+        return None
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def sort_unique_segments(h, bounds, kept):  # pragma: no cover - compiled
+        for s in numba.prange(bounds.shape[0] - 1):
+            seg = h[bounds[s]: bounds[s + 1]]
+            seg.sort()
+            k = 0
+            for i in range(seg.shape[0]):
+                if i == 0 or seg[i] != seg[k - 1]:
+                    seg[k] = seg[i]
+                    k += 1
+            kept[s] = k
+
+    return sort_unique_segments
 
 
 @lru_cache(maxsize=1)
