@@ -6,15 +6,17 @@ from typing import Any
 
 import duckdb
 
-from datakit.shards import SHARD_KINDS, read_manifest, read_shards
+from datakit.output import checked
+from datakit.shards import SHARD_KINDS, read_shards
 
 
 def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per record kind over the (memory-mapped) shards."""
-    read_manifest(out_dir)  # fail early, and clearly, on a folder that is not a finished build
+    """An in-memory DuckDB connection with one view per record kind over the (memory-mapped) shards of the
+    current build, checked against its manifest first (a folder that is not a finished build fails clearly)."""
+    build = checked(out_dir)
     con = duckdb.connect()
     for kind in SHARD_KINDS:
-        con.register(f"_{kind}_arrow", read_shards(out_dir, kind))
+        con.register(f"_{kind}_arrow", read_shards(build, kind))
         con.execute(f"CREATE VIEW {kind} AS SELECT * FROM _{kind}_arrow")
     return con
 

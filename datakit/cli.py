@@ -46,6 +46,7 @@ def build(
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
     from datakit.benchmarks import PackError
+    from datakit.output import InconsistentOutput, OutputBusy
     from datakit.pipeline import DataError, LocalExecutor, build as run_build
     from datakit.sources import SourceError
 
@@ -71,34 +72,60 @@ def build(
 
         try:
             result = run_build(loaded, out, strict=strict or None, force=force, progress=progress, executor=runner)
-        except (DataError, SourceError, PackError) as exc:
+        except OutputBusy as exc:
+            _fail(str(exc))
+        except (DataError, SourceError, PackError, InconsistentOutput) as exc:
             _fail(f"{exc}\nnothing was written; the previous output in {out} (if any) is unchanged")
     if result.skipped:
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
     _summary(result.manifest)
     console.print(f"[bold green]output:[/] {out.resolve()}  (manifest: {out / 'manifest.json'})")
+    broken = result.manifest.get("incomplete_inputs", [])
+    if broken:  # the rows before each break are in the output; the rest of those files is not: not a success
+        _fail("\n".join(f"source {b['source']!r}: {b['file']} is truncated: its stream broke after {b['byte']:,} "
+                        f"decompressed bytes, before row {b['row']} ({b['error']}); the rows before were kept "
+                        "(quarantine reason truncated_input), the rest is lost" for b in broken))
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
-    """Check a recipe: keys, types, adapters, steps, and that every source can be opened."""
-    from datakit.adapters import make_adapter
-    from datakit.sources import SourceError, read_source
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
+             sample: int = typer.Option(1000, help="rows of each source read through its adapter")) -> None:
+    """Check a recipe: keys, types, adapters, steps, and a sample of every source read through its adapter
+    (the share that would be quarantined, and why), so a wrong adapter or column shows before a long build."""
+    from collections import Counter
+
+    from datakit.pipeline import source_events
+    from datakit.sources import SourceError
 
     loaded = _load(recipe)
-    table = Table("source", "adapter", "from", "columns", "first rows")
+    table = Table("source", "adapter", "from", "sampled", "quarantined", "top reasons")
     problems = []
     for src in loaded.recipe.sources:
         where = src.path if src.path is not None else (f"hf:{src.hf.path}" if src.hf else "sql")
-        spec = make_adapter(src).columns()
-        columns = spec.names
+        sampled, reasons, example = 0, Counter(), None
         try:
-            chunk = next(iter(read_source(src, loaded.base_dir, spec, batch_rows=5)), None)
-            status = f"{chunk.table.num_rows} read" if chunk else "empty"
-        except (SourceError, OSError) as exc:
-            status = "[red]cannot read[/]"
-            problems.append(str(exc))
-        table.add_row(src.name, src.adapter, str(where), ", ".join(columns), status)
+            for event in source_events(src.model_copy(update={"limit": sample}), loaded.base_dir, False,
+                                       min(sample, 10_000)):
+                if event[0] == "read":
+                    sampled += event[1]
+                elif event[0] == "quarantine":
+                    rows = event[1].to_pylist()
+                    reasons.update(q["reason"] for q in rows)
+                    example = example or rows[0]
+        except (SourceError, OSError, ValueError) as exc:
+            table.add_row(src.name, src.adapter, str(where), "-", "[red]cannot read[/]", "")
+            problems.append(f"source {src.name!r}: {exc}")
+            continue
+        bad = sum(reasons.values())
+        share = bad / sampled if sampled else 1.0
+        top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(3))
+        flag = "[red]" if share > src.max_quarantine else ""
+        table.add_row(src.name, src.adapter, str(where), f"{sampled:,}", f"{flag}{bad:,} ({share:.0%})", top)
+        if share > src.max_quarantine:
+            ex = f"; first: {example['file']}, row {example['row']}, field {example['field'] or '-'}: " \
+                 f"{example['detail']}" if example else ""
+            problems.append(f"source {src.name!r}: {bad} of {sampled} sampled rows would be quarantined ({share:.0%}, "
+                            f"max_quarantine {src.max_quarantine:.0%}): {top or 'no rows'}{ex}")
     console.print(table)
     if problems:
         _fail("\n".join(problems))
@@ -108,14 +135,32 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")) -> None:
 
 @app.command()
 def stats(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
-    """Records per kind and dataset, quarantine and drops, from the manifest."""
+    """Records per kind and dataset, quarantine and drops, from the manifest (checked against the shards)."""
+    from datakit.output import checked
     from datakit.shards import read_manifest
 
     try:
-        manifest = read_manifest(out)
-    except FileNotFoundError as exc:
+        manifest = read_manifest(checked(out))
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _summary(manifest)
+
+
+@app.command()
+def verify(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
+    """Check every shard against the manifest: names, sizes, row counts and sha256 digests."""
+    from datakit.output import verify as run_verify
+    from datakit.shards import read_manifest
+
+    try:
+        problems = run_verify(out, deep=True)
+        manifest = read_manifest(out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if problems:
+        _fail(f"{out}: {len(problems)} problem(s):\n" + "\n".join(problems))
+    n = len(manifest.get("shards", []))
+    console.print(f"[green]ok:[/] {out}: {n} shards match the manifest (names, sizes, rows, sha256)")
 
 
 @app.command()
@@ -131,7 +176,7 @@ def sql(
 
     try:
         names, rows = run_query(out, query)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     except duckdb.Error as exc:
         _fail(f"query failed: {exc}")
@@ -189,9 +234,11 @@ def bench_build(
 def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
     from datakit.pipeline import apply_steps
 
+    from datakit.output import OutputBusy
+
     try:
         result = apply_steps(in_dir, out, [step])
-    except (FileNotFoundError, ValueError) as exc:  # no manifest, bad pack, bad step option
+    except (FileNotFoundError, ValueError, OutputBusy) as exc:  # no manifest, bad pack, bad step option, busy
         _fail(str(exc))
     _summary(result.manifest)
     console.print(f"[bold green]output:[/] {out.resolve()}")

@@ -13,7 +13,6 @@ import json
 import platform
 import shutil
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 
 from datakit.adapters import make_adapter
 from datakit.llm.client import Budget
+from datakit.output import OutputLock, checked, new_staging, publish, verify
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
 from datakit.records import KINDS, QUARANTINE_SCHEMA
 from datakit.shards import (MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, read_shards, sha256_file, shard_files,
@@ -51,6 +51,9 @@ class BuildResult:
 class _Tally:
     rows_read: Counter = field(default_factory=Counter)
     quarantine: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    lost: Counter = field(default_factory=Counter)  # rows an unbalanced CSV quote swallowed, per source
+    truncated: list[dict[str, Any]] = field(default_factory=list)  # inputs whose stream broke
+    example: dict[str, dict[str, Any]] = field(default_factory=dict)  # first quarantined row per source
 
 
 class NegativeMix:
@@ -102,6 +105,8 @@ def input_fingerprint(src: SourceConfig, base_dir: Path) -> dict[str, Any]:
 def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
     try:
         old = read_manifest(out_dir)
+        if verify(out_dir):  # shards missing or changed since: not up to date
+            return None
     except (FileNotFoundError, ValueError):
         return None
     local = all("files" in v for v in inputs.values())  # hub and SQL inputs cannot be fingerprinted cheaply
@@ -188,15 +193,15 @@ def build(
     strict = recipe.strict if strict is None else strict
     inputs = {s.name: input_fingerprint(s, base_dir) for s in recipe.sources}
     recipe_sha = recipe.sha256()
-    if not force and (old := _up_to_date(out_dir, recipe_sha, inputs)) is not None:
-        return BuildResult(out_dir, old, skipped=True)
-
     head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
 
     def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
         return executor.records(loaded, writer, tally, strict, progress, batch_rows)
 
-    return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm, executor)
+    with OutputLock(out_dir):  # the up-to-date check too: a writer may be switching the folder
+        if not force and (old := _up_to_date(out_dir, recipe_sha, inputs)) is not None:
+            return BuildResult(out_dir, old, skipped=True)
+        return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm, executor)
 
 
 def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
@@ -206,7 +211,8 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     The input's quarantine is carried over; the new manifest names the input build as its parent.
     """
     in_dir = Path(in_dir)
-    parent = read_manifest(in_dir)
+    source = checked(in_dir)  # the input's current build, checked against its manifest, read from here on
+    parent = read_manifest(source)
     for raw in steps:
         step_config(raw)  # fail before any work on a bad step
     blob = json.dumps({"parent": parent["recipe"]["sha256"], "steps": steps}, sort_keys=True)
@@ -214,24 +220,25 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
         "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(s["type"] for s in steps),
                    "sha256": hashlib.sha256(blob.encode()).hexdigest(), "path": None},
         "parent": {"path": str(in_dir.resolve()), "recipe": parent["recipe"],
-                   "manifest_sha256": sha256_file(in_dir / MANIFEST)},
+                   "manifest_sha256": sha256_file(source / MANIFEST)},
         "inputs": {"shards": {"path": str(in_dir.resolve())}},
     }
 
     def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
-        quarantine = read_shards(in_dir, "quarantine")
+        quarantine = read_shards(source, "quarantine")
         writer.write("quarantine", quarantine)
         for reason, n in Counter(quarantine.column("reason").to_pylist()).items():
             tally.quarantine["(input)"][reason] += n
         for kind in KINDS:
-            for path in shard_files(in_dir, kind):
+            for path in shard_files(source, kind):
                 for batch in pa.ipc.open_stream(pa.memory_map(str(path))):
                     tally.rows_read[kind] += batch.num_rows
                     yield kind, pa.Table.from_batches([batch])
 
     output = OutputConfig(shard_rows=shard_rows)
-    return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings(),
-                    LocalExecutor())
+    with OutputLock(Path(out_dir)):
+        return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings(),
+                        LocalExecutor())
 
 
 RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
@@ -239,12 +246,9 @@ RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
 
 def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], output: OutputConfig,
              records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: LocalExecutor) -> BuildResult:
-    """Stream records through the steps into a staging folder, then publish it with its manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    """Stream records through the steps into a staging folder, then publish it with its manifest. The caller
+    holds the output folder's lock."""
+    staging = new_staging(out_dir)
     started = time.time()
     try:
         budget = executor.budget(llm.max_budget_usd)
@@ -264,6 +268,9 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
                 counts[kind][item["values"]] += item["counts"]
             if kind == "retrieval":
                 mix.add(table)
+        if not any(counts.values()):
+            raise DataError("the build produced no records: every source row was quarantined or dropped by a step "
+                            "(see `datakit validate`)")
         shards = writer.close()
         head = {**head, "negatives": mix.report(), "executor": executor.describe(),
                 "timings_s": clock.exclusive(time.time() - started)}
@@ -271,7 +278,8 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out_dir, manifest)
 
 
@@ -293,6 +301,10 @@ def source_events(src: SourceConfig, base_dir: Path, strict: bool, batch_rows: i
                             f"{q['reason']}: {q['detail']}")
         if bad:
             yield ("quarantine", pa.Table.from_pylist([{"dataset": src.name, **q} for q in bad], schema=QUARANTINE_SCHEMA))
+        if chunk.swallowed:
+            yield ("lost", chunk.swallowed)
+        if chunk.truncated is not None:
+            yield ("truncated", {"source": src.name, **chunk.truncated})
         yield ("read", chunk.table.num_rows + len(chunk.quarantine))
         for kind, tables in out.tables.items():
             for table in tables:
@@ -302,27 +314,60 @@ def source_events(src: SourceConfig, base_dir: Path, strict: bool, batch_rows: i
             yield ("records", kind, table)
 
 
-def consume_source(name: str, events: Iterator[SourceEvent], writer: ShardWriter, tally: _Tally,
+def consume_source(src: SourceConfig, events: Iterator[SourceEvent], writer: ShardWriter, tally: _Tally,
                    progress: ProgressFn | None) -> Iterator[tuple[str, pa.Table]]:
-    """Write a source's quarantine, count its rows, and pass its record batches on."""
+    """Write a source's quarantine, count its rows, and pass its record batches on; then fail the build if
+    more of the source was quarantined than its `max_quarantine` allows."""
+    name = src.name
     for event in events:
         if event[0] == "quarantine":
             for reason, n in Counter(event[1].column("reason").to_pylist()).items():
                 tally.quarantine[name][reason] += n
+            if name not in tally.example:
+                tally.example[name] = event[1].slice(0, 1).to_pylist()[0]
             writer.write("quarantine", event[1])
         elif event[0] == "read":
             tally.rows_read[name] += event[1]
             if progress:
                 progress(name, tally.rows_read[name])
+        elif event[0] == "lost":
+            tally.lost[name] += event[1]
+        elif event[0] == "truncated":
+            tally.truncated.append(event[1])
         else:
             yield event[1], event[2]
+    check_quarantine_share(src, tally)
+
+
+def check_quarantine_share(src: SourceConfig, tally: _Tally) -> None:
+    """A source mostly quarantined is a recipe mistake (wrong adapter, columns or format), not data to skip."""
+    name = src.name
+    bad = sum(tally.quarantine[name].values()) + tally.lost[name]
+    total = tally.rows_read[name] + tally.lost[name]
+    if src.max_quarantine >= 1.0:
+        return
+    if total == 0:
+        raise DataError(f"source {name!r}: no rows read (an empty input?); set `max_quarantine: 1.0` on it to "
+                        "accept an empty source")
+    share = bad / total
+    if share <= src.max_quarantine:
+        return
+    top = ", ".join(f"{r} {n:,}" for r, n in tally.quarantine[name].most_common(3))
+    if tally.lost[name]:
+        top += f", rows swallowed by an unbalanced quote {tally.lost[name]:,}"
+    q = tally.example.get(name, {})
+    example = (f"; first: {q.get('file')}, row {q.get('row')}, field {q.get('field') or '-'}: {q.get('detail')} "
+               f"(raw: {str(q.get('raw'))[:160]!r})") if q else ""
+    raise DataError(f"source {name!r}: {bad:,} of {total:,} rows quarantined ({share:.0%}, more than its "
+                    f"max_quarantine {src.max_quarantine:.0%}): {top}{example}. Check the source's adapter, columns "
+                    f"and format (`datakit validate` shows a sample), or set `max_quarantine: 1.0` on it to accept this")
 
 
 def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
              progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
     """Read every source through its adapter; quarantine goes straight to the writer."""
     for src in loaded.recipe.sources:
-        yield from consume_source(src.name, source_events(src, loaded.base_dir, strict, batch_rows), writer, tally,
+        yield from consume_source(src, source_events(src, loaded.base_dir, strict, batch_rows), writer, tally,
                                   progress)
 
 
@@ -347,7 +392,9 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
         "inputs": head["inputs"],
         "counts": {k: dict(sorted(counts[k].items())) for k in SHARD_KINDS if k != "quarantine" and counts.get(k)},
         "quarantined": {"n": sum(reasons.values()), "reasons": dict(reasons),
-                        "by_dataset": {k: dict(v) for k, v in tally.quarantine.items()}},
+                        "by_dataset": {k: dict(v) for k, v in tally.quarantine.items()},
+                        **({"lost_rows": dict(tally.lost)} if tally.lost else {})},
+        **({"incomplete_inputs": tally.truncated} if tally.truncated else {}),
         "dropped": {f"{i}:{s.name}": dict(s.dropped) for i, s in enumerate(steps)},
         "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
         "shards": shards,
@@ -375,20 +422,14 @@ def _step_entries(steps: list[Step]) -> dict[str, Any]:
 
 
 def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Swap the staged kind folders and step reports into place; the manifest goes last."""
-    old = read_manifest(out_dir).get("artifacts", []) if (out_dir / MANIFEST).exists() else []
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for name in old:
-        (out_dir / name).unlink(missing_ok=True)
-    for kind in SHARD_KINDS:
-        target = out_dir / kind
-        if target.exists():
-            shutil.rmtree(target)
-        if (staging / kind).exists():
-            (staging / kind).rename(target)
+    """Complete the staging folder (reports beside the shards, scratch removed, manifest last) and switch the
+    output to it atomically."""
     artifacts = sorted(p.name for p in (staging / "artifacts").glob("*")) if (staging / "artifacts").exists() else []
     for name in artifacts:
-        (staging / "artifacts" / name).replace(out_dir / name)
+        (staging / "artifacts" / name).replace(staging / name)
+    for scratch in ("artifacts", "work"):
+        shutil.rmtree(staging / scratch, ignore_errors=True)
     manifest = {**manifest, "artifacts": artifacts}
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json_atomic(staging / MANIFEST, manifest)
+    publish(staging, out_dir)
     return manifest

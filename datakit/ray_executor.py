@@ -145,7 +145,7 @@ class RayExecutor(LocalExecutor):
         generators = [_source_task.remote(src.model_dump(mode="json"), str(loaded.base_dir), strict, batch_rows)
                       for src in sources]
         for src, gen in zip(sources, generators):
-            yield from consume_source(src.name, _events(gen), writer, tally, progress)
+            yield from consume_source(src, _events(gen), writer, tally, progress)
 
     def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
                   ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:

@@ -71,6 +71,8 @@ class SourceConfig(SourceLocation):
     adapter: AdapterName
     options: dict[str, Any] = {}
     instruction: str = ""
+    max_quarantine: float = Field(0.5, ge=0.0, le=1.0,
+                                  description="share of rows that may be quarantined before the build fails")
 
 
 class OutputConfig(Strict):

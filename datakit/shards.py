@@ -1,9 +1,10 @@
 """Arrow shard writer/reader and the manifest.
 
-Layout of an output folder::
+Layout of a build (`datakit.output` publishes builds into OUT/build-<id> and switches OUT/current to the new
+one; OUT/<kind> and OUT/manifest.json are links through `current`)::
 
-    OUT/retrieval/part-00000.arrow   OUT/pair/...   OUT/classification/...   OUT/quarantine/...
-    OUT/manifest.json                (written last: a folder is complete when it exists)
+    BUILD/retrieval/part-00000.arrow   BUILD/pair/...   BUILD/classification/...   BUILD/quarantine/...
+    BUILD/manifest.json                (the shards' names, rows, bytes and sha256)
 
 Shards are Arrow IPC *stream* files (what `datasets.Dataset.from_file` memory-maps), written
 under a temporary name and renamed when complete, so a killed run never leaves a half shard
@@ -23,6 +24,7 @@ from datakit.records import KINDS, QUARANTINE_SCHEMA, schema
 
 SHARD_KINDS = (*KINDS, "quarantine")
 MANIFEST = "manifest.json"
+CURRENT = "current"
 
 
 def kind_schema(kind: str) -> pa.Schema:
@@ -82,8 +84,21 @@ class ShardWriter:
                             "bytes": final.stat().st_size, "sha256": sha256_file(final)})
 
 
+def build_dir(out_dir: str | Path) -> Path:
+    """The folder holding OUT's current build (OUT itself for a folder written before `current` existed)."""
+    out_dir = Path(out_dir)
+    current = out_dir / CURRENT
+    if current.is_symlink():
+        target = current.resolve()
+        if (target / MANIFEST).exists():
+            return target
+    elif (out_dir / MANIFEST).is_file() and not (out_dir / MANIFEST).is_symlink():
+        return out_dir
+    raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a datakit output folder, or its build did not finish)")
+
+
 def shard_files(out_dir: str | Path, kind: str) -> list[Path]:
-    return sorted((Path(out_dir) / kind).glob("part-*.arrow"))
+    return sorted((build_dir(out_dir) / kind).glob("part-*.arrow"))
 
 
 def read_shards(out_dir: str | Path, kind: str) -> pa.Table:
@@ -102,7 +117,4 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a datakit output folder, or its build did not finish)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((build_dir(out_dir) / MANIFEST).read_text(encoding="utf-8"))

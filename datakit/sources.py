@@ -11,6 +11,7 @@ import glob
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +44,8 @@ class Chunk:
     file: str
     rows: pa.Array  # int64: index of each row within the source
     quarantine: list[dict[str, Any]] = field(default_factory=list)
+    swallowed: int = 0  # CSV lines an unbalanced quote folded into quarantined rows (rows lost, not read)
+    truncated: dict[str, Any] | None = None  # the input stream broke here: {file, byte, row, error}
 
 
 def bad_row(file: str, row: int, field_: str, reason: str, detail: str, raw: Any) -> dict[str, Any]:
@@ -147,11 +150,75 @@ def project(table: pa.Table, columns: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=columns)
 
 
-# ---------------------------------------------------------------- JSONL
+# ---------------------------------------------------------------- compressed input
+class TolerantGzip(io.RawIOBase):
+    """A gzip stream that ends cleanly where the file is truncated or corrupt: it returns the bytes before the
+    break up to the last complete line (the partial line after it is dropped), and records where it broke
+    (`broken`)."""
+
+    def __init__(self, path: Path):
+        self._gz = gzip.open(path, "rb")
+        self._ready = b""  # complete lines, ready to hand out
+        self._pending = b""  # the bytes after the last newline, held until more data (or a clean end)
+        self._done = False
+        self.delivered = 0
+        self.broken: dict[str, Any] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if not self._ready:
+            self._fill()
+        n = min(len(buf), len(self._ready))
+        buf[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        self.delivered += n
+        return n
+
+    def _fill(self) -> None:
+        while not self._ready and not self._done:
+            try:
+                data = self._gz.read1(1 << 16)  # what is decompressed so far: nothing before a break is lost
+            except (EOFError, OSError, zlib.error) as exc:
+                self.broken = {"byte": self.delivered, "error": str(exc) or type(exc).__name__}
+                self._done, self._pending = True, b""  # the cut line is dropped
+                return
+            if not data:  # a clean end: the last line may lack its newline
+                self._ready, self._pending, self._done = self._pending, b"", True
+                return
+            data = self._pending + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) >= 1 << 24:  # no newline in 16 MiB: not line-based, let it through
+                cut = len(data)
+            self._ready, self._pending = data[:cut], data[cut:]
+
+    def close(self) -> None:
+        self._gz.close()
+        super().close()
+
+
 def _open_bytes(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return io.BufferedReader(TolerantGzip(path), buffer_size=1 << 20)  # type: ignore[return-value]
     return open(path, "rb")
+
+
+def _broken(fh: Any) -> dict[str, Any] | None:
+    raw = getattr(fh, "raw", fh)
+    return getattr(raw, "broken", None)
+
+
+def truncated_chunk(shown: str, need: "ColumnSpec", row: int, info: dict[str, Any]) -> Chunk:
+    """The quarantine entry for a stream that broke: the rows before `row` were kept."""
+    detail = (f"the compressed stream broke after {info['byte']:,} decompressed bytes, before row {row} "
+              f"({info['error']}); the rows before it were kept, the rest of the file is lost")
+    entry = bad_row(shown, row, "", "truncated_input", detail, "")
+    return Chunk(project(pa.table({}), need.names), shown, pa.array([], pa.int64()), [entry],
+                 truncated={"file": shown, "row": row, **info})
+
+
+# ---------------------------------------------------------------- JSONL
 
 
 def _read_jsonl(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset: int):
@@ -162,6 +229,8 @@ def _read_jsonl(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offse
     block_bytes = 1 << 23
     line_no = 0
     with _open_bytes(path) as fh:
+        if fh.peek(64)[:64].lstrip()[:1] == b"[":  # a .json file holding one JSON array, not JSON lines
+            return (yield from _read_json_array(fh, shown, need, batch_rows, offset))
         while True:
             block = fh.read(block_bytes)
             if not block:
@@ -176,7 +245,33 @@ def _read_jsonl(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offse
             for start in range(0, max(table.num_rows, 1), batch_rows):
                 yield Chunk(table.slice(start, batch_rows), shown, rows.slice(start, batch_rows),
                             bad if start == 0 else [])
+        if _broken(fh) is not None:
+            yield truncated_chunk(shown, need, offset + line_no, _broken(fh))
     return line_no
+
+
+def _read_json_array(fh: Any, shown: str, need: ColumnSpec, batch_rows: int, offset: int):
+    """A JSON array of objects: row i is item i."""
+    try:
+        items = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{shown}: starts with '[' but is not a valid JSON array ({exc}); JSON sources are "
+                          "JSON lines (one object per line) or one array of objects") from None
+    if not isinstance(items, list):
+        raise SourceError(f"{shown}: not a JSON array of objects")
+    good, idx, bad = [], [], []
+    for i, obj in enumerate(items):
+        if isinstance(obj, dict):
+            good.append({c: obj.get(c) for c in need.names})
+            idx.append(offset + i)
+        else:
+            bad.append(bad_row(shown, offset + i, "", "bad_json", f"array item {i} is not a JSON object", obj))
+    for start in range(0, max(len(good), 1), batch_rows):
+        table, keep, typebad = _columns_from_rows(good[start: start + batch_rows], need, shown,
+                                                  idx[start: start + batch_rows])
+        rows = pa.array([idx[start + k] for k in keep], pa.int64())
+        yield Chunk(table, shown, rows, (bad if start == 0 else []) + typebad)
+    return len(items)
 
 
 def _parse_jsonl_block(block: bytes, first_line: int, shown: str, need: ColumnSpec):
@@ -265,15 +360,82 @@ def _columns_from_rows(rows: list[dict[str, Any]], need: ColumnSpec, shown: str,
 
 
 # ---------------------------------------------------------------- CSV / TSV
+class _LineFinder:
+    """Where the CSV rows the parser rejected are: (line number, record number), found in order by scanning
+    the file's lines and following quotes, so a quoted field spanning lines is one record."""
+
+    def __init__(self, path: Path, quote: str | None):
+        self.fh = io.TextIOWrapper(_open_bytes(path), encoding="utf-8", errors="replace", newline="")
+        self.quote = quote
+        self.line = 0
+        self.record = -1
+        self.in_quote = False
+
+    def find(self, text: str) -> tuple[int, int] | None:
+        first = text.split("\n", 1)[0].rstrip("\r")
+        for raw in self.fh:  # goes on from where the previous search stopped
+            self.line += 1
+            starts = not self.in_quote
+            if starts:
+                self.record += 1
+            if self.quote and raw.count(self.quote) % 2:
+                self.in_quote = not self.in_quote
+            if starts and raw.rstrip("\r\n") == first:
+                for _ in range(text.count("\n")):  # the rejected row's other lines
+                    next(self.fh, None)
+                    self.line += 1
+                self.in_quote = False
+                return self.line - text.count("\n"), self.record
+        return None
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+SWALLOW_LINES = 10  # a CSV row spanning more lines than this (and 20x the usual) hides an unbalanced quote
+
+
+def _swallow_detail(lines: int) -> str:
+    return (f"this row spans {lines:,} lines: an unbalanced quote probably swallowed the {lines - 1:,} rows after "
+            "it; if quotes are not field delimiters in this file, set csv: {quote_char: false}")
+
+
+def _csv_stream(path: Path) -> tuple[Any, Any]:
+    """(stream for pyarrow, the raw handle to ask where a compressed stream broke)."""
+    if path.suffix == ".gz":  # our own decompressor: a truncated file ends cleanly and says where
+        raw = _open_bytes(path)
+        return pa.PythonFile(raw, mode="r"), raw
+    return pa.input_stream(str(path), compression="detect"), None
+
+
 def _read_csv(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset: int, src: SourceConfig, fmt: str):
-    """Stream CSV/TSV as strings (no type guessing that a later block could contradict); returns rows read."""
+    """Stream CSV/TSV as strings (no type guessing that a later block could contradict); returns rows read.
+
+    Rejected rows (wrong field count) are quarantined with their line number; rows after them keep their true
+    index. A row spanning many lines (an unbalanced quote) is quarantined as `unbalanced_quote` with the number
+    of rows it swallowed."""
     opts = src.csv
     delimiter = opts.delimiter or ("\t" if fmt == "tsv" else ",")
     bad: list[dict[str, Any]] = []
+    bad_index: list[int] = []  # data-row indices (within the file) of rejected rows, in order
+    header_lines = 1 if opts.header and not opts.column_names else 0
+    finder = _LineFinder(path, opts.quote_char or None)
+    swallowed = 0
 
     def on_invalid(row: pcsv.InvalidRow) -> str:
-        bad.append(bad_row(shown, -1, "", "malformed_row",
-                           f"expected {row.expected_columns} fields, found {row.actual_columns}", row.text))
+        nonlocal swallowed
+        found = finder.find(row.text)
+        line = found[0] if found is not None else None
+        index = (found[1] - header_lines) if found is not None else (bad_index[-1] + 1 if bad_index else 0)
+        bad_index.append(index)
+        where = f"line {line}: " if line is not None else ""
+        spans = row.text.count("\n") + 1
+        if spans > SWALLOW_LINES:
+            swallowed += spans - 1
+            bad.append(bad_row(shown, offset + index, "", "unbalanced_quote", where + _swallow_detail(spans), row.text))
+        else:
+            bad.append(bad_row(shown, offset + index, "", "malformed_row",
+                               f"{where}expected {row.expected_columns} fields, found {row.actual_columns}", row.text))
         return "skip"
 
     layout = dict(delimiter=delimiter, quote_char=opts.quote_char, escape_char=opts.escape_char,
@@ -285,29 +447,63 @@ def _read_csv(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset:
     convert = pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, include_columns=columns,
                                   strings_can_be_null=False, quoted_strings_can_be_null=False,
                                   null_values=[])
-    seen = 0
+    seen = 0  # good rows so far
+    stream, raw = _csv_stream(path)
     try:
-        reader = pcsv.open_csv(pa.input_stream(str(path), compression="detect"), read_options=read,
-                               parse_options=parse, convert_options=convert)
+        reader = pcsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
             table = pa.Table.from_batches([batch])
-            table, keep, undecodable = _decode_utf8(table, shown, offset + seen)
+            # true index of each good row: skip the indices of the rows rejected before it
+            b = np.asarray(bad_index, np.int64)
+            good = np.arange(seen, seen + batch.num_rows)
+            index = good + np.searchsorted(b - np.arange(len(b)), good, side="right")
+            table, index, long_rows, lost = _long_rows(table, index, shown, offset)
+            swallowed += lost
+            table, keep, undecodable = _decode_utf8(table, shown, 0)
+            for q in undecodable:  # positions in the table -> true row indices
+                q["row"] = offset + int(index[q["row"]])
+            index = index[keep.to_numpy()]
             table = project(table, need.names)
-            rows = pc.add(keep, offset + seen)
+            rows = pa.array(index + offset, pa.int64())
             seen += batch.num_rows
             for start in range(0, max(table.num_rows, 1), batch_rows):
                 yield Chunk(table.slice(start, batch_rows), shown, rows.slice(start, batch_rows),
-                            (bad + undecodable) if start == 0 else [])
-                bad = []
-    except pa.ArrowInvalid as exc:
+                            (bad + long_rows + undecodable) if start == 0 else [], swallowed if start == 0 else 0)
+                bad, long_rows, swallowed = [], [], 0
+    except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{shown}: cannot parse as {fmt.upper()} after data row {seen}: {exc}") from None
-    if bad:
-        yield Chunk(project(pa.table({}), need.names), shown, pa.array([], pa.int64()), bad)
-    return seen
+    finally:
+        finder.close()
+    if bad or swallowed:
+        yield Chunk(project(pa.table({}), need.names), shown, pa.array([], pa.int64()), bad, swallowed)
+    broken = _broken(raw) if raw is not None else None
+    total = seen + len(bad_index)
+    if broken is not None:
+        yield truncated_chunk(shown, need, offset + total, broken)
+    return total
+
+
+def _long_rows(table: pa.Table, index: np.ndarray, shown: str, offset: int):
+    """Split off rows spanning far more lines than the others (an unbalanced quote): (table, index, quarantine
+    entries, lines they swallowed)."""
+    if table.num_rows == 0:
+        return table, index, [], 0
+    spans = np.ones(table.num_rows, np.int64)
+    for col in table.columns:
+        spans = np.maximum(spans, 1 + pc.count_substring(col, "\n").to_numpy(zero_copy_only=False))
+    limit = max(SWALLOW_LINES, 20 * float(np.median(spans)))
+    long = np.nonzero(spans > limit)[0]
+    if not len(long):
+        return table, index, [], 0
+    entries = [bad_row(shown, offset + int(index[i]), "", "unbalanced_quote", _swallow_detail(int(spans[i])),
+                       {c: table.column(c)[int(i)].as_py().decode("utf-8", "replace")[:RAW_LIMIT]
+                        for c in table.column_names}) for i in long]
+    keep = np.setdiff1d(np.arange(table.num_rows), long)
+    return table.take(pa.array(keep)), index[keep], entries, int((spans[long] - 1).sum())
 
 
 def _csv_header(path: Path, parse: pcsv.ParseOptions, read: pcsv.ReadOptions) -> list[str]:
-    peek = pcsv.open_csv(pa.input_stream(str(path), compression="detect"), read_options=read, parse_options=parse)
+    peek = pcsv.open_csv(_csv_stream(path)[0], read_options=read, parse_options=parse)
     return peek.schema.names
 
 

@@ -7,6 +7,7 @@ from datakit.adapters import make_adapter
 from datakit.recipe import SourceConfig
 from datakit.shards import read_shards
 from datakit.sources import Chunk
+from datakit.pipeline import DataError
 from tests.conftest import build_yaml, write
 
 
@@ -150,8 +151,14 @@ def test_clustering_mteb_lists_and_flat_rows(tmp_path):
 @pytest.mark.parametrize("adapter", ["title_body", "qa", "reading_comprehension", "retrieval", "nli", "sts",
                                      "classification", "clustering"])
 def test_every_adapter_quarantines_wrong_types_instead_of_crashing(tmp_path, adapter):
+    from datakit.pipeline import source_events
+
     cls = make_adapter(SourceConfig(name="s", path="x", adapter=adapter))
     row = {col: {"nested": "object"} for col in cls.columns().names}
-    out, bad = _build(tmp_path, adapter, [row])
-    assert sum(len(v) for v in out.values()) == 0
-    assert len(bad) == 1 and bad[0]["reason"] in ("wrong_type", "missing_field")
+    write(tmp_path / "in.jsonl", json.dumps(row) + "\n")
+    events = list(source_events(SourceConfig(name="s", path="in.jsonl", adapter=adapter), tmp_path, False, 100))
+    assert not [e for e in events if e[0] == "records"]
+    [bad] = [q for e in events if e[0] == "quarantine" for q in e[1].to_pylist()]
+    assert bad["reason"] in ("wrong_type", "missing_field")
+    with pytest.raises(DataError, match="1 of 1 rows quarantined"):  # a whole source quarantined fails a build
+        _build(tmp_path, adapter, [row])

@@ -88,14 +88,15 @@ def test_grid_is_the_cross_product_added_to_the_variants(tmp_path):
                      "data.eta=0.9,tau=0.05"]
 
 
-def test_experiment_runs_resumes_and_records_failures(tmp_path):
+def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     exp_path = _files(tmp_path, "  base: {}\n  no_mining: {recipe: {steps.mine_negatives: null}}\n"
                                 "  broken: {train: {model.name_or_path: /no/such/model}}\n", seeds="[0, 1]")
     exp = load_experiment(exp_path)
     assert len({v.build_key for v in exp.variants}) == 2  # base and broken share a build
     out = tmp_path / "out"
     lines: list[str] = []
-    results = run_experiment(exp, out, log=lines.append)
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
+    results = run_experiment(exp, Path("out"), log=lines.append)
     assert sorted(p.name for p in (out / "builds").iterdir()) == sorted({v.build_key for v in exp.variants})
     ok = [r for r in results if "scores" in r]
     failed = [r for r in results if "error" in r]

@@ -74,9 +74,11 @@ def test_csv_quotes_newlines_malformed_rows_and_bad_bytes(tmp_path):
     write(tmp_path / "x.csv", content)
     rows, idx, bad, _ = _read(tmp_path, path="x.csv")
     assert [r["a"] for r in rows] == ["multi\nline", 'with "quotes"', "last"]
-    assert idx == [0, 1, 3]
+    assert idx == [0, 2, 4]  # data rows as in the file: a rejected row does not shift the rows after it
     assert {(q["reason"], q["field"]) for q in bad} == {("malformed_row", ""), ("bad_utf8", "a")}
-    assert next(q for q in bad if q["reason"] == "bad_utf8")["row"] == 2
+    assert next(q for q in bad if q["reason"] == "bad_utf8")["row"] == 3
+    malformed = next(q for q in bad if q["reason"] == "malformed_row")
+    assert malformed["row"] == 1 and malformed["detail"].startswith("line 4: expected 2 fields, found 1")
 
 
 def test_tsv_without_header_and_quotes(tmp_path):

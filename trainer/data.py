@@ -7,6 +7,7 @@ and the step, and the sampler's state (per-dataset permutation positions) is sav
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,31 @@ from datakit.records import KINDS, schema
 
 
 def open_shards(out_dir: str | Path) -> dict[str, pa.Table]:
-    """Every record kind of a datakit output folder as one memory-mapped table (no copy into RAM)."""
+    """Every record kind of a datakit output folder as one memory-mapped table (no copy into RAM).
+
+    Reads the current build (OUT/manifest.json is a link through OUT/current) and refuses one whose shards
+    disagree with its manifest (missing, extra, other size or row count)."""
     out_dir = Path(out_dir)
     if not (out_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{out_dir}: no manifest.json (not a finished datakit build)")
+    build = (out_dir / "manifest.json").resolve().parent
+    listed = {s["file"]: s for s in json.loads((build / "manifest.json").read_text(encoding="utf-8"))["shards"]}
     tables = {}
     for kind in KINDS:
         parts = []
-        for path in sorted((out_dir / kind).glob("part-*.arrow")):
-            parts.append(pa.ipc.open_stream(pa.memory_map(str(path))).read_all())
+        files = sorted((build / kind).glob("part-*.arrow"))
+        expected = sorted(f for f in listed if f.startswith(f"{kind}/"))
+        if [f"{kind}/{p.name}" for p in files] != expected:
+            raise ValueError(f"{out_dir}: {kind} shards on disk ({len(files)}) differ from the manifest "
+                             f"({len(expected)}); rebuild it or run `datakit verify {out_dir}`")
+        for path in files:
+            entry = listed[f"{kind}/{path.name}"]
+            size = path.stat().st_size
+            table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all() if size == entry["bytes"] else None
+            if table is None or table.num_rows != entry["rows"]:
+                raise ValueError(f"{path}: {size} bytes{'' if table is None else f', {table.num_rows} rows'}; the "
+                                 f"manifest says {entry['bytes']} bytes, {entry['rows']} rows; rebuild it")
+            parts.append(table)
         tables[kind] = pa.concat_tables(parts) if parts else schema(kind).empty_table()
         if not tables[kind].schema.equals(schema(kind)):
             raise ValueError(f"{out_dir}/{kind}: shard schema differs from datakit.records ({tables[kind].schema})")

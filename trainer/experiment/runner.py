@@ -122,7 +122,7 @@ def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSp
 def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gpus_per_run: float = 0.0,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Build, train and score every run not finished yet; return every run's result (or failure)."""
-    out = Path(out)
+    out = Path(out).resolve()  # runs resolve paths against their training config's folder
     out.mkdir(parents=True, exist_ok=True)
     builds: dict[str, Path] = {}
     build_errors: dict[str, str] = {}
