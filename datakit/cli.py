@@ -252,9 +252,19 @@ def dedup(
     threshold: float = typer.Option(0.8, help="Jaccard threshold for near duplicates"),
     ngram: int = typer.Option(1, help="word n-gram size of the shingles (1: word sets)"),
     keep: str = typer.Option("first", help="first | longest"),
+    scope: str = typer.Option("kind", help="kind: across all datasets of a kind; dataset: within each dataset"),
+    fields: Optional[list[str]] = typer.Option(None, "--fields", help="KIND=FIELD[,FIELD]: the sides compared "
+                                               "for a kind (repeatable), e.g. retrieval=query"),
 ) -> None:
-    """Remove exact and near-duplicate records from an existing shard folder."""
-    _apply(in_dir, out, {"type": "dedup", "method": method, "threshold": threshold, "ngram": ngram, "keep": keep})
+    """Remove exact and near-duplicate records from an existing shard folder (writes OUT/dedup.json)."""
+    per_kind: dict[str, list[str]] = {}
+    for item in fields or []:
+        kind, _, names = item.partition("=")
+        if not names:
+            _fail(f"--fields {item!r}: write KIND=FIELD[,FIELD], e.g. retrieval=query,positive", 2)
+        per_kind[kind.strip()] = [f.strip() for f in names.split(",") if f.strip()]
+    _apply(in_dir, out, {"type": "dedup", "method": method, "threshold": threshold, "ngram": ngram, "keep": keep,
+                         "scope": scope, "fields": per_kind})
 
 
 @app.command()
@@ -305,9 +315,19 @@ def _summary(manifest: dict[str, Any]) -> None:
     if q["n"]:
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(q["reasons"].items(), key=lambda x: -x[1]))
         console.print(f"quarantined: {q['n']:,} rows ({reasons}); see the `quarantine` view")
+    lost = q.get("lost_rows", {})
+    if lost:
+        err.print("[bold yellow]rows lost to an unbalanced quote:[/] " + ", ".join(f"{d} {n:,}" for d, n in lost.items())
+                  + " (see the `unbalanced_quote` rows of the quarantine)")
+    steps = {f"{i}:{s['type']}": s.get("report", {}) for i, s in enumerate(manifest.get("steps", []))}
     for step, reasons in manifest.get("dropped", {}).items():
         if reasons:
-            console.print(f"dropped by {step}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
+            per = steps.get(step, {}).get("dropped_by_dataset")
+            detail = f" [{'; '.join(f'{d}: ' + ', '.join(f'{r} {n}' for r, n in c.items()) for d, c in per.items())}]" \
+                if per else ""
+            console.print(f"dropped by {step}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()) + detail)
+    for warning in manifest.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/] {warning}")
     for step, e in manifest.get("synthesis", {}).items():
         drops = ", ".join(f"{r} {n}" for r, n in sorted(e["dropped"].items(), key=lambda x: -x[1])) or "none"
         console.print(f"synthesis {step} ({e['model']}, {e['prompt']}): {e['calls']} calls, {e['cache_hits']} cached, "

@@ -406,11 +406,13 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
 
 def _step_entries(steps: list[Step]) -> dict[str, Any]:
     """Top-level manifest keys from the steps; mappings under one key (e.g. `synthesis`) are merged, and a
-    second step of the same type gets `#2`."""
+    second step of the same type gets `#2`; lists (e.g. `warnings`) are joined."""
     out: dict[str, Any] = {}
     for step in steps:
         for key, value in step.manifest_entries().items():
-            if key in out and isinstance(out[key], dict) and isinstance(value, dict):
+            if key in out and isinstance(out[key], list) and isinstance(value, list):
+                out[key] = out[key] + value
+            elif key in out and isinstance(out[key], dict) and isinstance(value, dict):
                 for sub, item in value.items():
                     name, n = sub, 2
                     while name in out[key]:

@@ -20,6 +20,12 @@ def _sentences(n, seed=0, length=14):
     return [" ".join(rng.choices(WORDS, k=length)) for _ in range(n)]
 
 
+def mh_recall_bands(threshold):
+    from datakit.minhash import recall_bands
+
+    return recall_bands(threshold, 128)
+
+
 def _jsonl(path, rows):
     write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -27,9 +33,9 @@ def _jsonl(path, rows):
 def test_dedup_exact_and_near_duplicates_across_datasets(tmp_path):
     base = _sentences(300)
     a = [{"text": t, "label": "x"} for t in base]
-    b = [{"text": base[0].upper() + " !!", "label": "y"},                      # exact after normalisation
-         {"text": " ".join(base[1].split()[:-1] + ["zebra"]), "label": "y"},    # one word changed: near duplicate
-         {"text": base[2], "label": "y"},                                       # exact
+    b = [{"text": base[0].upper() + " !!", "label": "x"},                      # exact after normalisation
+         {"text": " ".join(base[1].split()[:-1] + ["zebra"]), "label": "x"},    # one word changed: near duplicate
+         {"text": base[2], "label": "x"},                                       # exact
          {"text": _sentences(1, seed=99)[0], "label": "y"}]                     # new
     _jsonl(tmp_path / "a.jsonl", a)
     _jsonl(tmp_path / "b.jsonl", b)
@@ -46,7 +52,7 @@ def test_dedup_exact_and_near_duplicates_across_datasets(tmp_path):
     assert m["counts"]["classification"] == {"a": 300, "b": 1}  # "first" keeps the earlier source
     report = m["steps"][0]["report"]
     assert report["verified_pairs"] >= 1 and report["candidate_pairs"] >= report["verified_pairs"]
-    assert (report["bands"], report["rows"]) == (32, 4)  # recall_bands: P(candidate | J = 0.7) >= 0.99
+    assert (report["bands"]["classification"], report["rows"]["classification"]) == mh_recall_bands(0.7)
 
 
 def test_dedup_keep_longest_scope_and_exact_method(tmp_path):
@@ -261,7 +267,7 @@ def test_dedup_finds_every_pair_at_or_above_the_threshold_and_none_below(tmp_pat
     for a, b, _ in BELOW:
         assert a in kept and b in kept, (a, b)
     report = result.manifest["steps"][0]["report"]
-    assert (report["bands"], report["rows"]) == (21, 6)
+    assert (report["bands"]["classification"], report["rows"]["classification"]) == (21, 6)
     assert report["verified_pairs"] == len(NEAR) and report["candidate_pairs"] >= report["verified_pairs"]
 
 
@@ -281,3 +287,81 @@ def test_decontamination_flags_every_pair_at_or_above_the_threshold_and_none_bel
     assert c["contaminated"] == len(NEAR) and c["minhash_verified"] == len(NEAR) and c["minhash_candidates"] >= len(NEAR)
     report = json.loads((result.out_dir / "contamination.json").read_text())
     assert report["minhash_candidates"] == c["minhash_candidates"]
+
+
+def test_dedup_never_drops_a_record_that_teaches_something_else(tmp_path):
+    """SICK's minimal edits with another relatedness stay; the same edit with the same score goes. One text under
+    two labels is a reported label conflict, both kept. The same query with another answer stays."""
+    sts = [{"sentence1": "A man is aiming a gun at a target", "sentence2": "A man is handling a gun", "score": 3.6},
+           {"sentence1": "A man is aiming a gun at a target", "sentence2": "A man is handling the gun", "score": 4.4},
+           {"sentence1": "A woman is slicing an onion into rings", "sentence2": "A woman is cutting an onion", "score": 4.0},
+           {"sentence1": "A woman is slicing an onion into rings", "sentence2": "A woman is cutting an onion now", "score": 4.0}]
+    cls = [{"text": "how do I reset my pin", "label": "pin"}, {"text": "How do I reset my PIN?", "label": "card"},
+           {"text": "my card has not arrived yet", "label": "arrival"},
+           {"text": "my card has not arrived", "label": "arrival"}]
+    ret = [{"query": "what is the capital of australia", "positive": "Canberra is the capital."},
+           {"query": "what is the capital of australia", "positive": "The capital is Canberra, not Sydney, since 1913."},
+           {"query": "who wrote hamlet", "positive": "Hamlet was written by William Shakespeare."},
+           {"query": "who wrote hamlet", "positive": "Hamlet was written by William Shakespeare!"}]
+    _jsonl(tmp_path / "sts.jsonl", sts)
+    _jsonl(tmp_path / "cls.jsonl", cls)
+    _jsonl(tmp_path / "ret.jsonl", ret)
+    result = build_yaml(tmp_path, """
+        name: d
+        sources:
+          - {name: sts, path: sts.jsonl, adapter: sts, options: {both_orders: false}}
+          - {name: cls, path: cls.jsonl, adapter: classification}
+          - {name: ret, path: ret.jsonl, adapter: retrieval}
+        steps: [{type: dedup, threshold: 0.8}]
+    """)
+    pairs = sorted(r["id"] for r in read_shards(result.out_dir, "pair").to_pylist())
+    assert pairs == ["sts:0", "sts:1", "sts:2"]  # 0 and 1 differ in score; 3 repeats 2 with the same score
+    texts = sorted(r["id"] for r in read_shards(result.out_dir, "classification").to_pylist())
+    assert texts == ["cls:0", "cls:1", "cls:2"]  # 0/1: a label conflict, both kept; 3 repeats 2
+    queries = sorted(r["id"] for r in read_shards(result.out_dir, "retrieval").to_pylist())
+    assert queries == ["ret:0", "ret:1", "ret:2"]  # same query, other answer: kept; 3 repeats 2
+    report = json.loads((result.out_dir / "dedup.json").read_text())
+    assert report["label_conflicts"] == 1
+    [conflict] = report["label_conflict_examples"]
+    assert {conflict["a"]["label"], conflict["b"]["label"]} == {"pin", "card"}
+    kept_ids = {c["kept"]["id"] for c in report["clusters"]}
+    assert kept_ids == {"sts:2", "cls:2", "ret:2"}
+    replaced = {r["id"]: r for c in report["clusters"] for r in c["replaced"]}
+    assert set(replaced) == {"sts:3", "cls:3", "ret:3"} and replaced["cls:3"]["row"] == 3
+    assert replaced["cls:3"]["file"] == "cls.jsonl"
+    assert result.manifest["steps"][0]["report"]["dropped_by_dataset"] == {
+        "cls": {"near_duplicate": 1}, "ret": {"exact_duplicate": 1}, "sts": {"near_duplicate": 1}}
+
+
+def test_dedup_across_datasets_reports_and_warns_when_it_empties_one(tmp_path):
+    rows = [{"text": s, "label": "q"} for s in _sentences(40, seed=3)]
+    _jsonl(tmp_path / "a.jsonl", rows)
+    _jsonl(tmp_path / "b.jsonl", rows[:30])  # the same texts loaded twice
+    recipe = """
+        name: d
+        sources:
+          - {name: a, path: a.jsonl, adapter: classification}
+          - {name: b, path: b.jsonl, adapter: classification}
+        steps: [{type: dedup, scope: %s}]
+    """
+    result = build_yaml(tmp_path, recipe % "kind")
+    assert result.manifest["counts"]["classification"] == {"a": 40}
+    assert result.manifest["steps"][0]["report"]["dropped_by_dataset"] == {"b": {"exact_duplicate": 30}}
+    [warning] = result.manifest["warnings"]
+    assert "30 of 30 records of dataset 'b'" in warning
+    result = build_yaml(tmp_path, recipe % "dataset", force=True)
+    assert result.manifest["counts"]["classification"] == {"a": 40, "b": 30} and "warnings" not in result.manifest
+
+
+def test_dedup_command_takes_scope_and_fields(tmp_path):
+    import subprocess
+    import sys
+
+    rows = [{"query": f"question {i} about rivers", "positive": "the same answer for all"} for i in range(5)]
+    _jsonl(tmp_path / "r.jsonl", rows)
+    build_yaml(tmp_path, "name: d\nsources: [{name: r, path: r.jsonl, adapter: retrieval}]\n")
+    run = [sys.executable, "-m", "datakit.cli", "dedup", str(tmp_path / "out"), "--out", str(tmp_path / "d")]
+    r = subprocess.run(run + ["--fields", "retrieval=positive", "--scope", "dataset"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert read_shards(tmp_path / "d", "retrieval").num_rows == 1  # by positive alone: one record left
