@@ -21,8 +21,16 @@ def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query(out_dir: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+def query(out_dir: str | Path, sql: str, unsafe: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one query over the views. Read-only unless `unsafe`: a single SELECT, and no file, network or
+    extension access (so no COPY ... TO, ATTACH or reads of other files)."""
+    from datakit.sources import check_select
+
     con = connect(out_dir)
+    if not unsafe:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        check_select(con, sql, "query")
     try:
         rel = con.execute(sql)
         names = [d[0] for d in rel.description] if rel.description else []

@@ -168,14 +168,15 @@ def sql(
     out: Path = typer.Argument(..., help="output folder of a build"),
     query: str = typer.Argument(..., help="SQL over views retrieval, pair, classification, quarantine"),
     as_json: bool = typer.Option(False, "--json", help="print rows as JSON lines"),
+    unsafe: bool = typer.Option(False, "--unsafe", help="allow statements other than one SELECT, and file access"),
 ) -> None:
-    """Query the shards with DuckDB."""
+    """Query the shards with DuckDB (read-only: one SELECT over the views, no file access; --unsafe lifts it)."""
     import duckdb
 
     from datakit.audit import query as run_query
 
     try:
-        names, rows = run_query(out, query)
+        names, rows = run_query(out, query, unsafe=unsafe)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     except duckdb.Error as exc:

@@ -11,6 +11,7 @@ import glob
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -585,16 +586,81 @@ def _read_hf(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: in
 
 
 # ---------------------------------------------------------------- DuckDB SQL
-def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
+_FILE_ARG = re.compile(r"\b(read_\w+|parquet_scan|glob|sniff_csv)\s*\(\s*('(?:[^']|'')*'|\[[^\]]*\])", re.I)
+_FROM_FILE = re.compile(r"\b(FROM|JOIN)\s+('(?:[^']|'')*')", re.I)
+_LITERAL = re.compile(r"'((?:[^']|'')*)'")
+
+
+def sandbox_sql(sql: str, base_dir: Path) -> tuple[str, list[str], list[str]]:
+    """(sql with the files it reads made absolute, directories, files) that a recipe's SQL may read: the
+    recipe's folder, and the files and glob folders its table functions (read_csv, read_json, read_parquet,
+    ...) and FROM 'file' clauses name, relative paths resolved against the recipe."""
+    dirs, files = {str(base_dir.resolve())}, set()
+
+    def absolute(m: re.Match) -> str:
+        raw = m.group(1).replace("''", "'")
+        if "://" in raw:
+            return m.group(0)  # a URL: left as it is (and refused: external access is off)
+        p = Path(raw).expanduser()
+        p = (p if p.is_absolute() else base_dir / p).resolve()
+        if any(ch in raw for ch in "*?["):
+            prefix = Path(str(p).split("*")[0].split("?")[0].split("[")[0])
+            dirs.add(str(prefix if prefix.is_dir() else prefix.parent))
+        elif p.is_dir():
+            dirs.add(str(p))
+        else:
+            files.add(str(p))
+        return "'" + str(p).replace("'", "''") + "'"
+
+    def in_args(m: re.Match) -> str:
+        return m.group(0)[: m.start(2) - m.start(0)] + _LITERAL.sub(absolute, m.group(2))
+
+    sql = _FILE_ARG.sub(in_args, sql)
+    sql = _FROM_FILE.sub(in_args, sql)
+    return sql, sorted(dirs), sorted(files)
+
+
+def locked_connection(dirs: list[str], files: list[str]):
+    """A DuckDB connection that can read only `dirs` and `files` (no writes elsewhere, no network, no
+    extensions to install), its settings locked."""
     import duckdb
 
     con = duckdb.connect()
-    con.execute("SET file_search_path = ?", [str(base_dir)])
+    con.execute("SET allowed_directories = ?", [[d.rstrip("/") + "/" for d in dirs]])
+    con.execute("SET allowed_paths = ?", [files])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_select(con, sql: str, what: str) -> None:
+    """Refuse anything but one SELECT (or WITH ... SELECT) statement."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise SourceError(f"{what}: not valid SQL: {exc}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        kinds = ", ".join(str(s.type).split(".")[-1] for s in statements) or "none"
+        raise SourceError(f"{what}: only a single SELECT (or WITH ... SELECT) statement may run (got: {kinds})")
+
+
+def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
+    """A recipe's SQL, sandboxed: one SELECT, reading only the recipe's folder and the files it names."""
+    import duckdb
+
+    sql, dirs, files = sandbox_sql(sql, base_dir)
+    con = locked_connection(dirs, files)
+    check_select(con, sql, "sql source")
     try:
         rel = con.sql(sql)
         if rel is None:
             raise SourceError("sql source: the statement returns no rows (use a SELECT)")
         reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_rows)
+    except duckdb.PermissionException as exc:
+        raise SourceError(f"sql source: {exc} (recipe SQL may read the recipe's folder and the files its "
+                          "read_csv/read_json/read_parquet calls name; nothing else)") from None
     except duckdb.Error as exc:
         raise SourceError(f"sql source failed: {exc}") from None
     need.check("sql query", reader.schema.names)

@@ -106,3 +106,46 @@ def test_a_truncated_gzip_keeps_the_rows_before_and_fails_naming_the_byte(tmp_pa
     assert [r["query"] for r in rows] == [f"q{i}" for i in range(kept)]  # every row before the break
     last = f"answer number {kept - 1} " * (5 if fmt == "jsonl" else 1)
     assert rows[-1]["positive"].strip() == last.strip()  # and the last one whole
+
+
+def test_recipe_sql_is_one_select_reading_only_the_files_it_names(tmp_path):
+    write(tmp_path / "data" / "qa.csv", "q,a\nwhat is up,the sky\nhow are you,fine thanks\n")
+    ok = tmp_path / "ok.yaml"
+    write(ok, """name: s
+sources:
+  - name: qa
+    sql: "SELECT q AS question, a AS answer FROM read_csv('data/qa.csv')"
+    adapter: qa
+""")
+    r = _datakit("validate", str(ok))
+    assert r.returncode == 0, r.stderr
+    assert _datakit("build", str(ok), "--out", str(tmp_path / "out"), "-q").returncode == 0
+    for name, sql, message in [
+        ("copy", "COPY (SELECT 1 AS question, 2 AS answer) TO 'leak.csv'", "only a single SELECT"),
+        ("two", "SELECT 1 AS question, 2 AS answer; SELECT 3", "only a single SELECT"),
+        ("attach", "ATTACH 'other.duckdb'", "only a single SELECT"),
+        ("built", "SELECT content AS question, content AS answer FROM read_text('/et' || 'c/hostname')",
+         "Permission Error"),  # a path put together at run time is not a path the recipe names
+        ("web", "SELECT * FROM read_csv('https://example.com/qa.csv')", "Permission Error"),
+    ]:
+        bad = write(tmp_path / f"{name}.yaml", f'name: s\nsources:\n  - name: qa\n    sql: "{sql}"\n    adapter: qa\n')
+        for args in (("validate", str(bad)), ("build", str(bad), "--out", str(tmp_path / name), "-q")):
+            r = _datakit(*args)
+            assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (name, args, r.stderr)
+    assert not (tmp_path / "leak.csv").exists() and not (ROOT / "leak.csv").exists()
+
+
+def test_datakit_sql_is_read_only_unless_unsafe(tmp_path):
+    write(tmp_path / "x.jsonl", json.dumps({"title": "t", "body": "b"}) + "\n")
+    build_yaml(tmp_path, "name: t\nsources: [{name: x, path: x.jsonl, adapter: title_body}]\n")
+    out = str(tmp_path / "out")
+    r = _datakit("sql", out, "SELECT count(*) AS n FROM retrieval", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"n": 1}
+    target = tmp_path / "copy.csv"
+    for q in (f"COPY (SELECT * FROM retrieval) TO '{target}'", f"SELECT * FROM read_text('{tmp_path / 'x.jsonl'}')",
+              f"ATTACH '{tmp_path / 'db.duckdb'}'"):
+        r = _datakit("sql", out, q)
+        assert r.returncode != 0 and ("only a single SELECT" in r.stderr or "Permission" in r.stderr), (q, r.stderr)
+    assert not target.exists()
+    r = _datakit("sql", out, f"COPY (SELECT query FROM retrieval) TO '{target}'", "--unsafe")
+    assert r.returncode == 0 and target.read_text().splitlines() == ["query", "t"]
