@@ -6,7 +6,8 @@ A pack is a folder::
     PACK/texts.parquet    task, split, field, text, hash (normalised-text hash)
     PACK/signatures.npy   (n_texts, num_perm) uint32 MinHash signatures
     PACK/exact.npy        sorted normalised-text hashes, with exact_rows.npy (the text row of each)
-    PACK/ngrams.npy       sorted long n-gram hashes, with ngram_rows.npy
+    PACK/ngrams.npy       sorted long n-gram hashes of content, with ngram_rows.npy
+    PACK/boilerplate.npy  long n-grams found in many benchmark texts (markup, bylines, footers): ignored
 
 so a decontamination run never re-hashes the benchmarks. Packs come from local files
 (`--from-files`, offline) or from the `mteb` package (network needed).
@@ -23,6 +24,7 @@ from typing import Iterable, Iterator
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datakit import minhash as mh
@@ -45,12 +47,66 @@ class PackParams:
     long_ngram: int = 13  # words: a shared run this long marks contamination
     long_char_ngram: int = 30  # Chinese/Japanese: characters
     seed: int = 1
+    boilerplate_df: int = 5  # a long n-gram in this many texts (of the pack, or of a training batch) is boilerplate
 
     def minhash(self) -> mh.MinHashConfig:
         return mh.MinHashConfig(num_perm=self.num_perm, ngram=self.ngram, char_ngram=self.char_ngram, seed=self.seed)
 
     def long(self) -> mh.MinHashConfig:
         return mh.MinHashConfig(ngram=self.long_ngram, char_ngram=self.long_char_ngram, seed=self.seed)
+
+
+# markup and links: escaped and plain HTML tags, URLs, entities (web text shares long runs of these)
+_MARKUP = r"&lt;.*?&gt;|<[^<>]{0,400}>|(?:https?://|www\.)\S+|&#?[A-Za-z0-9]{1,8};"
+
+
+def strip_markup(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Texts with markup and links replaced by spaces (before the long n-grams are taken)."""
+    t = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    return pc.replace_substring_regex(pc.fill_null(t.cast(pa.string()), ""), _MARKUP, " ")
+
+
+def ngram_text(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """What the long n-gram detector compares: the normalised text without markup and links."""
+    return mh.normalize(strip_markup(texts))
+
+
+def common_ngrams(h: np.ndarray, doc: np.ndarray, min_df: int) -> np.ndarray:
+    """The n-gram hashes found in at least `min_df` distinct texts (boilerplate: bylines, footers, menus)."""
+    if len(h) == 0 or min_df <= 1:
+        return np.zeros(0, np.uint64)
+    pairs = np.unique(np.stack([h, doc.astype(np.uint64)], axis=1), axis=0)
+    values, df = np.unique(pairs[:, 0], return_counts=True)
+    return values[df >= min_df]
+
+
+def content_ngrams(norm: pa.Array, params: PackParams, boilerplate: np.ndarray | None = None,
+                   batch_df: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hash, text index, the boilerplate hashes found) of the long n-grams made of content only.
+
+    Boilerplate is an n-gram found in `params.boilerplate_df` texts or more (of these texts when `batch_df`, or
+    in `boilerplate`, the pack's); every word such an n-gram covers is boilerplate, and an n-gram touching one
+    is dropped, so a run straddling the end of an article and a wire footer marks nothing either."""
+    gh, gdoc = long_ngrams(norm, params)
+    common = common_ngrams(gh, gdoc, params.boilerplate_df) if batch_df else np.zeros(0, np.uint64)
+    if boilerplate is not None and len(boilerplate):
+        common = np.union1d(common, boilerplate)
+    if len(gh) == 0 or len(common) == 0:
+        return gh, gdoc, common
+    n = np.where(mh.is_cjk(norm, mh.MinHashConfig().cjk_ratio), params.long_char_ngram, params.long_ngram)
+    starts = np.concatenate([[0], np.nonzero(np.diff(gdoc))[0] + 1])  # each text's first n-gram
+    pos = np.arange(len(gh)) - np.repeat(starts, np.diff(np.append(starts, len(gh))))
+    width = n[gdoc]
+    grams_per_doc = np.bincount(gdoc, minlength=len(norm))
+    tokens = np.where(grams_per_doc > 0, grams_per_doc + n - 1, 0)
+    tok0 = np.concatenate([[0], np.cumsum(tokens)])[gdoc]  # where each n-gram's text starts in one token line
+    diff = np.zeros(int(tokens.sum()) + 1, np.int64)
+    hit = np.isin(gh, common)
+    np.add.at(diff, tok0[hit] + pos[hit], 1)
+    np.add.at(diff, tok0[hit] + pos[hit] + width[hit], -1)
+    covered = np.concatenate([[0], np.cumsum(np.cumsum(diff)[:-1] > 0)])  # prefix count of covered tokens
+    clean = covered[tok0 + pos + width] - covered[tok0 + pos] == 0
+    return gh[clean], gdoc[clean], common
 
 
 def long_ngrams(norm: pa.Array, params: PackParams) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +139,18 @@ def _relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
         header = "true" if _has_header(path) else "false"
         return (f"read_csv('{p}', delim='\\t', quote='', escape='', header={header}, all_varchar=true, "
                 "strict_mode=false, null_padding=true)")
-    return f"read_csv('{p}', all_varchar=true, strict_mode=false, null_padding=true)"
+    return f"read_csv('{p}', all_varchar=true, strict_mode=false, null_padding=true, parallel=false)"
+
+
+def task_name(path: Path) -> str:
+    """A benchmark file's task: its name without compression, format and split suffixes
+    (`topics.beir-v1.0.0-nq.test.tsv.gz` -> `topics.beir-v1.0.0-nq`, `STSDemo.test.tsv` -> `STSDemo`); a file
+    named only by its split (`banking77/test.csv`) takes its folder's name."""
+    name = re.sub(r"\.(gz|bz2|zst|xz)$", "", path.name, flags=re.I)
+    name = re.sub(r"\.(jsonl|ndjson|json|csv|tsv|txt|parquet|pq|data)$", "", name, flags=re.I)
+    if name.lower() in _SPLIT_WORDS:
+        return path.resolve().parent.name or name
+    return re.sub(r"[._-](test|dev|validation|val|train)$", "", name, flags=re.I) or name
 
 
 def _head_lines(path: Path, n: int = 50) -> list[str]:
@@ -184,9 +251,8 @@ def texts_from_files(inputs: Iterable[Path], corpus: bool = True, fields: list[s
         elif item.is_dir():
             yield from _folder_texts(con, item, corpus, fields)
         else:
-            stem = re.sub(r"[._-]?(test|dev|validation|val|train)$", "", item.name.split(".")[0], flags=re.I) or item.stem
             for field, texts in _file_texts(con, item, fields):
-                yield stem, _split_of(item.name), field, texts
+                yield task_name(item), _split_of(item.name), field, texts
 
 
 def texts_from_mteb(benchmark: str | None, tasks: list[str] | None, corpus: bool = True
@@ -246,7 +312,10 @@ def build_pack(items: Iterable[tuple[str, str, str, list[str]]], out: Path, para
     order = np.argsort(exact, kind="stable")
     np.save(out / "exact.npy", exact[order])
     np.save(out / "exact_rows.npy", order.astype(np.int64))
-    gh, gdoc = long_ngrams(norm, params)
+    # runs shared by many benchmark texts (bylines, footers, menus) mark no one text: dropped, and kept aside
+    # so the decontaminate step drops them from training texts too
+    gh, gdoc, boilerplate = content_ngrams(ngram_text(table.column("text")), params)
+    np.save(out / "boilerplate.npy", boilerplate)
     order = np.argsort(gh, kind="stable")
     np.save(out / "ngrams.npy", gh[order])
     np.save(out / "ngram_rows.npy", gdoc[order].astype(np.int64))
@@ -254,7 +323,8 @@ def build_pack(items: Iterable[tuple[str, str, str, list[str]]], out: Path, para
     for task, split in zip(rows["task"], rows["split"]):
         counts.setdefault(task, {}).setdefault(split, 0)
         counts[task][split] += 1
-    meta = {"format": PACK_FORMAT, "params": asdict(params), "n_texts": table.num_rows, "tasks": counts}
+    meta = {"format": PACK_FORMAT, "params": asdict(params), "n_texts": table.num_rows, "tasks": counts,
+            "boilerplate_ngrams": int(len(boilerplate))}
     (out / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -270,6 +340,8 @@ class Pack:
         self.meta = json.loads(meta_path.read_text())
         self.params = PackParams(**self.meta["params"])
         self.texts = pq.read_table(self.folder / "texts.parquet")
+        bp = self.folder / "boilerplate.npy"
+        self.boilerplate = np.load(bp) if bp.exists() else np.zeros(0, np.uint64)
         self.sig = np.load(self.folder / "signatures.npy", mmap_mode="r")
         self.exact = np.load(self.folder / "exact.npy", mmap_mode="r")
         self.exact_rows = np.load(self.folder / "exact_rows.npy", mmap_mode="r")

@@ -197,6 +197,7 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("build")
 def bench_build(
+    files: Optional[list[Path]] = typer.Argument(None, help="more benchmark files (`--from-files A B C` works)"),
     out: Path = typer.Option(..., "--out", "-o", help="pack folder to write"),
     from_files: Optional[list[Path]] = typer.Option(None, "--from-files", help="benchmark files or folders (each a task; BEIR folders too)"),
     mteb_benchmark: Optional[str] = typer.Option(None, "--mteb", help='an MTEB benchmark, e.g. "MTEB(eng, v2)" (network)'),
@@ -211,6 +212,7 @@ def bench_build(
     from datakit.benchmarks import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
 
     task_list = [t.strip() for t in tasks.split(",")] if tasks else None
+    from_files = [*(from_files or []), *(files or [])]
     try:
         if from_files:
             items = texts_from_files(from_files, corpus=not no_corpus,

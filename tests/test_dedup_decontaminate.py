@@ -1,5 +1,6 @@
 import json
 import random
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -365,3 +366,49 @@ def test_dedup_command_takes_scope_and_fields(tmp_path):
                        cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert read_shards(tmp_path / "d", "retrieval").num_rows == 1  # by positive alone: one record left
+
+
+FOOTER = ("Copyright 2004 The Associated Press. All rights reserved. This material may not be published, broadcast, "
+          "rewritten or redistributed.")
+LINK = '&lt;A HREF="http://www.investor.reuters.com/FullQuote.aspx?ticker=IBM.N target=/stocks/quickinfo/fullquote"&gt;IBM.N&lt;/A&gt;'
+
+
+def test_decontamination_ignores_wire_boilerplate_and_markup_but_not_content(tmp_path):
+    """Web text: benchmark and training articles share bylines, a link's markup and a 17-word footer; only a
+    copied article is contamination, not an article ending with the same word before the same footer."""
+    rng = random.Random(11)
+    bench = [f"WASHINGTON (AP) - {' '.join(rng.choices(WORDS, k=30))} shares ({LINK}) fell in the end. {FOOTER}"
+             for _ in range(12)]
+    build_pack([("news", "test", "text", bench)], tmp_path / "pack")
+    assert len(np.load(tmp_path / "pack" / "boilerplate.npy")) > 0
+    clean = [f"LONDON (AP) - {' '.join(rng.choices(WORDS, k=30))} shares ({LINK}) fell in the end. {FOOTER}"
+             for _ in range(12)]
+    copied = bench[3].replace("WASHINGTON", "PARIS")
+    _jsonl(tmp_path / "t.jsonl", [{"text": t, "label": "clean"} for t in clean] + [{"text": copied, "label": "copy"}])
+    result = build_yaml(tmp_path, """
+        name: d
+        sources: [{name: t, path: t.jsonl, adapter: classification}]
+        steps: [{type: decontaminate, packs: [pack], match: [ngram], action: drop}]
+    """)
+    assert result.manifest["contamination"]["contaminated"] == 1
+    assert set(read_shards(result.out_dir, "classification").column("label").to_pylist()) == {"clean"}
+
+
+def test_benchmark_task_names_keep_dots_and_from_files_takes_many(tmp_path):
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    from datakit.benchmarks import task_name
+
+    assert task_name(Path("topics.beir-v1.0.0-nq.test.tsv.gz")) == "topics.beir-v1.0.0-nq"
+    assert task_name(Path("topics.beir-v1.0.0-scifact.test.tsv.gz")) == "topics.beir-v1.0.0-scifact"
+    assert task_name(tmp_path / "banking77" / "test.csv") == "banking77"
+    write(tmp_path / "a.test.tsv", "sentence1\tsentence2\nthe first sentence here\tthe second one\n")
+    write(tmp_path / "b.dev.tsv", "sentence1\tsentence2\nanother pair of words\tand more of them\n")
+    r = subprocess.run([sys.executable, "-m", "datakit.cli", "bench", "build", "--from-files", str(tmp_path / "a.test.tsv"),
+                        str(tmp_path / "b.dev.tsv"), "--out", str(tmp_path / "pack")], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads((tmp_path / "pack" / "pack.json").read_text())["tasks"]) == {"a", "b"}

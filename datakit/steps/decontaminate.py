@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit import minhash as mh
-from datakit.benchmarks import Pack, build_pack, long_ngrams, lookup_sorted, texts_from_files
+from datakit.benchmarks import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
 from datakit.records import add_event, replace_columns
 from datakit.steps import Step, StepConfig, Stream, register
 
@@ -129,9 +129,10 @@ class Decontaminate(Step):
         if len(texts) == 0:
             return table
         norm = mh.normalize(texts)
+        web = ngram_text(texts) if "ngram" in self.config.match else None
         hits: list[tuple[int, int, int, str, float]] = []  # (text index, pack index, pack row, match, score)
         for p_i, pack in enumerate(self.packs):
-            hits += [(t, p_i, r, m, s) for t, r, m, s in self._match(pack, norm)]
+            hits += [(t, p_i, r, m, s) for t, r, m, s in self._match(pack, norm, web)]
         if not hits:
             return table
         rank = {m: i for i, m in enumerate(MATCHES)}
@@ -161,14 +162,15 @@ class Decontaminate(Step):
         lineage = add_event(table.column("lineage"), "decontaminate", detail="contaminated", where=bad)
         return replace_columns(table, {"lineage": lineage})
 
-    def _match(self, pack: Pack, norm: pa.Array) -> list[tuple[int, int, str, float]]:
+    def _match(self, pack: Pack, norm: pa.Array, web: pa.Array | None) -> list[tuple[int, int, str, float]]:
         out: list[tuple[int, int, str, float]] = []
         nonempty = pc.greater(pc.binary_length(norm), 0).to_numpy(zero_copy_only=False)
         if "exact" in self.config.match:
             q, rows = lookup_sorted(pack.exact, pack.exact_rows, mh.hash_strings(norm))
             out += [(int(a), int(b), "exact", 1.0) for a, b in zip(q, rows) if nonempty[a]]
-        if "ngram" in self.config.match and len(pack.ngrams):
-            gh, gdoc = long_ngrams(norm, pack.params)
+        if "ngram" in self.config.match and len(pack.ngrams) and web is not None:
+            # markup and links stripped; runs of boilerplate (common in the pack, or in this batch) ignored
+            gh, gdoc, _ = content_ngrams(web, pack.params, pack.boilerplate)
             q, rows = lookup_sorted(pack.ngrams, pack.ngram_rows, gh)
             pairs = {(int(gdoc[a]), int(b)) for a, b in zip(q, rows)}
             out += [(a, b, "ngram", 1.0) for a, b in sorted(pairs)]
