@@ -62,7 +62,7 @@ def test_overrides_address_steps_sources_and_keys():
                                                                          "tau": 0.05}, "train", "v")
     assert train == {"data": {"eta": 0.5}, "stages": [{"steps": 7}], "tau": 0.05}
     for bad, msg in [({"steps.augment": None}, "no such step"), ({"sources.zzz.limit": 1}, "no such item"),
-                     ({"llm.model": "x"}, "llm: no such key")]:
+                     ({"llm.model": "x"}, "no key 'llm'")]:
         with pytest.raises(ExperimentError, match=msg):
             resolve(recipe, bad, "recipe", "v")
 

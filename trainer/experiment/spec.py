@@ -90,12 +90,12 @@ class Experiment:
 
 
 # ------------------------------------------------------------------ overrides
-def _find_item(items: list, parts: list[str], i: int, trail: str) -> tuple[int, int]:
+def _find_item(items: list, parts: list[str], i: int) -> tuple[int, int]:
     """(list index, parts consumed) of the item `parts[i:]` names in a list of steps or sources."""
     head = parts[i]
     if head.isdigit():
         if int(head) >= len(items):
-            raise KeyError(f"{trail}.{head}: index out of range ({len(items)} items)")
+            raise KeyError(f"index {head} out of range ({len(items)} items)")
         return int(head), 1
     if all(isinstance(x, dict) and "type" in x for x in items) and items:
         kind, _, nth = head.partition("#")
@@ -103,14 +103,14 @@ def _find_item(items: list, parts: list[str], i: int, trail: str) -> tuple[int, 
         n = int(nth) if nth.isdigit() else 1
         if len(hits) < n:
             have = ", ".join(x["type"] for x in items)
-            raise KeyError(f"{trail}.{head}: no such step (steps: {have})")
+            raise KeyError(f"no such step (steps: {have})")
         return hits[n - 1], 1
     names = [x.get("name") if isinstance(x, dict) else None for x in items]
     for j in range(len(parts), i, -1):  # the longest dotted prefix that is a name (names may hold dots)
         name = ".".join(parts[i:j])
         if name in names:
             return names.index(name), j - i
-    raise KeyError(f"{trail}.{head}: no such item (names: {', '.join(str(n) for n in names)})")
+    raise KeyError(f"no such item (names: {', '.join(str(n) for n in names)})")
 
 
 def apply_override(doc: dict[str, Any], path: str, value: Any, deletions: list) -> None:
@@ -124,12 +124,12 @@ def apply_override(doc: dict[str, Any], path: str, value: Any, deletions: list) 
             key, used = parts[i], 1
             last = i + used == len(parts)
             if not last and key not in node:
-                raise KeyError(f"{(trail + '.' if trail else '') + key}: no such key")
+                raise KeyError(f"no key {key!r}" + (f" under {trail!r}" if trail else ""))
         elif isinstance(node, list):
-            key, used = _find_item(node, parts, i, trail or "<root>")
+            key, used = _find_item(node, parts, i)
             last = i + used == len(parts)
         else:
-            raise KeyError(f"{trail}: is a {type(node).__name__}, not a mapping or list")
+            raise KeyError(f"{trail!r} is a {type(node).__name__}, not a mapping or list")
         if last:
             break
         trail = ".".join(parts[: i + used])
