@@ -11,7 +11,7 @@ from datakit.recipe import load_recipe
 from trainer.data import DataConfig
 from trainer.model import ModelConfig
 from trainer.train import StageConfig, TrainConfig, train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write
 
 
 @pytest.fixture(scope="module")
@@ -76,27 +76,34 @@ def test_exact_resume_from_a_checkpoint(shards, tmp_path):
             assert abs(a["loss"][k] - b[k]) < 1e-4
 
 
-def test_two_process_gather_and_gradients_match_one_process(tmp_path):
-    """A real 2-process run (torchrun + accelerate's Accelerator, gloo, CPU) against one process on the same
-    global batch. (`accelerate launch --cpu --num_processes 2` starts a single process on a CPU-only machine.)"""
+def test_two_process_losses_and_gradcache_match_one_process(tmp_path):
+    """Real 2-process runs (torch.distributed.run + accelerate, gloo, CPU) against one process on the same global
+    batch: InfoNCE, CoSENT and masked InfoNCE over the global batch, plainly and through GradCache (whose chunk
+    backwards skip the gradient sync but the last). (`accelerate launch --cpu --num_processes 2` starts a single
+    process on a CPU-only machine.)"""
     import os
+    import socket
     import subprocess
     import sys
 
+    with socket.socket() as s:  # a free port: a fixed one can clash with another run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     script = str(ROOT / "tests" / "dist_check.py")
     subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, env=env, cwd=ROOT)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     res = subprocess.run(launcher + [script, str(tmp_path / "two.pt")], env=env, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["world"], two["world"]) == (1, 2)
-    # the same documents in the same order: process 0's positives, then process 1's, then the negatives
-    pos1, neg1 = one["docs"][:8], one["docs"][8:]
-    assert torch.allclose(two["docs"][:8], pos1, atol=1e-6) and torch.allclose(two["docs"][8:], neg1, atol=1e-6)
-    assert torch.allclose(two["loss"], one["loss"], atol=1e-5)
-    assert torch.allclose(two["grad_w"], one["grad_w"], atol=1e-5)
-    assert torch.allclose(two["grad_b"], one["grad_b"], atol=1e-5)
+    assert torch.allclose(two["docs"], one["docs"], atol=1e-6)  # the same documents in the same order
+    for name in ("retrieval", "pair", "classification"):
+        for variant in (name, f"{name}/gradcache"):
+            # two processes: each loss over the global batch (CoSENT: the same global value on both)
+            assert torch.allclose(two[variant]["loss"], one[name]["loss"], atol=1e-5), variant
+            assert torch.allclose(two[variant]["grad"], one[name]["grad"], atol=1e-5), variant
+        assert torch.allclose(one[f"{name}/gradcache"]["grad"], one[name]["grad"], atol=1e-5), name
 
 
 def test_smollm2_decoder_trains_bidirectionally_and_exports(shards, tmp_path):
@@ -195,3 +202,30 @@ def test_eval_during_training_logs_scores_keeps_the_best_and_matches_trainer_eva
     exported = {o.task: o.value for o in after.outcomes}
     for task in ("STS-demo", "Retrieval-demo", "Reranking-demo", "Duplicates-demo"):
         assert exported[task] == pytest.approx(evals[-1]["eval"][task], abs=1e-4), task
+
+
+def test_fp32_master_weights_under_bf16_autocast(shards, tmp_path):
+    """Training loads fp32 weights whatever the device and runs the forward under bf16 autocast: one step at
+    lr 2e-5 changes (nearly) every weight. bf16 weights updated by AdamW directly would keep most of them."""
+    from trainer.model import EmbeddingModel, weight_dtype
+
+    assert weight_dtype("auto", torch.device("cuda"), training=True) == torch.float32
+    assert weight_dtype("auto", torch.device("cuda"), training=False) == torch.bfloat16
+    before = {k: v.clone() for k, v in EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").state_dict().items()}
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(1, 2e-5, 0)], mixed_precision="bf16")
+    final = train(cfg, log=lambda r: None)
+    after = EmbeddingModel(ModelConfig(str(final)), device="cpu").state_dict()
+    weights = [k for k in before if k.endswith("weight") and "embeddings" not in k]  # (unused rows do not move)
+    unchanged = sum(int((before[k] == after[k]).sum()) for k in weights) / sum(before[k].numel() for k in weights)
+    assert after[weights[0]].dtype == torch.float32 and unchanged < 0.05  # (some get no gradient at all)
+    # the same step on bf16 weights: most of them cannot move by 2e-5
+    w = before[weights[0]].to(torch.bfloat16)
+    assert float(((w - 2e-5 * torch.sign(w)) == w).float().mean()) > 0.5
+
+
+def test_mixed_precision_no_in_yaml_is_accepted(tmp_path):
+    from trainer.train import load_config
+
+    path = write(tmp_path / "t.yaml", "model: {name_or_path: embedded-minilm}\ndata: {shards: x}\noutput_dir: o\n"
+                                      "mixed_precision: no\n")
+    assert load_config(path).mixed_precision == "no"

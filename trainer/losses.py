@@ -3,9 +3,13 @@
 - retrieval: InfoNCE over the positive, every in-batch document (other records' positives and all hard
   negatives) and every other query (query-query negatives); documents and queries are gathered across
   processes with an autograd-aware all_gather;
-- pair: CoSENT over ordinal scores;
+- pair: CoSENT over ordinal scores, over the pairs of every process (the report's batch of 768 is global);
 - classification: InfoNCE with anchor / same-label positive / other-label negatives, every candidate that
-  shares the anchor's label masked out of the denominator.
+  shares the anchor's label masked out of the denominator; candidates and labels gathered like retrieval's.
+
+Under DDP each process's gradient is averaged: a loss that is the mean over local rows with gathered
+candidates (InfoNCE) or the same global value on every process (CoSENT) then gives the gradient of the whole
+global batch on one process (`tests/dist_check.py`).
 """
 from __future__ import annotations
 
@@ -49,8 +53,12 @@ def info_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, tau: 
     return F.cross_entropy(logits, target)
 
 
-def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float = 50.0) -> torch.Tensor:
-    """log(1 + sum over pairs (i, j) with score_i > score_j of exp(scale * (cos_j - cos_i)))."""
+def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float = 50.0,
+           distributed: bool = True) -> torch.Tensor:
+    """log(1 + sum over pairs (i, j) with score_i > score_j of exp(scale * (cos_j - cos_i))), over the pairs of
+    every process."""
+    if distributed:
+        a, b, scores = gather(a)[0], gather(b)[0], gather_values(scores)
     cos = (a * b).sum(-1) * scale
     diff = cos[None, :] - cos[:, None]  # [i, j] = cos_j - cos_i
     valid = scores[:, None] > scores[None, :]
@@ -58,25 +66,40 @@ def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float 
     return torch.logsumexp(torch.cat([torch.zeros(1, device=a.device, dtype=diff.dtype), diff.flatten()]), 0)
 
 
+def gather_values(x: torch.Tensor) -> torch.Tensor:
+    """All processes' values of a tensor that needs no gradient (scores, labels)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def masked_info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, labels: torch.Tensor,
-                    neg_labels: torch.Tensor | None, tau: float = 0.02) -> torch.Tensor:
+                    neg_labels: torch.Tensor | None, tau: float = 0.02, distributed: bool = True) -> torch.Tensor:
     """Classification InfoNCE. anchor, pos: (B, d), labels (B,); neg: (B, K, d), neg_labels (B, K).
 
-    Candidates: every positive, every negative and every other anchor of the batch; for anchor i, each
-    candidate with label_i other than its own positive is masked out (so is anchor i itself).
+    Candidates: every positive, every negative and every other anchor of the (global) batch; for anchor i,
+    each candidate with label_i other than its own positive is masked out (so is anchor i itself). Mean over
+    the local anchors.
     """
     b = anchor.shape[0]
-    cands = [pos]
-    cand_labels = [labels]
-    if neg is not None and neg.numel():
-        cands.append(neg.reshape(-1, neg.shape[-1]))
-        cand_labels.append(neg_labels.reshape(-1))
-    cands.append(anchor)
-    cand_labels.append(labels)
+    neg_flat = neg.reshape(-1, neg.shape[-1]) if neg is not None and neg.numel() else None
+    neg_lab = neg_labels.reshape(-1) if neg_flat is not None else None
+    if distributed:
+        all_pos, offset = gather(pos)
+        all_anchor, all_labels = gather(anchor)[0], gather_values(labels)
+        all_neg = gather(neg_flat)[0] if neg_flat is not None else None
+        all_neg_lab = gather_values(neg_lab) if neg_lab is not None else None
+    else:
+        all_pos, offset, all_anchor, all_labels, all_neg, all_neg_lab = pos, 0, anchor, labels, neg_flat, neg_lab
+    cands = [all_pos] + ([all_neg] if all_neg is not None else []) + [all_anchor]
+    cand_labels = [all_labels] + ([all_neg_lab] if all_neg_lab is not None else []) + [all_labels]
     cands_t, labels_t = torch.cat(cands), torch.cat(cand_labels)
     logits = anchor @ cands_t.T / tau
-    target = torch.arange(b, device=anchor.device)
+    rows = torch.arange(b, device=anchor.device)
+    target = rows + offset
     same = labels[:, None] == labels_t[None, :]
-    same[target, target] = False  # the anchor's own positive stays
-    same[target, cands_t.shape[0] - b + target] = True  # the anchor itself is never a candidate
+    same[rows, target] = False  # the anchor's own positive stays
+    same[rows, cands_t.shape[0] - all_anchor.shape[0] + target] = True  # the anchor itself is never a candidate
     return F.cross_entropy(logits.masked_fill(same, NEG_INF), target)

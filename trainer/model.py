@@ -21,7 +21,7 @@ class ModelConfig:
     pooling: Pooling = "mean"
     bidirectional: bool | None = None  # default: True for decoders
     attn_implementation: str = "sdpa"  # or "eager", "flash_attention_2" when installed
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # auto: float32 weights for training (bf16 autocast on GPU); bfloat16 on GPU for inference
     gradient_checkpointing: bool = False
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
 
@@ -83,8 +83,17 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> to
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
 
 
+def weight_dtype(name: str, device: torch.device, training: bool) -> torch.dtype:
+    """The dtype weights load in. Training keeps fp32 master weights whatever the device: AdamW updating bf16
+    weights directly loses most small updates (one step at lr 3e-5 left 69.5% of a 0.5B model's weights
+    unchanged); the forward runs under bf16 autocast instead (`mixed_precision`)."""
+    if name == "auto":
+        return torch.float32 if training or device.type != "cuda" else torch.bfloat16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 class EmbeddingModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, device: str | torch.device | None = None):
+    def __init__(self, cfg: ModelConfig, device: str | torch.device | None = None, training: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -96,8 +105,7 @@ class EmbeddingModel(nn.Module):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         hf_config = AutoConfig.from_pretrained(name, **kw)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        dtype = weight_dtype(cfg.dtype, device, training)
         self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype,
                                                   attn_implementation=cfg.attn_implementation, **kw)
         if gguf_file:  # transformers dequantised the GGUF weights: it is a plain model from here on

@@ -8,6 +8,7 @@ Checkpoints hold model, optimizer, scheduler, sampler position and RNG states, s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -43,7 +44,7 @@ class TrainConfig:
     grad_cache_chunk: int = 0  # > 0: GradCache with chunks of this many texts (big batches on one GPU)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # "bf16" on GPU
+    mixed_precision: str = "auto"  # auto: bf16 autocast on a GPU that has it, else no; or "no", "bf16", "fp16"
     log_every: int = 10
     save_every: int = 0  # steps; 0 = only at the end of each stage
     seed: int = 0
@@ -52,6 +53,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> "TrainConfig":
         raw = dict(_checked(cls, raw, "training config"))
+        if raw.get("mixed_precision") is False:  # YAML reads `no` as false
+            raw["mixed_precision"] = "no"
+        if raw.get("mixed_precision", "auto") not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: {raw['mixed_precision']!r}: give auto, no, bf16 or fp16")
         model = ModelConfig(**_checked(ModelConfig, raw.pop("model"), "model"))
         data = DataConfig(**_checked(DataConfig, raw.pop("data"), "data"))
         stages = [StageConfig(**_checked(StageConfig, s, f"stages[{i}]"))
@@ -114,16 +119,19 @@ def task_loss(qe: torch.Tensor, de: torch.Tensor, batch: Batch, cfg: TrainConfig
     if batch.kind == "retrieval":
         return info_nce(qe, pos, neg, cfg.tau, cfg.query_negatives)
     if batch.kind == "pair":
-        return cosent(qe, pos, torch.tensor(batch.scores, device=qe.device), cfg.cosent_scale)
+        return cosent(qe, pos, torch.tensor(batch.scores, dtype=torch.float32, device=qe.device), cfg.cosent_scale)
     labels = torch.tensor(batch.labels, device=qe.device)
     neg_labels = torch.tensor(batch.negative_labels, device=qe.device) if neg is not None else None
     return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau)
 
 
-def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward) -> tuple[torch.Tensor, int]:
+def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward, no_sync=None) -> tuple[torch.Tensor, int]:
     """GradCache (Gao et al. 2021): embed in chunks without a graph, take the loss and its gradient with
     respect to the embeddings, then re-run each chunk with a graph (same RNG, so the same dropout) and push
-    the cached gradient through it. Memory is that of one chunk; the gradient is the full batch's."""
+    the cached gradient through it. Memory is that of one chunk; the gradient is the full batch's.
+
+    `no_sync()` (accelerate's, under DDP/FSDP) wraps every chunk's backward but the last, so gradients are
+    reduced across processes once per step, not once per chunk."""
     q, p, tokens = _inputs(model, batch, cfg)
     size = cfg.grad_cache_chunk
     embs, states = [], []
@@ -137,11 +145,14 @@ def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward) -> tuple[to
         states.append(rng)
     loss = task_loss(embs[0], embs[1], batch, cfg)
     loss.backward()
-    for inputs, emb, rng in zip((q, p), embs, states):
-        for j, i in enumerate(range(0, inputs["input_ids"].shape[0], size)):
-            torch.set_rng_state(rng[j][0])
-            if rng[j][1] is not None:
-                torch.cuda.set_rng_state_all(rng[j][1])
+    chunks = [(inputs, emb, rng, j, i) for inputs, emb, rng in zip((q, p), embs, states)
+              for j, i in enumerate(range(0, inputs["input_ids"].shape[0], size))]
+    for n, (inputs, emb, rng, j, i) in enumerate(chunks):
+        torch.set_rng_state(rng[j][0])
+        if rng[j][1] is not None:
+            torch.cuda.set_rng_state_all(rng[j][1])
+        last = n == len(chunks) - 1
+        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
             out = model(**{k: v[i: i + size] for k, v in inputs.items()})
             backward(torch.dot(out.flatten(), emb.grad[i: i + size].flatten()))
     return loss.detach(), tokens
@@ -172,13 +183,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     """Train every stage; return the folder of the exported SentenceTransformer model."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
+                         "every backward; use FSDP (trainer/configs/fsdp.yaml) or DDP with GradCache")
+    set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = EmbeddingModel(cfg.model, device=acc.device)
+    model = EmbeddingModel(cfg.model, device=acc.device, training=True)
+    set_seed(cfg.seed + acc.process_index)  # then each process its own dropout stream
     tables = open_shards(cfg.data.shards)
     log_path = out / "log.jsonl"
     sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
@@ -224,7 +239,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             batch = next(sampler)
             fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
             if cfg.grad_cache_chunk:
-                loss, n_tok = grad_cache_step(fwd, batch, cfg, acc.backward)
+                loss, n_tok = grad_cache_step(fwd, batch, cfg, acc.backward, lambda: acc.no_sync(wrapped))
             else:
                 loss, n_tok = batch_loss(fwd, batch, cfg)
                 acc.backward(loss)
@@ -266,6 +281,12 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _export(model, folder: Path, cfg: TrainConfig) -> Path:
