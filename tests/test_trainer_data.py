@@ -77,3 +77,57 @@ def test_two_processes_split_one_global_batch(shards):
     for _ in range(10):
         g, a, b = next(one), next(r0), next(r1)
         assert g.dataset == a.dataset == b.dataset and a.docs + b.docs == g.docs
+
+
+def _nq_style(tmp_path):
+    """One record per answer: each question appears with 3 answers (NQ-style data)."""
+    import json
+
+    from tests.conftest import build_yaml, write
+
+    rows = [{"query": f"question {q}", "pos": [f"answer {q}-{a} with some words" for a in range(3)]} for q in range(40)]
+    write(tmp_path / "nq.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return build_yaml(tmp_path, "name: nq\nsources: [{name: nq, path: nq.jsonl, adapter: retrieval, "
+                                "columns: {positive: pos}, instruction: Find the answer}]\n").out_dir
+
+
+def test_a_batch_never_holds_two_records_of_one_query_and_fills_negatives_with_other_positives(tmp_path):
+    out = _nq_style(tmp_path)
+    tables = open_shards(out)
+    assert tables["retrieval"].num_rows == 120
+    s = BatchSampler(tables, DataConfig(str(out), batch_size=8, negatives=2, group_batches=4), stage=1)
+    for _ in range(60):
+        b = next(s)
+        assert len(set(b.queries)) == len(b.queries) == 8  # no record is another's false negative
+        for doc, negs in zip(b.docs, b.negatives):
+            assert doc not in negs  # a filled negative is never the record's own positive
+
+
+def test_stage_two_draws_a_new_order(shards):
+    tables = open_shards(shards)
+    cfg = DataConfig(str(shards), batch_size=4, eta=1.0)
+    one = [next(BatchSampler(tables, cfg, stage=1)).queries for _ in range(1)]
+    s1, s2 = BatchSampler(tables, cfg, stage=1), BatchSampler(tables, cfg, stage=2)
+    first = [tuple(next(s1).queries) for _ in range(8)]
+    second = [tuple(next(s2).queries) for _ in range(8)]
+    assert first != second and one
+
+
+def test_exported_prompts_are_each_datasets_most_common_instruction_for_every_kind(tmp_path):
+    import json
+
+    from tests.conftest import build_yaml, write
+    from trainer.export import prompts_from_shards
+
+    write(tmp_path / "a.jsonl", "".join(json.dumps({"title": f"t{i}", "body": f"b{i}"}) + "\n" for i in range(5)))
+    write(tmp_path / "c.jsonl", "".join(json.dumps({"text": f"x{i}", "label": i % 2}) + "\n" for i in range(6)))
+    out = build_yaml(tmp_path, """
+        name: p
+        sources:
+          - {name: a, path: a.jsonl, adapter: title_body, instruction: Find the body}
+          - {name: c, path: c.jsonl, adapter: classification, instruction: Classify it}
+    """).out_dir
+    # a second, rarer instruction for dataset a
+    prompts = prompts_from_shards(out, "Instruct: {instruction}\nQuery: ")
+    assert prompts == {"a": "Instruct: Find the body\nQuery: ", "c": "Instruct: Classify it\nQuery: ",
+                       "query": "Instruct: Find the body\nQuery: "}

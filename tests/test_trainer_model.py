@@ -119,3 +119,13 @@ def test_masked_info_nce_masks_every_same_label_candidate():
     t = lambda x: torch.tensor(x, dtype=torch.float64)
     got = masked_info_nce(t(anchor), t(pos), t(neg), torch.tensor(labels), torch.tensor(neg_labels), tau=tau)
     assert abs(got.item() - expected / b) < 1e-9
+
+
+def test_a_decoder_left_causal_fails_loudly_at_load(tmp_path, monkeypatch):
+    """If a transformers release stops honouring the switch, loading fails instead of training a causal model."""
+    import trainer.model as tm
+
+    tiny_decoder(tmp_path, "qwen2")
+    monkeypatch.setattr(tm, "make_bidirectional", lambda model: 0)  # what a breaking release would amount to
+    with pytest.raises(tm.CausalAttentionError, match="kept Qwen2Model causal"):
+        EmbeddingModel(ModelConfig(str(tmp_path)), device="cpu")

@@ -86,35 +86,80 @@ class Batch:
     negative_labels: list[list[int]] = field(default_factory=list)
 
 
+def _text_keys(col: pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit key per text (equal texts, equal keys)."""
+    enc = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class _Pool:
     """One (kind, dataset): its rows, a per-epoch permutation, and the read position."""
 
-    def __init__(self, kind: str, name: str, table: pa.Table, rows: np.ndarray, seed: int):
-        self.kind, self.name, self.rows, self.seed = kind, name, rows, seed
-        text = "query" if kind == "retrieval" else ("text_a" if kind == "pair" else "text")
-        self.lengths = pc.utf8_length(table.column(text).take(pa.array(rows))).to_numpy(zero_copy_only=False)
+    def __init__(self, kind: str, name: str, table: pa.Table, rows: np.ndarray, seed: int, stage: int = 1):
+        self.kind, self.name, self.rows, self.seed, self.stage = kind, name, rows, seed, stage
+        sub = table.take(pa.array(rows))
+        # length grouping: documents dominate a retrieval batch's padding (they run to doc_max_length)
+        text = {"retrieval": "positive", "pair": "text_a", "classification": "text"}[kind]
+        self.lengths = pc.utf8_length(sub.column(text)).to_numpy(zero_copy_only=False)
+        # a batch holds one record per query and per positive: records that share one (one record per answer,
+        # as NQ-style data gives) would be each other's false negatives
+        self.keys = [_text_keys(sub.column(c)) for c in ("query", "positive")] if kind == "retrieval" else []
         self.epoch, self.pos = 0, 0
         self.queue: list[np.ndarray] = []
+        self.carry: list[int] = []  # rows a window could not place without a duplicate: first in the next one
         self._perm = self._permutation()
 
     def _permutation(self) -> np.ndarray:
         key = sum(ord(c) * 31**i for i, c in enumerate(f"{self.kind}/{self.name}")) % (2**31)  # not hash(): salted
-        return np.random.default_rng([self.seed, key, self.epoch]).permutation(len(self.rows))
+        return np.random.default_rng([self.seed, key, self.epoch, self.stage]).permutation(len(self.rows))
 
     def take(self, n: int, group: int, grouping: bool) -> np.ndarray:
         """n row positions (into the kind's table); with grouping, batches of similar length."""
         if not self.queue:
-            window = []
-            for _ in range(group if grouping else 1):
-                window.append(self._next(n))
+            count = group if grouping else 1
+            flat = np.concatenate([np.array(self.carry, np.int64), self._next(max(count * n - len(self.carry), 0))])
+            self.carry = []
             if grouping:
-                flat = np.concatenate(window)
                 flat = flat[np.argsort(self.lengths[flat], kind="stable")]
-                chunks = [flat[i * n:(i + 1) * n] for i in range(len(window))]
+            chunks = self._without_duplicates(flat, n, count)
+            if grouping:
                 order = np.random.default_rng([self.seed, self.epoch, self.pos]).permutation(len(chunks))
-                window = [chunks[i] for i in order]
-            self.queue = window
+                chunks = [chunks[i] for i in order]
+            self.queue = chunks
         return self.rows[self.queue.pop(0)]
+
+    def _without_duplicates(self, flat: np.ndarray, n: int, count: int) -> list[np.ndarray]:
+        """`count` batches of n from `flat` in order, a row whose query or positive is already in a batch going
+        to the next batch that has neither (sentence-transformers' no-duplicates rule). Rows left over wait for
+        the next window; batches left short take more rows; a dataset too small for the rule (one query, many
+        answers) fills its last places as it can."""
+        if not self.keys:
+            return [flat[i * n:(i + 1) * n] for i in range(count)]
+        batches: list[list[int]] = [[] for _ in range(count)]
+        seen: list[list[set]] = [[set() for _ in self.keys] for _ in batches]
+        pending = flat.tolist()
+        for attempt in range(4):
+            left = []
+            for row in pending:
+                keys = [k[row] for k in self.keys]
+                for b, batch in enumerate(batches):
+                    if len(batch) < n and all(key not in s for key, s in zip(keys, seen[b])):
+                        batch.append(row)
+                        for key, s in zip(keys, seen[b]):
+                            s.add(key)
+                        break
+                else:
+                    left.append(row)
+            missing = sum(n - len(b) for b in batches)
+            if not missing:
+                self.carry = left
+                return [np.array(b, np.int64) for b in batches]
+            pending = left + self._next(missing).tolist()
+        for batch in batches:  # too few distinct queries: duplicates cannot be avoided
+            while len(batch) < n and pending:
+                batch.append(pending.pop(0))
+        self.carry = pending
+        return [np.array(b, np.int64) for b in batches]
 
     def _next(self, n: int) -> np.ndarray:
         out = []
@@ -129,12 +174,13 @@ class _Pool:
         return np.concatenate(out)
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "queue": [q.tolist() for q in self.queue]}
+        return {"epoch": self.epoch, "pos": self.pos, "queue": [q.tolist() for q in self.queue], "carry": self.carry}
 
     def load(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._perm = self._permutation()
         self.queue = [np.array(q, np.int64) for q in state["queue"]]
+        self.carry = list(state.get("carry", []))
 
 
 class BatchSampler:
@@ -154,7 +200,7 @@ class BatchSampler:
                 if kind == "classification":
                     rows = self._classification_rows(table, name, rows)
                 if len(rows):
-                    self.pools.setdefault(kind, []).append(_Pool(kind, name, table, rows, cfg.seed))
+                    self.pools.setdefault(kind, []).append(_Pool(kind, name, table, rows, cfg.seed, stage))
         if "retrieval" not in self.pools and stage == 1:
             raise ValueError("stage 1 needs retrieval records; the shards have none")
         if not self.pools:
@@ -207,11 +253,16 @@ class BatchSampler:
         queries = [self._prompt(ins) + q for ins, q in zip(t.column("instruction").to_pylist(), t.column("query").to_pylist())]
         positives = t.column("positive").to_pylist()
         negatives = []
-        for negs in t.column("negatives").to_pylist():
+        column = self.tables["retrieval"].column("positive")
+        for row, pos, negs in zip(rows, positives, t.column("negatives").to_pylist()):
             negs = list(negs[:k])
-            while len(negs) < k:  # short of hard negatives: fill with random positives of the dataset
-                other = self.tables["retrieval"].column("positive")[int(pool.rows[rng.integers(len(pool.rows))])].as_py()
-                negs.append(other)
+            tries = 0
+            while len(negs) < k:  # short of hard negatives: fill with random positives of the dataset (other than
+                other_row = int(pool.rows[rng.integers(len(pool.rows))])  # the record's own positive)
+                other = column[other_row].as_py()
+                tries += 1
+                if (other_row != row and other != pos) or tries > 20:
+                    negs.append(other)
             negatives.append(negs)
         return Batch("retrieval", pool.name, queries, positives, negatives)
 

@@ -19,16 +19,20 @@ _POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"
 
 
 def prompts_from_shards(shards: str | Path, template: str) -> dict[str, str]:
-    """{dataset: prompt} for every retrieval dataset with an instruction, plus `query`: the most common."""
-    table = open_shards(shards)["retrieval"]
-    pairs = Counter(zip(table.column("dataset").to_pylist(), table.column("instruction").to_pylist()))
-    prompts = {ds: template.format(instruction=ins) for (ds, ins), _ in pairs.most_common() if ins}
-    by_ins: Counter = Counter()
-    for (_, ins), n in pairs.items():
-        if ins:
-            by_ins[ins] += n
-    if by_ins:
-        prompts["query"] = template.format(instruction=by_ins.most_common(1)[0][0])
+    """{dataset: prompt} for every dataset of every kind with an instruction (its most common one), plus
+    `query`: the most common instruction of the retrieval datasets."""
+    tables = open_shards(shards)
+    prompts: dict[str, str] = {}
+    retrieval: Counter = Counter()
+    for kind, table in tables.items():
+        pairs = Counter(zip(table.column("dataset").to_pylist(), table.column("instruction").to_pylist()))
+        for (ds, ins), _ in pairs.most_common():
+            if ins and ds not in prompts:  # most common first: the first one seen is the dataset's
+                prompts[ds] = template.format(instruction=ins)
+            if ins and kind == "retrieval":
+                retrieval[ins] += pairs[(ds, ins)]
+    if retrieval:
+        prompts["query"] = template.format(instruction=retrieval.most_common(1)[0][0])
     return prompts
 
 

@@ -24,6 +24,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float32 weights for training (bf16 autocast on GPU); bfloat16 on GPU for inference
     gradient_checkpointing: bool = False
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
+    dropout: float | None = None  # set every dropout of the backbone's config (None: the model's own)
 
 
 def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -70,6 +71,45 @@ def make_bidirectional(model: nn.Module) -> int:
     return changed
 
 
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
+                 "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "classifier_dropout")
+
+
+class CausalAttentionError(RuntimeError):
+    """A decoder meant to be bidirectional still attends causally (a transformers release changed how)."""
+
+
+@torch.no_grad()
+def check_bidirectional(backbone: nn.Module, device: torch.device) -> None:
+    """Probe a decoder made bidirectional, so a transformers release that stops honouring it fails loudly
+    instead of training a causal model: in a padded batch of two token sequences, where the second extends
+    the first, a later token must change the first token's state, and the padding must not change the shorter
+    sequence's states."""
+    vocab = int(getattr(backbone.config, "vocab_size", 0) or 64)
+    ids = [(7 + 13 * i) % max(vocab - 1, 2) + 1 for i in range(12)]
+    short, long = ids[:6], ids
+    pad = [0] * (len(long) - len(short))
+    batch = {"input_ids": torch.tensor([short + pad, long], device=device),
+             "attention_mask": torch.tensor([[1] * len(short) + pad, [1] * len(long)], device=device)}
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        both = backbone(**batch, use_cache=False).last_hidden_state.float()
+        single = backbone(input_ids=torch.tensor([short], device=device), use_cache=False).last_hidden_state.float()
+    finally:
+        backbone.train(was_training)
+    if torch.allclose(both[0, 0], both[1, 0], atol=1e-5, rtol=1e-4):
+        import transformers
+
+        raise CausalAttentionError(
+            f"transformers {transformers.__version__} kept {type(backbone).__name__} causal after it was made "
+            "bidirectional (a later token does not change the first token's state); use a transformers release "
+            "the trainer supports (pyproject.toml), or report the new one")
+    if not torch.allclose(both[0, : len(short)], single[0], atol=5e-2, rtol=5e-2):
+        raise CausalAttentionError(f"{type(backbone).__name__}: padding changes the states of real tokens under "
+                                   "bidirectional attention (the attention mask is not applied)")
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
     """Pool token states over real tokens; correct for left and right padding."""
     mask = mask.to(hidden.dtype)
@@ -104,6 +144,10 @@ class EmbeddingModel(nn.Module):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         hf_config = AutoConfig.from_pretrained(name, **kw)
+        if cfg.dropout is not None:
+            for key in _DROPOUT_KEYS:
+                if hasattr(hf_config, key):
+                    setattr(hf_config, key, cfg.dropout)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = weight_dtype(cfg.dtype, device, training)
         self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype,
@@ -115,6 +159,7 @@ class EmbeddingModel(nn.Module):
         self.decoder = is_decoder(self.backbone.config)
         if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:
             make_bidirectional(self.backbone)
+            check_bidirectional(self.backbone.to(device), device)
         if cfg.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable()
         if cfg.lora:
@@ -132,7 +177,8 @@ class EmbeddingModel(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        kw = {"use_cache": False} if self.decoder else {}  # no KV cache: it costs memory and breaks recomputation
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
         return F.normalize(pool(hidden, attention_mask, self.cfg.pooling).float(), dim=-1)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -180,12 +181,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _accelerator(accelerator_cls, mixed_precision: str):
+    """An Accelerator with this run's precision. Accelerate keeps its state per process, so a second run in the
+    same single process (a notebook, a test, an experiment) with another precision would be refused: reset it."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()
+    return accelerator_cls(mixed_precision=mixed_precision)
+
+
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     """Train every stage; return the folder of the exported SentenceTransformer model."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    acc = _accelerator(Accelerator, _mixed_precision(cfg.mixed_precision))
     if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
                          "every backward; use FSDP (trainer/configs/fsdp.yaml) or DDP with GradCache")
