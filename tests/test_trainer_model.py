@@ -129,3 +129,13 @@ def test_a_decoder_left_causal_fails_loudly_at_load(tmp_path, monkeypatch):
     monkeypatch.setattr(tm, "make_bidirectional", lambda model: 0)  # what a breaking release would amount to
     with pytest.raises(tm.CausalAttentionError, match="kept Qwen2Model causal"):
         EmbeddingModel(ModelConfig(str(tmp_path)), device="cpu")
+
+
+def test_training_freezes_what_the_embedding_never_uses():
+    """BERT's pooler never reaches the mean-pooled token states: frozen for training (DDP would fail on its
+    missing gradients), left in the model (the export keeps it); every other weight trains."""
+    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu", training=True)
+    assert model.frozen == ["pooler.dense.weight", "pooler.dense.bias"]
+    trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert len(trainable) == len(list(model.backbone.parameters())) - 2 and "pooler.dense.weight" not in trainable
+    assert EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").frozen == []

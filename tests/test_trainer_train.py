@@ -63,7 +63,7 @@ def test_exact_resume_from_a_checkpoint(shards, tmp_path):
     cfg = _cfg(shards, out, [StageConfig(6, 5e-5, 1)], save_every=3)
     train(cfg, log=lambda r: None)
     full = [r["loss"] for r in _log(out)]
-    assert (out / "stage1" / "state.pt").exists()
+    assert (out / "stage1" / "latest").read_text().strip() == "state-3"
     (out / "stage1" / "done").unlink()
     (out / "log.jsonl").unlink()
     shutil.rmtree(out / "model")
@@ -229,3 +229,56 @@ def test_mixed_precision_no_in_yaml_is_accepted(tmp_path):
     path = write(tmp_path / "t.yaml", "model: {name_or_path: embedded-minilm}\ndata: {shards: x}\noutput_dir: o\n"
                                       "mixed_precision: no\n")
     assert load_config(path).mixed_precision == "no"
+
+
+def test_two_process_training_checkpoints_resume_and_export(shards, tmp_path):
+    """`trainer run` on 2 processes (torch.distributed.run, gloo): checkpoints through accelerate's save_state
+    resume exactly (same logged losses, averaged over the processes); a resume with another process count is
+    refused with the reason; the export loads in sentence-transformers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sentence_transformers import SentenceTransformer
+
+    config = write(tmp_path / "train.yaml", f"""
+model: {{name_or_path: embedded-minilm}}
+data: {{shards: {shards}, batch_size: 2, pair_batch_size: 2, negatives: 1, query_max_length: 32,
+       doc_max_length: 48}}
+output_dir: run
+stages: [{{steps: 4, lr: 5.0e-5, warmup_steps: 1}}]
+save_every: 2
+log_every: 1
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def launch(n: int) -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+               str(port), "-m", "trainer.cli", "run", str(config)]
+        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+
+    res = launch(2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "run"
+    full = _log(out)
+    assert [r["step"] for r in full] == [1, 2, 3, 4]
+    assert (out / "stage1" / "latest").read_text().strip() == "state-2"
+    assert sorted(p.name for p in (out / "stage1" / "state-2").glob("random_states_*")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]  # each process's RNG
+    SentenceTransformer(str(out / "model"), device="cpu").encode(["a query"])
+    (out / "stage1" / "done").unlink()
+    (out / "log.jsonl").unlink()
+    res = launch(2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = _log(out)
+    assert [r["step"] for r in resumed] == [3, 4]
+    for a, b in zip(resumed, full[2:]):
+        assert a["loss"].keys() == b["loss"].keys()
+        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+    (out / "stage1" / "done").unlink()
+    res = launch(1)
+    assert res.returncode != 0 and "saved by 2 processes, resumed by 1" in res.stderr

@@ -110,6 +110,31 @@ def check_bidirectional(backbone: nn.Module, device: torch.device) -> None:
                                    "bidirectional attention (the attention mask is not applied)")
 
 
+def freeze_unused(backbone: nn.Module, device: torch.device) -> list[str]:
+    """Freeze the parameters that the token states never depend on (BERT's pooler: we pool the token states
+    ourselves), found by walking the autograd graph of a probe forward (no backward, no gradient memory);
+    return their names. DDP would otherwise wait for their gradients and fail ("parameters that were not used
+    in producing loss")."""
+    ids = torch.tensor([[5, 6, 7, 8]], device=device)
+    with torch.enable_grad():
+        out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    used, seen, stack = set(), set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):  # AccumulateGrad: a leaf parameter
+            used.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    frozen = []
+    for name, param in backbone.named_parameters():
+        if param.requires_grad and id(param) not in used:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
     """Pool token states over real tokens; correct for left and right padding."""
     mask = mask.to(hidden.dtype)
@@ -160,6 +185,7 @@ class EmbeddingModel(nn.Module):
         if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:
             make_bidirectional(self.backbone)
             check_bidirectional(self.backbone.to(device), device)
+        self.frozen = freeze_unused(self.backbone.to(device), device) if training else []
         if cfg.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable()
         if cfg.lora:

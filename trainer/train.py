@@ -4,20 +4,19 @@ Stage 1 trains on retrieval data only; stage 2 on every kind with retrieval shar
 dataset's batch, computes its kind's loss (InfoNCE with query-query negatives, CoSENT, or masked InfoNCE)
 and steps AdamW under a warm-up + cosine/linear schedule. Run it as `trainer run CONFIG` on one process, or
 under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed: see trainer/configs/) for many GPUs.
-Checkpoints hold model, optimizer, scheduler, sampler position and RNG states, so a restart resumes exactly.
+Checkpoints (accelerate's save_state, plus sampler position, scheduler and step) resume exactly; the stage-end
+weights and the export are gathered in full under FSDP and DeepSpeed.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from trainer.data import Batch, BatchSampler, DataConfig, open_shards
@@ -166,29 +165,20 @@ def _scheduler(optimizer, stage: StageConfig):
                          num_training_steps=stage.steps)
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _accelerator(accelerator_cls, mixed_precision: str):
     """An Accelerator with this run's precision. Accelerate keeps its state per process, so a second run in the
     same single process (a notebook, a test, an experiment) with another precision would be refused: reset it."""
     from accelerate.state import AcceleratorState
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
         AcceleratorState._reset_state()
-    return accelerator_cls(mixed_precision=mixed_precision)
+    # without cpu=True accelerate ignores a torchrun launch on a machine without CUDA: every process would
+    # train alone and all of them write the same files
+    acc = accelerator_cls(mixed_precision=mixed_precision, cpu=world > 1 and not torch.cuda.is_available())
+    if acc.num_processes != world:
+        raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate runs {acc.num_processes}")
+    return acc
 
 
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
@@ -219,7 +209,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
 
     evaluator = _evaluator(cfg, out, acc, emit) if cfg.eval is not None else None
     started = resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
-                             for name in ("done", "state.pt"))
+                             for name in ("done", "latest"))
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
     global_step = 0
@@ -233,16 +223,9 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
                                       weight_decay=cfg.weight_decay)
         scheduler = _scheduler(optimizer, stage)
+        acc.free_memory()  # forget the previous stage's optimizer: save_state saves what was prepared
         wrapped, optimizer = acc.prepare(model, optimizer)
-        start = 0
-        if resume and (ckpt / "state.pt").exists():
-            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-            acc.unwrap_model(wrapped).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.load_state_dict(state["sampler"])
-            _set_rng_state(state["rng"])
-            start = state["step"]
+        start = _load_state(acc, ckpt, sampler, scheduler) if resume else 0
         window: dict[str, list[float]] = {}
         tokens, t0 = 0, time.time()
         wrapped.train()
@@ -260,33 +243,35 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             scheduler.step()
             optimizer.zero_grad()
             tokens += n_tok
-            window.setdefault(f"{batch.kind}/{batch.dataset}", []).append(loss.item())
+            window.setdefault(f"{batch.kind}/{batch.dataset}", []).append(loss.detach().float())
             if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
+                losses, tokens = _across_processes(acc, window, tokens)
                 rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9), 1),
-                       "loss": {k: round(float(np.mean(v)), 5) for k, v in window.items()}}
+                       "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9), 1), "loss": losses}
                 emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
                            **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
                 window, tokens, t0 = {}, 0, time.time()
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
-                _save_state(acc, ckpt, wrapped, optimizer, scheduler, sampler, step + 1)
+                _save_state(acc, ckpt, sampler, scheduler, step + 1)
             if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
                     and step + 1 < stage.steps:
                 evaluator(model, fwd, index, step + 1, global_step + step + 1,
                           lambda folder: _export(model, folder, cfg))
                 wrapped.train()
         global_step += stage.steps
+        full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
         if acc.is_main_process:
             ckpt.mkdir(parents=True, exist_ok=True)
-            torch.save(acc.unwrap_model(wrapped).state_dict(), ckpt / "model.pt")
+            _atomic_save(full, ckpt / "model.pt")
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
         if evaluator is not None:
             fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
             evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg))
     final = out / "model"
+    exported = _full_model(acc, wrapped, model, cfg) if cfg.stages else model
     if acc.is_main_process:
-        _export(model, final, cfg)
+        _export(exported, final, cfg)
         if evaluator is not None and evaluator.history:
             log("eval (main score per task):\n" + evaluator.table())
     acc.wait_for_everyone()
@@ -357,15 +342,71 @@ class _Forward:
         return self.wrapped(**kw)
 
 
-def _save_state(acc, ckpt: Path, wrapped, optimizer, scheduler, sampler: BatchSampler, step: int) -> None:
+def _across_processes(acc, window: dict[str, list[torch.Tensor]], tokens: int) -> tuple[dict[str, float], int]:
+    """The logged losses averaged over the processes (each holds the loss of its part of the batch) and the
+    tokens summed. Every process logs the same datasets in the same order: the plan is shared."""
+    means = {k: torch.stack(v).mean() for k, v in window.items()}
+    if acc.num_processes > 1:
+        stacked = acc.reduce(torch.stack([*means.values(), torch.tensor(float(tokens))]).to(acc.device), "sum")
+        means = {k: stacked[i] / acc.num_processes for i, k in enumerate(means)}
+        tokens = int(stacked[-1])
+    return {k: round(float(v), 5) for k, v in means.items()}, tokens
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _save_state(acc, ckpt: Path, sampler: BatchSampler, scheduler, step: int) -> None:
+    """A resumable checkpoint: model, optimizer and every process's RNG through accelerate's `save_state` (so
+    FSDP and DeepSpeed save their shards their own way), then the sampler position, scheduler and step. The
+    `latest` file names it only once complete, so a kill at any moment leaves the previous one usable."""
+    import shutil
+
+    folder = ckpt / f"state-{step}"
+    acc.save_state(str(folder))
+    if acc.is_main_process:
+        _atomic_save({"sampler": sampler.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                      "world_size": acc.num_processes}, folder / "trainer.pt")
+        tmp = ckpt / "latest.tmp"
+        tmp.write_text(folder.name + "\n")
+        tmp.replace(ckpt / "latest")
+        for old in ckpt.glob("state-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> int:
+    """Restore the checkpoint `latest` names (if any); return the step to resume at."""
+    if not (ckpt / "latest").exists():
+        return 0
+    folder = ckpt / (ckpt / "latest").read_text().strip()
+    meta = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
+    if meta["world_size"] != acc.num_processes:
+        raise ValueError(f"{folder}: saved by {meta['world_size']} processes, resumed by {acc.num_processes}; "
+                         f"resume with the same number (optimizer shards and RNG states are per process)")
+    acc.load_state(str(folder))
+    scheduler.load_state_dict(meta["scheduler"])
+    sampler.load_state_dict(meta["sampler"])
+    return int(meta["step"])
+
+
+def _full_model(acc, wrapped, model: EmbeddingModel, cfg: TrainConfig) -> EmbeddingModel:
+    """The model to export. Under FSDP or DeepSpeed the parameters are sharded over the processes: gather the
+    full state (every process takes part) into a fresh copy on the main process's CPU."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return model
+    full = acc.get_state_dict(wrapped)
     if not acc.is_main_process:
-        return
-    ckpt.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt / "state.pt.tmp"
-    torch.save({"model": acc.unwrap_model(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": _rng_state(),
-                "step": step}, tmp)
-    tmp.replace(ckpt / "state.pt")
+        return model
+    copy = EmbeddingModel(cfg.model, device="cpu", training=True)
+    copy.load_state_dict(full)
+    return copy
 
 
 def load_config(path: str | Path) -> TrainConfig:
