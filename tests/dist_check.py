@@ -15,20 +15,28 @@ acc = Accelerator(cpu=True)
 world, rank = acc.num_processes, acc.process_index
 
 
+class TinyTokenizer:
+    """Token ids are the text's integers; the calls the trainer makes of a Hugging Face tokenizer."""
+
+    def __call__(self, texts, padding=False, truncation=True, max_length=16, return_tensors=None):
+        ids = [[int(t) for t in x.split()][:max_length] for x in texts]
+        return self.pad({"input_ids": ids}) if padding else {"input_ids": ids}
+
+    def pad(self, batch, return_tensors="pt"):
+        ids = batch["input_ids"]
+        width = max(len(i) for i in ids)
+        return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}
+
+
 class Tiny(torch.nn.Module):
-    """A bag-of-token-ids encoder with the trainer model's interface (tokenize + forward)."""
+    """A bag-of-token-ids encoder with the trainer model's interface (tokenizer + forward)."""
 
     def __init__(self):
         super().__init__()
         self.emb = torch.nn.Embedding(50, 16)
         self.proj = torch.nn.Linear(16, 8)
-
-    def tokenize(self, texts, max_length):
-        ids = [[int(t) for t in x.split()][:max_length] for x in texts]
-        width = max(len(i) for i in ids)
-        input_ids = torch.tensor([i + [0] * (width - len(i)) for i in ids])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
-        return {"input_ids": input_ids, "attention_mask": mask}
+        self.tokenizer = TinyTokenizer()
 
     def forward(self, input_ids, attention_mask):
         h = self.emb(input_ids) * attention_mask[..., None]
@@ -36,6 +44,9 @@ class Tiny(torch.nn.Module):
 
 
 class Cfg:  # the fields of TrainConfig that the steps read
+    class model:
+        padding_free = True  # the default path: length-grouped chunks, order restored
+
     class data:
         query_max_length = doc_max_length = 16
     tau, cosent_scale, query_negatives, grad_cache_chunk = 0.05, 20.0, True, 3
@@ -66,15 +77,15 @@ for kind, batch in batches.items():
         plain = acc.unwrap_model(model)
 
         class Fwd:  # forward through the DDP wrapper, tokenise with the plain module (as the trainer does)
-            tokenize = staticmethod(plain.tokenize)
+            tokenizer, device = plain.tokenizer, torch.device("cpu")
 
             def __call__(self, **kw):
                 return model(**kw)
 
         if cached:
-            loss, _ = grad_cache_step(Fwd(), batch, Cfg, acc.backward, lambda: acc.no_sync(model))
+            loss, *_ = grad_cache_step(Fwd(), batch, Cfg, acc.backward, lambda: acc.no_sync(model))
         else:
-            loss, _ = batch_loss(Fwd(), batch, Cfg)
+            loss, *_ = batch_loss(Fwd(), batch, Cfg)
             acc.backward(loss)
         name = f"{kind}{'/gradcache' if cached else ''}"
         results[name] = {"loss": acc.gather(loss.detach().reshape(1)).mean(),

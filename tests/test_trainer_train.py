@@ -151,9 +151,9 @@ def test_grad_cache_gives_the_full_batch_gradient(shards):
         model = EmbeddingModel(cfg.model, device="cpu").eval()
         torch.manual_seed(1)
         if cached:
-            loss, _ = grad_cache_step(model, batch, cfg, lambda x: x.backward())
+            loss, *_ = grad_cache_step(model, batch, cfg, lambda x: x.backward())
         else:
-            loss, _ = batch_loss(model, batch, cfg)
+            loss, *_ = batch_loss(model, batch, cfg)
             loss.backward()
         grads.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
     (l1, g1), (l2, g2) = grads

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,13 +18,22 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console(rec) -> None:
+    """Step records show in the progress bar (log.jsonl keeps them all); eval records and text print."""
+    if isinstance(rec, dict) and "step" in rec and "loss" in rec:
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write(rec if isinstance(rec, str) else json.dumps(rec))
+
+
 def _run(args: argparse.Namespace) -> int:
     from trainer.train import load_config, train
 
     cfg = load_config(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    final = train(cfg, resume=not args.restart)
+    final = train(cfg, resume=not args.restart, log=_console, progress=True)
     print(f"model: {final}  (SentenceTransformer({str(final)!r}) loads it)")
     return 0
 

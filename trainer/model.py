@@ -25,6 +25,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
     dropout: float | None = None  # set every dropout of the backbone's config (None: the model's own)
+    padding_free: bool = True  # training steps in length-grouped micro-batches (trainer/packing.py); false: padded
 
 
 def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:

@@ -22,6 +22,7 @@ import torch
 from trainer.data import Batch, BatchSampler, DataConfig, open_shards
 from trainer.losses import cosent, info_nce, masked_info_nce
 from trainer.model import EmbeddingModel, ModelConfig
+from trainer.packing import Encoded, default_overhead, encode_texts
 
 
 @dataclass
@@ -98,18 +99,25 @@ def _checked(cls: type, raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def _inputs(model, batch: Batch, cfg: TrainConfig) -> tuple[dict, dict, int]:
+def _inputs(model, batch: Batch, cfg: TrainConfig, rows_per_chunk: int = 0) -> tuple[Encoded, Encoded]:
+    """The batch's query side and document side (positives, then negatives), tokenized into chunks."""
     d = cfg.data
-    q = model.tokenize(batch.queries, d.query_max_length)
     docs = batch.docs + [n for negs in batch.negatives for n in negs]
-    p = model.tokenize(docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length)
-    return q, p, int(q["attention_mask"].sum() + p["attention_mask"].sum())
+    free, overhead = cfg.model.padding_free, default_overhead(model.device)
+    q = encode_texts(model.tokenizer, batch.queries, d.query_max_length, model.device, free, overhead, rows_per_chunk)
+    p = encode_texts(model.tokenizer, docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length,
+                     model.device, free, overhead, rows_per_chunk)
+    return q, p
 
 
-def batch_loss(model, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
-    """The loss of one batch by its kind, and the number of tokens it encoded."""
-    q, p, tokens = _inputs(model, batch, cfg)
-    return task_loss(model(**q), model(**p), batch, cfg), tokens
+def _embed(model, enc: Encoded) -> torch.Tensor:
+    return enc.restore(torch.cat([model(**chunk) for chunk in enc.chunks]))
+
+
+def batch_loss(model, batch: Batch, cfg: TrainConfig, prepared=None) -> tuple[torch.Tensor, int, int]:
+    """The loss of one batch by its kind, the real tokens it encoded and the positions it computed."""
+    q, p = prepared or _inputs(model, batch, cfg)
+    return task_loss(_embed(model, q), _embed(model, p), batch, cfg), q.real + p.real, q.positions + p.positions
 
 
 def task_loss(qe: torch.Tensor, de: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
@@ -125,37 +133,43 @@ def task_loss(qe: torch.Tensor, de: torch.Tensor, batch: Batch, cfg: TrainConfig
     return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau)
 
 
-def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward, no_sync=None) -> tuple[torch.Tensor, int]:
+def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward, no_sync=None,
+                    prepared=None) -> tuple[torch.Tensor, int, int]:
     """GradCache (Gao et al. 2021): embed in chunks without a graph, take the loss and its gradient with
     respect to the embeddings, then re-run each chunk with a graph (same RNG, so the same dropout) and push
     the cached gradient through it. Memory is that of one chunk; the gradient is the full batch's.
+    Padding-free, each chunk holds texts of similar length, padded to its own longest.
 
     `no_sync()` (accelerate's, under DDP/FSDP) wraps every chunk's backward but the last, so gradients are
     reduced across processes once per step, not once per chunk."""
-    q, p, tokens = _inputs(model, batch, cfg)
-    size = cfg.grad_cache_chunk
-    embs, states = [], []
-    for inputs in (q, p):
+    q, p = prepared or _inputs(model, batch, cfg, rows_per_chunk=cfg.grad_cache_chunk)
+    raws, states = [], []
+    for enc in (q, p):
         parts, rng = [], []
         with torch.no_grad():
-            for i in range(0, inputs["input_ids"].shape[0], size):
+            for chunk in enc.chunks:
                 rng.append((torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
-                parts.append(model(**{k: v[i: i + size] for k, v in inputs.items()}))
-        embs.append(torch.cat(parts).detach().requires_grad_())
+                parts.append(model(**chunk))
+        raws.append(torch.cat(parts).detach().requires_grad_())
         states.append(rng)
-    loss = task_loss(embs[0], embs[1], batch, cfg)
+    loss = task_loss(q.restore(raws[0]), p.restore(raws[1]), batch, cfg)
     loss.backward()
-    chunks = [(inputs, emb, rng, j, i) for inputs, emb, rng in zip((q, p), embs, states)
-              for j, i in enumerate(range(0, inputs["input_ids"].shape[0], size))]
-    for n, (inputs, emb, rng, j, i) in enumerate(chunks):
-        torch.set_rng_state(rng[j][0])
-        if rng[j][1] is not None:
-            torch.cuda.set_rng_state_all(rng[j][1])
+    chunks = []
+    for enc, raw, rng in zip((q, p), raws, states):
+        offset = 0
+        for chunk, state in zip(enc.chunks, rng):
+            rows = chunk["input_ids"].shape[0]
+            chunks.append((chunk, state, raw.grad[offset: offset + rows]))
+            offset += rows
+    for n, (chunk, state, grad) in enumerate(chunks):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state_all(state[1])
         last = n == len(chunks) - 1
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-            out = model(**{k: v[i: i + size] for k, v in inputs.items()})
-            backward(torch.dot(out.flatten(), emb.grad[i: i + size].flatten()))
-    return loss.detach(), tokens
+            out = model(**chunk)
+            backward(torch.dot(out.flatten(), grad.flatten()))
+    return loss.detach(), q.real + p.real, q.positions + p.positions
 
 
 def _scheduler(optimizer, stage: StageConfig):
@@ -181,8 +195,9 @@ def _accelerator(accelerator_cls, mixed_precision: str):
     return acc
 
 
-def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
-    """Train every stage; return the folder of the exported SentenceTransformer model."""
+def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = False) -> Path:
+    """Train every stage; return the folder of the exported SentenceTransformer model. `log` gets every
+    record of log.jsonl; `progress` shows a bar per stage (step, ETA, losses, tokens/s, pad_fraction)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
@@ -212,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
                              for name in ("done", "latest"))
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
-    global_step = 0
+    global_step, wrapped = 0, None
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
@@ -221,43 +236,60 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             continue
         sampler = BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
-                                      weight_decay=cfg.weight_decay)
+                                      weight_decay=cfg.weight_decay, fused=_fused(acc))
         scheduler = _scheduler(optimizer, stage)
         acc.free_memory()  # forget the previous stage's optimizer: save_state saves what was prepared
         wrapped, optimizer = acc.prepare(model, optimizer)
         start = _load_state(acc, ckpt, sampler, scheduler) if resume else 0
-        window: dict[str, list[float]] = {}
-        tokens, t0 = 0, time.time()
+        fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
+        rows = cfg.grad_cache_chunk
+        window: dict[str, list[torch.Tensor]] = {}
+        counts, t0 = [0, 0], time.time()  # real tokens, positions computed
+        bar = _progress(index, start, stage.steps) if progress and acc.is_main_process else None
         wrapped.train()
-        for step in range(start, stage.steps):
-            batch = next(sampler)
-            fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
-            if cfg.grad_cache_chunk:
-                loss, n_tok = grad_cache_step(fwd, batch, cfg, acc.backward, lambda: acc.no_sync(wrapped))
-            else:
-                loss, n_tok = batch_loss(fwd, batch, cfg)
-                acc.backward(loss)
-            if cfg.max_grad_norm:
-                acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            tokens += n_tok
-            window.setdefault(f"{batch.kind}/{batch.dataset}", []).append(loss.detach().float())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
-                losses, tokens = _across_processes(acc, window, tokens)
-                rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": round(tokens / max(time.time() - t0, 1e-9), 1), "loss": losses}
-                emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
-                           **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
-                window, tokens, t0 = {}, 0, time.time()
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
-                _save_state(acc, ckpt, sampler, scheduler, step + 1)
-            if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
-                    and step + 1 < stage.steps:
-                evaluator(model, fwd, index, step + 1, global_step + step + 1,
-                          lambda folder: _export(model, folder, cfg))
-                wrapped.train()
+        # the next step's batch is drawn and tokenized in a thread while this one computes
+        prefetch = _Prefetch(lambda: _draw(sampler, fwd, cfg, rows), stage.steps - start)
+        try:
+            for step in range(start, stage.steps):
+                batch, prepared, sampler_state = prefetch.get()
+                if cfg.grad_cache_chunk:
+                    loss, real, positions = grad_cache_step(fwd, batch, cfg, acc.backward,
+                                                            lambda: acc.no_sync(wrapped), prepared)
+                else:
+                    loss, real, positions = batch_loss(fwd, batch, cfg, prepared)
+                    acc.backward(loss)
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                counts[0] += real
+                counts[1] += positions
+                window.setdefault(f"{batch.kind}/{batch.dataset}", []).append(loss.detach().float())
+                if bar is not None:
+                    bar.update(1)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
+                    losses, (real, positions) = _across_processes(acc, window, counts)
+                    rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
+                           "tokens_per_s": round(real / max(time.time() - t0, 1e-9), 1),
+                           "pad_fraction": round(1 - real / max(positions, 1), 4), "loss": losses}
+                    emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
+                               "pad_fraction": rec["pad_fraction"],
+                               **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
+                    if bar is not None:
+                        bar.set_postfix_str(_postfix(rec), refresh=True)
+                    window, counts, t0 = {}, [0, 0], time.time()
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
+                    _save_state(acc, ckpt, sampler_state, scheduler, step + 1)
+                if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
+                        and step + 1 < stage.steps:
+                    evaluator(model, fwd, index, step + 1, global_step + step + 1,
+                              lambda folder: _export(model, folder, cfg))
+                    wrapped.train()
+        finally:
+            prefetch.close()
+            if bar is not None:
+                bar.close()
         global_step += stage.steps
         full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
         if acc.is_main_process:
@@ -269,7 +301,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
             evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg))
     final = out / "model"
-    exported = _full_model(acc, wrapped, model, cfg) if cfg.stages else model
+    exported = _full_model(acc, wrapped, model, cfg) if wrapped is not None else model
     if acc.is_main_process:
         _export(exported, final, cfg)
         if evaluator is not None and evaluator.history:
@@ -277,6 +309,56 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def _fused(acc) -> bool:
+    """Fused AdamW (one kernel for all parameters) on CUDA; DeepSpeed brings its own optimizer step."""
+    from accelerate.utils import DistributedType
+
+    return acc.device.type == "cuda" and acc.distributed_type != DistributedType.DEEPSPEED
+
+
+def _draw(sampler: BatchSampler, model, cfg: TrainConfig, rows: int):
+    """The next batch, tokenized, and the sampler's state after it (what a checkpoint after it saves)."""
+    batch = next(sampler)
+    return batch, _inputs(model, batch, cfg, rows), sampler.state_dict()
+
+
+class _Prefetch:
+    """Runs `draw` `count` times in one background thread, one call ahead of the consumer."""
+
+    def __init__(self, draw, count: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.draw, self.left = draw, count
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
+        self.future = self._submit()
+
+    def _submit(self):
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        return self.pool.submit(self.draw)
+
+    def get(self):
+        item = self.future.result()
+        self.future = self._submit()
+        return item
+
+    def close(self) -> None:
+        self.left = 0
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(stage: int, start: int, steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=start, desc=f"stage {stage}", unit="step", dynamic_ncols=True)
+
+
+def _postfix(rec: dict[str, Any]) -> str:
+    losses = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in rec["loss"].items())
+    return f"{losses} | {rec['tokens_per_s']:,.0f} tok/s | pad {rec['pad_fraction']:.0%}"
 
 
 def _mixed_precision(setting: str) -> str:
@@ -338,19 +420,31 @@ class _Forward:
     def tokenize(self, texts, max_length):
         return self.model.tokenize(texts, max_length)
 
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def device(self):
+        return self.model.device
+
     def __call__(self, **kw):
         return self.wrapped(**kw)
 
 
-def _across_processes(acc, window: dict[str, list[torch.Tensor]], tokens: int) -> tuple[dict[str, float], int]:
-    """The logged losses averaged over the processes (each holds the loss of its part of the batch) and the
-    tokens summed. Every process logs the same datasets in the same order: the plan is shared."""
+def _across_processes(acc, window: dict[str, list[torch.Tensor]],
+                      counts: list[int]) -> tuple[dict[str, float], list[int]]:
+    """The logged losses averaged over the processes (each holds the loss of its part of the batch), the
+    counts (tokens, positions) summed. The loss reaches the host here only, not at every step. Every process
+    logs the same datasets in the same order: the plan is shared."""
     means = {k: torch.stack(v).mean() for k, v in window.items()}
     if acc.num_processes > 1:
-        stacked = acc.reduce(torch.stack([*means.values(), torch.tensor(float(tokens))]).to(acc.device), "sum")
+        stacked = torch.stack([*(v.to(acc.device, torch.float64) for v in means.values()),
+                               *(torch.tensor(float(c), dtype=torch.float64, device=acc.device) for c in counts)])
+        stacked = acc.reduce(stacked, "sum")
         means = {k: stacked[i] / acc.num_processes for i, k in enumerate(means)}
-        tokens = int(stacked[-1])
-    return {k: round(float(v), 5) for k, v in means.items()}, tokens
+        counts = [int(c) for c in stacked[len(means):].tolist()]
+    return {k: round(float(v), 5) for k, v in means.items()}, counts
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -359,7 +453,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _save_state(acc, ckpt: Path, sampler: BatchSampler, scheduler, step: int) -> None:
+def _save_state(acc, ckpt: Path, sampler_state: dict, scheduler, step: int) -> None:
     """A resumable checkpoint: model, optimizer and every process's RNG through accelerate's `save_state` (so
     FSDP and DeepSpeed save their shards their own way), then the sampler position, scheduler and step. The
     `latest` file names it only once complete, so a kill at any moment leaves the previous one usable."""
@@ -368,7 +462,7 @@ def _save_state(acc, ckpt: Path, sampler: BatchSampler, scheduler, step: int) ->
     folder = ckpt / f"state-{step}"
     acc.save_state(str(folder))
     if acc.is_main_process:
-        _atomic_save({"sampler": sampler.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+        _atomic_save({"sampler": sampler_state, "scheduler": scheduler.state_dict(), "step": step,
                       "world_size": acc.num_processes}, folder / "trainer.pt")
         tmp = ckpt / "latest.tmp"
         tmp.write_text(folder.name + "\n")

@@ -1,0 +1,80 @@
+"""Padding-free steps: the same loss as the padded path, with far less padding."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import Batch, DataConfig
+from trainer.model import EmbeddingModel, ModelConfig
+from trainer.packing import encode_texts, plan_chunks
+from trainer.train import TrainConfig, batch_loss, grad_cache_step
+
+WORDS = ("the bank raised its rates again after the meeting of the board in march while markets "
+         "fell sharply on the news that inflation kept rising 银行 利率 上调").split()
+
+
+def _texts(n, seed):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, int(rng.integers(2, 60)))) for _ in range(n)]
+
+
+def test_plan_chunks_is_optimal_and_covers_every_text():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(1, 100, int(rng.integers(1, 8)))
+        chunks = plan_chunks(lengths, overhead=10)
+        assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))
+        cost = sum(len(c) * lengths[c].max() + 10 for c in chunks)
+        ordered = np.sort(lengths)[::-1]  # brute force over every cut of the sorted order
+        best = min(sum((j - i) * ordered[i] + 10 for i, j in zip((0, *cuts), (*cuts, len(ordered))))
+                   for r in range(len(ordered)) for cuts in itertools.combinations(range(1, len(ordered)), r))
+        assert cost == best
+
+
+def test_padding_free_keeps_little_padding_on_varied_lengths():
+    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu")
+    texts = _texts(160, 1)
+    padded = encode_texts(model.tokenizer, texts, 128, torch.device("cpu"), False, 16)
+    free = encode_texts(model.tokenizer, texts, 128, torch.device("cpu"), True, 16)
+    assert padded.real == free.real
+    assert 1 - padded.real / padded.positions > 0.3 and 1 - free.real / free.positions <= 0.10
+
+
+def _cfg(model_cfg, grad_cache=0):
+    return TrainConfig(model=model_cfg, data=DataConfig("unused", query_max_length=64, doc_max_length=64),
+                       output_dir="unused", tau=0.05, grad_cache_chunk=grad_cache)
+
+
+@pytest.mark.parametrize("name,pooling,side", [
+    ("embedded-minilm", "mean", "right"), ("embedded-minilm", "cls", "right"),  # (BERT: absolute positions, right padding only)
+    ("embedded-smollm2", "mean", "right"), ("embedded-smollm2", "last", "left"),
+])
+def test_padding_free_loss_equals_padded_loss(name, pooling, side):
+    """fp32 on the CPU, dropout off: the same batch gives the same loss (relative difference <= 1e-4) and
+    the same gradient, plainly and through GradCache, for an encoder and a bidirectional decoder, every
+    pooling, left and right padding."""
+    mc = ModelConfig(name, pooling=pooling)
+    model = EmbeddingModel(mc, device="cpu", training=True).eval()
+    model.tokenizer.padding_side = side
+    texts = [t[:120] for t in _texts(24, 2)]
+    retrieval = Batch("retrieval", "d", texts[:4], texts[4:8], [texts[8 + 2 * i: 10 + 2 * i] for i in range(4)])
+    pair = Batch("pair", "d", texts[16:20], texts[20:24], scores=[0.0, 1.0, 3.0, 5.0])
+    for batch in (retrieval, pair):
+        results = {}
+        for free, gc in ((False, 0), (True, 0), (True, 3)):
+            mc.padding_free = free
+            model.zero_grad()
+            if gc:
+                loss, real, positions = grad_cache_step(model, batch, _cfg(mc, gc), lambda l: l.backward())
+            else:
+                loss, real, positions = batch_loss(model, batch, _cfg(mc))
+                loss.backward()
+            grad = next(p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0).grad.clone()
+            results[(free, gc)] = (float(loss.detach()), grad, real, positions)
+        base = results[(False, 0)]
+        for key, (loss, grad, real, positions) in results.items():
+            assert abs(loss - base[0]) <= 1e-4 * abs(base[0]), (batch.kind, key, loss, base[0])
+            assert float((grad - base[1]).norm() / base[1].norm()) <= 1e-3, (batch.kind, key)
+            assert real == base[2]
+        assert results[(True, 0)][3] < base[3]  # fewer positions computed
