@@ -6,7 +6,13 @@ vocabulary; both trainers get the same texts and tokenizer. Tokens/s counts real
 Each size runs in its own process; peak GPU memory from torch.cuda.max_memory_allocated.
 
     python benchmarks/train_throughput.py --sizes 0.5B,1.5B,7B --batch 32 --steps 30      (on a GPU)
+    python benchmarks/train_throughput.py --sizes small --batch 8 --steps 6 --device cpu  (the CPU table)
     python benchmarks/train_throughput.py --sizes tiny --batch 4 --steps 3 --device cpu   (smoke run)
+
+Columns: the trainer padding-free (its default), the trainer padded (`model.padding_free: false`, or
+`--padded` to run only that), and the sentence-transformers trainer; all in train mode. pad_fraction =
+padded positions over all positions computed; the profile splits the trainer's step into its phases (with a
+device sync between them on CUDA, so it slows the step a little).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pathlib import Path
 
 SIZES = {  # Qwen2 configurations (hidden, layers, heads, kv heads, intermediate)
     "tiny": (64, 2, 4, 2, 128),
+    "small": (256, 4, 4, 2, 1024),
     "0.5B": (896, 24, 14, 2, 4864),
     "1.5B": (1536, 28, 12, 2, 8960),
     "7B": (3584, 28, 28, 4, 18944),
@@ -64,38 +71,66 @@ def make_corpus(folder: Path, n: int, seed: int = 0) -> None:
     build(load_recipe(folder / "recipe.yaml"), folder / "out")
 
 
-def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool) -> dict:
+def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool,
+             padded: bool = False) -> dict:
     import torch
 
     from trainer.data import BatchSampler, DataConfig, open_shards
     from trainer.model import EmbeddingModel, ModelConfig
-    from trainer.train import StageConfig, TrainConfig, batch_loss
+    from trainer.train import StageConfig, TrainConfig, _embed, _inputs, task_loss
 
-    cfg = TrainConfig(model=ModelConfig(str(model_dir), gradient_checkpointing=grad_ckpt,
-                                        dtype="bfloat16" if device == "cuda" else "float32"),
+    cfg = TrainConfig(model=ModelConfig(str(model_dir), gradient_checkpointing=grad_ckpt, padding_free=not padded),
                       data=DataConfig(str(corpus), batch_size=batch, negatives=4, query_max_length=256,
-                                      doc_max_length=512), output_dir="unused", stages=[StageConfig(steps, 1e-5)])
-    model = EmbeddingModel(cfg.model, device=device)
+                                      doc_max_length=512), output_dir="unused", stages=[StageConfig(steps, 1e-5)],
+                      mixed_precision="bf16" if device == "cuda" else "no")
+    model = EmbeddingModel(cfg.model, device=device, training=True)
     from transformers import PreTrainedTokenizerFast
 
     model.tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir / "tok")
+    model.train()
     sampler = BatchSampler(open_shards(corpus), cfg.data, stage=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    tokens, t0 = 0, None
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    phases = dict.fromkeys(("sample", "tokenize", "forward", "backward", "optimizer"), 0.0)
+    tokens = positions = 0
+    t0 = None
+
+    def tick(name: str, since: float) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if t0 is not None:
+            phases[name] += now - since
+        return now
+
     for step in range(steps + 2):
         if step == 2:  # two warm-up steps
             if device == "cuda":
                 torch.cuda.synchronize()
-            t0, tokens = time.time(), 0
-        loss, n = batch_loss(model, next(sampler), cfg)
+            t0 = time.perf_counter()
+        t = time.perf_counter()
+        b = next(sampler)
+        t = tick("sample", t)
+        q, p = _inputs(model, b, cfg)
+        t = tick("tokenize", t)
+        with autocast:
+            loss = task_loss(_embed(model, q), _embed(model, p), b, cfg)
+        t = tick("forward", t)
         loss.backward()
+        t = tick("backward", t)
         opt.step()
         opt.zero_grad()
-        tokens += n
+        tick("optimizer", t)
+        if t0 is not None:
+            tokens += q.real + p.real
+            positions += q.positions + p.positions
     if device == "cuda":
         torch.cuda.synchronize()
-    secs = time.time() - t0
-    return {"tokens_per_s": tokens / secs, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
+    secs = time.perf_counter() - t0
+    total = sum(phases.values())
+    return {"tokens_per_s": tokens / secs, "pad_fraction": 1 - tokens / positions,
+            "profile": {k: v / total for k, v in phases.items()},
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
 
 
 def run_st(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool) -> dict:
@@ -144,8 +179,11 @@ def run_st(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, g
 
 
 def worker(args) -> None:
-    res = (run_ours if args.worker == "ours" else run_st)(Path(args.model), Path(args.corpus), args.batch, args.steps,
-                                                          args.device, args.grad_ckpt)
+    if args.worker == "st":
+        res = run_st(Path(args.model), Path(args.corpus), args.batch, args.steps, args.device, args.grad_ckpt)
+    else:
+        res = run_ours(Path(args.model), Path(args.corpus), args.batch, args.steps, args.device, args.grad_ckpt,
+                       padded=args.worker == "padded")
     print("RESULT " + json.dumps(res))
 
 
@@ -156,6 +194,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in both trainers")
+    ap.add_argument("--padded", action="store_true", help="the trainer's padded path only (no padding-free column)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -175,7 +214,7 @@ def main() -> None:
         if not (model_dir / "config.json").exists():
             make_model(model_dir, size)
         res = {}
-        for who in ("ours", "st"):
+        for who in (("padded", "st") if args.padded else ("ours", "padded", "st")):
             cmd = [sys.executable, __file__, "--worker", who, "--model", str(model_dir), "--corpus", str(corpus / "out"),
                    "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
             cmd += ["--grad-ckpt"] if args.grad_ckpt else []
@@ -184,15 +223,31 @@ def main() -> None:
             res[who] = json.loads(line[7:]) if line else {"error": out.stderr[-500:]}
         rows.append((size, res))
     print(f"\nbatch {args.batch} queries x (1 positive + 4 negatives), {args.steps} timed steps, device {args.device}")
-    print("| model (Qwen2, random weights) | trainer tokens/s | ST tokens/s | ratio | trainer peak GiB | ST peak GiB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model (Qwen2, random weights) | trainer | tokens/s | pad_fraction | vs padded | vs ST | peak GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for size, res in rows:
-        o, s = res["ours"], res["st"]
-        if "error" in o or "error" in s:
-            print(f"| {size} | error: {(o.get('error') or s.get('error'))[-200:]!r} |")
-            continue
-        print(f"| {size} | {o['tokens_per_s']:,.0f} | {s['tokens_per_s']:,.0f} | {o['tokens_per_s'] / s['tokens_per_s']:.2f} | "
-              f"{o['peak_gib']:.1f} | {s['peak_gib']:.1f} |")
+        st, padded = res["st"], res["padded"]
+        for who, label in (("ours", "padding-free"), ("padded", "padded"), ("st", "sentence-transformers")):
+            r = res.get(who)
+            if r is None:
+                continue
+            if "error" in r:
+                print(f"| {size} | {label} | error: {r['error'][-200:]!r} |")
+                continue
+            vs_pad = f"{r['tokens_per_s'] / padded['tokens_per_s']:.2f}x" if who == "ours" and "error" not in padded else ""
+            vs_st = f"{r['tokens_per_s'] / st['tokens_per_s']:.2f}x" if who != "st" and "error" not in st else ""
+            pad = f"{r['pad_fraction']:.3f}" if "pad_fraction" in r else ""
+            print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {pad} | {vs_pad} | {vs_st} | {r['peak_gib']:.1f} |")
+    print("\nprofile of the trainer's step (share of time):")
+    print("| model | trainer | sample | tokenize | forward | backward | optimizer |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for size, res in rows:
+        for who in ("ours", "padded"):
+            prof = res.get(who, {}).get("profile")
+            if prof:
+                print(f"| {size} | {'padding-free' if who == 'ours' else 'padded'} | "
+                      + " | ".join(f"{prof[k]:.0%}" for k in ("sample", "tokenize", "forward", "backward", "optimizer"))
+                      + " |")
 
 
 if __name__ == "__main__":

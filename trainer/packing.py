@@ -98,6 +98,8 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, device: torch.dev
 
 
 def default_overhead(device: torch.device) -> float:
-    """The cost of one more forward call, in token positions: a GPU call has a launch and sync cost that
-    a few hundred positions would fill; on a CPU a call costs little beyond its work."""
-    return 256.0 if device.type == "cuda" else 16.0
+    """The cost of one more forward call, in token positions. On the CPU 128 measured best (a 4-layer Qwen2,
+    benchmarks/train_throughput.py: pad_fraction 0.087, 1.49x the padded path; 16 gave 0.022 but only 1.20x,
+    small chunks run slower per token); on a GPU, where a call also pays kernel launches and small chunks
+    leave the device idle, 512 is a guess not yet measured (benchmarks/RESULTS.md)."""
+    return 512.0 if device.type == "cuda" else 128.0
