@@ -126,6 +126,14 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamp
     assert len([r for r in results2 if "error" in r]) == 2
 
+    # a third seed, reported before it runs: the finished runs only, each cell saying how many seeds it has
+    exp3 = load_experiment(_files(tmp_path, "  base: {}\n", seeds="[0, 1, 2]"))
+    partial: list[str] = []
+    results3 = run_experiment(exp3, out, log=partial.append, report_only=True)
+    assert {(r["variant"], r["seed"]) for r in results3} == {("base", 0), ("base", 1), (UNTRAINED, 0)}
+    assert "  not run yet: base seed 2" in partial
+    assert "[2 of 3 seeds]" in write_results(exp3, results3, out)["summary_md"].read_text()
+
 
 def test_ray_executor_runs_each_variant_as_a_task(tmp_path):
     ray = pytest.importorskip("ray")

@@ -89,10 +89,13 @@ def _experiment(args: argparse.Namespace) -> int:
     from trainer.experiment.report import write_results
     from trainer.experiment.runner import run_experiment
 
-    results = run_experiment(exp, args.out, executor=args.executor, gpus_per_run=args.gpus_per_run)
+    results = run_experiment(exp, args.out, executor=args.executor, gpus_per_run=args.gpus_per_run,
+                             report_only=args.report_only)
     paths = write_results(exp, results, Path(args.out))
     print(paths["summary_md"].read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths.values()))
+    if args.report_only:
+        return 0
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -132,6 +135,8 @@ def app(argv: list[str] | None = None) -> int:
                    help="ray: one Ray task per (variant, seed) run; builds run first on the driver")
     x.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray GPU resources per run")
     x.add_argument("--dry-run", action="store_true", help="resolve and check the variants, run nothing")
+    x.add_argument("--report-only", action="store_true",
+                   help="write the results of the runs finished so far, run nothing (while another process runs)")
     x.set_defaults(func=_experiment)
     args = parser.parse_args(argv)
     try:

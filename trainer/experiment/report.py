@@ -115,6 +115,8 @@ def summary_markdown(exp: Experiment, variants: list[str], tasks: list[str], cel
                 row.append("-")
                 continue
             txt = f"{c.mean:.4f} ± {c.std:.4f}" if c.n > 1 else f"{c.mean:.4f}"
+            if c.n < len(exp.seeds):
+                txt += f" [{c.n} of {len(exp.seeds)} seeds]"
             if c.diff is not None:
                 txt += f" ({c.diff:+.4f}{', ' + c.mark if c.mark else ''})"
             row.append(txt)

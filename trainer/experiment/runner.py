@@ -120,14 +120,18 @@ def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSp
 
 
 def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gpus_per_run: float = 0.0,
-                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Build, train and score every run not finished yet; return every run's result (or failure)."""
+                   log: Callable[[str], None] = print, report_only: bool = False) -> list[dict[str, Any]]:
+    """Build, train and score every run not finished yet; return every run's result (or failure).
+    `report_only`: run nothing, return the finished runs (a partial report while others still run)."""
     out = Path(out).resolve()  # runs resolve paths against their training config's folder
     out.mkdir(parents=True, exist_ok=True)
     builds: dict[str, Path] = {}
     build_errors: dict[str, str] = {}
     for v in exp.variants:
         if v.build_key in builds or v.build_key in build_errors:
+            continue
+        if report_only:
+            builds[v.build_key] = out / "builds" / v.build_key
             continue
         try:
             builds[v.build_key] = build_corpus(exp, v, out, log)
@@ -151,6 +155,10 @@ def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gp
         else:
             pending.append(r)
     log(f"{exp.name}: {len(runs)} runs, {len(runs) - len(pending)} done or failed to build, {len(pending)} to run")
+    if report_only:
+        for r in pending:
+            log(f"  not run yet: {r.variant} seed {r.seed}")
+        return results
     if executor == "ray":
         results += _run_on_ray(pending, gpus_per_run, log)
     else:
