@@ -283,6 +283,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
                     _save_state(acc, ckpt, sampler_state, scheduler, step + 1)
                 if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
                         and step + 1 < stage.steps:
+                    prefetch.wait()  # the tokenizer is not safe to share between threads
                     evaluator(model, fwd, index, step + 1, global_step + step + 1,
                               lambda folder: _export(model, folder, cfg))
                     wrapped.train()
@@ -344,6 +345,11 @@ class _Prefetch:
         item = self.future.result()
         self.future = self._submit()
         return item
+
+    def wait(self) -> None:
+        """Until the call in flight is done (its result stays for `get`)."""
+        if self.future is not None:
+            self.future.exception()
 
     def close(self) -> None:
         self.left = 0

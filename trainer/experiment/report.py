@@ -115,7 +115,7 @@ def summary_markdown(exp: Experiment, variants: list[str], tasks: list[str], cel
                 row.append("-")
                 continue
             txt = f"{c.mean:.4f} ± {c.std:.4f}" if c.n > 1 else f"{c.mean:.4f}"
-            if c.n < len(exp.seeds):
+            if c.n < len(exp.seeds) and v != UNTRAINED:  # (scored once)
                 txt += f" [{c.n} of {len(exp.seeds)} seeds]"
             if c.diff is not None:
                 txt += f" ({c.diff:+.4f}{', ' + c.mark if c.mark else ''})"
