@@ -222,12 +222,17 @@ def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Rec
     return recipe
 
 
+def read_config_text(path: Path, what: str, error: type[Exception]) -> str:
+    """A YAML file's text, or `error` saying why it cannot be read (missing, unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc})") from None
+
+
 def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text ({exc})") from None
+    text = read_config_text(path, "recipe", RecipeError)
     return LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from datakit.recipe import SourceFields, SourceLocation, Strict, format_errors, line_of
+from datakit.recipe import SourceFields, SourceLocation, Strict, format_errors, line_of, read_config_text
 
 TaskType = Literal["sts", "retrieval", "classification", "clustering", "pair_classification", "reranking"]
 
@@ -208,11 +208,6 @@ def parse_task_file(text: str, path: Path) -> tuple[TaskFile, yaml.Node | None]:
 
 def load_task_file(path: str | Path) -> LoadedTaskFile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TaskFileError(f"cannot read task file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise TaskFileError(f"{path}: not UTF-8 text ({exc})") from None
+    text = read_config_text(path, "task file", TaskFileError)
     spec, root = parse_task_file(text, path)
     return LoadedTaskFile(spec, path, root)
