@@ -282,3 +282,16 @@ log_every: 1
     (out / "stage1" / "done").unlink()
     res = launch(1)
     assert res.returncode != 0 and "saved by 2 processes, resumed by 1" in res.stderr
+
+
+def test_missing_model_or_shards_is_one_line_before_any_model_loads(shards, tmp_path, capsys):
+    from trainer.cli import app
+
+    base = "data: {shards: %s}\noutput_dir: o\n"
+    cfg = write(tmp_path / "a.yaml", "model: {name_or_path: ./no-such-model}\n" + base % shards)
+    assert app(["run", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.name_or_path:") and "no-such-model" in err and "\n" not in err
+    cfg = write(tmp_path / "b.yaml", "model: {name_or_path: embedded-minilm}\n" + base % (tmp_path / "nowhere"))
+    assert app(["run", str(cfg)]) == 1
+    assert "data.shards:" in capsys.readouterr().err

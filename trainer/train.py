@@ -81,6 +81,16 @@ class TrainConfig:
         return cfg
 
 
+def check_paths(cfg: TrainConfig) -> None:
+    """Fail in one line, before any model loads, on a shards folder or a model path that does not exist
+    (a name that is not a path, such as a hub id `org/name` or an alias, is left to the loader)."""
+    if not Path(cfg.data.shards).exists():
+        raise FileNotFoundError(f"data.shards: {cfg.data.shards}: no such folder (a datakit output folder)")
+    name = cfg.model.name_or_path
+    if (name.startswith((".", "/", "~")) or Path(name).is_absolute()) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model.name_or_path: {name}: no such folder (give a folder, a hub id or an alias)")
+
+
 def _checked(cls: type, raw: Any, where: str) -> dict[str, Any]:
     """A config section as keyword arguments for its dataclass: a mapping, no unknown or missing keys."""
     import dataclasses
@@ -201,6 +211,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
+    check_paths(cfg)
     acc = _accelerator(Accelerator, _mixed_precision(cfg.mixed_precision))
     if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
