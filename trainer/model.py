@@ -117,8 +117,9 @@ def freeze_unused(backbone: nn.Module, device: torch.device) -> list[str]:
     return their names. DDP would otherwise wait for their gradients and fail ("parameters that were not used
     in producing loss")."""
     ids = torch.tensor([[5, 6, 7, 8]], device=device)
+    kw = {"use_cache": False} if is_decoder(backbone.config) else {}
     with torch.enable_grad():
-        out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), **kw).last_hidden_state
     used, seen, stack = set(), set(), [out.grad_fn]
     while stack:
         fn = stack.pop()
