@@ -174,7 +174,7 @@ class _Pool:
         return np.concatenate(out)
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "queue": [q.tolist() for q in self.queue], "carry": self.carry}
+        return {"epoch": self.epoch, "pos": self.pos, "queue": [q.tolist() for q in self.queue], "carry": list(self.carry)}
 
     def load(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
