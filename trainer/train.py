@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
                              for name in ("done", "latest"))
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
-    global_step, wrapped = 0, None
+    global_step, full = 0, None
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
@@ -310,10 +310,9 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
         if evaluator is not None:
-            fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
             evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg))
     final = out / "model"
-    exported = _full_model(acc, wrapped, model, cfg) if wrapped is not None else model
+    exported = _full_model(acc, full, model, cfg) if full is not None else model
     if acc.is_main_process:
         _export(exported, final, cfg)
         if evaluator is not None and evaluator.history:
@@ -505,15 +504,12 @@ def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> int:
     return int(meta["step"])
 
 
-def _full_model(acc, wrapped, model: EmbeddingModel, cfg: TrainConfig) -> EmbeddingModel:
-    """The model to export. Under FSDP or DeepSpeed the parameters are sharded over the processes: gather the
-    full state (every process takes part) into a fresh copy on the main process's CPU."""
+def _full_model(acc, full: dict[str, Any], model: EmbeddingModel, cfg: TrainConfig) -> EmbeddingModel:
+    """The model to export. Under FSDP or DeepSpeed the parameters are sharded over the processes: the last
+    stage's gathered state (`full`) is loaded into a fresh copy on the main process's CPU."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return model
-    full = acc.get_state_dict(wrapped)
-    if not acc.is_main_process:
+    if acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED) or not acc.is_main_process:
         return model
     copy = EmbeddingModel(cfg.model, device="cpu", training=True)
     copy.load_state_dict(full)
