@@ -43,6 +43,7 @@ def build(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one, "
                                           "or RAY_ADDRESS)"),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray cluster"),
+    report: bool = typer.Option(False, "--report", help="write the audit report OUT/report.html at the end"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
     from datakit.benchmarks import PackError
@@ -80,6 +81,8 @@ def build(
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
     _summary(result.manifest)
     console.print(f"[bold green]output:[/] {out.resolve()}  (manifest: {out / 'manifest.json'})")
+    if report:
+        _write_report(out)
     broken = result.manifest.get("incomplete_inputs", [])
     if broken:  # the rows before each break are in the output; the rest of those files is not: not a success
         _fail("\n".join(f"source {b['source']!r}: {b['file']} is truncated: its stream broke after {b['byte']:,} "
@@ -144,6 +147,33 @@ def stats(out: Path = typer.Argument(..., help="output folder of a build")) -> N
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _summary(manifest)
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Argument(..., help="output folder of a build"),
+    dest: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default OUT/report.html, or "
+                                        "OUT/compare.html with --compare)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="another build's output folder: both side by "
+                                           "side, differences marked"),
+    train_config: Optional[Path] = typer.Option(None, "--train-config", help="a `trainer` config: token lengths with "
+                                                "its tokenizer, prompt and max lengths"),
+    sample: int = typer.Option(5000, "--sample", min=1, help="records per kind whose token lengths are measured"),
+) -> None:
+    """Audit report: one self-contained HTML page (plots inlined, opens offline) of what the build did to the data:
+    overview, quarantine, dedup, contamination, hard negatives, synthesis, token lengths, lineage."""
+    _write_report(out, dest, compare, train_config, sample)
+
+
+def _write_report(out: Path, dest: Path | None = None, compare: Path | None = None, train_config: Path | None = None,
+                  sample: int = 5000) -> None:
+    from datakit.report import ReportError, write_report
+
+    try:
+        path = write_report(out, dest, compare, train_config, sample)
+    except ReportError as exc:
+        _fail(str(exc))
+    console.print(f"[bold green]report:[/] {path.resolve()}")
 
 
 @app.command()

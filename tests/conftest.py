@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +19,25 @@ from datakit.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """One of our console scripts in a subprocess, with the tests' cache."""
+    exe = shutil.which(tool, path=str(BIN)) or tool
+    env = {"COLUMNS": "200", "PATH": str(BIN), "DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def demo_cli(tmp_path_factory) -> Path:
+    """The demo recipe built once through `datakit build --report` (shared by the CLI and report tests)."""
+    out = tmp_path_factory.mktemp("cli") / "demo"
+    res = run("datakit", "build", "recipes/demo.yaml", "--out", str(out), "--quiet", "--report")
+    assert res.returncode == 0, res.stderr
+    assert "output:" in res.stdout and "articles" in res.stdout and "quarantined:" in res.stdout
+    assert "report:" in res.stdout and (out / "report.html").is_file()
+    return out
 
 
 def write(path: Path, content: str | bytes) -> Path:

@@ -1,30 +1,14 @@
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write
-
-BIN = Path(sys.executable).parent
-
-
-def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    exe = shutil.which(tool, path=str(BIN)) or tool
-    env = {"COLUMNS": "200", "PATH": str(BIN), "DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
+from tests.conftest import run, write
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "demo"
-    res = run("datakit", "build", "recipes/demo.yaml", "--out", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
-    assert "output:" in res.stdout and "articles" in res.stdout and "quarantined:" in res.stdout
-    return out
+def demo(demo_cli) -> Path:
+    return demo_cli
 
 
 def test_build_twice_is_up_to_date_unless_an_input_cannot_be_fingerprinted(demo, tmp_path):

@@ -62,6 +62,11 @@ def test_demo_synthesises_offline_with_the_embedded_model(demo_out):
         assert e["calls"] + e["cache_hits"] > 0 and e["cost_usd"] == 0.0
         assert {"prompt_tokens", "completion_tokens", "kept", "dropped"} <= set(e)
         assert e["kept"] + sum(e["dropped"].values()) >= e["records_selected"]
+        verdicts = [x["verdict"] for x in e["examples"]]  # a few outputs per verdict, next to their source
+        assert set(verdicts) <= {"kept", *e["dropped"]} and max(verdicts.count(v) for v in verdicts) <= 3
+        assert all(x["id"] and x["source"] and x["file"] for x in e["examples"])
+    for ds, sims in m["mining"]["similarity"].items():  # histograms for the audit report
+        assert all(sum(v["hist"]["counts"]) == v["n"] for v in sims.values() if v["n"]), ds
     assert m["llm_budget"] == {**m["llm_budget"], "max_budget_usd": 1.0, "reached": False}
     retrieval = read_shards(demo_out, "retrieval")
     parents = pc.struct_field(retrieval.column("lineage"), "parent_id")

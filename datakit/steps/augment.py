@@ -55,7 +55,7 @@ class Augment(SynthesisStep):
                 if not reason and quality.copy_ratio(query, passage) >= cfg.quality.copy_ratio:
                     reason = "query_equals_passage"
             if reason:
-                self.out[reason] += 1
+                self.tally(reason, table, r, queries[r], _pair(query, passage))
             else:
                 passed.append((r, k, query, passage))
         pair_sim = self.similarity([q for _, _, q, _ in passed], [p for *_, p in passed])
@@ -63,14 +63,15 @@ class Augment(SynthesisStep):
         kept = []
         for item, ps, ts in zip(passed, pair_sim.tolist(), topic_sim.tolist()):
             if ps < cfg.min_pair_similarity:
-                self.out["unanswered"] += 1
+                verdict = "unanswered"
             elif ts < cfg.min_topic_similarity:
-                self.out["off_topic"] += 1
+                verdict = "off_topic"
             elif ts >= cfg.max_topic_similarity:
-                self.out["same_topic"] += 1
+                verdict = "same_topic"
             else:
-                self.out["kept"] += 1
+                verdict = "kept"
                 kept.append(item)
+            self.tally(verdict, table, item[0], queries[item[0]], _pair(item[2], item[3]))
         if not kept:
             return None
         ids = table.column("id").to_pylist()
@@ -87,3 +88,8 @@ class Augment(SynthesisStep):
                                        [self.lineage_event(f"sample={k}") for _, k, _, _ in kept]),
         })
         return conform("retrieval", new)
+
+
+def _pair(query: str, passage: str) -> str:
+    """A generated query/passage pair as one text (for the manifest's examples)."""
+    return f"query: {query}\npassage: {passage}" if passage else query

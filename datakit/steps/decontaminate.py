@@ -141,11 +141,14 @@ class Decontaminate(Step):
             best[int(pos[h[0]])].setdefault(self._task_key(h[1], h[2]), h)
         ids = table.column("id").to_pylist()
         datasets = table.column("dataset").to_pylist()
+        lineage = table.column("lineage")
         for rec, per_task in best.items():
             ds = datasets[rec]
             first_example = None
+            origin = lineage[rec].as_py() or {}
             for key, (t, p_i, r, m, s) in sorted(per_task.items(), key=lambda kv: rank[kv[1][3]]):
-                example = self._example(ids[rec], ds, fields[t], texts[t].as_py(), p_i, r, m, s)
+                example = {**self._example(ids[rec], ds, fields[t], texts[t].as_py(), p_i, r, m, s),
+                           "file": origin.get("file"), "row": origin.get("row")}
                 first_example = first_example or example
                 self.by_task[key][ds] += 1
                 if len(self.examples[key]) < EXAMPLES:

@@ -73,7 +73,7 @@ class LLMNegatives(SynthesisStep):
             if not reason:
                 reason = quality.check(text, positives[r], cfg.quality, copy_of=[positives[r], *negatives[r]])
             if reason:
-                self.out[reason] += 1
+                self.tally(reason, table, r, queries[r], text)
             else:
                 passed.append((r, k, text))
         q_neg = self.similarity([queries[r] for r, _, _ in passed], [t for *_, t in passed])
@@ -81,36 +81,37 @@ class LLMNegatives(SynthesisStep):
         banded = []
         for item, qn, qp in zip(passed, q_neg.tolist(), q_pos.tolist()):
             if qn < cfg.min_query_similarity:
-                self.out["off_topic"] += 1
+                self.tally("off_topic", table, item[0], queries[item[0]], item[2])
             elif qn >= cfg.perc * qp:
-                self.out["false_negative"] += 1
+                self.tally("false_negative", table, item[0], queries[item[0]], item[2])
             else:
                 banded.append(item)
         if cfg.judge and banded:
-            banded = self._judge(banded, queries)
+            banded = self._judge(banded, queries, table)
         changed = np.zeros(table.num_rows, bool)
         for r, _, text in banded:
             if text in negatives[r]:  # two samples wrote the same passage
-                self.out["duplicate"] += 1
+                self.tally("duplicate", table, r, queries[r], text)
                 continue
             negatives[r] = negatives[r] + [text]
             origins[r] = origins[r] + ["llm"]
             changed[r] = True
-            self.out["kept"] += 1
+            self.tally("kept", table, r, queries[r], text)
         if not changed.any():
             return table
         lineage = add_event(table.column("lineage"), self.name, model=self.model, prompt_id=self.prompt.ref,
                             detail="llm hard negatives", where=changed)
         return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})
 
-    def _judge(self, items: list[tuple[int, int, str]], queries: list[str]) -> list[tuple[int, int, str]]:
+    def _judge(self, items: list[tuple[int, int, str]], queries: list[str],
+               table: pa.Table) -> list[tuple[int, int, str]]:
         answers = self.generate([{"query": queries[r], "passage": t} for r, _, t in items], prompt=self.judge_prompt)
         kept = []
         for item, answer in zip(items, answers):
             if answer.data is None:
-                self.out[f"judge_{answer.error or 'failed'}"] += 1
+                self.tally(f"judge_{answer.error or 'failed'}", table, item[0], queries[item[0]], item[2])
             elif getattr(answer.data, "answers"):
-                self.out["judge_says_answers"] += 1
+                self.tally("judge_says_answers", table, item[0], queries[item[0]], item[2])
             else:
                 kept.append(item)
         return kept

@@ -47,12 +47,17 @@ class MineConfig(StepConfig):
     seed: int = 0
 
 
-def _stats(values: np.ndarray) -> dict[str, float]:
+HIST_BINS = 40  # similarity histogram: equal bins over [-1, 1] (the audit report plots them)
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
     if len(values) == 0:
         return {"n": 0}
     q = np.percentile(values, [10, 50, 90])
+    counts, _ = np.histogram(np.clip(values, -1, 1), bins=HIST_BINS, range=(-1.0, 1.0))
     return {"n": int(len(values)), "mean": round(float(values.mean()), 4), "p10": round(float(q[0]), 4),
-            "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4)}
+            "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4),
+            "hist": {"lo": -1.0, "hi": 1.0, "counts": counts.tolist()}}
 
 
 def llm_quota(ids: list[str], target: int, share: float, seed: int) -> np.ndarray:

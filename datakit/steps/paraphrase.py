@@ -55,7 +55,7 @@ class Paraphrase(SynthesisStep):
                 others = [source] + ([positives[r]] if positives is not None and f == "query" else [])
                 reason = quality.check(text, source, cfg.quality, copy_of=others)
             if reason:
-                self.out[reason] += 1
+                self.tally(reason, table, r, cols[f][r], text)
             else:
                 passed.append((r, f, k, text))
         sims = self.similarity([cols[f][r] for r, f, _, _ in passed], [t for *_, t in passed])
@@ -63,15 +63,17 @@ class Paraphrase(SynthesisStep):
             to_pos = self.similarity([positives[r] for r, *_ in passed], [t for *_, t in passed])
         kept = []
         for n, (item, sim) in enumerate(zip(passed, sims.tolist())):
+            r, f, _, text = item
             if sim < cfg.min_similarity:
-                self.out["drifted"] += 1
-            elif item[1] == "query" and positives is not None and to_pos[n] >= sim:
-                self.out["answered"] += 1
+                verdict = "drifted"
+            elif f == "query" and positives is not None and to_pos[n] >= sim:
+                verdict = "answered"
             elif sim >= cfg.max_similarity:
-                self.out["too_similar"] += 1
+                verdict = "too_similar"
             else:
-                self.out["kept"] += 1
+                verdict = "kept"
                 kept.append(item)
+            self.tally(verdict, table, r, cols[f][r], text)
         if not kept:
             return None
         take = pa.array([r for r, *_ in kept], pa.int64())

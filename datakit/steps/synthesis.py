@@ -26,6 +26,8 @@ from datakit.records import LINEAGE
 from datakit.steps import Step, StepConfig, StepContext, Stream
 
 CHUNK = 256  # requests per complete_many call: bounds memory and lets a kill lose at most one chunk's progress
+EXAMPLES_PER_VERDICT = 3  # outputs kept, and dropped per reason, shown in the manifest (and the audit report)
+SHOWN_CHARS = 400
 
 
 class SynthesisConfig(StepConfig):
@@ -69,6 +71,7 @@ class SynthesisStep(Step):
         self.model = config.model or self.settings.model
         self.out: Counter[str] = Counter()  # generated texts: "kept" and drop reasons
         self.selected = 0
+        self.examples: list[dict[str, Any]] = []  # a few outputs per verdict, next to their source
         self.merged = LLMStats()  # counters of clients in other processes (Ray workers)
         self._client: LLMClient | None = None
         self._embedder: Embedder | None = None
@@ -155,6 +158,18 @@ class SynthesisStep(Step):
         raw = getattr(answer.data, field) if field else answer.text
         return clean(raw if isinstance(raw, str) else str(raw)), ""
 
+    def tally(self, verdict: str, table: pa.Table, row: int, source: str, output: str) -> None:
+        """Count a generated text as "kept" or under its drop reason; keep the first few of each as examples
+        (the source record's id, file and row, its text and the output)."""
+        self.out[verdict] += 1
+        if sum(e["verdict"] == verdict for e in self.examples) >= EXAMPLES_PER_VERDICT:
+            return
+        lineage = table.column("lineage")[row].as_py() or {}
+        self.examples.append({"verdict": verdict, "id": table.column("id")[row].as_py(),
+                              "dataset": table.column("dataset")[row].as_py(), "file": lineage.get("file"),
+                              "row": lineage.get("row"), "source": (source or "")[:SHOWN_CHARS],
+                              "output": (output or "")[:SHOWN_CHARS]})
+
     def lineage_event(self, detail: str) -> dict[str, str]:
         return {"step": self.name, "model": self.model, "prompt_id": self.prompt.ref, "detail": detail}
 
@@ -165,9 +180,9 @@ class SynthesisStep(Step):
 
     def take_state(self) -> dict[str, Any]:
         state = super().take_state()
-        state.update(out=dict(self.out), selected=self.selected,
+        state.update(out=dict(self.out), selected=self.selected, examples=self.examples,
                      llm=self._client.stats.as_dict() if self._client is not None else {})
-        self.out, self.selected = Counter(), 0
+        self.out, self.selected, self.examples = Counter(), 0, []
         if self._client is not None:
             self._client.stats = LLMStats()
         return state
@@ -176,6 +191,9 @@ class SynthesisStep(Step):
         super().merge_state(state)
         self.out.update(state["out"])
         self.selected += state["selected"]
+        for example in state.get("examples", []):
+            if sum(e["verdict"] == example["verdict"] for e in self.examples) < EXAMPLES_PER_VERDICT:
+                self.examples.append(example)
         self.merged.add(state["llm"])
 
     # ------------------------------------------------------------------ reporting
@@ -190,7 +208,8 @@ class SynthesisStep(Step):
         stats = total.as_dict()
         stats.pop("dropped", None)  # the step counts answer drops itself, with the quality reasons
         entry = {"model": self.model, "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
-                 "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"}}
+                 "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"},
+                 "examples": self.examples}
         return {"synthesis": {self.name: entry}}
 
 
