@@ -128,7 +128,8 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     total = sum(phases.values())
-    return {"tokens_per_s": tokens / secs, "pad_fraction": 1 - tokens / positions,
+    return {"path": "varlen" if model.varlen else ("micro-batches" if cfg.model.padding_free else "padded"),
+            "tokens_per_s": tokens / secs, "pad_fraction": 1 - tokens / positions,
             "profile": {k: v / total for k, v in phases.items()},
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
 
@@ -237,6 +238,7 @@ def main() -> None:
             vs_pad = f"{r['tokens_per_s'] / padded['tokens_per_s']:.2f}x" if who == "ours" and "error" not in padded else ""
             vs_st = f"{r['tokens_per_s'] / st['tokens_per_s']:.2f}x" if who != "st" and "error" not in st else ""
             pad = f"{r['pad_fraction']:.3f}" if "pad_fraction" in r else ""
+            label = f"{label} ({r['path']})" if who == "ours" and r.get("path") else label
             print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {pad} | {vs_pad} | {vs_st} | {r['peak_gib']:.1f} |")
     print("\nprofile of the trainer's step (share of time):")
     print("| model | trainer | sample | tokenize | forward | backward | optimizer |")

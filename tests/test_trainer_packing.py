@@ -81,3 +81,53 @@ def test_padding_free_loss_equals_padded_loss(name, cases, monkeypatch):
             assert float((grad - base[1]).norm() / base[1].norm()) <= 1e-3, (pooling, side, batch.kind, key)
             assert real == base[2]
         assert results[(True, 0)][3] < base[3]  # fewer positions computed
+
+
+def test_pack_restarts_positions_and_pools_per_text():
+    from trainer.varlen import pack, pool_packed
+
+    packed = pack([[5, 6, 7], [8], [9, 10]])
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1]] and packed["cu_seqlens"].tolist() == [0, 3, 4, 6]
+    hidden = torch.arange(12, dtype=torch.float32).reshape(1, 6, 2)
+    assert pool_packed(hidden, packed["cu_seqlens"], "mean").tolist() == [[2, 3], [6, 7], [9, 10]]
+    assert pool_packed(hidden, packed["cu_seqlens"], "last").tolist() == [[4, 5], [6, 7], [10, 11]]
+    assert pool_packed(hidden, packed["cu_seqlens"], "cls").tolist() == [[0, 1], [6, 7], [8, 9]]
+
+
+def test_packed_varlen_loss_equals_padded_loss():
+    """Packed texts (one row, positions restarting per text, attention within each text: on the CPU computed
+    text by text, on CUDA by the varlen kernel) give the padded path's loss and gradient, plainly and through
+    GradCache, for SmolLM2 (a decoder with grouped-query attention), with no padding at all."""
+    mc = ModelConfig("embedded-smollm2", varlen=True)
+    model = EmbeddingModel(mc, device="cpu", training=True).eval()
+    assert model.varlen and model.backbone.config._attn_implementation == "embedkit_varlen"
+    from trainer.model import packed_matches_padded
+
+    assert packed_matches_padded(model)
+    texts = [t[:60] for t in _texts(24, 2)]
+    retrieval = Batch("retrieval", "d", texts[:4], texts[4:8], [texts[8 + 2 * i: 10 + 2 * i] for i in range(4)])
+    for pooling in ("mean", "last"):
+        mc.pooling = pooling
+        results = {}
+        for varlen, gc in ((False, 0), (True, 0), (True, 3)):
+            model.varlen = varlen
+            model.zero_grad()
+            if gc:
+                loss, real, positions = grad_cache_step(model, retrieval, _cfg(mc, gc), lambda l: l.backward())
+            else:
+                loss, real, positions = batch_loss(model, retrieval, _cfg(mc))
+                loss.backward()
+            grad = model.backbone.layers[0].self_attn.q_proj.weight.grad.clone()
+            results[(varlen, gc)] = (float(loss.detach()), grad, real, positions)
+        base = results[(False, 0)]
+        for key, (loss, grad, real, positions) in results.items():
+            assert abs(loss - base[0]) <= 1e-4 * abs(base[0]), (pooling, key, loss, base[0])
+            assert float((grad - base[1]).norm() / base[1].norm()) <= 1e-3, (pooling, key)
+            assert real == base[2] and (positions == real if key[0] else positions > real)
+
+
+def test_varlen_is_refused_where_it_cannot_apply_and_off_by_default_on_the_cpu():
+    with pytest.raises(ValueError, match="not a bidirectional decoder"):
+        EmbeddingModel(ModelConfig("embedded-minilm", varlen=True), device="cpu")
+    assert not EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").varlen  # micro-batches here

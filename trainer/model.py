@@ -3,6 +3,7 @@ pooled (mean over real tokens by default, instruction included) and L2-normalise
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Pooling = Literal["mean", "last", "cls"]
+log = logging.getLogger(__name__)
 DECODER_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "qwen2_moe"}
 
 
@@ -25,7 +27,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
     dropout: float | None = None  # set every dropout of the backbone's config (None: the model's own)
-    padding_free: bool = True  # training steps in length-grouped micro-batches (trainer/packing.py); false: padded
+    padding_free: bool = True  # training steps without padding (trainer/packing.py); false: padded batches
+    # packed texts with variable-length attention (decoders, trainer/varlen.py). None: on CUDA, when a probe at
+    # load gives the padded path's embeddings; elsewhere length-grouped micro-batches. True forces it (on the
+    # CPU the attention then runs text by text: for tests). False: micro-batches.
+    varlen: bool | None = None
 
 
 def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -137,6 +143,51 @@ def freeze_unused(backbone: nn.Module, device: torch.device) -> list[str]:
     return frozen
 
 
+def _wants_varlen(cfg: ModelConfig, hf_config, device: torch.device, bidirectional: bool) -> bool:
+    """Whether training steps run packed texts with varlen attention (see ModelConfig.varlen)."""
+    if cfg.varlen is False or not cfg.padding_free:
+        return False
+    why = None
+    if not (is_decoder(hf_config) and bidirectional):
+        why = "it is not a bidirectional decoder"
+    elif cfg.attn_implementation != "sdpa":
+        why = f"attn_implementation is {cfg.attn_implementation!r} (the varlen path replaces sdpa)"
+    elif cfg.lora:
+        why = "LoRA is on"
+    if why:
+        if cfg.varlen:
+            raise ValueError(f"model.varlen: true, but {why}")
+        if device.type == "cuda":
+            log.warning(f"no varlen attention for {cfg.name_or_path} ({why}): training steps use "
+                        "length-grouped micro-batches")
+        return False
+    return bool(cfg.varlen) or device.type == "cuda"
+
+
+@torch.no_grad()
+def packed_matches_padded(model: "EmbeddingModel") -> bool:
+    """Probe the packed path once: two texts of different lengths give the same embeddings packed as padded
+    (under bf16 autocast on CUDA, as in training; cosine >= 0.99)."""
+    from trainer.varlen import pack
+
+    ids = [[(5 + 11 * i) % 90 + 3 for i in range(n)] for n in (9, 4)]
+    padded = model.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    packed = pack(ids)
+    dev = model.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            a = model(padded["input_ids"].to(dev), padded["attention_mask"].to(dev))
+            b = model(**{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in packed.items()})
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        log.warning(f"packed forward failed ({type(exc).__name__}: {str(exc)[:200]})")
+        return False
+    finally:
+        model.train(was_training)
+    return bool((a * b).sum(-1).min() >= 0.99)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
     """Pool token states over real tokens; correct for left and right padding."""
     mask = mask.to(hidden.dtype)
@@ -177,14 +228,20 @@ class EmbeddingModel(nn.Module):
                     setattr(hf_config, key, cfg.dropout)
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = weight_dtype(cfg.dtype, device, training)
-        self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype,
-                                                  attn_implementation=cfg.attn_implementation, **kw)
+        bidirectional = cfg.bidirectional if cfg.bidirectional is not None else is_decoder(hf_config)
+        self.varlen = _wants_varlen(cfg, hf_config, device, bidirectional)
+        attn = cfg.attn_implementation
+        if self.varlen:
+            from trainer import varlen
+
+            attn = varlen.register()  # sdpa for padded batches, varlen attention for packed texts
+        self.backbone = AutoModel.from_pretrained(name, config=hf_config, dtype=dtype, attn_implementation=attn, **kw)
         if gguf_file:  # transformers dequantised the GGUF weights: it is a plain model from here on
             self.backbone.hf_quantizer = None
             self.backbone.is_quantized = False
             self.backbone.config.__dict__.pop("quantization_config", None)
         self.decoder = is_decoder(self.backbone.config)
-        if cfg.bidirectional if cfg.bidirectional is not None else self.decoder:
+        if bidirectional:
             make_bidirectional(self.backbone)
             check_bidirectional(self.backbone.to(device), device)
         self.frozen = freeze_unused(self.backbone.to(device), device) if training else []
@@ -195,6 +252,10 @@ class EmbeddingModel(nn.Module):
 
             self.backbone = get_peft_model(self.backbone, LoraConfig(**cfg.lora))
         self.to(device)
+        if self.varlen and cfg.varlen is None and not packed_matches_padded(self):
+            self.varlen = False
+            log.warning("packed texts with varlen attention did not give the padded path's embeddings on this "
+                        "machine: training steps use length-grouped micro-batches instead")
 
     @property
     def device(self) -> torch.device:
@@ -204,8 +265,18 @@ class EmbeddingModel(nn.Module):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_len: int = 0) -> torch.Tensor:
+        """L2-normalised embeddings of a padded batch, or of packed texts (`cu_seqlens`, trainer/varlen.py)."""
         kw = {"use_cache": False} if self.decoder else {}  # no KV cache: it costs memory and breaks recomputation
+        if cu_seqlens is not None:
+            from trainer.varlen import pool_packed
+
+            hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens,
+                                   cu_seq_lens_k=cu_seqlens, max_length_q=max_len, max_length_k=max_len,
+                                   **kw).last_hidden_state
+            return F.normalize(pool_packed(hidden, cu_seqlens, self.cfg.pooling).float(), dim=-1)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
         return F.normalize(pool(hidden, attention_mask, self.cfg.pooling).float(), dim=-1)
 

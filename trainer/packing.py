@@ -8,8 +8,8 @@ the gather across processes see exactly what the padded path gives them.
 
 This works for every model and attention implementation (encoders, decoders, left or right padding: the
 model's attention mask and, for rotary decoders, relative positions make a text's states independent of the
-padding around it). Variable-length attention kernels, which would drop the rest of the padding on CUDA, are
-not used yet: see docs/NOTES.md.
+padding around it). Decoders on CUDA go further: their texts are packed into one row and attend through a
+variable-length attention kernel (`packed=True`, trainer/varlen.py), with no padding at all.
 """
 from __future__ import annotations
 
@@ -69,10 +69,11 @@ def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int, device: torch.device, padding_free: bool,
-                 overhead: float, rows_per_chunk: int = 0) -> Encoded:
+                 overhead: float, rows_per_chunk: int = 0, packed: bool = False) -> Encoded:
     """Tokenize a step side. Padded: one chunk (today's path) or row slices of `rows_per_chunk` (GradCache).
     Padding-free: length-sorted chunks, cut by `plan_chunks`, or by `rows_per_chunk` rows under GradCache
-    (whose chunks then hold texts of similar length)."""
+    (whose chunks then hold texts of similar length); `packed`: the texts concatenated into one row (or one per
+    `rows_per_chunk` texts) for varlen attention (trainer/varlen.py), no padding at all."""
     if not padding_free:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
@@ -83,6 +84,13 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, device: torch.dev
         return Encoded(chunks, np.arange(n), int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel()))
     ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     lengths = np.array([len(x) for x in ids])
+    if packed:
+        from trainer.varlen import pack
+
+        step = rows_per_chunk or max(len(ids), 1)
+        chunks = [{k: (_to(v, device) if torch.is_tensor(v) else v) for k, v in pack(ids[i: i + step]).items()}
+                  for i in range(0, len(ids), step)]
+        return Encoded(chunks, np.arange(len(ids)), int(lengths.sum()), int(lengths.sum()))
     if rows_per_chunk:
         order = np.argsort(-lengths, kind="stable")
         groups = [order[i: i + rows_per_chunk] for i in range(0, len(order), rows_per_chunk)]

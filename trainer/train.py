@@ -114,9 +114,11 @@ def _inputs(model, batch: Batch, cfg: TrainConfig, rows_per_chunk: int = 0) -> t
     d = cfg.data
     docs = batch.docs + [n for negs in batch.negatives for n in negs]
     free, overhead = cfg.model.padding_free, default_overhead(model.device)
-    q = encode_texts(model.tokenizer, batch.queries, d.query_max_length, model.device, free, overhead, rows_per_chunk)
+    packed = free and getattr(model, "varlen", False)
+    q = encode_texts(model.tokenizer, batch.queries, d.query_max_length, model.device, free, overhead, rows_per_chunk,
+                     packed)
     p = encode_texts(model.tokenizer, docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length,
-                     model.device, free, overhead, rows_per_chunk)
+                     model.device, free, overhead, rows_per_chunk, packed)
     return q, p
 
 
@@ -168,7 +170,7 @@ def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward, no_sync=Non
     for enc, raw, rng in zip((q, p), raws, states):
         offset = 0
         for chunk, state in zip(enc.chunks, rng):
-            rows = chunk["input_ids"].shape[0]
+            rows = len(chunk["cu_seqlens"]) - 1 if "cu_seqlens" in chunk else chunk["input_ids"].shape[0]
             chunks.append((chunk, state, raw.grad[offset: offset + rows]))
             offset += rows
     for n, (chunk, state, grad) in enumerate(chunks):

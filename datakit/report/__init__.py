@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from datakit.report.collect import SAMPLE_ROWS, BuildData, LengthSettings, ReportError, collect, \
-    default_lengths, lengths_from_train_config
+from datakit.report.collect import SAMPLE_ROWS, BuildData, LengthSettings, ReportError
 
 REPORT_NAME = "report.html"
 
@@ -23,6 +22,8 @@ def write_report(out: str | Path, dest: str | Path | None = None, compare: str |
     from datakit.report.render import compare as render_compare, single
 
     from jinja2 import UndefinedError
+
+    from datakit.report.collect import collect, default_lengths, lengths_from_train_config
 
     settings = lengths_from_train_config(train_config) if train_config else default_lengths()
     data = collect(out, settings, sample_rows)
