@@ -48,7 +48,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             _once(f"varlen attention kernel unavailable ({type(exc).__name__}: {str(exc)[:120]}); packed texts "
                   "attend text by text through sdpa instead")
     else:
-        _once("packed texts attend text by text through sdpa (the varlen kernel needs CUDA and bf16/fp16)")
+        _once("packed texts attend text by text through sdpa: the varlen kernel needs CUDA and bf16/fp16 "
+              "activations (on a GPU: mixed_precision bf16, or model.varlen: false for micro-batches)")
     bounds = cu.tolist()
     parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scale=scaling,
                                             enable_gqa=gqa)
