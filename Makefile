@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/datakit build recipes/demo.yaml --out out/demo --force
+	$(BIN)/datakit build recipes/demo.yaml --out out/demo --force --report
 	$(BIN)/datakit sql out/demo "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"
 
 train-demo: demo
