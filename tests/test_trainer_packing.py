@@ -46,6 +46,18 @@ def _cfg(model_cfg, grad_cache=0):
                        output_dir="unused", tau=0.05, grad_cache_chunk=grad_cache)
 
 
+def _step(model, mc, batch, grad_cache):
+    """(loss, a non-zero parameter gradient, real tokens, positions) of one step, plain or through GradCache."""
+    model.zero_grad()
+    if grad_cache:
+        loss, real, positions = grad_cache_step(model, batch, _cfg(mc, grad_cache), lambda l: l.backward())
+    else:
+        loss, real, positions = batch_loss(model, batch, _cfg(mc))
+        loss.backward()
+    grad = next(p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0).grad.clone()
+    return float(loss.detach()), grad, real, positions
+
+
 @pytest.mark.parametrize("name,cases", [
     ("embedded-minilm", [("mean", "right"), ("cls", "right")]),  # (BERT: absolute positions, right padding only)
     ("embedded-smollm2", [("mean", "right"), ("last", "left")]),
@@ -67,14 +79,7 @@ def test_padding_free_loss_equals_padded_loss(name, cases, monkeypatch):
         results = {}
         for free, gc in ((False, 0), (True, 0), (True, 3)):
             mc.padding_free = free
-            model.zero_grad()
-            if gc:
-                loss, real, positions = grad_cache_step(model, batch, _cfg(mc, gc), lambda l: l.backward())
-            else:
-                loss, real, positions = batch_loss(model, batch, _cfg(mc))
-                loss.backward()
-            grad = next(p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0).grad.clone()
-            results[(free, gc)] = (float(loss.detach()), grad, real, positions)
+            results[(free, gc)] = _step(model, mc, batch, gc)
         base = results[(False, 0)]
         for key, (loss, grad, real, positions) in results.items():
             assert abs(loss - base[0]) <= 1e-4 * abs(base[0]), (pooling, side, batch.kind, key, loss, base[0])
@@ -111,15 +116,8 @@ def test_packed_varlen_loss_equals_padded_loss():
         mc.pooling = pooling
         results = {}
         for varlen, gc in ((False, 0), (True, 0), (True, 3)):
-            model.varlen = varlen
-            model.zero_grad()
-            if gc:
-                loss, real, positions = grad_cache_step(model, retrieval, _cfg(mc, gc), lambda l: l.backward())
-            else:
-                loss, real, positions = batch_loss(model, retrieval, _cfg(mc))
-                loss.backward()
-            grad = model.backbone.layers[0].self_attn.q_proj.weight.grad.clone()
-            results[(varlen, gc)] = (float(loss.detach()), grad, real, positions)
+            mc.padding_free = varlen  # the base: the padded path
+            results[(varlen, gc)] = _step(model, mc, retrieval, gc)
         base = results[(False, 0)]
         for key, (loss, grad, real, positions) in results.items():
             assert abs(loss - base[0]) <= 1e-4 * abs(base[0]), (pooling, key, loss, base[0])
