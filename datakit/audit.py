@@ -10,10 +10,11 @@ from datakit.output import checked
 from datakit.shards import SHARD_KINDS, read_shards
 
 
-def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
+def connect(out_dir: str | Path, check: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per record kind over the (memory-mapped) shards of the
-    current build, checked against its manifest first (a folder that is not a finished build fails clearly)."""
-    build = checked(out_dir)
+    current build, checked against its manifest first (a folder that is not a finished build fails clearly;
+    `check=False` for a build folder its caller has just checked)."""
+    build = checked(out_dir) if check else out_dir
     con = duckdb.connect()
     for kind in SHARD_KINDS:
         con.register(f"_{kind}_arrow", read_shards(build, kind))

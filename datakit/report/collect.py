@@ -88,7 +88,7 @@ def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows:
 
     build, manifest = load_build(out)
     data = BuildData(Path(out), build, manifest)
-    con = connect(build)
+    con = connect(build, check=False)  # load_build checked it
     try:
         data.sections = {
             "overview": overview(manifest),

@@ -162,13 +162,15 @@ class SynthesisStep(Step):
         """Count a generated text as "kept" or under its drop reason; keep the first few of each as examples
         (the source record's id, file and row, its text and the output)."""
         self.out[verdict] += 1
-        if sum(e["verdict"] == verdict for e in self.examples) >= EXAMPLES_PER_VERDICT:
-            return
-        lineage = table.column("lineage")[row].as_py() or {}
-        self.examples.append({"verdict": verdict, "id": table.column("id")[row].as_py(),
-                              "dataset": table.column("dataset")[row].as_py(), "file": lineage.get("file"),
-                              "row": lineage.get("row"), "source": (source or "")[:SHOWN_CHARS],
-                              "output": (output or "")[:SHOWN_CHARS]})
+        if self._room_for(verdict):
+            lineage = table.column("lineage")[row].as_py() or {}
+            self.examples.append({"verdict": verdict, "id": table.column("id")[row].as_py(),
+                                  "dataset": table.column("dataset")[row].as_py(), "file": lineage.get("file"),
+                                  "row": lineage.get("row"), "source": (source or "")[:SHOWN_CHARS],
+                                  "output": (output or "")[:SHOWN_CHARS]})
+
+    def _room_for(self, verdict: str) -> bool:
+        return sum(e["verdict"] == verdict for e in self.examples) < EXAMPLES_PER_VERDICT
 
     def lineage_event(self, detail: str) -> dict[str, str]:
         return {"step": self.name, "model": self.model, "prompt_id": self.prompt.ref, "detail": detail}
@@ -192,7 +194,7 @@ class SynthesisStep(Step):
         self.out.update(state["out"])
         self.selected += state["selected"]
         for example in state.get("examples", []):
-            if sum(e["verdict"] == example["verdict"] for e in self.examples) < EXAMPLES_PER_VERDICT:
+            if self._room_for(example["verdict"]):
                 self.examples.append(example)
         self.merged.add(state["llm"])
 
