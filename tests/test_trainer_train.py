@@ -284,6 +284,97 @@ log_every: 1
     assert res.returncode != 0 and "saved by 2 processes, resumed by 1" in res.stderr
 
 
+def _tiny_qwen2(folder):
+    """A random 2-layer Qwen2 decoder (no dropout) with MiniLM's WordPiece tokenizer: real text, small weights."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from trainer.model import resolve_name
+
+    tok = AutoTokenizer.from_pretrained(resolve_name("embedded-minilm")[0])
+    cfg = AutoConfig.for_model("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               architectures=["Qwen2ForCausalLM"])
+    torch.manual_seed(0)
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_fsdp2_two_processes_checkpoint_resume_and_export_equal_one_process(shards, tmp_path):
+    """The shipped FSDP2 config (trainer/configs/fsdp.yaml with CPU, 2 processes, fp32) through `accelerate
+    launch` on gloo (tests/fsdp_cpu.py keeps accelerate on its FSDP path without GPUs), with GradCache as in
+    the report's setting: every decoder layer is its own shard group with activation checkpointing, the sharded
+    checkpoint resumes with the same losses, and the export (gathered from the shards) loads in
+    sentence-transformers with the weights of a plain one-process run on the same global batches."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    model = _tiny_qwen2(tmp_path / "tiny")
+    config = write(tmp_path / "train.yaml", f"""
+model: {{name_or_path: {model}}}
+data: {{shards: {shards}, batch_size: 4, pair_batch_size: 4, negatives: 1, query_max_length: 32,
+       doc_max_length: 48}}
+output_dir: run
+stages: [{{steps: 4, lr: 1.0e-3, warmup_steps: 1}}]
+save_every: 2
+log_every: 1
+grad_cache_chunk: 3
+""")
+    launch_cfg = yaml.safe_load((ROOT / "trainer" / "configs" / "fsdp.yaml").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch_cfg.update(num_processes=2, use_cpu=True, mixed_precision="no", main_process_port=port)
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(launch_cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+                  str(ROOT / "tests" / "fsdp_cpu.py"), "run", str(config)]
+
+    def run(cmd):
+        res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    run(accelerate)
+    wrapped = json.loads((tmp_path / "fsdp-0.json").read_text())
+    assert wrapped["distributed_type"] == "DistributedType.FSDP"
+    assert {"FSDPQwen2DecoderLayer", "FSDPCheckpointWrapper", "FSDPEmbeddingModel"} <= set(wrapped["sharded"])
+    out = tmp_path / "run"
+    full = _log(out)
+    assert [r["step"] for r in full] == [1, 2, 3, 4]
+    assert (out / "stage1" / "latest").read_text().strip() == "state-2"
+    (out / "stage1" / "done").unlink()
+    (out / "log.jsonl").unlink()
+    run(accelerate)
+    resumed = _log(out)
+    assert [r["step"] for r in resumed] == [3, 4]
+    for a, b in zip(resumed, full[2:]):
+        assert a["loss"].keys() == b["loss"].keys()
+        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+
+    plain = write(tmp_path / "plain.yaml", config.read_text().replace("batch_size: 4", "batch_size: 8")
+                  .replace("grad_cache_chunk: 3", ""))
+    run([sys.executable, "-m", "trainer.cli", "run", str(plain), "--output-dir", "one"])  # batch_size: per process
+    one = _log(tmp_path / "one")
+    assert len(one) == len(full)
+    for a, b in zip(one, full):
+        assert a["loss"].keys() == b["loss"].keys()
+        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+    sharded = load_file(out / "model" / "model.safetensors")
+    single = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    start = load_file(model / "model.safetensors")
+    assert sharded.keys() == single.keys() == start.keys()
+    moved = max((single[k] - start[k]).abs().max().item() for k in single)
+    apart = max((sharded[k] - single[k]).abs().max().item() for k in single)
+    assert moved > 5e-4 and apart < 1e-5, (moved, apart)  # AdamW moved weights ~2e-3; FSDP vs one ~1e-8
+    SentenceTransformer(str(out / "model"), device="cpu").encode(["a query"])
+
+
 def test_missing_model_or_shards_is_one_line_before_any_model_loads(shards, tmp_path, capsys):
     from trainer.cli import app
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.output_dir:
         cfg.output_dir = args.output_dir
     final = train(cfg, resume=not args.restart, log=_console, progress=True)
-    print(f"model: {final}  (SentenceTransformer({str(final)!r}) loads it)")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"model: {final}  (SentenceTransformer({str(final)!r}) loads it)")
     return 0
 
 

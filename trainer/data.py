@@ -183,6 +183,12 @@ class _Pool:
         self.carry = list(state.get("carry", []))
 
 
+def _part(batch: Batch, rows: slice) -> Batch:
+    """The rows `rows` of every per-record field of a batch."""
+    return Batch(batch.kind, batch.dataset, batch.queries[rows], batch.docs[rows], batch.negatives[rows],
+                 batch.scores[rows], batch.labels[rows], batch.negative_labels[rows])
+
+
 class BatchSampler:
     """Deterministic one-dataset batches for a stage (1: retrieval only; 2: all kinds at share eta)."""
 
@@ -238,10 +244,11 @@ class BatchSampler:
         pool = self.pools[kind][i]
         size = (self.cfg.pair_batch_size or self.cfg.batch_size) if kind == "pair" else self.cfg.batch_size
         rows = pool.take(size * self.world_size, self.cfg.group_batches, self.cfg.length_grouping)
-        rows = rows[self.rank * size:(self.rank + 1) * size]  # every process: a disjoint part of one batch
         rng = np.random.default_rng([self.cfg.seed, self.stage, self.step, 7])
         self.step += 1
-        return getattr(self, f"_{kind}")(pool, rows, rng)
+        # the global batch is drawn whole (its random fills too), then every process takes a disjoint part:
+        # the same global batch whatever the number of processes
+        return _part(getattr(self, f"_{kind}")(pool, rows, rng), slice(self.rank * size, (self.rank + 1) * size))
 
     # ------------------------------------------------------------------ batch builders
     def _prompt(self, instruction: str) -> str:

@@ -241,6 +241,9 @@ class EmbeddingModel(nn.Module):
             self.backbone.is_quantized = False
             self.backbone.config.__dict__.pop("quantization_config", None)
         self.decoder = is_decoder(self.backbone.config)
+        # FSDP's transformer-based wrapping reads the wrapped model's `_no_split_modules`: without them only the
+        # root is sharded (every layer's weights gathered at once) and activation checkpointing wraps nothing
+        self._no_split_modules = list(getattr(self.backbone, "_no_split_modules", None) or [])
         if bidirectional:
             make_bidirectional(self.backbone)
             check_bidirectional(self.backbone.to(device), device)
