@@ -8,6 +8,8 @@ Each size runs in its own process; peak GPU memory from torch.cuda.max_memory_al
     python benchmarks/train_throughput.py --sizes 0.5B,1.5B,7B --batch 32 --steps 30      (on a GPU)
     python benchmarks/train_throughput.py --sizes small --batch 8 --steps 6 --device cpu  (the CPU table)
     python benchmarks/train_throughput.py --sizes tiny --batch 4 --steps 3 --device cpu   (smoke run)
+    python benchmarks/train_throughput.py --prepare --workdir DIR   (the corpus only: for a GPU machine without
+                                                                   datakit's stack; a later run reuses it)
 
 Columns: the trainer padding-free (its default), the trainer padded (`model.padding_free: false`, or
 `--padded` to run only that), and the sentence-transformers trainer; all in train mode. pad_fraction =
@@ -196,7 +198,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in both trainers")
     ap.add_argument("--padded", action="store_true", help="the trainer's padded path only (no padding-free column)")
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="models and corpus (an existing corpus is reused)")
+    ap.add_argument("--prepare", action="store_true", help="build the corpus in --workdir and stop")
+    ap.add_argument("--records", type=int, default=2000, help="corpus size (at least (steps + 2) x batch)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
@@ -208,7 +212,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus"
     corpus.mkdir(exist_ok=True)
-    make_corpus(corpus, n=max(2000, (args.steps + 2) * args.batch))
+    if not (corpus / "out" / "manifest.json").exists():
+        make_corpus(corpus, n=max(args.records, (args.steps + 2) * args.batch))
+    if args.prepare:
+        print(f"corpus: {corpus / 'out'}")
+        return
     rows = []
     for size in args.sizes.split(","):
         model_dir = work / f"qwen2-{size}"

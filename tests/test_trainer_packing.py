@@ -41,6 +41,29 @@ def test_padding_free_keeps_little_padding_on_varied_lengths():
     assert 1 - padded.real / padded.positions > 0.3 and 1 - free.real / free.positions <= 0.10
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_split_to_more_chunks_keeps_every_embedding(side):
+    """What processes with fewer chunks do to match the others' forward calls: split chunks by rows, each cut to
+    its own longest text; the embeddings, their order and the real tokens stay the same."""
+    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval()
+    model.tokenizer.padding_side = side  # BERT needs right padding to be exact; left checks the cut columns
+    texts = _texts(24, 3)
+    enc = encode_texts(model.tokenizer, texts, 64, torch.device("cpu"), True, 128)
+    with torch.no_grad():
+        before = enc.restore(torch.cat([model(**c) for c in enc.chunks]))
+        n, positions = len(enc.chunks), enc.positions
+        enc.split_to(n + 5)
+        after = enc.restore(torch.cat([model(**c) for c in enc.chunks]))
+    assert len(enc.chunks) == n + 5 and enc.positions <= positions
+    assert enc.positions == sum(c["input_ids"].numel() for c in enc.chunks)
+    edge = -1 if side == "right" else 0  # the outermost column holds some text: no column of padding only
+    assert all(int(c["attention_mask"][:, edge].max()) == 1 for c in enc.chunks)
+    if side == "right":
+        assert torch.allclose(before, after, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot make"):
+        enc.split_to(len(texts) + 1)
+
+
 def _cfg(model_cfg, grad_cache=0):
     return TrainConfig(model=model_cfg, data=DataConfig("unused", query_max_length=64, doc_max_length=64),
                        output_dir="unused", tau=0.05, grad_cache_chunk=grad_cache)

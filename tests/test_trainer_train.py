@@ -23,6 +23,25 @@ def shards(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def varied_shards(tmp_path_factory):
+    """Retrieval records of widely varied lengths (2-60 word queries, 5-150 word documents): processes then plan
+    different numbers of length-grouped chunks for their parts of a batch."""
+    from tests.conftest import build_yaml
+
+    rng = np.random.default_rng(0)
+    words = "the bank raised its rates again after the board met while markets fell on the news".split()
+
+    def text(lo, hi):
+        return " ".join(rng.choice(words, int(rng.integers(lo, hi))))
+
+    rows = [{"query": f"q{i} " + text(2, 60), "pos": [f"d{i} " + text(5, 150)]} for i in range(200)]
+    folder = tmp_path_factory.mktemp("varied")
+    write(folder / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return build_yaml(folder, "name: varied\nsources: [{name: varied, path: data.jsonl, adapter: retrieval, "
+                              "columns: {positive: pos}, instruction: Find the passage}]\n").out_dir
+
+
 def _cfg(shards, out, stages, **kw):
     return TrainConfig(model=ModelConfig("embedded-minilm"),
                        data=DataConfig(str(shards), batch_size=4, pair_batch_size=6, negatives=1,
@@ -231,10 +250,13 @@ def test_mixed_precision_no_in_yaml_is_accepted(tmp_path):
     assert load_config(path).mixed_precision == "no"
 
 
-def test_two_process_training_checkpoints_resume_and_export(shards, tmp_path):
+def test_two_process_training_checkpoints_resume_and_export(varied_shards, tmp_path):
     """`trainer run` on 2 processes (torch.distributed.run, gloo): checkpoints through accelerate's save_state
     resume exactly (same logged losses, averaged over the processes); a resume with another process count is
-    refused with the reason; the export loads in sentence-transformers."""
+    refused with the reason; the export loads in sentence-transformers. Texts of varied lengths: the processes
+    plan different numbers of padding-free chunks and must still make as many forward calls (DDP broadcasts
+    buffers in each; unequal counts hung)."""
+    shards = varied_shards
     import os
     import socket
     import subprocess
@@ -244,8 +266,7 @@ def test_two_process_training_checkpoints_resume_and_export(shards, tmp_path):
 
     config = write(tmp_path / "train.yaml", f"""
 model: {{name_or_path: embedded-minilm}}
-data: {{shards: {shards}, batch_size: 2, pair_batch_size: 2, negatives: 1, query_max_length: 32,
-       doc_max_length: 48}}
+data: {{shards: {shards}, batch_size: 8, negatives: 1, query_max_length: 64, doc_max_length: 192}}
 output_dir: run
 stages: [{{steps: 4, lr: 5.0e-5, warmup_steps: 1}}]
 save_every: 2
@@ -259,7 +280,7 @@ log_every: 1
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
                str(port), "-m", "trainer.cli", "run", str(config)]
-        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
     res = launch(2)
     assert res.returncode == 0, res.stderr[-3000:]

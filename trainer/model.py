@@ -32,6 +32,7 @@ class ModelConfig:
     # load gives the padded path's embeddings; elsewhere length-grouped micro-batches. True forces it (on the
     # CPU the attention then runs text by text: for tests). False: micro-batches.
     varlen: bool | None = None
+    tokenizer: str | None = None  # a tokenizer folder or hub id other than name_or_path's own
 
 
 def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -218,7 +219,8 @@ class EmbeddingModel(nn.Module):
         self.cfg = cfg
         name, gguf_file = resolve_name(cfg.name_or_path, cfg.gguf_file)
         kw = {"gguf_file": gguf_file} if gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else \
+            AutoTokenizer.from_pretrained(name, **kw)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         hf_config = AutoConfig.from_pretrained(name, **kw)

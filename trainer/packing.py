@@ -13,7 +13,7 @@ variable-length attention kernel (`packed=True`, trainer/varlen.py), with no pad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,28 @@ class Encoded:
     order: np.ndarray  # the text index of each row of the concatenated chunks
     real: int  # real tokens
     positions: int  # positions computed (real + padding)
+    lengths: list[np.ndarray] = field(default_factory=list)  # length-grouped chunks: each row's real length
+    left: bool = False  # padded on the left
+
+    def split_to(self, count: int) -> None:
+        """Split chunks by rows until there are `count`, each cut to its own longest text. Every process must
+        make the same number of forward calls in a step (FSDP gathers the weights in each, DDP broadcasts
+        buffers), but each plans its chunks from its own texts: the train loop agrees on the largest count.
+        The rows keep their place, so `order` and the embeddings stay the same."""
+        while len(self.chunks) < count:
+            i = max(range(len(self.chunks)), key=lambda c: len(self.lengths[c]))
+            lens, chunk = self.lengths[i], self.chunks[i]
+            if len(lens) < 2:
+                raise ValueError(f"cannot make {count} chunks of {sum(len(x) for x in self.lengths)} texts")
+            half, width = len(lens) // 2, chunk["input_ids"].shape[1]
+            parts = []
+            for rows in (slice(0, half), slice(half, None)):  # rows are sorted longest first
+                w = int(lens[rows].max())
+                cols = slice(width - w, width) if self.left else slice(0, w)
+                parts.append({k: v[rows, cols] for k, v in chunk.items()})
+            self.positions -= len(lens) * width - sum(p["input_ids"].numel() for p in parts)
+            self.chunks[i:i + 1] = parts
+            self.lengths[i:i + 1] = [lens[:half], lens[half:]]
 
     def restore(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Embeddings of the concatenated chunks, back in the texts' order."""
@@ -102,7 +124,8 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, device: torch.dev
         chunks.append({k: _to(padded[k], device) for k in ("input_ids", "attention_mask")})
         positions += int(padded["input_ids"].numel())
     order = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
-    return Encoded(chunks, order, int(lengths.sum()), positions)
+    return Encoded(chunks, order, int(lengths.sum()), positions, [lengths[g] for g in groups],
+                   tokenizer.padding_side == "left")
 
 
 def default_overhead(device: torch.device) -> float:

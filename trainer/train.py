@@ -86,9 +86,11 @@ def check_paths(cfg: TrainConfig) -> None:
     (a name that is not a path, such as a hub id `org/name` or an alias, is left to the loader)."""
     if not Path(cfg.data.shards).exists():
         raise FileNotFoundError(f"data.shards: {cfg.data.shards}: no such folder (a datakit output folder)")
-    name = cfg.model.name_or_path
-    if (name.startswith((".", "/", "~")) or Path(name).is_absolute()) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model.name_or_path: {name}: no such folder (give a folder, a hub id or an alias)")
+    for key in ("name_or_path", "tokenizer"):
+        name = getattr(cfg.model, key)
+        if name and (name.startswith((".", "/", "~")) or Path(name).is_absolute()) and \
+                not Path(name).expanduser().exists():
+            raise FileNotFoundError(f"model.{key}: {name}: no such folder (give a folder, a hub id or an alias)")
 
 
 def _checked(cls: type, raw: Any, where: str) -> dict[str, Any]:
@@ -241,6 +243,9 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
     global_step, full = 0, None
+    # length-grouped chunks are planned per process; packed (varlen) and GradCache chunks are equal in number
+    same_counts = _SameChunkCounts() if acc.num_processes > 1 and cfg.model.padding_free and \
+        not cfg.grad_cache_chunk and not model.varlen else None
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
@@ -265,6 +270,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
         try:
             for step in range(start, stage.steps):
                 batch, prepared, sampler_state = prefetch.get()
+                if same_counts is not None:
+                    same_counts(prepared)
                 if cfg.grad_cache_chunk:
                     loss, real, positions = grad_cache_step(fwd, batch, cfg, acc.backward,
                                                             lambda: acc.no_sync(wrapped), prepared)
@@ -286,6 +293,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
                     rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
                            "tokens_per_s": round(real / max(time.time() - t0, 1e-9), 1),
                            "pad_fraction": round(1 - real / max(positions, 1), 4), "loss": losses}
+                    if acc.device.type == "cuda":  # the main process's peak since the run started
+                        rec["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
                     emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
                                "pad_fraction": rec["pad_fraction"],
                                **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
@@ -427,6 +436,25 @@ def _metric_sinks(out: Path, cfg: TrainConfig) -> list:
         except ImportError:
             pass
     return sinks
+
+
+class _SameChunkCounts:
+    """Makes every process run as many forward calls in a step as the one with the most chunks: FSDP gathers
+    the weights in each call and DDP broadcasts buffers, so unequal counts hang. One all-reduce of two integers
+    per step, over gloo on the CPU (no device sync)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def __call__(self, encoded: tuple[Encoded, ...]) -> None:
+        import torch.distributed as dist
+
+        counts = torch.tensor([len(e.chunks) for e in encoded], dtype=torch.int64)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=self.group)
+        for enc, count in zip(encoded, counts.tolist()):
+            enc.split_to(count)
 
 
 class _Forward:
