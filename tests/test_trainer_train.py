@@ -353,12 +353,12 @@ grad_cache_chunk: 3
         port = s.getsockname()[1]
     launch_cfg.update(num_processes=2, use_cpu=True, mixed_precision="no", main_process_port=port)
     (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(launch_cfg))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FSDP_CPU_RECORD": str(tmp_path)}
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
                   str(ROOT / "tests" / "fsdp_cpu.py"), "run", str(config)]
 
     def run(cmd):
-        res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+        res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
 
     run(accelerate)
@@ -394,6 +394,12 @@ grad_cache_chunk: 3
     apart = max((sharded[k] - single[k]).abs().max().item() for k in single)
     assert moved > 5e-4 and apart < 1e-5, (moved, apart)  # AdamW moved weights ~2e-3; FSDP vs one ~1e-8
     SentenceTransformer(str(out / "model"), device="cpu").encode(["a query"])
+
+    best = write(tmp_path / "best.yaml", config.read_text() + f"eval: {{tasks: {ROOT / 'recipes' / 'eval-demo.yaml'}, "
+                                                               "keep_best: {task: STS-demo}}\n")
+    res = subprocess.run(accelerate[:-1] + [str(best)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and "eval.keep_best" in res.stderr  # refused before any model loads
 
 
 def test_missing_model_or_shards_is_one_line_before_any_model_loads(shards, tmp_path, capsys):

@@ -220,6 +220,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
                          "every backward; use FSDP (trainer/configs/fsdp.yaml) or DDP with GradCache")
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and cfg.eval is not None and cfg.eval.keep_best:
+        raise ValueError("eval.keep_best: exporting the best model mid-run is not supported with sharded weights "
+                         "(FSDP, DeepSpeed) yet; drop keep_best (scores still go to log.jsonl) or train with DDP")
     set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
