@@ -35,6 +35,9 @@ class Encoded:
         make the same number of forward calls in a step (FSDP gathers the weights in each, DDP broadcasts
         buffers), but each plans its chunks from its own texts: the train loop agrees on the largest count.
         The rows keep their place, so `order` and the embeddings stay the same."""
+        if len(self.chunks) < count and len(self.lengths) != len(self.chunks):
+            raise ValueError(f"another process made {count} forward calls for this step, this one "
+                             f"{len(self.chunks)} of packed or padded texts, which cannot be split")
         while len(self.chunks) < count:
             i = max(range(len(self.chunks)), key=lambda c: len(self.lengths[c]))
             lens, chunk = self.lengths[i], self.chunks[i]

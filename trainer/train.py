@@ -247,9 +247,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
     global_step, full = 0, None
-    # length-grouped chunks are planned per process; packed (varlen) and GradCache chunks are equal in number
+    # length-grouped chunks are planned per process (GradCache's are equal in number). Packed varlen chunks are
+    # too, but every process takes part regardless: a rank whose varlen probe failed would otherwise hang
     same_counts = _SameChunkCounts() if acc.num_processes > 1 and cfg.model.padding_free and \
-        not cfg.grad_cache_chunk and not model.varlen else None
+        not cfg.grad_cache_chunk else None
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
         if resume and (ckpt / "done").exists():
