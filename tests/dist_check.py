@@ -18,6 +18,8 @@ world, rank = acc.num_processes, acc.process_index
 class TinyTokenizer:
     """Token ids are the text's integers; the calls the trainer makes of a Hugging Face tokenizer."""
 
+    padding_side = "right"
+
     def __call__(self, texts, padding=False, truncation=True, max_length=16, return_tensors=None):
         ids = [[int(t) for t in x.split()][:max_length] for x in texts]
         return self.pad({"input_ids": ids}) if padding else {"input_ids": ids}
