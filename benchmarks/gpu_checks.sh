@@ -47,7 +47,7 @@ check() {  # name, seconds, command...: run with a time limit, keep its output, 
   local t0=$SECONDS
   timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
   echo "rc=$? seconds=$((SECONDS - t0))" | tee -a "$OUT/$name.txt"
-  grep -v "it/s\]\|Loading weights\|s/step" "$OUT/$name.txt" | tail -n 20
+  tail -n +2 "$OUT/$name.txt" | grep -v "it/s\]\|Loading weights\|s/step" | tail -n 20
 }
 
 check throughput "${LIMIT_THROUGHPUT:-330}" $PY benchmarks/train_throughput.py --sizes "$SIZES" --batch "$BATCH" \

@@ -71,7 +71,8 @@ def shared_data() -> Path:
 
 
 # ------------------------------------------------------------------ a real local LLM server
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now (a fixed one can clash with another run)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -87,7 +88,7 @@ def llama_server():
         gguf = gguf_path("smollm2")
     except EmbeddedModelError as exc:
         pytest.skip(str(exc))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,8 +1,9 @@
 """`trainer.cli` under accelerate's FSDP2 path on the CPU, for tests (gloo; `torch.distributed.run` or
 `accelerate launch`). Accelerate turns `ACCELERATE_USE_FSDP` into FSDP only on accelerators and falls back to
 plain multi-CPU data parallelism; this shim re-applies its own FSDP state there, so `prepare` shards with
-`fully_shard` and `save_state` / `get_state_dict` take their FSDP branches, as on GPUs. With FSDP_CPU_RECORD=DIR set, writes
-per process DIR/fsdp-<rank>.json: the distributed type and which modules were sharded."""
+`fully_shard` and `save_state` / `get_state_dict` take their FSDP branches, as on GPUs. With
+FSDP_CPU_RECORD=DIR set, writes per process DIR/fsdp-<rank>.json: the distributed type and which modules were
+sharded."""
 import json
 import os
 import sys
@@ -26,18 +27,17 @@ def _fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs) -> None:
 def _record(prepare):
     def wrapped(self, *args, **kwargs):
         out = prepare(self, *args, **kwargs)
-        from torch.distributed.fsdp import FSDPModule
+        folder = os.environ.get("FSDP_CPU_RECORD")
+        if folder:
+            from torch.distributed.fsdp import FSDPModule
 
-        model = out[0] if isinstance(out, (tuple, list)) else out
-        sharded = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)})
-        if not os.environ.get("FSDP_CPU_RECORD"):
-            return out
-        with open(os.path.join(os.environ["FSDP_CPU_RECORD"], f"fsdp-{self.process_index}.json"), "w") as fh:
-            json.dump({"distributed_type": str(self.distributed_type), "sharded": sharded,
-                       "count": sum(isinstance(m, FSDPModule) for m in model.modules())}, fh)
+            model = out[0] if isinstance(out, (tuple, list)) else out
+            sharded = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
+            with open(os.path.join(folder, f"fsdp-{self.process_index}.json"), "w") as fh:
+                json.dump({"distributed_type": str(self.distributed_type), "sharded": sorted(set(sharded)),
+                           "count": len(sharded)}, fh)
         return out
     return wrapped
-
 
 if __name__ == "__main__":
     from accelerate import Accelerator

@@ -11,7 +11,7 @@ from datakit.recipe import load_recipe
 from trainer.data import DataConfig
 from trainer.model import ModelConfig
 from trainer.train import StageConfig, TrainConfig, train
-from tests.conftest import ROOT, write
+from tests.conftest import ROOT, free_port, write
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,13 @@ def _cfg(shards, out, stages, **kw):
 
 def _log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _same_losses(got: list[dict], want: list[dict]) -> None:
+    """Log records with the same datasets and losses within 1e-4, step by step."""
+    for a, b in zip(got, want):
+        assert a["loss"].keys() == b["loss"].keys()
+        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
 
 
 def test_two_stages_then_sentence_transformers_loads_the_same_model(shards, tmp_path):
@@ -101,13 +108,10 @@ def test_two_process_losses_and_gradcache_match_one_process(tmp_path):
     backwards skip the gradient sync but the last). (`accelerate launch --cpu --num_processes 2` starts a single
     process on a CPU-only machine.)"""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port: a fixed one can clash with another run
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     script = str(ROOT / "tests" / "dist_check.py")
     subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], check=True, env=env, cwd=ROOT)
@@ -258,7 +262,6 @@ def test_two_process_training_checkpoints_resume_and_export(varied_shards, tmp_p
     buffers in each; unequal counts hung)."""
     shards = varied_shards
     import os
-    import socket
     import subprocess
     import sys
 
@@ -275,11 +278,8 @@ log_every: 1
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
     def launch(n: int) -> subprocess.CompletedProcess:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
-               str(port), "-m", "trainer.cli", "run", str(config)]
+               str(free_port()), "-m", "trainer.cli", "run", str(config)]
         return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
     res = launch(2)
@@ -297,9 +297,7 @@ log_every: 1
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = _log(out)
     assert [r["step"] for r in resumed] == [3, 4]
-    for a, b in zip(resumed, full[2:]):
-        assert a["loss"].keys() == b["loss"].keys()
-        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+    _same_losses(resumed, full[2:])
     (out / "stage1" / "done").unlink()
     res = launch(1)
     assert res.returncode != 0 and "saved by 2 processes, resumed by 1" in res.stderr
@@ -328,7 +326,6 @@ def test_fsdp2_two_processes_checkpoint_resume_and_export_equal_one_process(shar
     checkpoint resumes with the same losses, and the export (gathered from the shards) loads in
     sentence-transformers with the weights of a plain one-process run on the same global batches."""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -348,10 +345,7 @@ log_every: 1
 grad_cache_chunk: 3
 """)
     launch_cfg = yaml.safe_load((ROOT / "trainer" / "configs" / "fsdp.yaml").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch_cfg.update(num_processes=2, use_cpu=True, mixed_precision="no", main_process_port=port)
+    launch_cfg.update(num_processes=2, use_cpu=True, mixed_precision="no", main_process_port=free_port())
     (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(launch_cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FSDP_CPU_RECORD": str(tmp_path)}
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
@@ -374,18 +368,14 @@ grad_cache_chunk: 3
     run(accelerate)
     resumed = _log(out)
     assert [r["step"] for r in resumed] == [3, 4]
-    for a, b in zip(resumed, full[2:]):
-        assert a["loss"].keys() == b["loss"].keys()
-        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+    _same_losses(resumed, full[2:])
 
     plain = write(tmp_path / "plain.yaml", config.read_text().replace("batch_size: 4", "batch_size: 8")
                   .replace("grad_cache_chunk: 3", ""))
     run([sys.executable, "-m", "trainer.cli", "run", str(plain), "--output-dir", "one"])  # batch_size: per process
     one = _log(tmp_path / "one")
     assert len(one) == len(full)
-    for a, b in zip(one, full):
-        assert a["loss"].keys() == b["loss"].keys()
-        assert all(abs(a["loss"][k] - b["loss"][k]) < 1e-4 for k in a["loss"])
+    _same_losses(one, full)
     sharded = load_file(out / "model" / "model.safetensors")
     single = load_file(tmp_path / "one" / "model" / "model.safetensors")
     start = load_file(model / "model.safetensors")
