@@ -99,3 +99,12 @@ def test_shipped_recipes_and_training_configs_are_valid():
             load_recipe(path)
     assert load_config(ROOT / "trainer" / "configs" / "qzhou-7b.yaml").data.eta == 0.72
     load_recipe(ROOT / "benchmarks" / "recipes" / "shared_corpus.yaml")
+    bench = ROOT / "benchmarks" / "experiments"  # the CPU experiments whose tables are in RESULTS.md
+    load_config(bench / "train.yaml")
+    load_task_file(bench / "eval.yaml")
+    for path in bench.glob("corpus*.yaml"):
+        load_recipe(path)
+    experiments = list(bench.glob("[0-9]*.yaml"))
+    assert len(experiments) >= 5
+    for path in experiments:
+        load_experiment(path)
