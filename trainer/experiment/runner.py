@@ -175,13 +175,22 @@ def _brief(result: dict[str, Any]) -> str:
     return f"train {result['train_s']:.0f} s, eval {result['eval_s']:.0f} s: {scores}"
 
 
+def _run_on_one_cpu(spec: RunSpec) -> dict[str, Any]:
+    """A Ray task holds one CPU, so it runs one torch thread: tasks sharing a node's cores do not oversubscribe
+    them (two 1-thread MiniLM runs at once did 1.5x the work of one run on 2 threads, docs/NOTES.md)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return run_one(spec)
+
+
 def _run_on_ray(pending: list[RunSpec], gpus: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """One Ray task per run (GPUs as Ray resources); results in the order they finish."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_one)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(_run_on_one_cpu)
     refs = {remote.remote(r): r for r in pending}
     results = []
     while refs:
