@@ -177,7 +177,7 @@ def _brief(result: dict[str, Any]) -> str:
 
 def _run_on_one_cpu(spec: RunSpec) -> dict[str, Any]:
     """A Ray task holds one CPU, so it runs one torch thread: tasks sharing a node's cores do not oversubscribe
-    them (two 1-thread MiniLM runs at once did 1.5x the work of one run on 2 threads, docs/NOTES.md)."""
+    them (two 1-thread MiniLM runs at once train 1.2x the steps per second of one on 2 threads: docs/NOTES.md)."""
     import torch
 
     torch.set_num_threads(1)
