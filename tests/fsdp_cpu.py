@@ -39,6 +39,7 @@ def _record(prepare):
         return out
     return wrapped
 
+
 if __name__ == "__main__":
     from accelerate import Accelerator
 
