@@ -74,6 +74,9 @@ def test_bad_override_is_an_error_naming_it_before_anything_runs(tmp_path):
     exp = _files(tmp_path, "  base: {}\n  gone: {recipe: {steps.paraphrase: null}}\n")
     with pytest.raises(ExperimentError, match=r"variant 'gone': recipe override 'steps.paraphrase': .*no such step"):
         load_experiment(exp)
+    exp = _files(tmp_path, "  base: {}\n  slow: {train: {stages.0.schedule: cosinus}}\n")
+    with pytest.raises(ExperimentError, match=r"variant 'slow': .*stages\[0\].schedule: 'cosinus': give one of"):
+        load_experiment(exp)
     exp = _files(tmp_path, "  base: {}\n  bad: {recipe: {steps.filter.min_chars: many}}\n")
     with pytest.raises(ExperimentError, match=r"variant 'bad': the recipe does not validate"):
         load_experiment(exp)

@@ -30,7 +30,12 @@ class StageConfig:
     steps: int
     lr: float
     warmup_steps: int = 300
-    schedule: str = "cosine"  # or "linear", "constant"
+    schedule: str = "cosine"  # or any of SCHEDULES
+
+
+# transformers' schedulers that need nothing but the warm-up and the stage's steps
+SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+             "inverse_sqrt")
 
 
 @dataclass
@@ -62,6 +67,9 @@ class TrainConfig:
         data = DataConfig(**_checked(DataConfig, raw.pop("data"), "data"))
         stages = [StageConfig(**_checked(StageConfig, s, f"stages[{i}]"))
                   for i, s in enumerate(raw.pop("stages", None) or [])] or None
+        for i, stage in enumerate(stages or []):
+            if stage.schedule not in SCHEDULES:
+                raise ValueError(f"stages[{i}].schedule: {stage.schedule!r}: give one of {', '.join(SCHEDULES)}")
         if raw.get("eval") is not None:
             from trainer.eval.training import EvalSettings
 
