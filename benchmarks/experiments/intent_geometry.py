@@ -2,21 +2,20 @@
 margin between them, and leave-one-out 1-nearest-neighbour accuracy, on the test split (with the eval prompt).
 
 A diagnostic behind a reading in benchmarks/RESULTS.md (experiment 2: WikiQA's same-page negatives cost Banking77
-accuracy). Usage, one NAME=MODEL per model (a SentenceTransformer folder, e.g. a run's `train/model`, or
-`untrained` for the packaged all-MiniLM-L6-v2):
+accuracy). The texts, labels, instruction and prompt template come from a classification task of a `trainer
+eval` task file (default: Banking77-test of the experiments' eval.yaml). Usage, one NAME=MODEL per model (a
+SentenceTransformer folder, e.g. a run's `train/model`, or `untrained` for the packaged all-MiniLM-L6-v2):
 
     python benchmarks/experiments/intent_geometry.py untrained=untrained base-0=out/experiments/runs/KEY/train/model
 """
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 
-TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "test.csv"
-PROMPT = "Instruct: Given an online banking query, find the corresponding intent\nQuery: "  # as eval.yaml + train.yaml
+EVAL = Path(__file__).resolve().parent / "eval.yaml"
 
 
 def geometry(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -34,18 +33,25 @@ def geometry(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", metavar="NAME=MODEL")
-    parser.add_argument("--test", default=str(TEST), help="Banking77 test CSV (columns text, category)")
+    parser.add_argument("--tasks", default=str(EVAL), help="a `trainer eval` task file")
+    parser.add_argument("--task", default="Banking77-test", help="a classification task of that file")
     args = parser.parse_args()
     import torch
     from sentence_transformers import SentenceTransformer
 
     from datakit.embed import resolve_model
+    from trainer.eval.local import DataReport, read_records
+    from trainer.eval.taskfile import load_task_file
 
     torch.set_num_threads(1)  # a diagnostic beside running experiments
-    with open(args.test, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    texts = [PROMPT + r["text"] for r in rows]
-    labels = np.array([r["category"] for r in rows])
+    task_file = load_task_file(args.tasks)
+    spec = next((t for t in task_file.tasks if t.name == args.task and t.type == "classification"), None)
+    if spec is None:
+        parser.error(f"{args.tasks}: no classification task named {args.task!r}")
+    test = read_records(spec, "test", task_file.base_dir, DataReport())
+    prompt = task_file.spec.query_template.format(instruction=spec.instruction)  # classification: symmetric
+    texts = [prompt + t for t in test.column("text").to_pylist()]
+    labels = np.array(test.column("label").to_pylist())
     print("| model | cosine within intent | cosine across intents | margin | 1-NN accuracy |")
     print("|---|---:|---:|---:|---:|")
     for spec in args.models:
