@@ -49,7 +49,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path("smollm2")),
+    proc = subprocess.Popen([sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf_path("smollm2")),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"

@@ -89,7 +89,7 @@ def llama_server():
     except EmbeddedModelError as exc:
         pytest.skip(str(exc))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"

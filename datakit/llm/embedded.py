@@ -9,6 +9,7 @@ the order in which concurrent calls reach the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from datakit.llm import cache as _cache  # noqa: F401  (offline cost map before litellm loads)
 
@@ -47,6 +48,28 @@ def gguf_path(name: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def without_extra_buffers() -> Iterator[None]:
+    """Load llama.cpp models without its "extra buffer types" (AMX tiles, weight repacking). On a CPU with AMX
+    (Sapphire Rapids) in a VM or sandbox that does not grant AMX tile state, llama-cpp-python 0.3.36 built with
+    -march=native segfaults on the first decode (seen 2026-12-02); a 135M model loses nothing measurable without
+    them. `Llama` reads its model parameters from this one function, so it is wrapped while a model loads."""
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params():  # noqa: ANN202 - a ctypes struct
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
+
+
 class EmbeddedLLM:
     """litellm CustomLLM handler (the base class is attached in `register`, when litellm is imported)."""
 
@@ -61,8 +84,9 @@ class EmbeddedLLM:
             except ImportError as exc:
                 raise EmbeddedModelError("the embedded model needs llama-cpp-python: pip install llama-cpp-python") from exc
             threads = max(1, min(os.cpu_count() or 1, 8))
-            self._models[name] = Llama(str(gguf_path(name)), n_ctx=2048, n_threads=threads, verbose=False,
-                                       chat_format="chatml")
+            with without_extra_buffers():
+                self._models[name] = Llama(str(gguf_path(name)), n_ctx=2048, n_threads=threads, verbose=False,
+                                           chat_format="chatml")
         return self._models[name]
 
     def _generate(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +103,12 @@ class EmbeddedLLM:
             return self._model(model).create_chat_completion(messages=messages, **kwargs)
 
     def completion(self, model: str, messages: list, model_response: Any, optional_params: dict, **_: Any) -> Any:
-        out = self._generate(model, messages, optional_params)
+        try:
+            out = self._generate(model, messages, optional_params)
+        except EmbeddedModelError as exc:  # as a provider says "no such model": classified, not retried
+            import litellm
+
+            raise litellm.NotFoundError(str(exc), llm_provider=PROVIDER, model=model) from None
         choice = out["choices"][0]
         model_response.choices[0].message.content = choice["message"]["content"]
         model_response.choices[0].finish_reason = choice.get("finish_reason") or "stop"
@@ -106,6 +135,7 @@ def register() -> None:
     import litellm
     from litellm import CustomLLM
 
+    litellm.suppress_debug_info = True  # no "Give Feedback" banners: failures are reported by the client
     if _handler is None:
         cls = type("EmbeddedCustomLLM", (EmbeddedLLM, CustomLLM), {})
         _handler = cls()
