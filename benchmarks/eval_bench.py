@@ -85,7 +85,7 @@ def overhead(out: Path, repeat: int) -> list[tuple]:
     from trainer.eval.encoder import EvalEncoder, load_backend
     from trainer.eval.run import evaluate_tasks, local_tasks, quiet
     from trainer.eval.taskfile import load_task_file
-    from trainer.model import resolve_name
+    from embedkit.trainconfig import resolve_name
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tasks.yaml"

@@ -81,7 +81,7 @@ def ours(pool: list[str], queries: list[str], cache_dir: Path, use_cache: bool) 
 def false_negatives(work: Path, records: list[dict], pool: list[str], relevant: dict[str, set[str]], guard: str):
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
-    from datakit.shards import read_shards
+    from datakit.manifest import read_shards
 
     (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (work / "pool.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pool))

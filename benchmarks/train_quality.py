@@ -72,11 +72,11 @@ def train_ours(corpus: Path, out: Path, steps: int, batch: int, lr: float, mix: 
     from trainer.train import StageConfig, TrainConfig, train
 
     first = steps // 2 if mix == "report" else 0  # matched: no retrieval-only stage
-    cfg = TrainConfig(model=ModelConfig("embedded-minilm"),
-                      data=DataConfig(str(corpus), batch_size=batch, pair_batch_size=batch, negatives=1,
+    cfg = TrainConfig(model=ModelConfig(name_or_path="embedded-minilm"),
+                      data=DataConfig(shards=str(corpus), batch_size=batch, pair_batch_size=batch, negatives=1,
                                       query_max_length=64, doc_max_length=128, eta=0.5),
-                      output_dir=str(out), stages=[StageConfig(first, lr, steps // 20),
-                                                   StageConfig(steps - first, lr, steps // 20)],
+                      output_dir=str(out), stages=[StageConfig(steps=first, lr=lr, warmup_steps=steps // 20),
+                                                   StageConfig(steps=steps - first, lr=lr, warmup_steps=steps // 20)],
                       tau=0.05, cosent_scale=20.0, log_every=50)
     t = time.time()
     return train(cfg, resume=False, log=lambda r: None), time.time() - t

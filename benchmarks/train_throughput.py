@@ -81,9 +81,9 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
     from trainer.model import EmbeddingModel, ModelConfig
     from trainer.train import StageConfig, TrainConfig, _embed, _inputs, task_loss
 
-    cfg = TrainConfig(model=ModelConfig(str(model_dir), gradient_checkpointing=grad_ckpt, padding_free=not padded),
-                      data=DataConfig(str(corpus), batch_size=batch, negatives=4, query_max_length=256,
-                                      doc_max_length=512), output_dir="unused", stages=[StageConfig(steps, 1e-5)],
+    cfg = TrainConfig(model=ModelConfig(name_or_path=str(model_dir), gradient_checkpointing=grad_ckpt, padding_free=not padded),
+                      data=DataConfig(shards=str(corpus), batch_size=batch, negatives=4, query_max_length=256,
+                                      doc_max_length=512), output_dir="unused", stages=[StageConfig(steps=steps, lr=1e-5)],
                       mixed_precision="bf16" if device == "cuda" else "no")
     model = EmbeddingModel(cfg.model, device=device, training=True)
     from transformers import PreTrainedTokenizerFast

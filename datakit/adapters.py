@@ -8,13 +8,14 @@ quarantine entries with the field and the reason, never dropped silently.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from datakit import records
 from datakit.recipe import SourceConfig
@@ -465,17 +466,47 @@ class NLI(Adapter):
         out.add("retrieval", records.validate("retrieval", table)[0])
 
 
+class STSOptions(PairOptions):
+    score_range: tuple[float, float] | None = Field(
+        None, description="[low, high] of the scale (e.g. [0, 5]): scores outside are quarantined as bad_score")
+
+    @field_validator("score_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"give [low, high] with low < high, got {list(value)}")
+        return value
+
+
+def score_problems(scores: list[float], score_range: tuple[float, float] | None) -> dict[int, str]:
+    """{position: why} for scores that are not finite, or outside `score_range`."""
+    bad = {}
+    for i, v in enumerate(scores):
+        if not math.isfinite(v):
+            bad[i] = f"score {v} is not a finite number"
+        elif score_range is not None and not score_range[0] <= v <= score_range[1]:
+            bad[i] = f"score {v:g} is outside score_range [{score_range[0]:g}, {score_range[1]:g}]"
+    return bad
+
+
 class STS(Adapter):
     """sentence pair + numeric score (0-5, 0/1 labels, ...) -> pair record; higher = closer."""
 
     name = "sts"
     roles = {"text_a": "text", "text_b": "text", "score": "score"}
     defaults = {"text_a": "sentence1", "text_b": "sentence2"}
-    Options = PairOptions
+    Options = STSOptions
 
     def build(self, cols, n):
-        label = pc.cast(cols["score"], pa.string())
-        return _pairs(cols["text_a"], cols["text_b"], cols["score"], label, n, self.options.both_orders)
+        bad = score_problems(cols["score"].to_pylist(), self.options.score_range)
+        for i, why in sorted(bad.items()):
+            self.reject([i], "score", "bad_score", why)
+        pos = pa.array([i for i in range(n) if i not in bad], pa.int64())
+        a, b, score = cols["text_a"].take(pos), cols["text_b"].take(pos), cols["score"].take(pos)
+        sets = _pairs(a, b, score, pc.cast(score, pa.string()), len(pos), self.options.both_orders)
+        for s in sets:
+            s.pos = pos.take(s.pos)
+        return sets
 
 
 class ClassificationOptions(NoOptions):

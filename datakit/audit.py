@@ -6,8 +6,7 @@ from typing import Any
 
 import duckdb
 
-from datakit.output import checked
-from datakit.shards import SHARD_KINDS, read_shards
+from datakit.manifest import SHARD_KINDS, checked, read_shards
 
 
 def connect(out_dir: str | Path, check: bool = True) -> duckdb.DuckDBPyConnection:

@@ -1,4 +1,7 @@
-"""`datakit`: build corpora from recipes and inspect the result."""
+"""`datakit`: build corpora from recipes and inspect the result.
+
+Exit codes: 0 success; 1 the run failed; 2 the command line or the recipe is wrong (nothing ran).
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,18 +12,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
-err = Console(stderr=True)
+from embedkit.clitools import console, describe_os_error, err, fail as _fail, guarded, set_debug
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error")) -> None:
+    set_debug(debug)
 
 
 def _load(recipe: Path):
@@ -39,7 +41,7 @@ def build(
     strict: bool = typer.Option(False, "--strict", help="stop at the first bad row (naming file, row, field)"),
     force: bool = typer.Option(False, "--force", help="rebuild even if the output is up to date"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-    executor: str = typer.Option("local", "--executor", help="local, or ray (pip install 'embedkit[ray]')"),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (pip install 'embedkit\\[ray]')"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one, "
                                           "or RAY_ADDRESS)"),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray cluster"),
@@ -47,9 +49,11 @@ def build(
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
     from datakit.benchmarks import PackError
-    from datakit.output import InconsistentOutput, OutputBusy
+    from datakit.manifest import InconsistentOutput
+    from datakit.output import OutputBusy
     from datakit.pipeline import DataError, LocalExecutor, build as run_build
     from datakit.sources import SourceError
+    from datakit.steps import StepFailed
 
     loaded = _load(recipe)
     if executor == "ray":
@@ -75,8 +79,11 @@ def build(
             result = run_build(loaded, out, strict=strict or None, force=force, progress=progress, executor=runner)
         except OutputBusy as exc:
             _fail(str(exc))
-        except (DataError, SourceError, PackError, InconsistentOutput) as exc:
+        except (DataError, SourceError, PackError, InconsistentOutput, StepFailed) as exc:
             _fail(f"{exc}\nnothing was written; the previous output in {out} (if any) is unchanged")
+        except OSError as exc:
+            _fail(f"{describe_os_error(exc)}\nnothing was written; the previous output in {out} (if any) is "
+                  "unchanged")
     if result.skipped:
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
     _summary(result.manifest)
@@ -107,7 +114,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
         where = src.path if src.path is not None else (f"hf:{src.hf.path}" if src.hf else "sql")
         sampled, reasons, example = 0, Counter(), None
         try:
-            for event in source_events(src.model_copy(update={"limit": sample}), loaded.base_dir, False,
+            for event in source_events(src.model_copy(update={"limit": sample}), loaded.sandbox, False,
                                        min(sample, 10_000)):
                 if event[0] == "read":
                     sampled += event[1]
@@ -117,7 +124,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
                     example = example or rows[0]
         except (SourceError, OSError, ValueError) as exc:
             table.add_row(src.name, src.adapter, str(where), "-", "[red]cannot read[/]", "")
-            problems.append(f"source {src.name!r}: {exc}")
+            problems.append(str(exc) if str(exc).startswith("source ") else f"source {src.name!r}: {exc}")
             continue
         bad = sum(reasons.values())
         share = bad / sampled if sampled else 1.0
@@ -139,8 +146,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
 @app.command()
 def stats(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
     """Records per kind and dataset, quarantine and drops, from the manifest (checked against the shards)."""
-    from datakit.output import checked
-    from datakit.shards import read_manifest
+    from datakit.manifest import checked, read_manifest
 
     try:
         manifest = read_manifest(checked(out))
@@ -179,8 +185,7 @@ def _write_report(out: Path, dest: Path | None = None, compare: Path | None = No
 @app.command()
 def verify(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
     """Check every shard against the manifest: names, sizes, row counts and sha256 digests."""
-    from datakit.output import verify as run_verify
-    from datakit.shards import read_manifest
+    from datakit.manifest import read_manifest, verify as run_verify
 
     try:
         problems = run_verify(out, deep=True)
@@ -311,7 +316,7 @@ def decontaminate(
     """Find (and drop or flag) records that overlap benchmark test sets; writes OUT/contamination.json."""
     _apply(in_dir, out, {"type": "decontaminate", "packs": [str(p.resolve()) for p in bench],
                          "threshold": threshold, "action": action})
-    from datakit.shards import read_manifest
+    from datakit.manifest import read_manifest
 
     c = read_manifest(out).get("contamination", {})
     console.print(f"contaminated: {c.get('contaminated', 0):,} of {c.get('records_checked', 0):,} records; "
@@ -359,13 +364,22 @@ def _summary(manifest: dict[str, Any]) -> None:
             detail = f" [{'; '.join(f'{d}: ' + ', '.join(f'{r} {n}' for r, n in c.items()) for d, c in per.items())}]" \
                 if per else ""
             console.print(f"dropped by {step}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()) + detail)
+    for name, inputs in manifest.get("inputs", {}).items():
+        skipped = inputs.get("skipped", []) if isinstance(inputs, dict) else []
+        if skipped:
+            shown = ", ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5])
+            more = f" and {len(skipped) - 5} more (manifest inputs)" if len(skipped) > 5 else ""
+            err.print(f"[bold yellow]skipped:[/] source {name!r}: {len(skipped)} file(s) in its folder that no reader "
+                      f"takes: {shown}{more}", highlight=False, soft_wrap=True)
     for warning in manifest.get("warnings", []):
         err.print(f"[bold yellow]warning:[/] {warning}")
     for step, e in manifest.get("synthesis", {}).items():
         drops = ", ".join(f"{r} {n}" for r, n in sorted(e["dropped"].items(), key=lambda x: -x[1])) or "none"
+        failures = e.get("failures") or {}
+        failed = ", ".join(f"{k} {n}" for k, n in failures.items()) if failures else "none"
         console.print(f"synthesis {step} ({e['model']}, {e['prompt']}): {e['calls']} calls, {e['cache_hits']} cached, "
-                      f"{e['failed']} failed, {e['prompt_tokens'] + e['completion_tokens']:,} tokens, "
-                      f"${e['cost_usd']:.4f}; kept {e['kept']}, dropped {drops}")
+                      f"failed: {failed}; {e['prompt_tokens'] + e['completion_tokens']:,} tokens, "
+                      f"${e['cost_usd']:.4f}; kept {e['kept']}, dropped {drops}", highlight=False, soft_wrap=True)
     budget = manifest.get("llm_budget")
     if budget and budget["reached"]:
         err.print(f"[bold yellow]budget reached:[/] ${budget['spent_usd']:.4f} of ${budget['max_budget_usd']:.4f}; "
@@ -376,5 +390,10 @@ def _summary(manifest: dict[str, Any]) -> None:
                   + (f" ({rate:,.0f} rows/s)" if rate else ""))
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The `datakit` command: one line and an exit code for whatever escapes a command (embedkit.clitools)."""
+    guarded(lambda: app(args=argv, prog_name="datakit"))
+
+
 if __name__ == "__main__":
-    app()
+    main()

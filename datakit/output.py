@@ -17,30 +17,21 @@ any point leaves either the previous build or the new one complete, and the next
 """
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
-from datakit.shards import CURRENT, MANIFEST, SHARD_KINDS, build_dir, sha256_file
+from datakit.manifest import CURRENT, MANIFEST, SHARD_KINDS
+from embedkit.folderlock import FolderBusy, FolderLock
 
 LOCK = ".lock"
 PUBLISH_POINTS = ("staged", "renamed", "linked", "switched", "cleaned")
 
 
-class OutputBusy(RuntimeError):
-    """Another process is writing the output folder."""
-
-
-class InconsistentOutput(ValueError):
-    """The manifest and the shards on disk disagree."""
+OutputBusy = FolderBusy  # another process is writing the output folder
 
 
 def fault(point: str) -> None:
@@ -49,46 +40,14 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class OutputLock:
-    """An exclusive lock on an output folder for the whole of a write."""
-
-    def __init__(self, out_dir: Path, wait: bool = False):
-        self.out_dir, self.wait = Path(out_dir), wait
-        self.fh = None
+class OutputLock(FolderLock):
+    """An exclusive lock on an output folder for the whole of a write; taking it removes what an interrupted
+    writer left (`recover`)."""
 
     def __enter__(self) -> "OutputLock":
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.out_dir / LOCK, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            fh.close()
-            try:
-                h = json.loads(holder)
-                who = f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
-            except (ValueError, KeyError):
-                who = "another process"
-            raise OutputBusy(f"{self.out_dir} is being written by {who}; wait for it to finish or choose another "
-                             "--out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "command": " ".join(os.path.basename(a) for a in sys.argv[:2]) or "python",
-                             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
-        fh.flush()
-        self.fh = fh
-        recover(self.out_dir)
+        super().__enter__()
+        recover(self.folder)
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fh is not None:
-            self.fh.seek(0)
-            self.fh.truncate()
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
 
 
 def new_staging(out_dir: Path) -> Path:
@@ -154,47 +113,3 @@ def recover(out_dir: Path) -> None:
             item.unlink()
         elif item.is_symlink() and item.name != CURRENT and not item.exists():
             item.unlink()  # a report the current build does not have
-
-
-def verify(out_dir: str | Path, deep: bool = False) -> list[str]:
-    """Disagreements between the manifest and the shards on disk: missing or extra shard files, sizes, row
-    counts (from the Arrow stream metadata) and, with `deep`, sha256 digests. Empty when consistent."""
-    import pyarrow as pa
-
-    build = build_dir(out_dir)
-    manifest = json.loads((build / MANIFEST).read_text(encoding="utf-8"))
-    problems = []
-    listed = {s["file"]: s for s in manifest.get("shards", [])}
-    on_disk = {f"{k}/{p.name}" for k in SHARD_KINDS for p in (build / k).glob("part-*.arrow")}
-    for name in sorted(on_disk - set(listed)):
-        problems.append(f"{name}: on disk but not in the manifest")
-    for name, entry in listed.items():
-        path = build / name
-        if not path.exists():
-            problems.append(f"{name}: in the manifest but missing")
-            continue
-        if path.stat().st_size != entry["bytes"]:
-            problems.append(f"{name}: {path.stat().st_size:,} bytes, the manifest says {entry['bytes']:,}")
-            continue
-        try:
-            with pa.memory_map(str(path)) as source:
-                rows = sum(b.num_rows for b in pa.ipc.open_stream(source))
-        except pa.ArrowInvalid as exc:
-            problems.append(f"{name}: not a readable Arrow stream ({exc})")
-            continue
-        if rows != entry["rows"]:
-            problems.append(f"{name}: {rows:,} rows, the manifest says {entry['rows']:,}")
-        elif deep and sha256_file(path) != entry["sha256"]:
-            problems.append(f"{name}: sha256 differs from the manifest")
-    return problems
-
-
-def checked(out_dir: str | Path) -> Path:
-    """The current build folder of OUT, after checking it against its manifest (readers call this)."""
-    build = build_dir(out_dir)
-    problems = verify(out_dir)
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InconsistentOutput(f"{out_dir}: the shards do not match the manifest ({shown}); rebuild it, or run "
-                                 f"`datakit verify {out_dir}`")
-    return build

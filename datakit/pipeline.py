@@ -23,12 +23,13 @@ import pyarrow.compute as pc
 
 from datakit.adapters import make_adapter
 from datakit.llm.client import Budget
-from datakit.output import OutputLock, checked, new_staging, publish, verify
+from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, read_shards, sha256_file, shard_files,
+                              verify)
+from datakit.output import OutputLock, new_staging, publish
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
 from datakit.records import KINDS, QUARANTINE_SCHEMA
-from datakit.shards import (MANIFEST, SHARD_KINDS, ShardWriter, read_manifest, read_shards, sha256_file, shard_files,
-                            write_json_atomic)
-from datakit.sources import read_source, resolve_files
+from datakit.shards import ShardWriter, write_json_atomic
+from datakit.sources import Sandbox, SourceError, input_files, read_source
 from datakit.steps import Step, StepContext, make_step, step_config
 
 MANIFEST_FORMAT = 1
@@ -92,11 +93,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def input_fingerprint(src: SourceConfig, base_dir: Path) -> dict[str, Any]:
-    """What a source read: files with size and mtime, or the HF dataset / SQL text."""
+def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
+    """What a source read: files with size and mtime (and the files of its folders that no reader takes), or
+    the HF dataset / SQL text."""
     if src.path is not None:
-        files = resolve_files(src.path, base_dir)
-        return {"files": [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files]}
+        found = input_files(src.path, sandbox)
+        files = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in found.files]
+        return {"files": files, **({"skipped": found.skipped} if found.skipped else {})}
     if src.hf is not None:
         return {"hf": src.hf.model_dump()}
     return {"sql": src.sql}
@@ -170,7 +173,7 @@ class LocalExecutor:
                   ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:
         """Chain the steps (`first`: index of steps[0] in the recipe, for the timing names)."""
         for i, step in enumerate(steps, first):
-            stream = clock.wrap(f"{i}:{step.name}", step.run(stream))
+            stream = clock.wrap(f"{i}:{step.name}", step.process(stream))
         return stream
 
     def describe(self) -> dict[str, Any]:
@@ -188,10 +191,15 @@ def build(
 ) -> BuildResult:
     """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read."""
     executor = executor or LocalExecutor()
-    recipe, base_dir = loaded.recipe, loaded.base_dir
+    recipe, sandbox = loaded.recipe, loaded.sandbox
     out_dir = Path(out_dir)
     strict = recipe.strict if strict is None else strict
-    inputs = {s.name: input_fingerprint(s, base_dir) for s in recipe.sources}
+    inputs = {}
+    for src in recipe.sources:
+        try:
+            inputs[src.name] = input_fingerprint(src, sandbox)
+        except SourceError as exc:
+            raise SourceError(f"source {src.name!r}: {exc}") from None
     recipe_sha = recipe.sha256()
     head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
 
@@ -201,7 +209,7 @@ def build(
     with OutputLock(out_dir):  # the up-to-date check too: a writer may be switching the folder
         if not force and (old := _up_to_date(out_dir, recipe_sha, inputs)) is not None:
             return BuildResult(out_dir, old, skipped=True)
-        return _execute(out_dir, base_dir, recipe.steps, recipe.output, records, head, recipe.llm, executor)
+        return _execute(out_dir, sandbox, recipe.steps, recipe.output, records, head, recipe.llm, executor)
 
 
 def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
@@ -237,14 +245,14 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
 
     output = OutputConfig(shard_rows=shard_rows)
     with OutputLock(Path(out_dir)):
-        return _execute(Path(out_dir), base_dir or Path.cwd(), steps, output, records, head, llm or LLMSettings(),
-                        LocalExecutor())
+        return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), steps, output, records, head,
+                        llm or LLMSettings(), LocalExecutor())
 
 
 RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
 
 
-def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], output: OutputConfig,
+def _execute(out_dir: Path, sandbox: Sandbox, raw_steps: list[dict[str, Any]], output: OutputConfig,
              records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: LocalExecutor) -> BuildResult:
     """Stream records through the steps into a staging folder, then publish it with its manifest. The caller
     holds the output folder's lock."""
@@ -252,9 +260,11 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
     started = time.time()
     try:
         budget = executor.budget(llm.max_budget_usd)
-        ctx = StepContext(base_dir=base_dir, out_dir=out_dir, work_dir=staging / "work",
+        ctx = StepContext(sandbox=sandbox, out_dir=out_dir, work_dir=staging / "work",
                           artifacts_dir=staging / "artifacts", llm=llm, budget=budget)
         steps = [make_step(raw, ctx) for raw in raw_steps]
+        for step in steps:
+            step.preflight()  # an LLM provider that cannot be reached fails here, before any record is read
         writer = ShardWriter(staging, output.shard_rows, output.compression)
         tally = _Tally()
         clock = StageClock()
@@ -268,12 +278,13 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
                 counts[kind][item["values"]] += item["counts"]
             if kind == "retrieval":
                 mix.add(table)
+        warnings = [w for i, step in enumerate(steps) for w in step.check(f"step {i}:{step.name}")]
         if not any(counts.values()):
             raise DataError("the build produced no records: every source row was quarantined or dropped by a step "
                             "(see `datakit validate`)")
         shards = writer.close()
         head = {**head, "negatives": mix.report(), "executor": executor.describe(),
-                "timings_s": clock.exclusive(time.time() - started)}
+                "timings_s": clock.exclusive(time.time() - started), "warnings": warnings}
         if any(getattr(s, "uses_llm", False) for s in steps):
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
@@ -286,12 +297,22 @@ def _execute(out_dir: Path, base_dir: Path, raw_steps: list[dict[str, Any]], out
 SourceEvent = tuple  # ("records", kind, table) | ("quarantine", table) | ("read", rows)
 
 
-def source_events(src: SourceConfig, base_dir: Path, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
+def named(source: str, chunks: Iterator[Any]) -> Iterator[Any]:
+    """A source's chunks; a SourceError raised while reading them names the source."""
+    try:
+        yield from chunks
+    except SourceError as exc:
+        if str(exc).startswith("source "):
+            raise
+        raise SourceError(f"source {source!r}: {exc}") from None
+
+
+def source_events(src: SourceConfig, sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
     """Read one source through its adapter: its record batches, quarantined rows and rows read, in order.
 
     The local executor consumes this in process; the Ray executor runs it as a Ray task per source."""
     adapter = make_adapter(src)
-    for chunk in read_source(src, base_dir, adapter.columns(), batch_rows):
+    for chunk in named(src.name, read_source(src, sandbox, adapter.columns(), batch_rows)):
         out = adapter.adapt(chunk)
         bad = chunk.quarantine + out.quarantine
         if bad and strict:
@@ -367,7 +388,7 @@ def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: b
              progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
     """Read every source through its adapter; quarantine goes straight to the writer."""
     for src in loaded.recipe.sources:
-        yield from consume_source(src, source_events(src, loaded.base_dir, strict, batch_rows), writer, tally,
+        yield from consume_source(src, source_events(src, loaded.sandbox, strict, batch_rows), writer, tally,
                                   progress)
 
 
@@ -401,6 +422,7 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
         "negatives": head["negatives"],
         **({"llm_budget": head["llm_budget"]} if "llm_budget" in head else {}),
         **_step_entries(steps),
+        **({"warnings": head["warnings"]} if head.get("warnings") else {}),
     }
 
 

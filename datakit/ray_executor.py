@@ -29,6 +29,7 @@ from datakit.llm.client import Budget
 from datakit.pipeline import LocalExecutor, ProgressFn, StageClock, _Tally, consume_source, source_events
 from datakit.recipe import LLMSettings, LoadedRecipe, SourceConfig
 from datakit.shards import ShardWriter
+from datakit.sources import Sandbox
 from datakit.steps import Step, StepContext, make_step
 
 try:
@@ -79,8 +80,8 @@ class RayBudget:
 
 
 @ray.remote(num_returns="streaming")
-def _source_task(src: dict[str, Any], base_dir: str, strict: bool, batch_rows: int) -> Iterator[tuple]:
-    yield from source_events(SourceConfig.model_validate(src), Path(base_dir), strict, batch_rows)
+def _source_task(src: dict[str, Any], sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[tuple]:
+    yield from source_events(SourceConfig.model_validate(src), sandbox, strict, batch_rows)
 
 
 _WORKER_STEPS: dict[str, tuple[list[Step], Path]] = {}  # per worker process: one build's steps and scratch folder
@@ -94,14 +95,14 @@ def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, A
             shutil.rmtree(old, ignore_errors=True)
         _WORKER_STEPS.clear()
         work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
-        context = StepContext(base_dir=Path(ctx["base_dir"]), out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
+        context = StepContext(sandbox=ctx["sandbox"], out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
                               budget=ctx["budget"], worker=True)
         _WORKER_STEPS[build_id] = ([make_step(raw, context) for raw in raw_steps], work)
     steps = _WORKER_STEPS[build_id][0]
     stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])
     for step in steps:
-        stream = step.run(stream)
+        stream = step.process(stream)
     out = list(stream)
     return out, [step.take_state() for step in steps]
 
@@ -142,7 +143,7 @@ class RayExecutor(LocalExecutor):
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
         sources = loaded.recipe.sources
-        generators = [_source_task.remote(src.model_dump(mode="json"), str(loaded.base_dir), strict, batch_rows)
+        generators = [_source_task.remote(src.model_dump(mode="json"), loaded.sandbox, strict, batch_rows)
                       for src in sources]
         for src, gen in zip(sources, generators):
             yield from consume_source(src, _events(gen), writer, tally, progress)
@@ -161,7 +162,7 @@ class RayExecutor(LocalExecutor):
                   ctx: StepContext) -> Iterator[tuple[str, pa.Table]]:
         llm = ctx.llm.model_copy() if ctx.llm is not None else LLMSettings()
         llm.cache = str(ctx.resolve(llm.cache) if llm.cache else default_path())  # the one cache, for every worker
-        spec = ray.put({"base_dir": str(ctx.base_dir), "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
+        spec = ray.put({"sandbox": ctx.sandbox, "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
                         "budget": ctx.budget})
         raw = ray.put(raw_steps)
         build_id = uuid.uuid4().hex  # workers build their copies of the steps once per build

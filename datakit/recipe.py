@@ -9,61 +9,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from datakit.sources import CsvOptions, HFSource, Sandbox, SourceFields, SourceLocation  # noqa: F401 - re-exported
+from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
+
 AdapterName = Literal[
     "title_body", "qa", "reading_comprehension", "retrieval", "nli", "sts", "classification", "clustering"
 ]
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """The recipe file is not valid; the message names the key (and line) at fault."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CsvOptions(Strict):
-    delimiter: str | None = Field(None, description="default: ',' ('\\t' for .tsv)")
-    quote_char: str | Literal[False] = '"'
-    escape_char: str | Literal[False] = False
-    header: bool = True
-    column_names: list[str] | None = None
-
-
-class HFSource(Strict):
-    path: str = Field(..., description="hub id, local dataset folder (save_to_disk) or data folder")
-    name: str | None = None
-    split: str = "train"
-    streaming: bool = False
-    revision: str | None = None
-    data_files: str | list[str] | dict[str, Any] | None = None
-
-
-class SourceFields(Strict):
-    """Where a source's rows come from and how they are read: the syntax recipes and eval task files share."""
-
-    path: str | list[str] | None = None
-    hf: HFSource | None = None
-    sql: str | None = None
-    format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None
-    csv: CsvOptions = CsvOptions()
-    columns: dict[str, str] = {}
-    limit: int | None = Field(None, gt=0)
-
-    def locations(self) -> list[str]:
-        """Which of path, hf, sql are given."""
-        return [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
-
-
-class SourceLocation(SourceFields):
-    """Source fields with exactly one location."""
-
-    @model_validator(mode="after")
-    def _one_location(self) -> "SourceLocation":
-        given = self.locations()
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of path, hf, sql (got {', '.join(given) or 'none'})")
-        return self
 
 
 class SourceConfig(SourceLocation):
@@ -93,6 +48,8 @@ class LLMSettings(Strict):
     price_per_million: tuple[float, float] | None = Field(
         None, description="(input, output) USD per million tokens, for models litellm has no price for")
     cache: str | None = Field(None, description="answers cache (SQLite); default $DATAKIT_CACHE/llm/answers.sqlite")
+    preflight: bool = Field(True, description="send each synthesis step's model one small request before the "
+                            "build reads anything: a wrong key, model or api_base fails in seconds")
 
 
 class Recipe(Strict):
@@ -103,6 +60,8 @@ class Recipe(Strict):
     llm: LLMSettings = LLMSettings()
     output: OutputConfig = OutputConfig()
     strict: bool = False
+    allow_paths: list[str] = Field([], description="files or folders outside the recipe's folder that its sources "
+                                   "may read (relative to the recipe, or absolute); nothing else outside is read")
 
     @field_validator("sources")
     @classmethod
@@ -136,49 +95,15 @@ class LoadedRecipe(BaseModel):
     path: Path
     base_dir: Path
 
-
-def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree; return a 1-based line."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if k.value == str(key):
-                    nxt, line = v, k.start_mark.line + 1
-                    break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-        if node is None:
-            break
-    return line
-
-
-def format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
-        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        line = line_of(root, loc)
-        where = f"{path}:{line}" if line else str(path)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {str(loc[-1])!r}"
-        lines.append(f"{where}: {key or '<root>'}: {msg}")
-    return lines
+    @property
+    def sandbox(self) -> Sandbox:
+        """Where this recipe's sources may read: its folder and its allow_paths."""
+        return Sandbox.of(self.base_dir, self.recipe.allow_paths)
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:
     """Validate recipe text; raise RecipeError listing every bad key with its line."""
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    data, root = parse_yaml(text, path, RecipeError)
     return validate_recipe(data, path, root)
 
 
@@ -222,17 +147,7 @@ def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Rec
     return recipe
 
 
-def read_config_text(path: Path, what: str, error: type[Exception]) -> str:
-    """A YAML file's text, or `error` saying why it cannot be read (missing, unreadable, not UTF-8)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc})") from None
-
-
 def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
-    text = read_config_text(path, "recipe", RecipeError)
+    text = read_text(path, "recipe", RecipeError)
     return LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)

@@ -249,13 +249,15 @@ def replace_columns(table: pa.Table, columns: dict[str, pa.Array | list]) -> pa.
     return table
 
 
-def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str = "",
+def add_event(lineage: pa.Array, step: str, model: str = "", prompt_id: str = "", detail: str | list[str] = "",
               where=None) -> pa.Array:
-    """Append one event to the lineage of every record (or of the records where `where` is true)."""
+    """Append one event to the lineage of every record (or of the records where `where` is true); `detail` is one
+    string for all, or one per record."""
     lineage = lineage.combine_chunks() if isinstance(lineage, pa.ChunkedArray) else lineage
     rows = lineage.to_pylist()
-    event = {"step": step, "model": model, "prompt_id": prompt_id, "detail": detail}
     for i, r in enumerate(rows):
         if r is not None and (where is None or where[i]):
+            text = detail if isinstance(detail, str) else detail[i]
+            event = {"step": step, "model": model, "prompt_id": prompt_id, "detail": text}
             r["events"] = list(r["events"] or []) + [event]
     return pa.array(rows, type=LINEAGE)

@@ -1,4 +1,4 @@
-"""Arrow shard writer/reader and the manifest.
+"""The Arrow shard writer (the manifest that lists the shards is `datakit.manifest`'s).
 
 Layout of a build (`datakit.output` publishes builds into OUT/build-<id> and switches OUT/current to the new
 one; OUT/<kind> and OUT/manifest.json are links through `current`)::
@@ -12,7 +12,7 @@ that looks whole.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -20,23 +20,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from datakit.records import KINDS, QUARANTINE_SCHEMA, schema
-
-SHARD_KINDS = (*KINDS, "quarantine")
-MANIFEST = "manifest.json"
-CURRENT = "current"
+from datakit.manifest import SHARD_KINDS, kind_schema, sha256_file
 
 
-def kind_schema(kind: str) -> pa.Schema:
-    return QUARANTINE_SCHEMA if kind == "quarantine" else schema(kind)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _injected_fault(folder: Path) -> None:
+    """Test hook for faults of the file system a test cannot cause as root: `DATAKIT_FAULT=write:ENOSPC` (or EROFS,
+    EACCES, ...) makes the shard write fail with that error, as a full or read-only disk does."""
+    name = os.environ.get("DATAKIT_FAULT", "")
+    if name.startswith("write:"):
+        code = getattr(errno, name.split(":", 1)[1])
+        raise OSError(code, os.strerror(code), str(folder))
 
 
 class ShardWriter:
@@ -71,6 +64,7 @@ class ShardWriter:
 
     def _flush(self, kind: str, table: pa.Table) -> None:
         folder = self.root / kind
+        _injected_fault(folder)
         folder.mkdir(parents=True, exist_ok=True)
         index = sum(1 for s in self.shards if s["kind"] == kind)
         final = folder / f"part-{index:05d}.arrow"
@@ -84,37 +78,7 @@ class ShardWriter:
                             "bytes": final.stat().st_size, "sha256": sha256_file(final)})
 
 
-def build_dir(out_dir: str | Path) -> Path:
-    """The folder holding OUT's current build (OUT itself for a folder written before `current` existed)."""
-    out_dir = Path(out_dir)
-    current = out_dir / CURRENT
-    if current.is_symlink():
-        target = current.resolve()
-        if (target / MANIFEST).exists():
-            return target
-    elif (out_dir / MANIFEST).is_file() and not (out_dir / MANIFEST).is_symlink():
-        return out_dir
-    raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a datakit output folder, or its build did not finish)")
-
-
-def shard_files(out_dir: str | Path, kind: str) -> list[Path]:
-    return sorted((build_dir(out_dir) / kind).glob("part-*.arrow"))
-
-
-def read_shards(out_dir: str | Path, kind: str) -> pa.Table:
-    """All shards of a kind as one memory-mapped table (empty table with the schema when none)."""
-    tables = []
-    for path in shard_files(out_dir, kind):
-        with pa.memory_map(str(path)) as source:
-            tables.append(pa.ipc.open_stream(source).read_all())
-    return pa.concat_tables(tables) if tables else kind_schema(kind).empty_table()
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((build_dir(out_dir) / MANIFEST).read_text(encoding="utf-8"))

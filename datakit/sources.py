@@ -15,7 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
+from pydantic import Field, model_validator
 
-from datakit.recipe import SourceConfig
+from embedkit.configfile import Strict
 
 EXTENSIONS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -34,7 +35,103 @@ RAW_LIMIT = 2000  # characters of a bad row kept in quarantine
 
 
 class SourceError(ValueError):
-    """A source cannot be read at all (missing file, missing column): a recipe problem."""
+    """A source cannot be read at all (missing file, missing column, a path outside the sandbox)."""
+
+
+# ---------------------------------------------------------------- the source syntax (recipes and task files)
+class CsvOptions(Strict):
+    delimiter: str | None = Field(None, description="default: ',' ('\\t' for .tsv)")
+    quote_char: str | Literal[False] = '"'
+    escape_char: str | Literal[False] = False
+    header: bool = True
+    column_names: list[str] | None = None
+
+
+class HFSource(Strict):
+    path: str = Field(..., description="hub id, local dataset folder (save_to_disk) or data folder")
+    name: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, Any] | None = None
+
+
+class SourceFields(Strict):
+    """Where a source's rows come from and how they are read: the syntax recipes and eval task files share."""
+
+    path: str | list[str] | None = None
+    hf: HFSource | None = None
+    sql: str | None = None
+    format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None
+    csv: CsvOptions = CsvOptions()
+    columns: dict[str, str] = {}
+    limit: int | None = Field(None, gt=0)
+
+    def locations(self) -> list[str]:
+        """Which of path, hf, sql are given."""
+        return [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
+
+
+class SourceLocation(SourceFields):
+    """Source fields with exactly one location."""
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceLocation":
+        given = self.locations()
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hf, sql (got {', '.join(given) or 'none'})")
+        return self
+
+
+# ---------------------------------------------------------------- the sandbox
+@dataclass(frozen=True)
+class Sandbox:
+    """Where a recipe (or an eval task file) may read: its own folder, and the files and folders it lists under
+    `allow_paths`. Recipes are shared; a shared recipe must not read `/etc/passwd` into a corpus. Every path a
+    source names (`path:`, a local `hf:` folder, the files recipe SQL reads, a mining pool) resolves (symlinks
+    followed) inside one of these roots, or the source fails naming it."""
+
+    base_dir: Path  # relative paths resolve against it
+    allowed: tuple[Path, ...] = ()  # resolved allow_paths
+    owner: str = "recipe"  # whose folder it is, for messages ("task file")
+
+    @classmethod
+    def of(cls, base_dir: str | Path, allow_paths: list[str] | tuple[str, ...] = (), owner: str = "recipe") -> "Sandbox":
+        base = Path(base_dir).expanduser().resolve()
+        allowed = []
+        for item in allow_paths:
+            p = Path(item).expanduser()
+            allowed.append((p if p.is_absolute() else base / p).resolve())
+        return cls(base, tuple(allowed), owner)
+
+    @classmethod
+    def anywhere(cls, base_dir: str | Path) -> "Sandbox":
+        """No limit (the user's own command-line arguments, not a shared file); relative paths from `base_dir`."""
+        return cls(Path(base_dir).expanduser().resolve(), (Path("/"),), "command")
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return (self.base_dir, *self.allowed)
+
+    def absolute(self, item: str | Path) -> Path:
+        """`item` as an absolute path (relative to `base_dir`), not yet checked."""
+        p = Path(item).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def allows(self, path: Path) -> bool:
+        real = path.resolve()
+        return any(real == root or root in real.parents for root in self.roots)
+
+    def check(self, path: Path, what: str) -> Path:
+        """`path` if it resolves inside a root; else a SourceError naming it and how to allow it."""
+        if not self.allows(path):
+            real = path.resolve()
+            shown = f"{path} (-> {real})" if real != path else str(path)
+            raise SourceError(f"{what}: {shown} is outside the {self.owner}'s folder {self.base_dir}"
+                              + (f" and its allow_paths ({', '.join(map(str, self.allowed))})" if self.allowed else "")
+                              + f"; a {self.owner} reads only its own folder and the paths it lists under "
+                              "`allow_paths:`")
+        return path
 
 
 @dataclass
@@ -56,22 +153,51 @@ def bad_row(file: str, row: int, field_: str, reason: str, detail: str, raw: Any
     return {"file": file, "row": row, "field": field_, "reason": reason, "detail": detail, "raw": raw[:RAW_LIMIT]}
 
 
-def resolve_files(spec: str | list[str], base_dir: Path) -> list[Path]:
-    """Expand files, globs and folders (relative to the recipe) into a sorted file list."""
-    files: list[Path] = []
+@dataclass
+class InputFiles:
+    """The files a `path:` names, and the files of its folders that no reader takes (listed, never silently
+    skipped: they go to the manifest's inputs and the build's summary)."""
+
+    files: list[Path]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {file, reason}
+
+
+def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
+    """Expand files, globs and folders (relative to the recipe) into a sorted file list, each inside the sandbox."""
+    found_all = InputFiles([])
     for item in [spec] if isinstance(spec, str) else spec:
-        p = Path(item).expanduser()
-        p = p if p.is_absolute() else base_dir / p
+        p = sandbox.absolute(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _format_of(f) is not None)
+            sandbox.check(p, f"path {item!r}")
+            found = []
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                if _format_of(f) is None:
+                    found_all.skipped.append({"file": _display(f, sandbox.base_dir),
+                                              "reason": f"no reader for {''.join(f.suffixes) or 'a file without an extension'}"})
+                else:
+                    found.append(f)
         elif any(ch in str(p) for ch in "*?["):
             found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            if not found:
+                sandbox.check(Path(glob_prefix(str(p))), f"path {item!r}")
         else:
             found = [p] if p.exists() else []
         if not found:
             raise SourceError(f"no input file matches {item!r} (looked in {p})")
-        files += found
-    return files
+        for f in found:
+            sandbox.check(f, f"path {item!r}")
+        found_all.files += found
+    return found_all
+
+
+def resolve_files(spec: str | list[str], sandbox: Sandbox) -> list[Path]:
+    return input_files(spec, sandbox).files
+
+
+def glob_prefix(pattern: str) -> str:
+    """The folder part of a glob pattern before its first wildcard."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return head if head.endswith("/") or not head else str(Path(head).parent)
 
 
 def _format_of(path: Path) -> str | None:
@@ -86,18 +212,18 @@ def _display(path: Path, base_dir: Path) -> str:
         return str(path)
 
 
-def read_source(src: SourceConfig, base_dir: Path, need: "ColumnSpec", batch_rows: int = 50_000) -> Iterator[Chunk]:
-    """Stream a source as Chunks projected to the columns in `need`.
+def read_source(src: SourceFields, sandbox: Sandbox, need: "ColumnSpec", batch_rows: int = 50_000) -> Iterator[Chunk]:
+    """Stream a source as Chunks projected to the columns in `need`, reading only inside `sandbox`.
 
     A column that a file's schema lacks is an error unless it is optional (then it reads as
     nulls); JSONL has no schema, so a missing key there is a per-row problem for the adapter.
     """
     if src.hf is not None:
-        chunks = _read_hf(src, base_dir, need, batch_rows)
+        chunks = _read_hf(src.hf, sandbox, need, batch_rows)
     elif src.sql is not None:
-        chunks = _read_sql(src.sql, base_dir, need, batch_rows)
+        chunks = _read_sql(src.sql, sandbox, need, batch_rows)
     else:
-        chunks = _read_files(src, base_dir, need, batch_rows)
+        chunks = _read_files(src, sandbox, need, batch_rows)
     seen = 0
     for chunk in chunks:
         if src.limit is not None and seen + chunk.table.num_rows > src.limit:
@@ -125,13 +251,13 @@ class ColumnSpec:
         return [c for c in self.names if c in available]
 
 
-def _read_files(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
+def _read_files(src: SourceFields, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
     offset = 0
-    for path in resolve_files(src.path, base_dir):  # type: ignore[arg-type]
+    for path in resolve_files(src.path, sandbox):  # type: ignore[arg-type]
         fmt = src.format or _format_of(path)
         if fmt is None:
             raise SourceError(f"{path}: cannot tell the format from the extension; set `format:`")
-        shown = _display(path, base_dir)
+        shown = _display(path, sandbox.base_dir)
         if fmt == "jsonl":
             offset += yield from _read_jsonl(path, shown, need, batch_rows, offset)
         elif fmt in ("csv", "tsv"):
@@ -409,7 +535,7 @@ def _csv_stream(path: Path) -> tuple[Any, Any]:
     return pa.input_stream(str(path), compression="detect"), None
 
 
-def _read_csv(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset: int, src: SourceConfig, fmt: str):
+def _read_csv(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset: int, src: SourceFields, fmt: str):
     """Stream CSV/TSV as strings (no type guessing that a later block could contradict); returns rows read.
 
     Rejected rows (wrong field count) are quarantined with their line number; rows after them keep their true
@@ -444,7 +570,12 @@ def _read_csv(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset:
     parse = pcsv.ParseOptions(**layout, invalid_row_handler=on_invalid)
     read = pcsv.ReadOptions(block_size=1 << 22, column_names=opts.column_names,
                             autogenerate_column_names=not opts.header and not opts.column_names)
-    columns = need.check(shown, _csv_header(path, pcsv.ParseOptions(**layout, invalid_row_handler=lambda r: "skip"), read))
+    header = _csv_header(path, pcsv.ParseOptions(**layout, invalid_row_handler=lambda r: "skip"), read)
+    twice = sorted({c for c in header if header.count(c) > 1 and c in need.names})
+    if twice:
+        raise SourceError(f"{shown}: the header names column(s) {', '.join(map(repr, twice))} more than once; which "
+                          "one to read is ambiguous: rename them, or give csv: {column_names: [...]}")
+    columns = need.check(shown, header)
     convert = pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, include_columns=columns,
                                   strings_can_be_null=False, quoted_strings_can_be_null=False,
                                   null_values=[])
@@ -551,24 +682,26 @@ def _read_parquet(path: Path, shown: str, need: ColumnSpec, batch_rows: int, off
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
-def _read_hf(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
+def _read_hf(hf: HFSource, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
     import datasets  # heavy: imported only when a recipe uses the hub
 
-    hf = src.hf
-    assert hf is not None
-    local = Path(hf.path).expanduser()
-    local = local if local.is_absolute() else base_dir / local
+    local = sandbox.absolute(hf.path)
+    if local.exists():
+        sandbox.check(local, f"hf.path {hf.path!r}")
     if (local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists():
         ds = datasets.load_from_disk(str(local))
         if isinstance(ds, datasets.DatasetDict):
             if hf.split not in ds:
                 raise SourceError(f"{hf.path}: no split {hf.split!r} (splits: {', '.join(ds)})")
             ds = ds[hf.split]
-        shown = _display(local, base_dir)
+        shown = _display(local, sandbox.base_dir)
     else:
         target = str(local) if local.exists() else hf.path
-        ds = datasets.load_dataset(target, hf.name, split=hf.split, streaming=hf.streaming,
-                                   revision=hf.revision, data_files=hf.data_files)
+        try:
+            ds = datasets.load_dataset(target, hf.name, split=hf.split, streaming=hf.streaming,
+                                       revision=hf.revision, data_files=hf.data_files)
+        except Exception as exc:  # noqa: BLE001 - hub, network, auth and dataset-script errors of every kind
+            raise SourceError(hf_error(hf, exc)) from None
         shown = f"hf:{hf.path}" + (f"/{hf.name}" if hf.name else "") + f":{hf.split}"
     if ds.column_names is not None:  # None for some streaming datasets until read
         ds = ds.select_columns(need.check(shown, list(ds.column_names)))
@@ -585,39 +718,68 @@ def _read_hf(src: SourceConfig, base_dir: Path, need: ColumnSpec, batch_rows: in
             seen += table.num_rows
 
 
+def hf_error(hf: HFSource, exc: BaseException) -> str:
+    """One line for a Hugging Face dataset that cannot be opened: unreachable, mistyped, private, or gated."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    low = f"{name} {text}".lower()
+    if "gated" in low or "401" in low or "403" in low or "unauthorized" in low or "authentication" in low:
+        why = "it is private or gated: log in (`hf auth login`) or set HF_TOKEN, and accept its terms on the hub"
+    elif "offline" in low or "connection" in low or "resolve" in low or "network" in low or "timed out" in low:
+        why = "the hub cannot be reached (offline?); set HF_HUB_OFFLINE=1 to use a cached copy, or give a local folder"
+    elif "doesn't exist" in low or "not found" in low or "404" in low or "datasetnotfound" in low:
+        why = "no such dataset (mistyped id, or a private one without a token)"
+    else:
+        why = f"{name}: {text[:300]}"
+    return f"hf:{hf.path}" + (f" ({hf.name})" if hf.name else "") + f" split {hf.split!r}: cannot open: {why}"
+
+
 # ---------------------------------------------------------------- DuckDB SQL
-_FILE_ARG = re.compile(r"\b(read_\w+|parquet_scan|glob|sniff_csv)\s*\(\s*('(?:[^']|'')*'|\[[^\]]*\])", re.I)
-_FROM_FILE = re.compile(r"\b(FROM|JOIN)\s+('(?:[^']|'')*')", re.I)
+_FILE_FUNCS = r"read_\w+|parquet_\w+|glob|sniff_csv|delta_scan|iceberg_\w+"
+_FILE_CALL = re.compile(rf"\b({_FILE_FUNCS})\s*\(\s*", re.I)
+_FILE_ARG = re.compile(rf"\b({_FILE_FUNCS})\s*\(\s*('(?:[^']|'')*'|\[[^\]]*\])", re.I)
+_FROM_FILE = re.compile(r"\b(FROM|JOIN)\s+('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")", re.I)
 _LITERAL = re.compile(r"'((?:[^']|'')*)'")
 
 
-def sandbox_sql(sql: str, base_dir: Path) -> tuple[str, list[str], list[str]]:
-    """(sql with the files it reads made absolute, directories, files) that a recipe's SQL may read: the
-    recipe's folder, and the files and glob folders its table functions (read_csv, read_json, read_parquet,
-    ...) and FROM 'file' clauses name, relative paths resolved against the recipe."""
-    dirs, files = {str(base_dir.resolve())}, set()
+def sandbox_sql(sql: str, sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
+    """(sql with the files it reads made absolute, folders, files) for a recipe's SQL. The files its table
+    functions (read_csv, read_json, read_parquet, glob, ...) and FROM 'file' clauses read must be literal paths
+    inside the sandbox (a glob's every match too); DuckDB is then given only the sandbox's roots, so a path built
+    at run time cannot leave them either. Anything else is a SourceError naming the path."""
+    for m in _FILE_CALL.finditer(sql):
+        rest = sql[m.end():m.end() + 1]
+        if rest not in ("'", "["):
+            raise SourceError(f"sql source: {m.group(1)}(...) must name its files as a string literal or a list of "
+                              f"literals (so they can be checked against the recipe's folder and allow_paths)")
 
-    def absolute(m: re.Match) -> str:
-        raw = m.group(1).replace("''", "'")
+    def absolute(m: re.Match, quote: str = "'") -> str:
+        raw = m.group(1).replace(quote * 2, quote)
         if "://" in raw:
-            return m.group(0)  # a URL: left as it is (and refused: external access is off)
-        p = Path(raw).expanduser()
-        p = (p if p.is_absolute() else base_dir / p).resolve()
+            raise SourceError(f"sql source: {raw!r}: recipe SQL reads local files only (no network)")
+        p = sandbox.absolute(raw)
+        what = f"sql source reads {raw!r}"
         if any(ch in raw for ch in "*?["):
-            prefix = Path(str(p).split("*")[0].split("?")[0].split("[")[0])
-            dirs.add(str(prefix if prefix.is_dir() else prefix.parent))
-        elif p.is_dir():
-            dirs.add(str(p))
+            sandbox.check(Path(glob_prefix(str(p))), what)
+            for match in glob.glob(str(p), recursive=True):
+                sandbox.check(Path(match), what)
         else:
-            files.add(str(p))
-        return "'" + str(p).replace("'", "''") + "'"
+            sandbox.check(p, what)
+        return quote + str(p.resolve()).replace(quote, quote * 2) + quote
 
     def in_args(m: re.Match) -> str:
-        return m.group(0)[: m.start(2) - m.start(0)] + _LITERAL.sub(absolute, m.group(2))
+        head, arg = m.group(0)[: m.start(2) - m.start(0)], m.group(2)
+        if arg.startswith('"'):  # FROM "file.csv": DuckDB reads a file named by a quoted identifier too
+            if not any(ch in arg for ch in "./"):
+                return m.group(0)  # a quoted table or CTE name
+            return head + re.sub(r'"((?:[^"]|"")*)"', lambda x: absolute(x, '"'), arg)
+        return head + _LITERAL.sub(absolute, arg)
 
     sql = _FILE_ARG.sub(in_args, sql)
     sql = _FROM_FILE.sub(in_args, sql)
-    return sql, sorted(dirs), sorted(files)
+    dirs = [str(r) for r in sandbox.roots if r.is_dir()]
+    files = [str(r) for r in sandbox.roots if not r.is_dir()]
+    return sql, dirs, files
 
 
 def locked_connection(dirs: list[str], files: list[str]):
@@ -642,15 +804,16 @@ def check_select(con, sql: str, what: str) -> None:
     except duckdb.Error as exc:
         raise SourceError(f"{what}: not valid SQL: {exc}") from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        kinds = ", ".join(str(s.type).split(".")[-1] for s in statements) or "none"
-        raise SourceError(f"{what}: only a single SELECT (or WITH ... SELECT) statement may run (got: {kinds})")
+        refused = [s for s in statements if s.type != duckdb.StatementType.SELECT] or statements
+        shown = "; ".join(" ".join(s.query.split())[:80] for s in refused) if refused else "nothing"
+        raise SourceError(f"{what}: only a single SELECT (or WITH ... SELECT) statement may run; refused: {shown}")
 
 
-def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
-    """A recipe's SQL, sandboxed: one SELECT, reading only the recipe's folder and the files it names."""
+def _read_sql(sql: str, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
+    """A recipe's SQL, sandboxed: one SELECT, reading only the recipe's folder and its allow_paths."""
     import duckdb
 
-    sql, dirs, files = sandbox_sql(sql, base_dir)
+    sql, dirs, files = sandbox_sql(sql, sandbox)
     con = locked_connection(dirs, files)
     check_select(con, sql, "sql source")
     try:
@@ -659,8 +822,8 @@ def _read_sql(sql: str, base_dir: Path, need: ColumnSpec, batch_rows: int) -> It
             raise SourceError("sql source: the statement returns no rows (use a SELECT)")
         reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_rows)
     except duckdb.PermissionException as exc:
-        raise SourceError(f"sql source: {exc} (recipe SQL may read the recipe's folder and the files its "
-                          "read_csv/read_json/read_parquet calls name; nothing else)") from None
+        raise SourceError(f"sql source: {exc} (recipe SQL may read the recipe's folder and its allow_paths; "
+                          "nothing else)") from None
     except duckdb.Error as exc:
         raise SourceError(f"sql source failed: {exc}") from None
     need.check("sql query", reader.schema.names)

@@ -43,8 +43,8 @@ def _record(prepare):
 if __name__ == "__main__":
     from accelerate import Accelerator
 
-    from trainer.cli import app
+    from trainer.cli import main
 
     state.AcceleratorState.__init__ = _fsdp_on_cpu
     Accelerator.prepare = _record(Accelerator.prepare)
-    sys.exit(app(sys.argv[1:]))
+    main(sys.argv[1:])

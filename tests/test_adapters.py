@@ -5,8 +5,8 @@ import pytest
 
 from datakit.adapters import make_adapter
 from datakit.recipe import SourceConfig
-from datakit.shards import read_shards
-from datakit.sources import Chunk
+from datakit.manifest import read_shards
+from datakit.sources import Chunk, Sandbox
 from datakit.pipeline import DataError
 from tests.conftest import build_yaml, write
 
@@ -156,7 +156,7 @@ def test_every_adapter_quarantines_wrong_types_instead_of_crashing(tmp_path, ada
     cls = make_adapter(SourceConfig(name="s", path="x", adapter=adapter))
     row = {col: {"nested": "object"} for col in cls.columns().names}
     write(tmp_path / "in.jsonl", json.dumps(row) + "\n")
-    events = list(source_events(SourceConfig(name="s", path="in.jsonl", adapter=adapter), tmp_path, False, 100))
+    events = list(source_events(SourceConfig(name="s", path="in.jsonl", adapter=adapter), Sandbox.of(tmp_path), False, 100))
     assert not [e for e in events if e[0] == "records"]
     [bad] = [q for e in events if e[0] == "quarantine" for q in e[1].to_pylist()]
     assert bad["reason"] in ("wrong_type", "missing_field")

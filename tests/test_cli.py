@@ -62,7 +62,7 @@ def test_stats_on_a_folder_that_is_not_an_output(tmp_path):
 def test_trainer_inspect_reads_the_shards(demo):
     res = run("trainer", "inspect", str(demo))
     assert res.returncode == 0
-    lines = {tuple(line.split()) for line in res.stdout.splitlines()[1:]}
+    lines = {tuple(c.strip().replace(",", "") for c in line.split("│")[1:-1]) for line in res.stdout.splitlines()}
     counts = json.loads((demo / "manifest.json").read_text())["counts"]
     assert ("pair", "sts", "20") in lines and ("retrieval", "articles", str(counts["retrieval"]["articles"])) in lines
     res = run("trainer", "inspect", str(demo / "retrieval"))

@@ -9,7 +9,7 @@ from datakit.audit import connect
 from datakit.benchmarks import Pack, build_pack, texts_from_files
 from datakit.pipeline import apply_steps, build
 from datakit.recipe import load_recipe
-from datakit.shards import read_manifest, read_shards
+from datakit.manifest import read_manifest, read_shards
 from tests.conftest import ROOT, build_yaml, write
 
 WORDS = ("river mountain quiet engine silver market garden window yellow thunder paper rocket coffee music "
@@ -160,6 +160,7 @@ def test_real_contamination_stsb_train_against_sts_benchmarks(shared_data, tmp_p
     build_pack(texts_from_files([shared_data / "stsb" / "sts-test.csv"]), tmp_path / "pack")
     write(tmp_path / "r.yaml", f"""
         name: real
+        allow_paths: [{shared_data}]
         sources:
           - name: stsb_train
             path: {shared_data / 'stsb' / 'sts-train.csv'}
@@ -189,6 +190,7 @@ def test_real_chinese_contamination_bge_file_against_chinese_stsb_test(shared_da
     build_pack(texts_from_files([zh / "STS-B" / "STS-B.test.data"]), tmp_path / "pack")
     write(tmp_path / "r.yaml", f"""
         name: zh
+        allow_paths: [{zh}]
         sources:
           - {{name: bge_zh, path: {zh / 'bge_finetune_data.jsonl'}, adapter: retrieval,
              columns: {{positive: pos, negatives: neg}}}}
@@ -412,3 +414,46 @@ def test_benchmark_task_names_keep_dots_and_from_files_takes_many(tmp_path):
                        cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert set(json.loads((tmp_path / "pack" / "pack.json").read_text())["tasks"]) == {"a", "b"}
+
+
+def test_pairs_sharing_one_sentence_with_a_test_set_sides_any_vs_all_and_what_decontamination_says(tmp_path):
+    """SICK-style data: train pairs reuse test sentences. `sides: any` drops every pair with one test sentence
+    (and warns that it took most of the dataset, or fails under max_drop); `sides: all` drops only pairs whose two
+    sentences are both test sentences. Flagged records carry match, benchmark and score in their lineage, and
+    every matched record is in the records file."""
+    test = _sentences(8, seed=41)
+    write(tmp_path / "bench" / "PairX.test.tsv", "".join(f"{a}\t{b}\t3.0\n" for a, b in zip(test[::2], test[1::2])))
+    build_pack(texts_from_files([tmp_path / "bench" / "PairX.test.tsv"]), tmp_path / "pack")
+    fresh = _sentences(8, seed=42)
+    rows = [{"sentence1": test[0], "sentence2": fresh[0], "score": 1.0},  # one test sentence
+            {"sentence1": fresh[1], "sentence2": test[3], "score": 2.0},  # one test sentence
+            {"sentence1": test[4], "sentence2": test[5], "score": 4.0},    # a test pair itself
+            {"sentence1": fresh[2], "sentence2": fresh[3], "score": 3.0}]  # clean
+    _jsonl(tmp_path / "pairs.jsonl", rows)
+    recipe = """
+        name: p
+        sources: [{name: sick, path: pairs.jsonl, adapter: sts, options: {both_orders: false}}]
+        steps: [{type: decontaminate, packs: [pack], SETTINGS}]
+    """
+    res = build_yaml(tmp_path, recipe.replace("SETTINGS", "sides: any"))
+    assert res.manifest["counts"]["pair"] == {"sick": 1}
+    [warning] = res.manifest["warnings"]
+    assert "step 0:decontaminate removed 3 of 4 records of dataset 'sick' (pair, 75%)" in warning
+    res = build_yaml(tmp_path, recipe.replace("SETTINGS", "sides: all"), force=True)
+    assert res.manifest["counts"]["pair"] == {"sick": 3} and "warnings" not in res.manifest
+    lines = [json.loads(x) for x in (res.out_dir / "contamination_records.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["sick:2"] and {m["field"] for m in lines[0]["matches"]} == {"text_a", "text_b"}
+
+    from datakit.steps import StepFailed
+
+    with pytest.raises(StepFailed, match=r"removed more than its max_drop 50% of dataset 'sick' \(pair\): 3 of 4"):
+        build_yaml(tmp_path, recipe.replace("SETTINGS", "max_drop: 0.5"), force=True)
+    assert read_manifest(res.out_dir)["recipe"]["sha256"] == res.manifest["recipe"]["sha256"]  # previous kept
+
+    res = build_yaml(tmp_path, recipe.replace("SETTINGS", "action: flag"), force=True)
+    con = connect(res.out_dir)
+    details = dict(con.execute("SELECT id, [e.detail FOR e IN lineage.events IF e.step = 'decontaminate'][1] "
+                               "FROM pair ORDER BY id").fetchall())
+    assert details["sick:3"] is None
+    assert details["sick:0"] == "contaminated: exact 1.00 pack/PairX/test (text_a)"
+    assert "pack/PairX/test (text_a)" in details["sick:2"] or "pack/PairX/test (text_b)" in details["sick:2"]

@@ -25,7 +25,7 @@ DATA = ROOT / "recipes" / "data" / "eval"
 def _minilm():
     from sentence_transformers import SentenceTransformer
 
-    from trainer.model import resolve_name
+    from embedkit.trainconfig import resolve_name
 
     return SentenceTransformer(resolve_name("embedded-minilm")[0], device="cpu")
 
@@ -34,7 +34,7 @@ def _no_instructions(tmp_path: Path) -> Path:
     """The demo task file without instructions (what mteb run directly on MiniLM does: no prompts)."""
     text = "\n".join(line for line in DEMO.read_text().splitlines() if "instruction:" not in line)
     text = text.replace("data/eval", str(DATA))
-    return write(tmp_path / "tasks.yaml", text)
+    return write(tmp_path / "tasks.yaml", f"allow_paths: [{DATA}]\n" + text)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,7 @@ def test_each_distinct_text_is_embedded_once_and_a_shared_corpus_once(tmp_path):
     from trainer.eval.run import evaluate_tasks, local_tasks
 
     tasks_file = write(tmp_path / "t.yaml", f"""
+        allow_paths: [{DATA}]
         tasks:
           - {{name: R1, type: retrieval, beir: {DATA / 'retrieval'}}}
           - {{name: R2, type: retrieval, beir: {DATA / 'retrieval'}}}
@@ -183,6 +184,7 @@ def test_prompts_follow_the_report_and_are_recorded(tmp_path):
         return np.stack([v / np.linalg.norm(v) for v in rng]).astype(np.float32)
 
     tasks_file = write(tmp_path / "t.yaml", f"""
+        allow_paths: [{DATA}]
         tasks:
           - {{name: R, type: retrieval, beir: {DATA / 'retrieval'}, instruction: Find the answer}}
           - {{name: S, type: sts, path: {DATA / 'sts.tsv'}, instruction: Same meaning}}
@@ -247,11 +249,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_errors_are_one_line_before_any_model_loads(tmp_path):
-    missing_col = write(tmp_path / "t.yaml", f"tasks:\n  - name: x\n    type: sts\n    path: {DATA / 'sts.tsv'}\n"
-                                             "    columns: {text_a: nope}\n")
+    missing_col = write(tmp_path / "t.yaml", f"allow_paths: [{DATA}]\ntasks:\n  - name: x\n    type: sts\n"
+                                             f"    path: {DATA / 'sts.tsv'}\n    columns: {{text_a: nope}}\n")
     r = _cli("eval", "embedded-minilm", "--tasks", str(missing_col), "--out", str(tmp_path / "o"))
-    assert r.returncode == 1
-    assert "t.yaml:5: tasks[0].columns.text_a:" in r.stderr and "no column 'nope'" in r.stderr
+    assert r.returncode == 2  # a task file naming a column the data lacks: a config error
+    assert "t.yaml:6: tasks[0].columns.text_a:" in r.stderr and "no column 'nope'" in r.stderr
     assert "Traceback" not in r.stderr
     r = _cli("eval", str(tmp_path / "no-such-model"), "--tasks", str(DEMO), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such folder" in r.stderr

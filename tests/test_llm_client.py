@@ -99,3 +99,19 @@ def test_real_local_model_over_http_with_cache(llama_server, tmp_path):
     assert again.stats.calls == 0 and again.stats.cache_hits == 4
     assert [a.text for a in repeat] == [a.text for a in answers]
     assert "sk-local" not in (tmp_path / "c.db").read_bytes().decode("utf-8", "replace")
+
+
+def test_failures_are_counted_by_class_with_one_redacted_example_each(tmp_path):
+    """Faults a real local server cannot be made to give (a rejected key, an unknown model), scripted with the
+    named fake transport."""
+    import litellm
+
+    auth = litellm.AuthenticationError("Incorrect API key provided: sk-proj-abcdef123456", "openai", "gpt-x")
+    missing = litellm.NotFoundError("The model `gpt-x` does not exist", "openai", "gpt-x")
+    client = LLMClient("openai/gpt-x", LLMCache(tmp_path / "c.db"), transport=FakeTransport([auth, missing, "fine"]),
+                       concurrency=1, max_retries=0)
+    answers = client.complete_many([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)])
+    assert [a.text for a in answers] == [None, None, "fine"]
+    assert client.stats.failures == {"authentication": 1, "not_found": 1}
+    shown = client.stats.failure_examples["authentication"]
+    assert "AuthenticationError" in shown and "sk-proj-abcdef123456" not in shown and "[redacted]" in shown

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datakit.embed import Embedder, build_index
-from datakit.shards import read_shards
+from datakit.manifest import read_shards
 from datakit.steps.mine import llm_quota
 from tests.conftest import ROOT, build_yaml, write
 
@@ -26,6 +26,7 @@ def _recipe(tmp_path, step: str) -> str:
     write(tmp_path / "extra.jsonl", json.dumps({"text": PARAPHRASE}) + "\n")
     return f"""
         name: m
+        allow_paths: [{DATA}]
         sources:
           - {{name: articles, path: {DATA / 'articles.jsonl'}, adapter: title_body}}
           - {{name: chats, path: {DATA / 'chats.jsonl'}, adapter: qa, columns: {{messages: messages}}}}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from datakit.output import PUBLISH_POINTS, OutputBusy, OutputLock, verify
-from datakit.shards import read_manifest, read_shards
+from datakit.manifest import read_manifest, read_shards, verify
+from datakit.output import PUBLISH_POINTS, OutputBusy, OutputLock
 from tests.conftest import ROOT, write
 
 DATA = ROOT / "recipes" / "data"
@@ -20,6 +20,7 @@ DATA = ROOT / "recipes" / "data"
 def _recipe(tmp: Path, limit: int) -> Path:
     return write(tmp / f"r{limit}.yaml", f"""
         name: r{limit}
+        allow_paths: [{DATA}]
         sources:
           - {{name: faq, path: {DATA / 'faq.csv'}, adapter: qa, columns: {{query: question, positive: answer}},
               limit: {limit}}}
@@ -98,7 +99,31 @@ def test_readers_refuse_a_folder_whose_shards_disagree_with_the_manifest(tmp_pat
     with pytest.raises(ValueError, match="the manifest says"):
         open_shards(out)
     shard.unlink()
-    with pytest.raises(ValueError, match="differ from the manifest"):
+    with pytest.raises(ValueError, match="in the manifest but missing"):
+        open_shards(out)
+
+
+def test_a_manifest_pointing_outside_its_folder_is_refused_by_every_reader(tmp_path):
+    """An edited manifest that points a shard at a valid Arrow file elsewhere: verify, stats, sql and the trainer
+    all refuse it with the same error (before, verify and stats passed while sql and the trainer saw 0 rows)."""
+    import json as _json
+
+    from trainer.data import open_shards
+
+    out = tmp_path / "out"
+    assert _datakit("build", str(_recipe(tmp_path, 5)), "--out", str(out), "-q").returncode == 0
+    build = (out / "current").resolve()
+    manifest = _json.loads((build / "manifest.json").read_text())
+    entry = next(s for s in manifest["shards"] if s["kind"] == "retrieval")
+    elsewhere = tmp_path / "elsewhere.arrow"
+    shutil.copy(build / entry["file"], elsewhere)
+    (build / entry["file"]).unlink()
+    entry["file"] = "../../elsewhere.arrow"
+    (build / "manifest.json").write_text(_json.dumps(manifest))
+    for args in (("verify", str(out)), ("stats", str(out)), ("sql", str(out), "SELECT count(*) FROM retrieval")):
+        r = _datakit(*args)
+        assert r.returncode == 1 and "points outside the output folder" in r.stderr, args
+    with pytest.raises(ValueError, match="points outside the output folder"):
         open_shards(out)
 
 
@@ -110,3 +135,39 @@ def test_a_folder_in_the_old_layout_is_read_and_then_migrated(tmp_path):
     assert _faq_rows(legacy) == 5 and verify(legacy) == []
     assert _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(legacy), "-q").returncode == 0
     assert (legacy / "current").is_symlink() and _faq_rows(legacy) == 8 and verify(legacy) == []
+
+
+@pytest.mark.parametrize("fault", ["file", "under_a_file", "write:ENOSPC", "write:EROFS"])
+def test_output_folder_faults_are_one_line_and_keep_what_was_published(tmp_path, fault):
+    """--out naming a file, a path under a file, a full disk, a read-only disk (the last two injected at the shard
+    write: as root a test cannot make a disk full or a folder read-only)."""
+    recipe = _recipe(tmp_path, 5)
+    out, env = tmp_path / "out", None
+    if fault == "file":
+        out = write(tmp_path / "a-file", "keep me\n")
+    elif fault == "under_a_file":
+        out = write(tmp_path / "a-file", "keep me\n") / "sub"
+    else:
+        assert _datakit("build", str(recipe), "--out", str(out), "-q").returncode == 0
+        before = read_manifest(out)
+        env = {"DATAKIT_FAULT": fault}
+    r = _datakit("build", str(recipe), "--out", str(out), "-q", "--force", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "nothing was written" in r.stderr
+    expected = {"file": "a file is there, not a folder", "under_a_file": "a part of the path is a file",
+                "write:ENOSPC": "no space left on the device", "write:EROFS": "not writable"}[fault]
+    assert expected in r.stderr, r.stderr
+    if fault.startswith("write:"):
+        assert read_manifest(out) == before and verify(out, deep=True) == []  # the previous build, whole
+        assert not list(out.glob(".staging-*"))
+    else:
+        assert (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+def test_an_unreachable_hub_dataset_is_one_line_in_build_as_in_validate(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "name: x\nsources: [{name: s, adapter: qa, hf: {path: no-such-org/no-such-set}}]\n")
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for args in (("validate", str(recipe)), ("build", str(recipe), "--out", str(tmp_path / "out"), "-q")):
+        r = _datakit(*args, env=env)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "hf:no-such-org/no-such-set split 'train': cannot open:" in r.stderr, r.stderr

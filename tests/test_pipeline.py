@@ -15,7 +15,7 @@ from datakit import records
 from datakit.audit import connect
 from datakit.pipeline import DataError, build
 from datakit.recipe import load_recipe
-from datakit.shards import read_manifest, read_shards, sha256_file, shard_files
+from datakit.manifest import read_manifest, read_shards, sha256_file, shard_files
 from tests.conftest import ROOT, build_yaml, write
 
 DEMO = ROOT / "recipes" / "demo.yaml"

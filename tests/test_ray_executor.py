@@ -12,7 +12,7 @@ import pytest
 
 from datakit.pipeline import DataError, build
 from datakit.recipe import load_recipe
-from datakit.shards import read_shards
+from datakit.manifest import read_shards
 
 from tests.conftest import ROOT, write
 

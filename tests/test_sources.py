@@ -5,15 +5,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datakit.manifest import read_shards
 from datakit.recipe import SourceConfig
-from datakit.sources import ColumnSpec, SourceError, read_source
+from datakit.sources import ColumnSpec, Sandbox, SourceError, read_source
 from tests.conftest import write
 
 
 def _read(tmp_path, cols=("a", "b"), optional=(), batch_rows=50_000, **src):
     src.setdefault("adapter", "qa")
     cfg = SourceConfig(name="s", **src)
-    chunks = list(read_source(cfg, tmp_path, ColumnSpec(list(cols), set(optional)), batch_rows))
+    chunks = list(read_source(cfg, Sandbox.of(tmp_path), ColumnSpec(list(cols), set(optional)), batch_rows))
     rows = [r for c in chunks for r in c.table.to_pylist()]
     idx = [i for c in chunks for i in c.rows.to_pylist()]
     bad = [q for c in chunks for q in c.quarantine]
@@ -147,3 +148,27 @@ def test_limit(tmp_path):
     write(tmp_path / "x.jsonl", "".join(json.dumps({"a": str(i), "b": "p"}) + "\n" for i in range(20)))
     rows, *_ = _read(tmp_path, path="x.jsonl", limit=7, batch_rows=5)
     assert [r["a"] for r in rows] == [str(i) for i in range(7)]
+
+
+def test_a_header_naming_a_read_column_twice_is_an_error_naming_it(tmp_path):
+    write(tmp_path / "d.tsv", "sentence1\tsentence2\tscore\tsentence1\na\tb\t3\tc\n")
+    with pytest.raises(SourceError, match=r"d.tsv: the header names column\(s\) 'sentence1' more than once"):
+        _read(tmp_path, ("sentence1", "sentence2", "score"), path="d.tsv")
+    write(tmp_path / "ok.tsv", "sentence1\tsentence2\tscore\tx\tx\na\tb\t3\t1\t2\n")  # unread duplicates: fine
+    rows, _, bad, _ = _read(tmp_path, ("sentence1", "sentence2", "score"), path="ok.tsv")
+    assert rows == [{"sentence1": "a", "sentence2": "b", "score": "3"}] and bad == []
+
+
+def test_scores_outside_a_declared_range_are_quarantined(tmp_path):
+    write(tmp_path / "sts.tsv", "sentence1\tsentence2\tscore\na\tb\t-3\nc\td\t4.5\ne\tf\t17\ng\th\tnan\n")
+    recipe = write(tmp_path / "r.yaml", "name: x\nsources: [{name: s, path: sts.tsv, adapter: sts, max_quarantine: 1.0, "
+                                        "options: {both_orders: false, score_range: [0, 5]}}]\n")
+    from datakit.pipeline import build
+    from datakit.recipe import load_recipe
+
+    result = build(load_recipe(recipe), tmp_path / "out")
+    assert result.manifest["counts"]["pair"] == {"s": 1}
+    bad = {q["row"]: q for q in read_shards(tmp_path / "out", "quarantine").to_pylist()}
+    assert set(bad) == {0, 2, 3} and {q["reason"] for q in bad.values()} == {"bad_score"}
+    assert bad[0]["detail"] == "score -3 is outside score_range [0, 5]" and bad[0]["field"] == "score"
+    assert "not a finite number" in bad[3]["detail"]

@@ -24,10 +24,11 @@ from datakit.llm.client import Budget, LLMClient
 from datakit.llm.prompts import PromptError, load_prompt
 from datakit.recipe import RecipeError, load_recipe
 from datakit.records import LINEAGE, validate
-from datakit.shards import read_shards
+from datakit.manifest import read_shards
+from datakit.sources import Sandbox
 from datakit.steps import StepContext, make_step
 
-from tests.conftest import FakeTransport, build_yaml, write
+from tests.conftest import FakeTransport, build_yaml, run as cli, write
 
 pytest.importorskip("llama_cpp")
 
@@ -297,12 +298,47 @@ def test_truncated_json_from_the_real_model_is_dropped_as_invalid(tmp_path):
 steps:
   - type: augment
     max_tokens: 6
+    max_failed: 1.0                      # accept them: the test is about the reason
 llm:
   cache: answers.sqlite
 """)
     entry = res.manifest["synthesis"]["augment"]
     assert entry["dropped"] == {"invalid_json": 3} and entry["kept"] == 0
     assert entry["calls"] == 6  # each prompt once, then once more with the stricter instruction
+    assert entry["failures"] == {"bad_output": 3} and entry["requests"] == 3
+
+
+def test_a_step_past_its_failure_budget_fails_the_build_with_the_reason(tmp_path):
+    """The same truncated answers without `max_failed: 1.0`: 3 of 3 requests gave no usable output, more than the
+    default 10%: the build fails naming the class, the model and the counts, and nothing is published."""
+    _data(tmp_path, n_qa=3)
+    write(tmp_path / "r.yaml", SOURCES + "steps: [{type: augment, max_tokens: 6}]\nllm: {cache: answers.sqlite}\n")
+    res = cli("datakit", "build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "-q")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    err = " ".join(res.stderr.split())
+    assert "augment: 3 of 3 requests to embedded/smollm2 failed: bad_output x3" in err and "max_failed 10%" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("llm, kind", [
+    ("{model: embedded/no-such-model.gguf}", "not_found"),
+    ("{model: hosted_vllm/some-model, api_base: 'http://127.0.0.1:{port}/v1', max_retries: 0}", "connection"),
+])
+def test_a_wrong_model_or_server_fails_before_anything_is_read(tmp_path, llm, kind):
+    """Real faults, no mock: a model file that does not exist, a port where nothing listens. The preflight request
+    fails in seconds with the class and the model string (and the server, without credentials)."""
+    from tests.conftest import free_port
+
+    _data(tmp_path, n_qa=2)
+    body = SOURCES + f"steps: [{{type: paraphrase}}]\nllm: {llm.replace('{port}', str(free_port()))}\n"
+    write(tmp_path / "r.yaml", body)
+    t0 = time.time()
+    res = cli("datakit", "build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "-q")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    err = " ".join(res.stderr.split())
+    assert "paraphrase: the first request to" in err and f"failed: {kind} x1" in err, err
+    assert time.time() - t0 < 60  # not minutes of retries (generous: the CLI's own start-up is most of it)
+    assert not (tmp_path / "out").exists() or not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_llm_judge_for_negatives(tmp_path):
@@ -327,7 +363,7 @@ steps:
 
 
 def test_bad_outputs_are_filtered_with_reasons(tmp_path):
-    ctx = StepContext(base_dir=tmp_path, out_dir=tmp_path, work_dir=tmp_path / "w", artifacts_dir=tmp_path / "a",
+    ctx = StepContext(sandbox=Sandbox.of(tmp_path), out_dir=tmp_path, work_dir=tmp_path / "w", artifacts_dir=tmp_path / "a",
                       budget=Budget())
     step = make_step({"type": "llm_negatives", "fraction": 1.0, "per_record": 1}, ctx)
     answers = ['{"passage": ""}',  # empty
@@ -407,7 +443,7 @@ def test_quality_checks():
 
 
 def test_similarity_helper_is_cosine(tmp_path):
-    ctx = StepContext(base_dir=tmp_path, out_dir=tmp_path, work_dir=tmp_path, artifacts_dir=tmp_path)
+    ctx = StepContext(sandbox=Sandbox.of(tmp_path), out_dir=tmp_path, work_dir=tmp_path, artifacts_dir=tmp_path)
     step = make_step({"type": "paraphrase"}, ctx)
     sims = step.similarity(["a cat sat on the mat", "stock markets fell"], ["a cat sat on the mat", "kittens"])
     assert abs(sims[0] - 1.0) < 1e-5 and sims[1] < 0.5 and isinstance(sims, np.ndarray)

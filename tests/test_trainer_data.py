@@ -19,14 +19,14 @@ def shards(tmp_path_factory):
 
 def test_every_batch_comes_from_one_dataset_and_stage_one_is_retrieval_only(shards):
     tables = open_shards(shards)
-    s1 = BatchSampler(tables, DataConfig(str(shards), batch_size=4), stage=1)
+    s1 = BatchSampler(tables, DataConfig(shards=str(shards), batch_size=4), stage=1)
     for _ in range(50):
         b = next(s1)
         assert b.kind == "retrieval" and len(b.queries) == len(b.docs) == 4
         t = tables["retrieval"].to_pylist()
         ids = {r["positive"] for r in t if r["dataset"] == b.dataset}
         assert set(b.docs) <= ids and all(len(n) == 4 for n in b.negatives)
-    s2 = BatchSampler(tables, DataConfig(str(shards), batch_size=4), stage=2)
+    s2 = BatchSampler(tables, DataConfig(shards=str(shards), batch_size=4), stage=2)
     kinds = Counter(next(s2).kind for _ in range(60))
     assert set(kinds) == {"retrieval", "pair", "classification"}
 
@@ -34,14 +34,14 @@ def test_every_batch_comes_from_one_dataset_and_stage_one_is_retrieval_only(shar
 def test_eta_share_over_many_batches(shards):
     tables = open_shards(shards)
     for eta in (0.72, 0.5):
-        s = BatchSampler(tables, DataConfig(str(shards), batch_size=2, eta=eta), stage=2)
+        s = BatchSampler(tables, DataConfig(shards=str(shards), batch_size=2, eta=eta), stage=2)
         plans = [s.plan(step)[0] for step in range(5000)]
         assert abs(plans.count("retrieval") / 5000 - eta) < 0.02
 
 
 def test_batches_are_deterministic_and_resume_exactly(shards):
     tables = open_shards(shards)
-    cfg = DataConfig(str(shards), batch_size=3, seed=5)
+    cfg = DataConfig(shards=str(shards), batch_size=3, seed=5)
     a = BatchSampler(tables, cfg, stage=2)
     first = [next(a) for _ in range(20)]
     b = BatchSampler(tables, cfg, stage=2)
@@ -56,7 +56,7 @@ def test_batches_are_deterministic_and_resume_exactly(shards):
 
 def test_classification_batches_pair_same_label_and_negatives_of_other_labels(shards):
     tables = open_shards(shards)
-    s = BatchSampler(tables, DataConfig(str(shards), batch_size=4, eta=0.0), stage=2)
+    s = BatchSampler(tables, DataConfig(shards=str(shards), batch_size=4, eta=0.0), stage=2)
     seen = 0
     for _ in range(40):
         b = next(s)
@@ -74,8 +74,8 @@ def test_two_processes_split_one_global_batch(shards, stage):
     """Every field, random fills and drawn classification pairs included: the global batch does not depend on
     the number of processes (the demo corpus without mining is short of hard negatives everywhere)."""
     tables = open_shards(shards)
-    cfg = DataConfig(str(shards), batch_size=2, pair_batch_size=2, negatives=2)
-    one = BatchSampler(tables, DataConfig(str(shards), batch_size=4, pair_batch_size=4, negatives=2), stage=stage)
+    cfg = DataConfig(shards=str(shards), batch_size=2, pair_batch_size=2, negatives=2)
+    one = BatchSampler(tables, DataConfig(shards=str(shards), batch_size=4, pair_batch_size=4, negatives=2), stage=stage)
     r0, r1 = (BatchSampler(tables, cfg, stage=stage, world_size=2, rank=r) for r in (0, 1))
     kinds = set()
     for _ in range(30):
@@ -103,7 +103,7 @@ def test_a_batch_never_holds_two_records_of_one_query_and_fills_negatives_with_o
     out = _nq_style(tmp_path)
     tables = open_shards(out)
     assert tables["retrieval"].num_rows == 120
-    s = BatchSampler(tables, DataConfig(str(out), batch_size=8, negatives=2, group_batches=4), stage=1)
+    s = BatchSampler(tables, DataConfig(shards=str(out), batch_size=8, negatives=2, group_batches=4), stage=1)
     for _ in range(60):
         b = next(s)
         assert len(set(b.queries)) == len(b.queries) == 8  # no record is another's false negative
@@ -113,19 +113,18 @@ def test_a_batch_never_holds_two_records_of_one_query_and_fills_negatives_with_o
 
 def test_stage_two_draws_a_new_order(shards):
     tables = open_shards(shards)
-    cfg = DataConfig(str(shards), batch_size=4, eta=1.0)
+    cfg = DataConfig(shards=str(shards), batch_size=4, eta=1.0)
     s1, s2 = BatchSampler(tables, cfg, stage=1), BatchSampler(tables, cfg, stage=2)
     first = [tuple(next(s1).queries) for _ in range(8)]
     second = [tuple(next(s2).queries) for _ in range(8)]
     assert first != second
 
 
-def test_exported_prompts_are_each_datasets_most_common_instruction_for_every_kind(monkeypatch):
+def test_exported_prompts_are_each_datasets_most_common_instruction_for_every_kind():
     """Tables given directly (a dataset whose records carry two instructions, as synthesis steps can make)."""
     import pyarrow as pa
 
-    import trainer.export
-    from trainer.export import prompts_from_shards
+    from trainer.export import prompts_from_tables
 
     tables = {
         "retrieval": pa.table({"dataset": ["a"] * 4 + ["b"] * 5, "instruction": ["rare", "Find", "Find", "Find"]
@@ -133,9 +132,8 @@ def test_exported_prompts_are_each_datasets_most_common_instruction_for_every_ki
         "pair": pa.table({"dataset": ["s"] * 2, "instruction": ["Similar", "Similar"]}),
         "classification": pa.table({"dataset": ["c"] * 3, "instruction": ["", "Classify", "Classify"]}),
     }
-    monkeypatch.setattr(trainer.export, "open_shards", lambda shards: tables)
     t = "Instruct: {instruction}\nQuery: "
-    assert prompts_from_shards("unused", t) == {"a": t.format(instruction="Find"), "b": t.format(instruction="Other"),
-                                                "s": t.format(instruction="Similar"),
-                                                "c": t.format(instruction="Classify"),
-                                                "query": t.format(instruction="Other")}
+    assert prompts_from_tables(tables, t) == {"a": t.format(instruction="Find"), "b": t.format(instruction="Other"),
+                                              "s": t.format(instruction="Similar"),
+                                              "c": t.format(instruction="Classify"),
+                                              "query": t.format(instruction="Other")}

@@ -22,7 +22,7 @@ def tiny_decoder(tmp_path, arch: str, attn: str = "sdpa"):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
     tokenizer.save_pretrained(tmp_path)
-    model = EmbeddingModel(ModelConfig(str(tmp_path), attn_implementation=attn), device="cpu")
+    model = EmbeddingModel(ModelConfig(name_or_path=str(tmp_path), attn_implementation=attn), device="cpu")
     model.tokenizer = tokenizer  # AutoTokenizer would pick the architecture's own (BPE) tokenizer class
     return model
 
@@ -128,14 +128,14 @@ def test_a_decoder_left_causal_fails_loudly_at_load(tmp_path, monkeypatch):
     tiny_decoder(tmp_path, "qwen2")
     monkeypatch.setattr(tm, "make_bidirectional", lambda model: 0)  # what a breaking release would amount to
     with pytest.raises(tm.CausalAttentionError, match="kept Qwen2Model causal"):
-        EmbeddingModel(ModelConfig(str(tmp_path)), device="cpu")
+        EmbeddingModel(ModelConfig(name_or_path=str(tmp_path)), device="cpu")
 
 
 def test_training_freezes_what_the_embedding_never_uses():
     """BERT's pooler never reaches the mean-pooled token states: frozen for training (DDP would fail on its
     missing gradients), left in the model (the export keeps it); every other weight trains."""
-    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu", training=True)
+    model = EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu", training=True)
     assert model.frozen == ["pooler.dense.weight", "pooler.dense.bias"]
     trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert len(trainable) == len(list(model.backbone.parameters())) - 2 and "pooler.dense.weight" not in trainable
-    assert EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").frozen == []
+    assert EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").frozen == []

@@ -33,7 +33,7 @@ def test_plan_chunks_is_optimal_and_covers_every_text():
 
 
 def test_padding_free_keeps_little_padding_on_varied_lengths():
-    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu")
+    model = EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu")
     texts = _texts(160, 1)
     padded = encode_texts(model.tokenizer, texts, 128, torch.device("cpu"), False, 16)
     free = encode_texts(model.tokenizer, texts, 128, torch.device("cpu"), True, 16)
@@ -45,7 +45,7 @@ def test_padding_free_keeps_little_padding_on_varied_lengths():
 def test_split_to_more_chunks_keeps_every_embedding(side):
     """What processes with fewer chunks do to match the others' forward calls: split chunks by rows, each cut to
     its own longest text; the embeddings, their order and the real tokens stay the same."""
-    model = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval()
+    model = EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").eval()
     model.tokenizer.padding_side = side  # BERT needs right padding to be exact; left checks the cut columns
     texts = _texts(24, 3)
     enc = encode_texts(model.tokenizer, texts, 64, torch.device("cpu"), True, 128)
@@ -65,7 +65,7 @@ def test_split_to_more_chunks_keeps_every_embedding(side):
 
 
 def _cfg(model_cfg, grad_cache=0):
-    return TrainConfig(model=model_cfg, data=DataConfig("unused", query_max_length=64, doc_max_length=64),
+    return TrainConfig(model=model_cfg, data=DataConfig(shards="unused", query_max_length=64, doc_max_length=64),
                        output_dir="unused", tau=0.05, grad_cache_chunk=grad_cache)
 
 
@@ -92,7 +92,7 @@ def test_padding_free_loss_equals_padded_loss(name, cases, monkeypatch):
     import trainer.train
 
     monkeypatch.setattr(trainer.train, "default_overhead", lambda device: 0.5)
-    mc = ModelConfig(name)
+    mc = ModelConfig(name_or_path=name)
     model = EmbeddingModel(mc, device="cpu", training=True).eval()
     texts = [t[:60] for t in _texts(24, 2)]
     retrieval = Batch("retrieval", "d", texts[:4], texts[4:8], [texts[8 + 2 * i: 10 + 2 * i] for i in range(4)])
@@ -127,7 +127,7 @@ def test_packed_varlen_loss_equals_padded_loss():
     """Packed texts (one row, positions restarting per text, attention within each text: on the CPU computed
     text by text, on CUDA by the varlen kernel) give the padded path's loss and gradient, plainly and through
     GradCache, for SmolLM2 (a decoder with grouped-query attention), with no padding at all."""
-    mc = ModelConfig("embedded-smollm2", varlen=True)
+    mc = ModelConfig(name_or_path="embedded-smollm2", varlen=True)
     model = EmbeddingModel(mc, device="cpu", training=True).eval()
     assert model.varlen and model.backbone.config._attn_implementation == "embedkit_varlen"
     from trainer.model import packed_matches_padded
@@ -150,5 +150,5 @@ def test_packed_varlen_loss_equals_padded_loss():
 
 def test_varlen_is_refused_where_it_cannot_apply_and_off_by_default_on_the_cpu():
     with pytest.raises(ValueError, match="not a bidirectional decoder"):
-        EmbeddingModel(ModelConfig("embedded-minilm", varlen=True), device="cpu")
-    assert not EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").varlen  # micro-batches here
+        EmbeddingModel(ModelConfig(name_or_path="embedded-minilm", varlen=True), device="cpu")
+    assert not EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").varlen  # micro-batches here

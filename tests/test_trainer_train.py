@@ -43,8 +43,8 @@ def varied_shards(tmp_path_factory):
 
 
 def _cfg(shards, out, stages, **kw):
-    return TrainConfig(model=ModelConfig("embedded-minilm"),
-                       data=DataConfig(str(shards), batch_size=4, pair_batch_size=6, negatives=1,
+    return TrainConfig(model=ModelConfig(name_or_path="embedded-minilm"),
+                       data=DataConfig(shards=str(shards), batch_size=4, pair_batch_size=6, negatives=1,
                                        query_max_length=32, doc_max_length=48),
                        output_dir=str(out), stages=stages, log_every=1, **kw)
 
@@ -63,7 +63,7 @@ def _same_losses(got: list[dict], want: list[dict]) -> None:
 def test_two_stages_then_sentence_transformers_loads_the_same_model(shards, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    cfg = _cfg(shards, tmp_path / "run", [StageConfig(4, 3e-5, 1), StageConfig(6, 2e-5, 1)])
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(steps=4, lr=3e-5, warmup_steps=1), StageConfig(steps=6, lr=2e-5, warmup_steps=1)])
     final = train(cfg, log=lambda r: None)
     log = _log(tmp_path / "run")
     stage1 = {k.split("/")[0] for r in log if r["stage"] == 1 for k in r["loss"]}
@@ -76,17 +76,17 @@ def test_two_stages_then_sentence_transformers_loads_the_same_model(shards, tmp_
     texts = ["Why is the sky blue?", "A man is playing a flute."]
     from trainer.model import EmbeddingModel
 
-    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval()
+    ours = EmbeddingModel(ModelConfig(name_or_path=str(final)), device="cpu").eval()
     mine = ours.encode(texts, prompt=prompts["articles"]).numpy()
     theirs = st.encode(texts, prompt_name="articles", normalize_embeddings=False)
     assert np.allclose(mine, theirs, atol=1e-5)
-    assert not np.allclose(mine, EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval()
+    assert not np.allclose(mine, EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").eval()
                            .encode(texts, prompt=prompts["articles"]).numpy(), atol=1e-4)  # training changed it
 
 
 def test_exact_resume_from_a_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
-    cfg = _cfg(shards, out, [StageConfig(6, 5e-5, 1)], save_every=3)
+    cfg = _cfg(shards, out, [StageConfig(steps=6, lr=5e-5, warmup_steps=1)], save_every=3)
     train(cfg, log=lambda r: None)
     full = [r["loss"] for r in _log(out)]
     assert (out / "stage1" / "latest").read_text().strip() == "state-3"
@@ -141,15 +141,15 @@ def test_smollm2_decoder_trains_bidirectionally_and_exports(shards, tmp_path):
 
     from trainer.model import EmbeddingModel
 
-    cfg = TrainConfig(model=ModelConfig("embedded-smollm2"),
-                      data=DataConfig(str(shards), batch_size=2, pair_batch_size=2, negatives=1,
+    cfg = TrainConfig(model=ModelConfig(name_or_path="embedded-smollm2"),
+                      data=DataConfig(shards=str(shards), batch_size=2, pair_batch_size=2, negatives=1,
                                       query_max_length=24, doc_max_length=32),
-                      output_dir=str(tmp_path / "run"), stages=[StageConfig(2, 3e-5, 1), StageConfig(2, 2e-5, 1)],
+                      output_dir=str(tmp_path / "run"), stages=[StageConfig(steps=2, lr=3e-5, warmup_steps=1), StageConfig(steps=2, lr=2e-5, warmup_steps=1)],
                       log_every=1)
     final = train(cfg, log=lambda r: None)
     assert {r["stage"] for r in _log(tmp_path / "run")} == {1, 2}
     st = SentenceTransformer(str(final), device="cpu")
-    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval()
+    ours = EmbeddingModel(ModelConfig(name_or_path=str(final)), device="cpu").eval()
     assert ours.decoder
     texts = ["the cat sat on the mat", "the cat sat on the rug"]
     assert np.allclose(ours.encode(texts).numpy(), st.encode(texts, normalize_embeddings=False), atol=1e-4)
@@ -166,7 +166,7 @@ def test_grad_cache_gives_the_full_batch_gradient(shards):
     from trainer.model import EmbeddingModel
     from trainer.train import batch_loss, grad_cache_step
 
-    cfg = _cfg(shards, "unused", [StageConfig(1, 1e-5)], grad_cache_chunk=3)
+    cfg = _cfg(shards, "unused", [StageConfig(steps=1, lr=1e-5)], grad_cache_chunk=3)
     batch = next(BatchSampler(open_shards(shards), cfg.data, stage=1))
     grads = []
     for cached in (False, True):
@@ -190,14 +190,14 @@ def test_lora_training_exports_merged_weights(shards, tmp_path):
 
     from trainer.model import EmbeddingModel
 
-    cfg = _cfg(shards, tmp_path / "run", [StageConfig(3, 5e-4, 1)])
-    cfg.model = ModelConfig("embedded-minilm", lora={"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]})
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(steps=3, lr=5e-4, warmup_steps=1)])
+    cfg.model = ModelConfig(name_or_path="embedded-minilm", lora={"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]})
     final = train(cfg, log=lambda r: None)
     assert not (final / "adapter_config.json").exists()  # merged: a plain checkpoint
     texts = ["Why is the sky blue?"]
-    ours = EmbeddingModel(ModelConfig(str(final)), device="cpu").eval().encode(texts).numpy()
+    ours = EmbeddingModel(ModelConfig(name_or_path=str(final)), device="cpu").eval().encode(texts).numpy()
     st = SentenceTransformer(str(final), device="cpu").encode(texts, normalize_embeddings=False)
-    base = EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").eval().encode(texts).numpy()
+    base = EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").eval().encode(texts).numpy()
     assert np.allclose(ours, st, atol=1e-5) and not np.allclose(ours, base, atol=1e-4)
 
 
@@ -208,8 +208,8 @@ def test_eval_during_training_logs_scores_keeps_the_best_and_matches_trainer_eva
     from trainer.eval.training import EvalSettings
 
     tasks = ROOT / "recipes" / "eval-demo.yaml"
-    cfg = _cfg(shards, tmp_path / "run", [StageConfig(3, 5e-5, 1), StageConfig(3, 5e-5, 1)],
-               eval=EvalSettings(str(tasks), keep_best={"task": "STS-demo"}))
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(steps=3, lr=5e-5, warmup_steps=1), StageConfig(steps=3, lr=5e-5, warmup_steps=1)],
+               eval=EvalSettings(tasks=str(tasks), keep_best={"task": "STS-demo"}))
     final = train(cfg, log=lambda r: None)
     evals = [r for r in _log(tmp_path / "run") if "eval" in r]
     assert [(r["stage"], r["step"]) for r in evals] == [(0, 0), (1, 3), (2, 3)]
@@ -234,10 +234,10 @@ def test_fp32_master_weights_under_bf16_autocast(shards, tmp_path):
 
     assert weight_dtype("auto", torch.device("cuda"), training=True) == torch.float32
     assert weight_dtype("auto", torch.device("cuda"), training=False) == torch.bfloat16
-    before = {k: v.clone() for k, v in EmbeddingModel(ModelConfig("embedded-minilm"), device="cpu").state_dict().items()}
-    cfg = _cfg(shards, tmp_path / "run", [StageConfig(1, 2e-5, 0)], mixed_precision="bf16")
+    before = {k: v.clone() for k, v in EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").state_dict().items()}
+    cfg = _cfg(shards, tmp_path / "run", [StageConfig(steps=1, lr=2e-5, warmup_steps=0)], mixed_precision="bf16")
     final = train(cfg, log=lambda r: None)
-    after = EmbeddingModel(ModelConfig(str(final)), device="cpu").state_dict()
+    after = EmbeddingModel(ModelConfig(name_or_path=str(final)), device="cpu").state_dict()
     weights = [k for k in before if k.endswith("weight") and "embeddings" not in k]  # (unused rows do not move)
     unchanged = sum(int((before[k] == after[k]).sum()) for k in weights) / sum(before[k].numel() for k in weights)
     assert after[weights[0]].dtype == torch.float32 and unchanged < 0.05  # (some get no gradient at all)
@@ -247,7 +247,7 @@ def test_fp32_master_weights_under_bf16_autocast(shards, tmp_path):
 
 
 def test_mixed_precision_no_in_yaml_is_accepted(tmp_path):
-    from trainer.train import load_config
+    from embedkit.trainconfig import load_config
 
     path = write(tmp_path / "t.yaml", "model: {name_or_path: embedded-minilm}\ndata: {shards: x}\noutput_dir: o\n"
                                       "mixed_precision: no\n")
@@ -307,7 +307,7 @@ def _tiny_qwen2(folder):
     """A random 2-layer Qwen2 decoder (no dropout) with MiniLM's WordPiece tokenizer: real text, small weights."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from trainer.model import resolve_name
+    from embedkit.trainconfig import resolve_name
 
     tok = AutoTokenizer.from_pretrained(resolve_name("embedded-minilm")[0])
     cfg = AutoConfig.for_model("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
@@ -393,13 +393,16 @@ grad_cache_chunk: 3
 
 
 def test_missing_model_or_shards_is_one_line_before_any_model_loads(shards, tmp_path, capsys):
-    from trainer.cli import app
+    from trainer.cli import main
 
     base = "data: {shards: %s}\noutput_dir: o\n"
     cfg = write(tmp_path / "a.yaml", "model: {name_or_path: ./no-such-model}\n" + base % shards)
-    assert app(["run", str(cfg)]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(cfg)])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.name_or_path:") and "no-such-model" in err and "\n" not in err
     cfg = write(tmp_path / "b.yaml", "model: {name_or_path: embedded-minilm}\n" + base % (tmp_path / "nowhere"))
-    assert app(["run", str(cfg)]) == 1
-    assert "data.shards:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(cfg)])
+    assert exit_.value.code == 2 and "data.shards:" in capsys.readouterr().err

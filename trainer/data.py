@@ -1,13 +1,12 @@
 """Shards -> batches. Every batch comes from one dataset; stage 1 draws retrieval data only, stage 2 draws
 retrieval with probability `eta` and the other kinds otherwise, datasets in proportion to size**(1/T).
 
-Shards are memory-mapped with pyarrow; only `datakit.records` is imported from the data side (the GPU
-machine has torch, transformers and pyarrow, not the data stack). Batches are deterministic given the seed
+Shards are memory-mapped with pyarrow; only `datakit.records` and `datakit.manifest` are imported from the data
+side (pure pyarrow: the GPU machine has torch, transformers and pyarrow, not the data stack). Batches are deterministic given the seed
 and the step, and the sampler's state (per-dataset permutation positions) is saved with checkpoints.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,62 +15,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datakit.records import KINDS, schema
+from datakit.manifest import open_tables
+from datakit.records import KINDS
+from embedkit.trainconfig import DataConfig
 
 
 def open_shards(out_dir: str | Path) -> dict[str, pa.Table]:
-    """Every record kind of a datakit output folder as one memory-mapped table (no copy into RAM).
-
-    Reads the current build (OUT/manifest.json is a link through OUT/current) and refuses one whose shards
-    disagree with its manifest (missing, extra, other size or row count)."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "manifest.json").exists():
-        raise FileNotFoundError(f"{out_dir}: no manifest.json (not a finished datakit build)")
-    build = (out_dir / "manifest.json").resolve().parent
-    listed = {s["file"]: s for s in json.loads((build / "manifest.json").read_text(encoding="utf-8"))["shards"]}
-    tables = {}
-    for kind in KINDS:
-        parts = []
-        files = sorted((build / kind).glob("part-*.arrow"))
-        expected = sorted(f for f in listed if f.startswith(f"{kind}/"))
-        if [f"{kind}/{p.name}" for p in files] != expected:
-            raise ValueError(f"{out_dir}: {kind} shards on disk ({len(files)}) differ from the manifest "
-                             f"({len(expected)}); rebuild it or run `datakit verify {out_dir}`")
-        for path in files:
-            entry = listed[f"{kind}/{path.name}"]
-            size = path.stat().st_size
-            table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all() if size == entry["bytes"] else None
-            if table is None or table.num_rows != entry["rows"]:
-                raise ValueError(f"{path}: {size} bytes{'' if table is None else f', {table.num_rows} rows'}; the "
-                                 f"manifest says {entry['bytes']} bytes, {entry['rows']} rows; rebuild it")
-            parts.append(table)
-        tables[kind] = pa.concat_tables(parts) if parts else schema(kind).empty_table()
-        if not tables[kind].schema.equals(schema(kind)):
-            raise ValueError(f"{out_dir}/{kind}: shard schema differs from datakit.records ({tables[kind].schema})")
-    return tables
+    """Every record kind of a datakit output folder as one memory-mapped table (no copy into RAM), checked
+    against its manifest first (`datakit.manifest`: the same check, and error, as every other reader)."""
+    return open_tables(out_dir)
 
 
 def dataset_index(table: pa.Table) -> dict[str, pa.Array]:
     """Row positions of each dataset (the trainer draws every batch from one dataset)."""
     col = table.column("dataset")
     return {name: pc.indices_nonzero(pc.equal(col, name)) for name in pc.unique(col).to_pylist()}
-
-
-@dataclass
-class DataConfig:
-    shards: str
-    batch_size: int = 32  # InfoNCE batch (retrieval, classification) per optimizer step
-    pair_batch_size: int | None = None  # CoSENT batch (the report: 768); default batch_size
-    negatives: int = 4  # hard negatives per query
-    query_max_length: int = 256
-    doc_max_length: int = 1536
-    eta: float = 0.72  # stage 2: share of batches from retrieval data
-    temperature: float = 1.0  # dataset weights are size ** (1 / temperature)
-    length_grouping: bool = True
-    group_batches: int = 32  # length grouping window, in batches
-    query_template: str = "Instruct: {instruction}\nQuery: "
-    symmetric_instruction: bool = True  # pairs and classification: the instruction on both sides
-    seed: int = 0
 
 
 @dataclass

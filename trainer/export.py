@@ -9,19 +9,18 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.data import open_shards
-
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from trainer.model import EmbeddingModel
-    from trainer.train import TrainConfig
+    from embedkit.trainconfig import TrainConfig
 
 _POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token"}
 
 
-def prompts_from_shards(shards: str | Path, template: str) -> dict[str, str]:
+def prompts_from_tables(tables: dict[str, "pa.Table"], template: str) -> dict[str, str]:
     """{dataset: prompt} for every dataset of every kind with an instruction (its most common one), plus
-    `query`: the most common instruction of the retrieval datasets."""
-    tables = open_shards(shards)
+    `query`: the most common instruction of the retrieval datasets (from the tables a run already has open)."""
     prompts: dict[str, str] = {}
     retrieval: Counter = Counter()
     for kind, table in tables.items():
@@ -36,7 +35,8 @@ def prompts_from_shards(shards: str | Path, template: str) -> dict[str, str]:
     return prompts
 
 
-def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig") -> Path:
+def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prompts: dict[str, str]) -> Path:
+    """Save `model` as a SentenceTransformer folder with `prompts` (`prompts_from_tables`) as its named prompts."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     backbone = model.backbone
@@ -61,7 +61,7 @@ def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig") -> P
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     (folder / "2_Normalize").mkdir(exist_ok=True)
     (folder / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": prompts_from_shards(cfg.data.shards, cfg.data.query_template),
+        "prompts": prompts,
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }, indent=2, ensure_ascii=False))

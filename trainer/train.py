@@ -13,110 +13,17 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.data import Batch, BatchSampler, DataConfig, open_shards
+from embedkit.trainconfig import StageConfig, TrainConfig, check_paths
+from trainer.data import Batch, BatchSampler, open_shards
+from trainer.export import prompts_from_tables
 from trainer.losses import cosent, info_nce, masked_info_nce
-from trainer.model import EmbeddingModel, ModelConfig
+from trainer.model import EmbeddingModel
 from trainer.packing import Encoded, default_overhead, encode_texts
-
-
-@dataclass
-class StageConfig:
-    steps: int
-    lr: float
-    warmup_steps: int = 300
-    schedule: str = "cosine"  # or any of SCHEDULES
-
-
-# transformers' schedulers that need nothing but the warm-up and the stage's steps
-SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
-             "inverse_sqrt")
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig
-    data: DataConfig
-    output_dir: str
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(32_000, 3e-5), StageConfig(8_000, 2e-5)])
-    tau: float = 0.02
-    cosent_scale: float = 50.0  # 1 / tau, as the report implies; sentence-transformers uses 20
-    query_negatives: bool = True
-    grad_cache_chunk: int = 0  # > 0: GradCache with chunks of this many texts (big batches on one GPU)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto: bf16 autocast on a GPU that has it, else no; or "no", "bf16", "fp16"
-    log_every: int = 10
-    save_every: int = 0  # steps; 0 = only at the end of each stage
-    seed: int = 0
-    eval: Any = None  # trainer.eval.training.EvalSettings: score the model during training (needs the eval stack)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> "TrainConfig":
-        raw = dict(_checked(cls, raw, "training config"))
-        if raw.get("mixed_precision") is False:  # YAML reads `no` as false
-            raw["mixed_precision"] = "no"
-        if raw.get("mixed_precision", "auto") not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision: {raw['mixed_precision']!r}: give auto, no, bf16 or fp16")
-        model = ModelConfig(**_checked(ModelConfig, raw.pop("model"), "model"))
-        data = DataConfig(**_checked(DataConfig, raw.pop("data"), "data"))
-        stages = [StageConfig(**_checked(StageConfig, s, f"stages[{i}]"))
-                  for i, s in enumerate(raw.pop("stages", None) or [])] or None
-        for i, stage in enumerate(stages or []):
-            if stage.schedule not in SCHEDULES:
-                raise ValueError(f"stages[{i}].schedule: {stage.schedule!r}: give one of {', '.join(SCHEDULES)}")
-        if raw.get("eval") is not None:
-            from trainer.eval.training import EvalSettings
-
-            raw["eval"] = EvalSettings(**_checked(EvalSettings, raw["eval"], "eval"))
-        if base_dir is not None:  # relative paths are relative to the config file
-            if not Path(data.shards).is_absolute():
-                data.shards = str(base_dir / data.shards)
-            if raw.get("eval") is not None and not Path(raw["eval"].tasks).is_absolute():
-                raw["eval"].tasks = str(base_dir / raw["eval"].tasks)
-            if not Path(raw["output_dir"]).is_absolute():
-                raw["output_dir"] = str(base_dir / raw["output_dir"])
-            if not Path(model.name_or_path).is_absolute() and (base_dir / model.name_or_path).exists():
-                model.name_or_path = str(base_dir / model.name_or_path)  # else a hub id or an alias
-        cfg = cls(model=model, data=data, **raw)
-        if stages:
-            cfg.stages = stages
-        return cfg
-
-
-def check_paths(cfg: TrainConfig) -> None:
-    """Fail in one line, before any model loads, on a shards folder or a model path that does not exist
-    (a name that is not a path, such as a hub id `org/name` or an alias, is left to the loader)."""
-    if not Path(cfg.data.shards).exists():
-        raise FileNotFoundError(f"data.shards: {cfg.data.shards}: no such folder (a datakit output folder)")
-    for key in ("name_or_path", "tokenizer"):
-        name = getattr(cfg.model, key)
-        if name and (name.startswith((".", "/", "~")) or Path(name).is_absolute()) and \
-                not Path(name).expanduser().exists():
-            raise FileNotFoundError(f"model.{key}: {name}: no such folder (give a folder, a hub id or an alias)")
-
-
-def _checked(cls: type, raw: Any, where: str) -> dict[str, Any]:
-    """A config section as keyword arguments for its dataclass: a mapping, no unknown or missing keys."""
-    import dataclasses
-
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(fields)})")
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in raw]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
-    return raw
 
 
 def _inputs(model, batch: Batch, cfg: TrainConfig, rows_per_chunk: int = 0) -> tuple[Encoded, Encoded]:
@@ -219,11 +126,22 @@ def _accelerator(accelerator_cls, mixed_precision: str):
 
 def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = False) -> Path:
     """Train every stage; return the folder of the exported SentenceTransformer model. `log` gets every
-    record of log.jsonl; `progress` shows a bar per stage (step, ETA, losses, tokens/s, pad_fraction)."""
+    record of log.jsonl and the run's messages; `progress` shows a bar per stage (step, ETA, losses, tokens/s,
+    pad_fraction). The output folder is locked for the whole run (by the main process of a multi-process
+    launch): a second run into it fails at once, naming the first."""
+    check_paths(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return _train(cfg, resume, log, progress)
+    from embedkit.folderlock import FolderLock
+
+    with FolderLock(cfg.output_dir, hint="give this run another output folder (--out)"):  # type: ignore[arg-type]
+        return _train(cfg, resume, log, progress)
+
+
+def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
-    check_paths(cfg)
     acc = _accelerator(Accelerator, _mixed_precision(cfg.mixed_precision))
     if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
@@ -232,12 +150,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     if sharded and cfg.eval is not None and cfg.eval.keep_best:
         raise ValueError("eval.keep_best: exporting the best model mid-run is not supported with sharded weights "
                          "(FSDP, DeepSpeed) yet; drop keep_best (scores still go to log.jsonl) or train with DDP")
-    set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
+    tables = open_shards(cfg.data.shards)  # checked against the manifest before the model loads
+    prompts = prompts_from_tables(tables, cfg.data.query_template)  # what the exported model will carry
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = EmbeddingModel(cfg.model, device=acc.device, training=True)
-    set_seed(cfg.seed + acc.process_index)  # then each process its own dropout stream
-    tables = open_shards(cfg.data.shards)
     log_path = out / "log.jsonl"
     sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
 
@@ -249,11 +165,17 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
             for sink in sinks:
                 sink(flat, step)
 
-    evaluator = _evaluator(cfg, out, acc, emit) if cfg.eval is not None else None
+    # the task file is read (and checked) before the model loads
+    evaluator = _evaluator(cfg, out, acc, emit, prompts) if cfg.eval is not None else None
+    set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
+    model = EmbeddingModel(cfg.model, device=acc.device, training=True)
+    set_seed(cfg.seed + acc.process_index)  # then each process its own dropout stream
     started = resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
                              for name in ("done", "latest"))
+    if acc.is_main_process and not started:
+        log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
     if evaluator is not None and cfg.eval.at_start and not started:
-        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg))
+        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg, prompts))
     global_step, full = 0, None
     # length-grouped chunks are planned per process (GradCache's are equal in number). Packed varlen chunks are
     # too, but every process takes part regardless: a rank whose varlen probe failed would otherwise hang
@@ -264,6 +186,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
         if resume and (ckpt / "done").exists():
             model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
             global_step += stage.steps
+            if acc.is_main_process:
+                log(f"stage {index} already done ({ckpt / 'model.pt'}): skipped")
             continue
         sampler = BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
@@ -271,7 +195,11 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
         scheduler = _scheduler(optimizer, stage)
         acc.free_memory()  # forget the previous stage's optimizer: save_state saves what was prepared
         wrapped, optimizer = acc.prepare(model, optimizer)
-        start = _load_state(acc, ckpt, sampler, scheduler) if resume else 0
+        start, folder = _load_state(acc, ckpt, sampler, scheduler) if resume else (0, None)
+        if acc.is_main_process and started:
+            _trim_log(log_path, index, start)  # records a killed run wrote after its last checkpoint
+            if folder is not None:
+                log(f"resuming stage {index} at step {start} from {folder}")
         fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
         rows = cfg.grad_cache_chunk
         window: dict[str, list[torch.Tensor]] = {}
@@ -320,7 +248,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
                         and step + 1 < stage.steps:
                     prefetch.wait()  # the tokenizer is not safe to share between threads
                     evaluator(model, fwd, index, step + 1, global_step + step + 1,
-                              lambda folder: _export(model, folder, cfg))
+                              lambda folder: _export(model, folder, cfg, prompts))
                     wrapped.train()
         finally:
             prefetch.close()
@@ -334,11 +262,11 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
         if evaluator is not None:
-            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg))
+            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg, prompts))
     final = out / "model"
     exported = _full_model(acc, full, model, cfg) if full is not None else model
     if acc.is_main_process:
-        _export(exported, final, cfg)
+        _export(exported, final, cfg, prompts)
         if evaluator is not None and evaluator.history:
             log("eval (main score per task):\n" + evaluator.table())
     acc.wait_for_everyone()
@@ -407,24 +335,22 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _export(model, folder: Path, cfg: TrainConfig) -> Path:
+def _export(model, folder: Path, cfg: TrainConfig, prompts: dict[str, str]) -> Path:
     from trainer.export import export
 
-    return export(model, folder, cfg)
+    return export(model, folder, cfg, prompts)
 
 
-def _evaluator(cfg: TrainConfig, out: Path, acc, emit):
+def _evaluator(cfg: TrainConfig, out: Path, acc, emit, prompts: dict[str, str]):
     """The `eval:` section's evaluator; its scores go to log.jsonl and the sinks as eval/{task}/{metric}."""
     try:
         from trainer.eval.training import TrainingEval
     except ImportError as exc:
         raise ImportError(f"the config's eval: section needs the eval stack (mteb, datakit): {exc}") from None
-    from trainer.export import prompts_from_shards
-
     def log_eval(rec: dict[str, Any]) -> None:
         emit(rec, {f"eval/{task}": v for task, v in rec["eval"].items()}, rec["global_step"])
 
-    return TrainingEval(cfg.eval, out, prompts_from_shards(cfg.data.shards, cfg.data.query_template),
+    return TrainingEval(cfg.eval, out, prompts,
                         cfg.data.doc_max_length, acc.is_main_process, log=log_eval)
 
 
@@ -444,7 +370,7 @@ def _metric_sinks(out: Path, cfg: TrainConfig) -> list:
         try:
             import wandb
 
-            run = wandb.init(project=os.environ["WANDB_PROJECT"], config=asdict(cfg))
+            run = wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg.model_dump())
             sinks.append(lambda m, step: run.log(m, step=step))
         except ImportError:
             pass
@@ -532,10 +458,24 @@ def _save_state(acc, ckpt: Path, sampler_state: dict, scheduler, step: int) -> N
     acc.wait_for_everyone()
 
 
-def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> int:
-    """Restore the checkpoint `latest` names (if any); return the step to resume at."""
+def _trim_log(path: Path, stage: int, step: int) -> None:
+    """Keep the log records from before (stage, step): a resumed run writes the later ones again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line) if line.strip() else None
+        if rec is not None and (rec.get("stage", 0), rec.get("step", 0)) <= (stage, step):
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> tuple[int, Path | None]:
+    """Restore the checkpoint `latest` names (if any); return the step to resume at and its folder."""
     if not (ckpt / "latest").exists():
-        return 0
+        return 0, None
     folder = ckpt / (ckpt / "latest").read_text().strip()
     meta = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
     if meta["world_size"] != acc.num_processes:
@@ -544,7 +484,7 @@ def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> int:
     acc.load_state(str(folder))
     scheduler.load_state_dict(meta["scheduler"])
     sampler.load_state_dict(meta["sampler"])
-    return int(meta["step"])
+    return int(meta["step"]), folder
 
 
 def _full_model(acc, full: dict[str, Any], model: EmbeddingModel, cfg: TrainConfig) -> EmbeddingModel:
@@ -557,12 +497,3 @@ def _full_model(acc, full: dict[str, Any], model: EmbeddingModel, cfg: TrainConf
     copy = EmbeddingModel(cfg.model, device="cpu", training=True)
     copy.load_state_dict(full)
     return copy
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    import yaml
-
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return TrainConfig.from_dict(raw, base_dir=path.resolve().parent)
-

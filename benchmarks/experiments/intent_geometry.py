@@ -48,7 +48,7 @@ def main() -> None:
     spec = next((t for t in task_file.tasks if t.name == args.task and t.type == "classification"), None)
     if spec is None:
         parser.error(f"{args.tasks}: no classification task named {args.task!r}")
-    test = read_records(spec, "test", task_file.base_dir, DataReport())
+    test = read_records(spec, "test", task_file.sandbox, DataReport())
     prompt = task_file.spec.query_template.format(instruction=spec.instruction)  # classification: symmetric
     texts = [prompt + t for t in test.column("text").to_pylist()]
     labels = np.array(test.column("label").to_pylist())

@@ -60,18 +60,53 @@ class LLMStats:
     cost_usd: float = 0.0
     budget_skipped: int = 0  # requests not sent because the budget was reached
     dropped: Counter = field(default_factory=Counter)  # answers unusable: {reason: n}
+    failures: Counter = field(default_factory=Counter)  # requests that failed after retries, by error class
+    failure_examples: dict[str, str] = field(default_factory=dict)  # one message per class, secrets removed
 
     def add(self, other: dict[str, Any]) -> None:
         """Add the counters of another client (`as_dict()` form), e.g. from a Ray worker."""
         for name in ("calls", "cache_hits", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "budget_skipped"):
             setattr(self, name, getattr(self, name) + other.get(name, 0))
         self.dropped.update(other.get("dropped", {}))
+        self.failures.update(other.get("failures", {}))
+        for kind, text in other.get("failure_examples", {}).items():
+            self.failure_examples.setdefault(kind, text)
+
+    def fail(self, kind: str, message: str) -> None:
+        self.failed += 1
+        self.failures[kind] += 1
+        self.failure_examples.setdefault(kind, message)
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "cache_hits": self.cache_hits, "failed": self.failed,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "cost_usd": round(self.cost_usd, 6), "budget_skipped": self.budget_skipped,
-                "dropped": dict(self.dropped)}
+                "dropped": dict(self.dropped), "failures": dict(self.failures),
+                "failure_examples": dict(self.failure_examples)}
+
+
+class LLMFailure(RuntimeError):
+    """Too many requests of a step failed (or its first one did): the reasons by class, one example each, the
+    model string and the server (never a key)."""
+
+    def __init__(self, model: str, api_base: str | None, counts: dict[str, int], examples: dict[str, str],
+                 what: str, step: str = ""):
+        self.model, self.api_base, self.counts, self.examples = model, api_base, counts, examples
+        server = f" at {redact(api_base)}" if api_base else ""
+        reasons = "; ".join(f"{kind} x{n}: {examples.get(kind, '')}" for kind, n in
+                            sorted(counts.items(), key=lambda kv: -kv[1]))
+        hint = _HINTS.get(max(counts, key=counts.get), "") if counts else ""
+        super().__init__(f"{step + ': ' if step else ''}{what} to {model}{server} failed: {reasons}"
+                         + (f" ({hint})" if hint else ""))
+
+
+_HINTS = {
+    "authentication": "check the provider's API key in the environment (e.g. OPENAI_API_KEY); keys never go in a recipe",
+    "not_found": "check the model string (litellm's provider/model form, e.g. openai/gpt-4o-mini) and api_base",
+    "connection": "nothing answered at that address: check api_base and that the server runs",
+    "rate_limit": "lower llm.concurrency or set llm.rpm",
+    "bad_output": "the model's answers do not parse as the prompt's JSON; try a stronger model or structured: true",
+}
 
 
 @dataclass
@@ -99,6 +134,55 @@ def _retryable(exc: Exception) -> tuple[bool, float | None]:
              litellm.ServiceUnavailableError, asyncio.TimeoutError, TimeoutError, ConnectionError)
     status = getattr(exc, "status_code", None)
     return isinstance(exc, kinds) or (isinstance(status, int) and (status == 429 or status >= 500)), retry_after
+
+
+FAILURE_CLASSES = ("authentication", "not_found", "connection", "rate_limit", "timeout", "server_error",
+                   "bad_request", "bad_output", "other")
+_SECRET = re.compile(r"(sk|pk|rk|key|hf|gsk|xai)[-_][A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?<=://)[^/@\s]+@", re.I)
+
+
+def redact(text: str) -> str:
+    """A provider's error message without what looks like a key, a bearer token or URL credentials."""
+    return _SECRET.sub("[redacted]", text)
+
+
+def failure_class(exc: BaseException) -> str:
+    """The class of a failed request, for the manifest and the build's error: authentication, not_found,
+    connection, rate_limit, timeout, server_error, bad_request or other."""
+    import litellm
+
+    from datakit.llm.embedded import EmbeddedModelError
+
+    status = getattr(exc, "status_code", None)
+    checks = (
+        ((litellm.AuthenticationError, litellm.PermissionDeniedError), (401, 403), "authentication"),
+        ((litellm.NotFoundError, EmbeddedModelError), (404,), "not_found"),
+        ((litellm.RateLimitError,), (429,), "rate_limit"),
+        ((litellm.Timeout, asyncio.TimeoutError, TimeoutError), (408,), "timeout"),
+        ((litellm.APIConnectionError, ConnectionError), (), "connection"),
+        ((litellm.InternalServerError, litellm.ServiceUnavailableError, litellm.BadGatewayError), (), "server_error"),
+        ((litellm.BadRequestError, litellm.UnprocessableEntityError), (400, 422), "bad_request"),
+    )
+    text = str(exc).lower()
+    if any(t in text for t in ("missing credentials", "api_key", "api key", "unauthorized", "invalid x-api-key")):
+        return "authentication"  # some providers report a missing key as a 500 or a connection error
+    if any(t in text for t in ("connection error", "connection refused", "name or service not known",
+                               "cannot connect to host", "connect call failed")):
+        return "connection"  # litellm reports an unreachable OpenAI-compatible server as a 500
+    for types, codes, kind in checks:
+        if isinstance(exc, types) or status in codes:
+            return kind
+    if any(t in text for t in ("llm provider not provided", "model not found", "does not exist", "no such gguf")):
+        return "not_found"
+    if isinstance(status, int) and status >= 500:
+        return "server_error"
+    return "other"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception's class and message (a traceback litellm folds into it cut off), no secrets."""
+    text = str(exc).split("Traceback (most recent call last)")[0]
+    return redact(" ".join(f"{type(exc).__name__}: {text}".split()))[:400]
 
 
 def parse_json(text: str, schema: type[BaseModel]) -> tuple[Any, str]:
@@ -144,12 +228,8 @@ class LLMClient:
         return self.budget.reached
 
     async def _send(self, messages: list[dict[str, str]], extra: dict[str, Any]) -> Any:
-        if self._transport is None:
-            import litellm
-
-            self._transport = litellm.acompletion
-        return await asyncio.wait_for(self._transport(model=self.model, messages=messages, **self.params, **extra),
-                                      timeout=self.timeout)
+        return await asyncio.wait_for(self._transport_fn()(model=self.model, messages=messages, **self.params,
+                                                           **extra), timeout=self.timeout)
 
     async def _throttle(self) -> None:
         if not self.rpm:
@@ -203,7 +283,7 @@ class LLMClient:
             except Exception as exc:  # noqa: BLE001 - classified below
                 retry, wait = _retryable(exc)
                 if not retry or attempt == self.max_retries:
-                    self.stats.failed += 1
+                    self.stats.fail(failure_class(exc), describe_failure(exc))
                     return None
                 delay = wait if wait is not None else self.backoff * 2**attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
@@ -258,6 +338,35 @@ class LLMClient:
                 self.stats.dropped[reason] += 1
                 return Answer(value["text"], error=reason, cached=cached)
         return Answer(value["text"], data=data, cached=cached)
+
+    def preflight(self, attempts: int = 2) -> None:
+        """One small request, not cached, before any real work: a wrong key, model name or server address fails
+        in seconds (LLMFailure naming the class, model and server), not after a whole corpus was read."""
+        messages = [{"role": "user", "content": "Reply with the word OK."}]
+
+        async def once() -> None:
+            extra = {**self._with_seed({}, "0" * 8), "max_tokens": 4}
+            for attempt in range(attempts):
+                try:
+                    await asyncio.wait_for(self._transport_fn()(model=self.model, messages=messages,
+                                                                **{**self.params, **extra}), timeout=self.timeout)
+                    return
+                except Exception as exc:  # noqa: BLE001 - classified
+                    retry, _ = _retryable(exc)
+                    if not retry or attempt == attempts - 1:
+                        raise LLMFailure(self.model, self.params.get("api_base"), {failure_class(exc): 1},
+                                         {failure_class(exc): describe_failure(exc)}, "the first request") from None
+                    await asyncio.sleep(self.backoff)
+
+        asyncio.run(once())
+
+    def _transport_fn(self) -> Transport:
+        if self._transport is None:
+            import litellm
+
+            litellm.suppress_debug_info = True  # no "Give Feedback" banners: failures are reported here
+            self._transport = litellm.acompletion
+        return self._transport
 
     def _with_seed(self, extra: dict[str, Any], key: str) -> dict[str, Any]:
         """Request params sent (not part of the key): a seed derived from the key for the embedded model."""

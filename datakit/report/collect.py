@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from datakit.output import InconsistentOutput, checked
-from datakit.shards import MANIFEST
+from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
+
+from datakit.manifest import MANIFEST, InconsistentOutput, checked
 
 READ_FORMATS = (1,)  # manifest formats this report understands
 _REQUIRED = ("recipe", "counts", "quarantined", "dropped", "steps", "timings_s", "negatives", "shards")
@@ -42,7 +43,7 @@ class LengthSettings:
     gguf_file: str | None = None
     query_max_length: int = 256
     doc_max_length: int = 1536
-    query_template: str = "Instruct: {instruction}\nQuery: "
+    query_template: str = DEFAULT_QUERY_TEMPLATE
     symmetric_instruction: bool = True
 
 
@@ -276,13 +277,12 @@ def default_lengths() -> LengthSettings:
 
 def lengths_from_train_config(path: str | Path) -> LengthSettings:
     """The tokenizer, prompt and max lengths of a `trainer` config file."""
-    from trainer.model import resolve_name
-    from trainer.train import load_config
+    from embedkit.trainconfig import load_config, resolve_name
 
     try:
         cfg = load_config(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ReportError(f"{path}: not a usable training config ({exc})") from None
+    except ValueError as exc:
+        raise ReportError(f"not a usable training config: {exc}") from None
     folder, gguf = resolve_name(cfg.model.name_or_path, cfg.model.gguf_file)
     d = cfg.data
     return LengthSettings(tokenizer=cfg.model.name_or_path, tokenizer_path=folder, gguf_file=gguf,

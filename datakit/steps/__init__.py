@@ -12,21 +12,34 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from datakit.sources import Sandbox
 
 Stream = Iterator[tuple[str, pa.Table]]
+
+
+DROP_WARN = 0.5  # a step that removes more than this share of a dataset's records is reported in the warnings
 
 
 class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str
+    max_drop: float | None = Field(None, ge=0.0, le=1.0, description="fail the build when this step removes more "
+                                   "than this share of any dataset's records (a warning past 50% regardless)")
+
+
+class StepFailed(RuntimeError):
+    """A step refused to go on (too many failed LLM calls, more of a dataset removed than its max_drop): the build
+    fails and nothing is published."""
 
 
 @dataclass
 class StepContext:
     """What a step may need besides its config: where the recipe lives and where output goes."""
 
-    base_dir: Path
+    sandbox: Sandbox  # where the recipe may read (relative paths resolve against its folder)
     out_dir: Path
     work_dir: Path  # scratch space inside the staging folder (removed after the build)
     artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
@@ -34,10 +47,18 @@ class StepContext:
     budget: Any = None  # llm.client.Budget shared by the synthesis steps
     worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
 
+    @property
+    def base_dir(self) -> Path:
+        return self.sandbox.base_dir
+
     def resolve(self, path: str | Path) -> Path:
         """A path from a step's config: relative ones are relative to the recipe."""
-        path = Path(path)
-        return path if path.is_absolute() else self.base_dir / path
+        return self.sandbox.absolute(path)
+
+    def readable(self, path: str | Path, what: str) -> Path:
+        """A file a step reads into the corpus or sends to an LLM (a mining pool, benchmark files, a prompt
+        file): resolved, and inside the recipe's sandbox (a SourceError otherwise)."""
+        return self.sandbox.check(self.resolve(path), what)
 
 
 class Step:
@@ -52,19 +73,59 @@ class Step:
         self.ctx = ctx
         self.dropped: Counter[str] = Counter()
         self.kept = 0
+        self.flow: dict[str, list[int]] = {}  # "kind/dataset" -> [records in, records out]
 
     def run(self, stream: Stream) -> Stream:
         raise NotImplementedError
 
+    def process(self, stream: Stream) -> Stream:
+        """`run`, with the records of each dataset counted going in and coming out (what executors call)."""
+        return self._flow(self.run(self._flow(stream, 0)), 1)
+
+    def _flow(self, stream: Stream, side: int) -> Stream:
+        for kind, table in stream:
+            if table.num_rows:
+                for item in pc.value_counts(table.column("dataset")).to_pylist():
+                    self.flow.setdefault(f"{kind}/{item['values']}", [0, 0])[side] += item["counts"]
+            yield kind, table
+
+    def preflight(self) -> None:
+        """Called once before any record flows: a step that depends on something outside (an LLM provider)
+        checks it here, so a wrong key fails in seconds, not after the whole corpus was read."""
+
+    def check(self, label: str) -> list[str]:
+        """Called once the stream is exhausted: warnings for datasets this step removed more than half of;
+        StepFailed when it removed more than its `max_drop` of one."""
+        warnings, over = [], []
+        for key, (n_in, n_out) in sorted(self.flow.items()):
+            removed = n_in - n_out
+            if n_in and removed / n_in > DROP_WARN:
+                kind, ds = key.split("/", 1)
+                warnings.append(f"{label} removed {removed:,} of {n_in:,} records of dataset {ds!r} ({kind}, "
+                                f"{removed / n_in:.0%})")
+            limit = getattr(self.config, "max_drop", None)
+            if limit is not None and n_in and removed / n_in > limit:
+                over.append(f"dataset {key.split('/', 1)[1]!r} ({key.split('/', 1)[0]}): {removed:,} of {n_in:,} "
+                            f"({removed / n_in:.1%})")
+        if over:
+            raise StepFailed(f"{label} removed more than its max_drop {self.config.max_drop:.0%} of "  # type: ignore[attr-defined]
+                             + "; ".join(over) + "; nothing was written (raise max_drop, or check the step: "
+                             "see its report)")
+        return warnings
+
     def take_state(self) -> dict[str, Any]:
         """The counters gathered since the last call (reset), for `merge_state` in another process."""
-        state = {"kept": self.kept, "dropped": dict(self.dropped)}
-        self.kept, self.dropped = 0, Counter()
+        state = {"kept": self.kept, "dropped": dict(self.dropped), "flow": self.flow}
+        self.kept, self.dropped, self.flow = 0, Counter(), {}
         return state
 
     def merge_state(self, state: dict[str, Any]) -> None:
         self.kept += state["kept"]
         self.dropped.update(state["dropped"])
+        for key, (n_in, n_out) in state.get("flow", {}).items():
+            mine = self.flow.setdefault(key, [0, 0])
+            mine[0] += n_in
+            mine[1] += n_out
 
     def finish(self) -> None:
         """Called once the stream is exhausted when the step ran elsewhere (writes reports from merged state)."""

@@ -37,7 +37,11 @@ class DecontaminateConfig(StepConfig):
     match: list[Literal["exact", "minhash", "ngram"]] = list(MATCHES)
     threshold: float = 0.8
     action: Literal["drop", "flag"] = "drop"
-    report: str = "contamination.json"
+    # any: a record is contaminated when one of its texts matches (a pair sharing one sentence with a test pair);
+    # all: only when every one of its checked texts does (list fields such as negatives aside): for pair data
+    # whose splits share sentences (SICK), where `any` removes nearly every training pair
+    sides: Literal["any", "all"] = "any"
+    report: str = "contamination.json"  # and, beside it, <stem>_records.jsonl: every matched record
 
 
 def _texts(table: pa.Table, fields: list[str]) -> tuple[pa.Array, np.ndarray, list[str]]:
@@ -72,7 +76,8 @@ class Decontaminate(Step):
         self.packs = [Pack(ctx.resolve(p)) for p in config.packs]
         if config.bench_files:
             folder = ctx.work_dir / "bench_pack"
-            build_pack(texts_from_files([ctx.resolve(p) for p in config.bench_files]), folder)
+            build_pack(texts_from_files([ctx.readable(p, "decontaminate.bench_files") for p in config.bench_files]),
+                       folder)
             self.packs.append(Pack(folder))
         if not self.packs:
             raise ValueError("decontaminate: give `packs` or `bench_files`")
@@ -86,6 +91,7 @@ class Decontaminate(Step):
         self.dataset_examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.checked = 0
         self.candidates = self.verified = 0  # MinHash candidate pairs checked, and those that held
+        self.matched: list[dict[str, Any]] = []  # every contaminated record, with its matches (the records file)
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:
@@ -101,10 +107,12 @@ class Decontaminate(Step):
         state = {**super().take_state(), "by_task": {k: dict(v) for k, v in self.by_task.items()},
                  "by_dataset": dict(self.by_dataset), "by_match": dict(self.by_match),
                  "examples": dict(self.examples), "dataset_examples": dict(self.dataset_examples),
-                 "checked": self.checked, "candidates": self.candidates, "verified": self.verified}
+                 "checked": self.checked, "candidates": self.candidates, "verified": self.verified,
+                 "matched": self.matched}
         self.by_task, self.by_dataset, self.by_match = defaultdict(Counter), Counter(), Counter()
         self.examples, self.dataset_examples, self.checked = defaultdict(list), defaultdict(list), 0
         self.candidates = self.verified = 0
+        self.matched = []
         return state
 
     def merge_state(self, state: dict[str, Any]) -> None:
@@ -119,6 +127,7 @@ class Decontaminate(Step):
         self.checked += state["checked"]
         self.candidates += state.get("candidates", 0)
         self.verified += state.get("verified", 0)
+        self.matched += state.get("matched", [])
 
     def finish(self) -> None:
         self._write_report()
@@ -136,34 +145,59 @@ class Decontaminate(Step):
         if not hits:
             return table
         rank = {m: i for i, m in enumerate(MATCHES)}
-        best: dict[int, dict[str, tuple[int, int, int, str, float]]] = defaultdict(dict)  # record -> task -> hit
+        # record -> (task, field) -> its best hit (exact before minhash before ngram, then the highest score)
+        best: dict[int, dict[tuple[str, str], tuple[int, int, int, str, float]]] = defaultdict(dict)
         for h in sorted(hits, key=lambda h: (rank[h[3]], -h[4])):
-            best[int(pos[h[0]])].setdefault(self._task_key(h[1], h[2]), h)
+            best[int(pos[h[0]])].setdefault((self._task_key(h[1], h[2]), fields[h[0]]), h)
+        if self.config.sides == "all":
+            best = self._all_sides(kind, table, best, hits, pos, fields)
+            if not best:
+                return table
         ids = table.column("id").to_pylist()
         datasets = table.column("dataset").to_pylist()
         lineage = table.column("lineage")
-        for rec, per_task in best.items():
+        details: dict[int, str] = {}
+        for rec, per_side in best.items():
             ds = datasets[rec]
             first_example = None
             origin = lineage[rec].as_py() or {}
-            for key, (t, p_i, r, m, s) in sorted(per_task.items(), key=lambda kv: rank[kv[1][3]]):
+            matches, tasks = [], set()
+            for (key, _), (t, p_i, r, m, s) in sorted(per_side.items(), key=lambda kv: (rank[kv[1][3]], -kv[1][4])):
                 example = {**self._example(ids[rec], ds, fields[t], texts[t].as_py(), p_i, r, m, s),
                            "file": origin.get("file"), "row": origin.get("row")}
                 first_example = first_example or example
-                self.by_task[key][ds] += 1
-                if len(self.examples[key]) < EXAMPLES:
-                    self.examples[key].append(example)
+                matches.append({k: example[k] for k in ("match", "score", "benchmark", "field", "benchmark_field",
+                                                        "benchmark_text")})
+                if key not in tasks:  # a record counts once per task, its best match as the example
+                    tasks.add(key)
+                    self.by_task[key][ds] += 1
+                    if len(self.examples[key]) < EXAMPLES:
+                        self.examples[key].append(example)
             self.by_dataset[ds] += 1
             self.by_match[first_example["match"]] += 1
             if len(self.dataset_examples[ds]) < EXAMPLES:
                 self.dataset_examples[ds].append(first_example)
+            details[rec] = "; ".join(f"{x['match']} {x['score']:.2f} {x['benchmark']} ({x['field']})" for x in matches)
+            self.matched.append({"id": ids[rec], "kind": kind, "dataset": ds, "action": self.config.action,
+                                 "file": origin.get("file"), "row": origin.get("row"), "matches": matches})
         bad = np.zeros(table.num_rows, bool)
         bad[list(best)] = True
         if self.config.action == "drop":
             self.dropped["contaminated"] += int(bad.sum())
             return table.filter(pa.array(~bad))
-        lineage = add_event(table.column("lineage"), "decontaminate", detail="contaminated", where=bad)
+        events = [f"contaminated: {details[i]}" if i in details else "" for i in range(table.num_rows)]
+        lineage = add_event(table.column("lineage"), "decontaminate", detail=events, where=bad)
         return replace_columns(table, {"lineage": lineage})
+
+    def _all_sides(self, kind: str, table: pa.Table, best: dict, hits: list, pos: np.ndarray,
+                   fields: list[str]) -> dict:
+        """`sides: all`: keep the records whose every checked scalar text (not list fields) matched."""
+        wanted = [f for f in self.config.fields.get(kind, DEFAULT_FIELDS[kind])
+                  if f in table.column_names and not pa.types.is_list(table.column(f).type)]
+        matched: dict[int, set[str]] = defaultdict(set)
+        for t, *_ in hits:
+            matched[int(pos[t])].add(fields[t])
+        return {rec: per_side for rec, per_side in best.items() if set(wanted) <= matched[rec]}
 
     def _match(self, pack: Pack, norm: pa.Array, web: pa.Array | None) -> list[tuple[int, int, str, float]]:
         out: list[tuple[int, int, str, float]] = []
@@ -215,6 +249,8 @@ class Decontaminate(Step):
     def summary(self) -> dict[str, Any]:
         return {
             "action": self.config.action,
+            "sides": self.config.sides,
+            "records_file": self.records_file,
             "packs": [p.name for p in self.packs],
             "records_checked": self.checked,
             "minhash_candidates": self.candidates,  # pairs that shared an LSH band, decided by exact Jaccard
@@ -234,6 +270,16 @@ class Decontaminate(Step):
         }
         self.ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
         (self.ctx.artifacts_dir / self.config.report).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        with open(self.ctx.artifacts_dir / self.records_file, "w", encoding="utf-8") as fh:
+            for rec in self.matched:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    @property
+    def records_file(self) -> str:
+        """Every contaminated record (id, kind, dataset, file, row, and each match: type, score, benchmark task,
+        field, benchmark text), one JSON line each, dropped or flagged."""
+        stem = self.config.report.rsplit(".", 1)[0]
+        return f"{stem}_records.jsonl"
 
     def manifest_entries(self) -> dict[str, Any]:
         return {"contamination": self.summary()}

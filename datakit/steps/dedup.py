@@ -361,6 +361,4 @@ class Dedup(Step):
         return {**super().report(), **getattr(self, "stats", {}),
                 "dropped_by_dataset": {k: dict(v) for k, v in sorted(getattr(self, "by_dataset", {}).items())}}
 
-    def manifest_entries(self) -> dict[str, Any]:
-        return {"warnings": list(getattr(self, "warnings", []))} if getattr(self, "warnings", None) else {}
 

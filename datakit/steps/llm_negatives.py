@@ -19,7 +19,7 @@ from datakit.llm import quality
 from datakit.llm.prompts import load_prompt
 from datakit.records import add_event, replace_columns
 from datakit.steps import Stream, register
-from datakit.steps.synthesis import SynthesisConfig, SynthesisStep
+from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, prompt_file
 
 
 class LLMNegativesConfig(SynthesisConfig):
@@ -43,7 +43,8 @@ class LLMNegatives(SynthesisStep):
 
     def __init__(self, config: LLMNegativesConfig, ctx):
         super().__init__(config, ctx)
-        self.judge_prompt = load_prompt(config.judge_prompt, ctx.base_dir) if config.judge else None
+        self.judge_prompt = load_prompt(prompt_file(config.judge_prompt, ctx, "llm_negatives.judge_prompt")) \
+            if config.judge else None
 
     def run(self, stream: Stream) -> Stream:
         for kind, table in stream:

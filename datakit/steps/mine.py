@@ -20,9 +20,8 @@ import pyarrow.compute as pc
 
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
-from datakit.recipe import SourceConfig
 from datakit.records import add_event, replace_columns
-from datakit.sources import ColumnSpec, read_source
+from datakit.sources import ColumnSpec, SourceFields, read_source
 from datakit.steps import Step, StepConfig, Stream, register
 
 
@@ -112,8 +111,8 @@ class MineNegatives(Step):
     def _pool(self, table: pa.Table) -> list[str]:
         texts = table.column("positive").to_pylist()
         for item in self.config.extra_pool:
-            src = SourceConfig(name="pool", path=str(self.ctx.resolve(item)), adapter="classification")
-            for chunk in read_source(src, self.ctx.base_dir, ColumnSpec(["text"])):
+            src = SourceFields(path=str(self.ctx.resolve(item)))
+            for chunk in read_source(src, self.ctx.sandbox, ColumnSpec(["text"])):
                 texts += [t for t in chunk.table.column("text").to_pylist() if isinstance(t, str) and t.strip()]
         return list(dict.fromkeys(texts))  # unique, in first-seen order
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,16 +19,17 @@ from pydantic import Field, field_validator
 
 from datakit.embed import DEFAULT_MODEL, Embedder
 from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
-from datakit.llm.client import Answer, Budget, LLMClient, LLMStats
+from datakit.llm.client import Answer, Budget, LLMClient, LLMFailure, LLMStats
 from datakit.llm.prompts import load_prompt
 from datakit.llm.quality import QualityConfig, clean
 from datakit.recipe import LLMSettings
 from datakit.records import LINEAGE
-from datakit.steps import Step, StepConfig, StepContext, Stream
+from datakit.steps import Step, StepConfig, StepContext, StepFailed, Stream
 
 CHUNK = 256  # requests per complete_many call: bounds memory and lets a kill lose at most one chunk's progress
 EXAMPLES_PER_VERDICT = 3  # outputs kept, and dropped per reason, shown in the manifest (and the audit report)
 SHOWN_CHARS = 400
+MIN_FAILED = 3  # fewer failed requests than this never fail a step on their share alone (a small model's odd answer)
 
 
 class SynthesisConfig(StepConfig):
@@ -47,6 +49,8 @@ class SynthesisConfig(StepConfig):
     quality: QualityConfig = QualityConfig()
     encoder: str = DEFAULT_MODEL  # sentence-transformers model for the similarity bands
     seed: int = 0
+    max_failed: float = Field(0.1, ge=0, le=1, description="share of requests that may fail after retries or "
+                              "give unusable output (bad JSON) before the build fails")
 
     @field_validator("params")
     @classmethod
@@ -58,6 +62,14 @@ class SynthesisConfig(StepConfig):
         return params
 
 
+def prompt_file(name: str, ctx: StepContext, what: str) -> str | Path:
+    """A packaged prompt id as it is; a prompt file resolved and checked inside the recipe's sandbox (a prompt's
+    text is sent to the LLM provider: a shared recipe must not send a file from elsewhere)."""
+    if str(name).endswith((".yaml", ".yml")):
+        return ctx.readable(name, what)
+    return name
+
+
 class SynthesisStep(Step):
     default_prompt: ClassVar[str]
     uses_llm = True
@@ -67,12 +79,14 @@ class SynthesisStep(Step):
         super().__init__(config, ctx)
         self.settings: LLMSettings = ctx.llm or LLMSettings()
         self.budget: Budget = ctx.budget if ctx.budget is not None else Budget(self.settings.max_budget_usd)
-        self.prompt = load_prompt(config.prompt or self.default_prompt, ctx.base_dir)
+        self.prompt = load_prompt(prompt_file(config.prompt or self.default_prompt, ctx, f"{self.name}.prompt"))
         self.model = config.model or self.settings.model
         self.out: Counter[str] = Counter()  # generated texts: "kept" and drop reasons
         self.selected = 0
         self.examples: list[dict[str, Any]] = []  # a few outputs per verdict, next to their source
         self.merged = LLMStats()  # counters of clients in other processes (Ray workers)
+        self.requested = 0  # requests made by this copy of the step (answers, failures and budget skips)
+        self.merged_requested = 0  # and by its copies in other processes
         self._client: LLMClient | None = None
         self._embedder: Embedder | None = None
 
@@ -147,7 +161,55 @@ class SynthesisStep(Step):
         answers: list[Answer] = []
         for start in range(0, len(requests), CHUNK):
             answers += self.client.complete_many(requests[start:start + CHUNK])
+            self.requested += len(requests[start:start + CHUNK])
+            self._check_failures(final=False)
         return answers
+
+    # ------------------------------------------------------------------ loud failures
+    def preflight(self) -> None:
+        if self.settings.preflight and not self.ctx.worker:
+            try:
+                self.client.preflight()
+            except LLMFailure as exc:
+                raise StepFailed(f"{self.name}: {exc}") from None
+
+    def _failures(self, stats: LLMStats) -> Counter:
+        """Requests without a usable answer, by class: failed after retries, or bad output (JSON that does not
+        parse or fit the schema, after the stricter retry)."""
+        counts = Counter(stats.failures)
+        bad = sum(n for reason, n in stats.dropped.items() if reason in ("invalid_json", "off_schema"))
+        if bad:
+            counts["bad_output"] += bad
+        return counts
+
+    def _check_failures(self, final: bool, stats: LLMStats | None = None, requested: int | None = None) -> None:
+        """StepFailed when more than `max_failed` of the requests (and at least MIN_FAILED) have no usable answer,
+        or every one of them: at the end of the step, or as soon as 10 have failed past that share (no point paying
+        for the rest)."""
+        stats = stats or (self._client.stats if self._client is not None else LLMStats())
+        requested = self.requested if requested is None else requested
+        counts = self._failures(stats)
+        failed = sum(counts.values())
+        everything = final and failed == requested and self.config.max_failed < 1
+        if not everything and (failed / max(requested, 1) <= self.config.max_failed or failed < MIN_FAILED
+                               or (not final and failed < 10)):
+            return
+        examples = dict(stats.failure_examples)
+        if "bad_output" in counts:
+            examples["bad_output"] = "answers that are not the prompt's JSON (see the manifest's examples)"
+        api_base = self.config.api_base or self.settings.api_base
+        error = LLMFailure(self.model, api_base, dict(counts), examples,
+                           f"{failed:,} of {requested:,} requests", step=self.name)
+        raise StepFailed(f"{error}; more than max_failed {self.config.max_failed:.0%} (answers already received "
+                         "are cached: fix the cause and rebuild)")
+
+    def check(self, label: str) -> list[str]:
+        total = LLMStats()
+        total.add(self.merged.as_dict())
+        if self._client is not None:
+            total.add(self._client.stats.as_dict())
+        self._check_failures(final=True, stats=total, requested=self.requested + self.merged_requested)
+        return super().check(label)
 
     def text_of(self, answer: Answer, field: str | None = None) -> tuple[str, str]:
         """(cleaned text, "") or ("", reason) for an answer; `field` picks a JSON answer's field."""
@@ -182,9 +244,9 @@ class SynthesisStep(Step):
 
     def take_state(self) -> dict[str, Any]:
         state = super().take_state()
-        state.update(out=dict(self.out), selected=self.selected, examples=self.examples,
+        state.update(out=dict(self.out), selected=self.selected, examples=self.examples, requested=self.requested,
                      llm=self._client.stats.as_dict() if self._client is not None else {})
-        self.out, self.selected, self.examples = Counter(), 0, []
+        self.out, self.selected, self.examples, self.requested = Counter(), 0, [], 0
         if self._client is not None:
             self._client.stats = LLMStats()
         return state
@@ -197,6 +259,7 @@ class SynthesisStep(Step):
             if self._room_for(example["verdict"]):
                 self.examples.append(example)
         self.merged.add(state["llm"])
+        self.merged_requested += state.get("requested", 0)
 
     # ------------------------------------------------------------------ reporting
     def report(self) -> dict[str, Any]:
@@ -210,6 +273,7 @@ class SynthesisStep(Step):
         stats = total.as_dict()
         stats.pop("dropped", None)  # the step counts answer drops itself, with the quality reasons
         entry = {"model": self.model, "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
+                 "requests": self.requested + self.merged_requested, "failures": dict(self._failures(total)),
                  "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"},
                  "examples": self.examples}
         return {"synthesis": {self.name: entry}}

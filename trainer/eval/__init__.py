@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
 from trainer.eval.taskfile import TaskFileError, load_task_file
 
 
@@ -60,7 +61,7 @@ def evaluate_models(req: EvalRequest, log: Callable[[str], None] = print) -> lis
         raise ValueError("no tasks to run (give --tasks FILE, --mteb NAME, --cmteb or --mteb-tasks A,B)")
     instructions = instructions_of(tasks, task_file, req.task_instructions)
     batch_size = req.batch_size or (task_file.spec.batch_size if task_file else 32)
-    template = task_file.spec.query_template if task_file else "Instruct: {instruction}\nQuery: "
+    template = task_file.spec.query_template if task_file else DEFAULT_QUERY_TEMPLATE
     out = Path(req.out)
     summaries = []
     for m in req.models:

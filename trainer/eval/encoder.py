@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
 from mteb.models.abs_encoder import AbsEncoder
 
 ALIASES = ("embedded-minilm", "embedded-smollm2")
@@ -136,11 +138,11 @@ def load_backend(name: str, device: str | None = None, batch_size: int = 32, max
     if name == "embedded-smollm2":
         from trainer.model import EmbeddingModel, ModelConfig
 
-        model = EmbeddingModel(ModelConfig(name), device=device)
+        model = EmbeddingModel(ModelConfig(name_or_path=name), device=device)
         return trainer_backend(model, display_name(name), "gguf-q4_1", batch_size, max_length or 512)
     path = name
     if name == "embedded-minilm":
-        from trainer.model import resolve_name
+        from embedkit.trainconfig import resolve_name
 
         path = resolve_name(name)[0]
     return sentence_transformer_backend(name, path, device, batch_size, max_length)
@@ -151,7 +153,7 @@ class EvalEncoder(AbsEncoder):
     (a corpus shared by tasks is embedded once); missing texts are embedded together, longest first."""
 
     def __init__(self, backend: Backend, instructions: dict[str, str] | None = None,
-                 query_template: str = "Instruct: {instruction}\nQuery: ", name: str | None = None):
+                 query_template: str = DEFAULT_QUERY_TEMPLATE, name: str | None = None):
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         self.backend = backend

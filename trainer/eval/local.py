@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.sources import Sandbox
 from trainer.eval.taskfile import MAIN_SCORES, ROLES, TaskSpec
 
 _MTEB_TYPE = {"sts": "STS", "pair_classification": "PairClassification", "classification": "Classification",
@@ -51,7 +51,7 @@ def columns_of(spec: TaskSpec) -> dict[str, dict[str, str]]:
     return {part: _columns(spec, part, src.columns) for part, src in spec.sources().items()}
 
 
-def read_records(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) -> pa.Table:
+def read_records(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -> pa.Table:
     """A task part read through the datakit adapter its type maps to; returns one record table."""
     from datakit.pipeline import source_events
     from datakit.recipe import SourceConfig
@@ -63,6 +63,8 @@ def read_records(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) 
                         "pair_classification": ("sts", {"both_orders": False})}[spec.type]
     if spec.type == "pair_classification":
         cols["score"] = cols.pop("label")
+    if spec.type == "sts" and {"min_score", "max_score"} <= set(spec.settings):  # the declared scale
+        options = {**options, "score_range": [spec.settings["min_score"], spec.settings["max_score"]]}
     if spec.type == "reranking" and "negatives" not in src.columns:
         cols.pop("negatives")  # optional in the retrieval adapter
     fields = src.model_dump(exclude={"columns"}, exclude_unset=True)
@@ -70,7 +72,7 @@ def read_records(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) 
                           **{k: v for k, v in fields.items() if k in ("path", "hf", "sql", "format", "csv", "limit")})
     kind = {"sts": "pair", "pair_classification": "pair", "reranking": "retrieval"}.get(spec.type, "classification")
     tables = []
-    for event in source_events(config, base_dir, strict=False, batch_rows=50_000):
+    for event in source_events(config, sandbox, strict=False, batch_rows=50_000):
         if event[0] == "read":
             report.rows_read += event[1]
         elif event[0] == "quarantine":
@@ -83,22 +85,19 @@ def read_records(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) 
     return pa.concat_tables(tables) if tables else schema(kind).empty_table()
 
 
-def read_rows(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) -> dict[str, list]:
+def read_rows(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -> dict[str, list]:
     """A retrieval part (queries, corpus, qrels) as columns of Python values, bad rows skipped and counted."""
     from datakit.adapters import Problems, extract
-    from datakit.recipe import SourceConfig
-    from datakit.sources import ColumnSpec, read_source
+    from datakit.sources import ColumnSpec, SourceFields, read_source
 
     src = spec.sources()[part]
     cols = _columns(spec, part, src.columns)
     kinds = {"id": "label", "query_id": "label", "doc_id": "label", "text": "text", "title": "text", "score": "score"}
-    fields = src.model_dump(exclude={"columns"}, exclude_unset=True)
-    config = SourceConfig(name=spec.name, adapter="classification",
-                          **{k: v for k, v in fields.items() if k in ("path", "hf", "sql", "format", "csv", "limit")})
+    config = SourceFields(**src.model_dump(include={"path", "hf", "sql", "format", "csv", "limit"}, exclude_unset=True))
     need = ColumnSpec(names=list(cols.values()), optional={cols["title"]} if "title" in cols else set(),
                       scalar={c for r, c in cols.items() if kinds[r] in ("label", "score")})
     out: dict[str, list] = {role: [] for role in cols}
-    for chunk in read_source(config, base_dir, need):
+    for chunk in read_source(config, sandbox, need):
         report.rows_read += chunk.table.num_rows + len(chunk.quarantine)
         for q in chunk.quarantine:
             report.skip(q["reason"], 1, {k: q[k] for k in ("file", "row", "field", "reason", "detail")})
@@ -123,7 +122,7 @@ def read_rows(spec: TaskSpec, part: str, base_dir: Path, report: DataReport) -> 
     return out
 
 
-def fingerprint(spec: TaskSpec, base_dir: Path) -> str:
+def fingerprint(spec: TaskSpec, sandbox: Sandbox) -> str:
     """A revision for a local task's data: its spec plus each input file's size and mtime."""
     from datakit.sources import resolve_files
 
@@ -131,7 +130,7 @@ def fingerprint(spec: TaskSpec, base_dir: Path) -> str:
     for src in spec.sources().values():
         if src.path is not None:
             try:
-                for f in resolve_files(src.path, base_dir):
+                for f in resolve_files(src.path, sandbox):
                     st = f.stat()
                     h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
             except ValueError:
@@ -140,10 +139,10 @@ def fingerprint(spec: TaskSpec, base_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------ datasets in mteb's layout
-def _sts(spec: TaskSpec, base_dir: Path, report: DataReport) -> Any:
+def _sts(spec: TaskSpec, sandbox: Sandbox, report: DataReport) -> Any:
     from datasets import Dataset, DatasetDict
 
-    t = read_records(spec, "data", base_dir, report)
+    t = read_records(spec, "data", sandbox, report)
     if spec.type == "sts":
         return DatasetDict({spec.split: Dataset.from_dict({"sentence1": t.column("text_a").to_pylist(),
                                                            "sentence2": t.column("text_b").to_pylist(),
@@ -162,28 +161,28 @@ def _sts(spec: TaskSpec, base_dir: Path, report: DataReport) -> Any:
                                                        "labels": [int(s) for s in t.column("score").to_pylist()]})})
 
 
-def _classification(spec: TaskSpec, base_dir: Path, report: DataReport, train_split: str) -> Any:
+def _classification(spec: TaskSpec, sandbox: Sandbox, report: DataReport, train_split: str) -> Any:
     from datasets import Dataset, DatasetDict
 
     out = {}
     for part, split in (("train", train_split), ("test", spec.split)):
-        t = read_records(spec, part, base_dir, report)
+        t = read_records(spec, part, sandbox, report)
         out[split] = Dataset.from_dict({"text": t.column("text").to_pylist(), "label": t.column("label").to_pylist()})
     return DatasetDict(out)
 
 
-def _clustering(spec: TaskSpec, base_dir: Path, report: DataReport) -> Any:
+def _clustering(spec: TaskSpec, sandbox: Sandbox, report: DataReport) -> Any:
     from datasets import Dataset, DatasetDict
 
-    t = read_records(spec, "data", base_dir, report)
+    t = read_records(spec, "data", sandbox, report)
     return DatasetDict({spec.split: Dataset.from_dict({"sentences": t.column("text").to_pylist(),
                                                        "labels": t.column("label").to_pylist()})})
 
 
-def _retrieval(spec: TaskSpec, base_dir: Path, report: DataReport) -> dict[str, Any]:
+def _retrieval(spec: TaskSpec, sandbox: Sandbox, report: DataReport) -> dict[str, Any]:
     from datasets import Dataset
 
-    queries, corpus, qrels = (read_rows(spec, part, base_dir, report) for part in ("queries", "corpus", "qrels"))
+    queries, corpus, qrels = (read_rows(spec, part, sandbox, report) for part in ("queries", "corpus", "qrels"))
     qtext = _unique(queries["id"], queries["text"], report, "query")
     docs = _unique(corpus["id"], list(zip(corpus["title"], corpus["text"])), report, "document")
     relevant: dict[str, dict[str, int]] = {}
@@ -212,12 +211,12 @@ def _unique(ids: list[str], values: list, report: DataReport, what: str) -> dict
     return out
 
 
-def _reranking(spec: TaskSpec, base_dir: Path, report: DataReport) -> dict[str, Any]:
+def _reranking(spec: TaskSpec, sandbox: Sandbox, report: DataReport) -> dict[str, Any]:
     """Rows of (query, positives, candidates) -> queries, a corpus of the distinct candidate texts, qrels
     (positives 1, the rest 0) and each query's candidate list as mteb's `top_ranked`."""
     from datasets import Dataset
 
-    t = read_records(spec, "data", base_dir, report)
+    t = read_records(spec, "data", sandbox, report)
     rows = pc.struct_field(t.column("lineage"), "row").to_pylist()
     doc_ids: dict[str, str] = {}
     queries: dict[str, str] = {}
@@ -281,7 +280,7 @@ def _base_class(spec: TaskSpec) -> tuple[type, Any | None]:
     return cls, cls.metadata
 
 
-def make_task(spec: TaskSpec, base_dir: Path) -> Any:
+def make_task(spec: TaskSpec, sandbox: Sandbox) -> Any:
     """An mteb task object for a task-file entry; its data is read on first use (`load_data`)."""
     cls, base_meta = _base_class(spec)
     settings = dict(spec.settings)
@@ -297,16 +296,16 @@ def make_task(spec: TaskSpec, base_dir: Path) -> Any:
             return
         report = DataReport()
         if spec.type in ("sts", "pair_classification"):
-            self.dataset = _sts(spec, base_dir, report)
+            self.dataset = _sts(spec, sandbox, report)
         elif spec.type == "classification":
-            self.dataset = _classification(spec, base_dir, report, train_split)
+            self.dataset = _classification(spec, sandbox, report, train_split)
         elif spec.type == "clustering":
-            data = _clustering(spec, base_dir, report)
+            data = _clustering(spec, sandbox, report)
             if not spec.mteb_task and "max_documents_per_cluster" not in spec.settings:
                 self.max_documents_per_cluster = min(16_384, len(data[spec.split]))
             self.dataset = data
         else:
-            split = (_retrieval if spec.type == "retrieval" else _reranking)(spec, base_dir, report)
+            split = (_retrieval if spec.type == "retrieval" else _reranking)(spec, sandbox, report)
             self.dataset = {"default": {spec.split: split}}
         self.data_report = report
         self.data_loaded = True
@@ -315,7 +314,7 @@ def make_task(spec: TaskSpec, base_dir: Path) -> Any:
             reasons = ", ".join(f"{r} {n}" for r, n in report.skipped.most_common(3)) or "no rows"
             raise ValueError(f"task {spec.name}: no usable rows ({report.rows_read} read; skipped: {reasons})")
 
-    attrs = {"metadata": _metadata(spec, fingerprint(spec, base_dir), base_meta), "load_data": load_data,
+    attrs = {"metadata": _metadata(spec, fingerprint(spec, sandbox), base_meta), "load_data": load_data,
              "data_report": None, "task_spec": spec, **settings}
     if spec.type in ("retrieval", "reranking"):
         from mteb.abstasks.retrieval import AbsTaskRetrieval

@@ -42,7 +42,7 @@ def local_tasks(task_file: LoadedTaskFile) -> list[Any]:
     tasks, errors = [], []
     for i, spec in enumerate(task_file.tasks):
         try:
-            task = make_task(spec, task_file.base_dir)
+            task = make_task(spec, task_file.sandbox)
             task.load_data()
             tasks.append(task)
         except (SourceError, ValueError, OSError) as exc:

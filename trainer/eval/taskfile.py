@@ -30,7 +30,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from datakit.recipe import SourceFields, SourceLocation, Strict, format_errors, line_of, read_config_text
+from datakit.sources import Sandbox, SourceFields, SourceLocation
+from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
+from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
 
 TaskType = Literal["sts", "retrieval", "classification", "clustering", "pair_classification", "reranking"]
 
@@ -60,7 +62,7 @@ MAIN_SCORES = {"sts": "cosine_spearman", "retrieval": "ndcg_at_10", "classificat
 SYMMETRIC = {"sts", "classification", "clustering", "pair_classification"}  # the instruction goes on both sides
 
 
-class TaskFileError(ValueError):
+class TaskFileError(ConfigError):
     """The task file is not valid; the message names the key (and line) at fault."""
 
 
@@ -145,7 +147,9 @@ def beir_sources(folder: str, split: str) -> dict[str, SourceFields]:
 
 class TaskFile(Strict):
     tasks: list[TaskSpec] = Field(..., min_length=1)
-    query_template: str = Field("Instruct: {instruction}\nQuery: ", description="how an instruction becomes a prompt")
+    allow_paths: list[str] = Field([], description="files or folders outside the task file's folder that its "
+                                   "tasks may read (as a recipe's allow_paths)")
+    query_template: str = Field(DEFAULT_QUERY_TEMPLATE, description="how an instruction becomes a prompt")
     batch_size: int = Field(32, gt=0)
 
 
@@ -154,6 +158,11 @@ class LoadedTaskFile:
 
     def __init__(self, spec: TaskFile, path: Path, root: yaml.Node | None = None):
         self.spec, self.path, self.base_dir, self.root = spec, path, path.resolve().parent, root
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """Where the tasks may read: the task file's folder and its allow_paths."""
+        return Sandbox.of(self.base_dir, self.spec.allow_paths, owner="task file")
 
     @property
     def tasks(self) -> list[TaskSpec]:
@@ -189,11 +198,7 @@ def _column_errors(spec: TaskFile, root: yaml.Node | None, path: Path) -> list[s
 
 
 def parse_task_file(text: str, path: Path) -> tuple[TaskFile, yaml.Node | None]:
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TaskFileError(f"{path}: not valid YAML: {exc}") from None
+    data, root = parse_yaml(text, path, TaskFileError)
     if not isinstance(data, dict):
         raise TaskFileError(f"{path}: a task file is a mapping with a `tasks:` list")
     try:
@@ -208,6 +213,6 @@ def parse_task_file(text: str, path: Path) -> tuple[TaskFile, yaml.Node | None]:
 
 def load_task_file(path: str | Path) -> LoadedTaskFile:
     path = Path(path)
-    text = read_config_text(path, "task file", TaskFileError)
+    text = read_text(path, "task file", TaskFileError)
     spec, root = parse_task_file(text, path)
     return LoadedTaskFile(spec, path, root)

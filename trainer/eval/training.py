@@ -16,27 +16,12 @@ equals `trainer eval` on the exported model. Every process runs the same evaluat
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from embedkit.trainconfig import EvalSettings
+
 TASK_WIDTH = 28
-
-
-@dataclass
-class EvalSettings:
-    tasks: str
-    every: int = 0
-    at_start: bool = True
-    keep_best: dict[str, str] | None = None  # {task: NAME, metric: NAME (default: the task's main score)}
-    batch_size: int = 32
-    max_length: int | None = None  # default: the training config's doc_max_length
-
-    def __post_init__(self) -> None:
-        if self.keep_best is not None:
-            unknown = set(self.keep_best) - {"task", "metric"}
-            if unknown or "task" not in self.keep_best:
-                raise ValueError(f"eval.keep_best takes task (and optionally metric), got {sorted(self.keep_best)}")
 
 
 class TrainingEval:
@@ -52,8 +37,8 @@ class TrainingEval:
         self.task_file = load_task_file(settings.tasks)
         self.tasks = local_tasks(self.task_file)
         names = {t.metadata.name: t for t in self.tasks}
-        if settings.keep_best and settings.keep_best["task"] not in names:
-            raise ValueError(f"eval.keep_best.task {settings.keep_best['task']!r} is not in {settings.tasks} "
+        if settings.keep_best and settings.keep_best.task not in names:
+            raise ValueError(f"eval.keep_best.task {settings.keep_best.task!r} is not in {settings.tasks} "
                              f"(tasks: {', '.join(names)})")
         self.best_path = out / "best" / "best.json"
         self.best = json.loads(self.best_path.read_text())["value"] if self.best_path.exists() else None
@@ -88,18 +73,18 @@ class TrainingEval:
     def _keep_best(self, scores: dict[str, dict[str, float]], stage: int, step: int,
                    export: Callable[[Path], None]) -> None:
         kb = self.settings.keep_best
-        if not kb or kb["task"] not in scores:
+        if not kb or kb.task not in scores:
             return
-        task_scores = scores[kb["task"]]
-        metric = kb.get("metric") or next(iter(task_scores))
+        task_scores = scores[kb.task]
+        metric = kb.metric or next(iter(task_scores))
         if metric not in task_scores:
-            raise ValueError(f"eval.keep_best.metric {metric!r}: task {kb['task']} has {', '.join(task_scores)}")
+            raise ValueError(f"eval.keep_best.metric {metric!r}: task {kb.task} has {', '.join(task_scores)}")
         value = task_scores[metric]
         if self.best is None or value > self.best:
             self.best = value
             folder = self.out / "best"
             export(folder)
-            self.best_path.write_text(json.dumps({"task": kb["task"], "metric": metric, "value": value,
+            self.best_path.write_text(json.dumps({"task": kb.task, "metric": metric, "value": value,
                                                   "stage": stage, "step": step}, indent=2))
 
     def table(self) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from embedkit.trainconfig import TrainConfig
 from trainer.experiment.spec import Experiment, Variant, run_key, untrained_key
 
 UNTRAINED = "(not fine-tuned)"
@@ -28,7 +29,7 @@ UNTRAINED = "(not fine-tuned)"
 
 @dataclass
 class RunSpec:
-    """Everything one (variant, seed) run needs, as plain data (it travels to Ray workers)."""
+    """Everything one (variant, seed) run needs (it travels to Ray workers: plain data and a pydantic config)."""
 
     experiment: str
     variant: str
@@ -36,10 +37,14 @@ class RunSpec:
     key: str
     folder: str
     build: str
-    train: dict[str, Any]
-    train_dir: str
+    config: TrainConfig
     eval_path: str
     untrained: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records."""
+        return {**{k: v for k, v in self.__dict__.items() if k != "config"},
+                "config": self.config.model_dump(mode="json")}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -52,13 +57,10 @@ def build_corpus(exp: Experiment, variant: Variant, out: Path, log: Callable[[st
     """Build a variant's corpus into OUT/builds/{key}; datakit skips a build that is up to date (same resolved
     recipe, same input files)."""
     from datakit.pipeline import build
-    from datakit.recipe import LoadedRecipe, validate_recipe
 
     folder = out / "builds" / variant.build_key
-    recipe = validate_recipe(variant.recipe, exp.recipe_path)
-    loaded = LoadedRecipe(recipe=recipe, path=exp.recipe_path, base_dir=exp.recipe_path.resolve().parent)
     t0 = time.time()
-    result = build(loaded, folder)
+    result = build(variant.loaded, folder)
     if not result.skipped:
         log(f"built {folder} (variant {variant.name}) in {time.time() - t0:.0f} s")
     return folder
@@ -68,20 +70,20 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train (unless untrained) and score one run; writes result.json or failed.json and returns it."""
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "run.json", spec.__dict__)
+    _write_json(folder / "run.json", spec.describe())
     (folder / "failed.json").unlink(missing_ok=True)
     t0 = time.time()
     try:
         from trainer.eval import EvalRequest, evaluate_models
 
         if spec.untrained:
-            model, train_s = spec.train["model"]["name_or_path"], 0.0
+            model, train_s = spec.config.model.name_or_path, 0.0
         else:
-            from trainer.train import TrainConfig, train
+            from trainer.train import train
 
-            raw = {**spec.train, "seed": spec.seed, "output_dir": str(folder / "train"),
-                   "data": {**spec.train["data"], "shards": spec.build, "seed": spec.seed}}
-            cfg = TrainConfig.from_dict(raw, base_dir=Path(spec.train_dir))
+            cfg = spec.config.model_copy(deep=True)
+            cfg.seed, cfg.output_dir = spec.seed, str(folder / "train")
+            cfg.data.shards, cfg.data.seed = spec.build, spec.seed
             model = str(train(cfg, resume=True, log=lambda _: None))
             train_s = time.time() - t0
         t1 = time.time()
@@ -111,11 +113,11 @@ def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSp
         for seed in exp.seeds:
             key = run_key(v, seed, exp.eval_path, exp.train_path.parent)
             runs.append(RunSpec(exp.name, v.name, seed, key, str(out / "runs" / key), str(builds[v.build_key]),
-                                v.train, str(exp.train_path.resolve().parent), str(exp.eval_path)))
+                                v.config, str(exp.eval_path)))
     base = next(v for v in exp.variants if v.name == exp.spec.base)
     key = untrained_key(base, exp.eval_path, exp.train_path.parent)
     runs.append(RunSpec(exp.name, UNTRAINED, 0, key, str(out / "runs" / key), str(builds[base.build_key]),
-                        base.train, str(exp.train_path.resolve().parent), str(exp.eval_path), untrained=True))
+                        base.config, str(exp.eval_path), untrained=True))
     return runs
 
 

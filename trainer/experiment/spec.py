@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from datakit.recipe import Strict, format_errors
+from datakit.recipe import LoadedRecipe
+from embedkit.configfile import ConfigError, Strict, load_yaml, validate
+from embedkit.trainconfig import TrainConfig
 
 
-class ExperimentError(ValueError):
+class ExperimentError(ConfigError):
     """The experiment file, or a variant's override, is not valid."""
 
 
@@ -66,10 +67,14 @@ class ExperimentSpec(Strict):
 
 @dataclass
 class Variant:
+    """One variant, resolved once: its raw documents (what run keys hash) and the typed objects runs use."""
+
     name: str
     overrides: dict[str, dict[str, Any]]
     recipe: dict[str, Any]
     train: dict[str, Any]
+    loaded: LoadedRecipe
+    config: TrainConfig
     recipe_sha: str = ""
     build_key: str = ""
 
@@ -161,12 +166,7 @@ def resolve(base: dict[str, Any], overrides: dict[str, Any], what: str, variant:
 
 # ------------------------------------------------------------------ loading
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ExperimentError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{path}: not valid YAML: {exc}") from None
+    data, _ = load_yaml(path, what, ExperimentError)
     if not isinstance(data, dict):
         raise ExperimentError(f"{path}: a {what} is a mapping")
     return data
@@ -190,17 +190,13 @@ def _grid_variants(grid: VariantSpec | None) -> dict[str, VariantSpec]:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    """Read and check an experiment: every variant's recipe and training config resolve and validate."""
+    """Read and check an experiment: every variant's recipe and training config resolve and validate, once."""
     from datakit.recipe import RecipeError, validate_recipe
-    from trainer.train import TrainConfig
+    from embedkit.trainconfig import TrainConfigError, parse_config
 
     path = Path(path)
-    raw = _read_yaml(path, "experiment file")
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-        spec = ExperimentSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise ExperimentError("\n".join(format_errors(exc, root, (), path))) from None
+    raw, root = load_yaml(path, "experiment file", ExperimentError)
+    spec = validate(ExperimentSpec, raw, path, root, "experiment file", ExperimentError)
     base_dir = path.resolve().parent
     exp = Experiment(path.stem, path, spec, base_dir / spec.recipe, base_dir / spec.train, base_dir / spec.eval)
     if not exp.eval_path.exists():
@@ -210,19 +206,21 @@ def load_experiment(path: str | Path) -> Experiment:
     variants = {**spec.variants, **_grid_variants(spec.grid)}
     if spec.base not in variants:
         raise ExperimentError(f"{path}: base: no variant {spec.base!r} (variants: {', '.join(variants)})")
+    recipe_dir = exp.recipe_path.resolve().parent
     for name, v in variants.items():
         r = resolve(recipe, v.recipe, "recipe", name)
         t = resolve(train, v.train, "train", name)
         try:
-            loaded = validate_recipe(r, exp.recipe_path)
+            loaded = LoadedRecipe(recipe=validate_recipe(r, exp.recipe_path), path=exp.recipe_path,
+                                  base_dir=recipe_dir)
         except RecipeError as exc:
             raise ExperimentError(f"variant {name!r}: the recipe does not validate:\n{exc}") from None
         try:
-            TrainConfig.from_dict({**t, "data": {**t.get("data", {}), "shards": "-"}, "output_dir": "-"})
-        except (ValueError, TypeError) as exc:
-            raise ExperimentError(f"variant {name!r}: the training config does not validate: {exc}") from None
-        sha = loaded.sha256()
-        exp.variants.append(Variant(name, {"recipe": v.recipe, "train": v.train}, r, t, sha,
+            config = parse_config(t, exp.train_path)
+        except TrainConfigError as exc:
+            raise ExperimentError(f"variant {name!r}: the training config does not validate:\n{exc}") from None
+        sha = loaded.recipe.sha256()
+        exp.variants.append(Variant(name, {"recipe": v.recipe, "train": v.train}, r, t, loaded, config, sha,
                                     _build_key(sha, exp.recipe_path)))
     return exp
 

@@ -1,0 +1,139 @@
+"""The manifest's one owner: where a build's manifest is, reading it, checking the shards on disk against it,
+and opening the shards it lists. Every reader (stats, sql, report, dedup/decontaminate on an output, the trainer)
+goes through here, so they agree on what a build holds and refuse the same builds with the same error.
+
+Pure pyarrow and the standard library: the trainer imports it on a GPU machine without the data stack.
+
+A manifest lists each shard as {file, kind, rows, bytes, sha256}, `file` relative to the build folder. A
+listed file must stay inside that folder (an edited manifest cannot point a reader at a file elsewhere).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from datakit.records import KINDS, QUARANTINE_SCHEMA, schema
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+SHARD_KINDS = (*KINDS, "quarantine")
+
+
+class InconsistentOutput(ValueError):
+    """The manifest and the shards on disk disagree."""
+
+
+def kind_schema(kind: str) -> pa.Schema:
+    return QUARANTINE_SCHEMA if kind == "quarantine" else schema(kind)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_dir(out_dir: str | Path) -> Path:
+    """The folder holding OUT's current build (OUT itself for a folder written before `current` existed)."""
+    out_dir = Path(out_dir)
+    current = out_dir / CURRENT
+    if current.is_symlink():
+        target = current.resolve()
+        if (target / MANIFEST).exists():
+            return target
+    elif (out_dir / MANIFEST).is_file() and not (out_dir / MANIFEST).is_symlink():
+        return out_dir
+    raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a datakit output folder, or its build did not finish)")
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """OUT's current manifest (a clear error when it is missing or not JSON)."""
+    path = build_dir(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InconsistentOutput(f"{path}: not a readable manifest ({exc})") from None
+
+
+def shard_path(build: Path, name: str) -> Path | None:
+    """The listed shard's path, or None when the manifest points outside the build folder."""
+    path = (build / name).resolve()
+    return path if build.resolve() in path.parents else None
+
+
+def verify(out_dir: str | Path, deep: bool = False) -> list[str]:
+    """Disagreements between the manifest and the shards on disk: a listed file outside the build folder,
+    missing or extra shard files, sizes, row counts (from the Arrow stream metadata) and, with `deep`, sha256
+    digests. Empty when consistent."""
+    build = build_dir(out_dir)
+    manifest = read_manifest(out_dir)
+    problems = []
+    listed = {s["file"]: s for s in manifest.get("shards", [])}
+    on_disk = {f"{k}/{p.name}" for k in SHARD_KINDS for p in (build / k).glob("part-*.arrow")}
+    for name in sorted(on_disk - set(listed)):
+        problems.append(f"{name}: on disk but not in the manifest")
+    for name, entry in listed.items():
+        path = shard_path(build, name)
+        if path is None:
+            problems.append(f"{name}: the manifest points outside the output folder")
+            continue
+        if not path.exists():
+            problems.append(f"{name}: in the manifest but missing")
+            continue
+        if path.stat().st_size != entry["bytes"]:
+            problems.append(f"{name}: {path.stat().st_size:,} bytes, the manifest says {entry['bytes']:,}")
+            continue
+        try:
+            with pa.memory_map(str(path)) as source:
+                rows = sum(b.num_rows for b in pa.ipc.open_stream(source))
+        except (pa.ArrowInvalid, OSError) as exc:
+            problems.append(f"{name}: not a readable Arrow stream ({exc})")
+            continue
+        if rows != entry["rows"]:
+            problems.append(f"{name}: {rows:,} rows, the manifest says {entry['rows']:,}")
+        elif deep and sha256_file(path) != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+    return problems
+
+
+def checked(out_dir: str | Path) -> Path:
+    """The current build folder of OUT, after checking it against its manifest (readers call this)."""
+    build = build_dir(out_dir)
+    problems = verify(out_dir)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InconsistentOutput(f"{out_dir}: the shards do not match the manifest ({shown}); rebuild it, or run "
+                                 f"`datakit verify {out_dir}`")
+    return build
+
+
+def shard_files(out_dir: str | Path, kind: str) -> list[Path]:
+    """The shards of a kind that OUT's current build (or a build folder) lists in its manifest, in order."""
+    build = build_dir(out_dir)
+    return [build / s["file"] for s in read_manifest(build).get("shards", []) if s["kind"] == kind]
+
+
+def read_shards(out_dir: str | Path, kind: str) -> pa.Table:
+    """All shards of a kind as one memory-mapped table (empty, with the schema, when there are none). Readers that
+    did not check the build first call `open_tables` (or `checked`)."""
+    tables = []
+    for path in shard_files(out_dir, kind):
+        with pa.memory_map(str(path)) as source:
+            tables.append(pa.ipc.open_stream(source).read_all())
+    table = pa.concat_tables(tables) if tables else kind_schema(kind).empty_table()
+    if not table.schema.equals(kind_schema(kind)):
+        raise InconsistentOutput(f"{out_dir}/{kind}: shard schema differs from datakit.records ({table.schema})")
+    return table
+
+
+def open_tables(out_dir: str | Path, kinds: tuple[str, ...] = KINDS) -> dict[str, pa.Table]:
+    """Each record kind of OUT's current build as one memory-mapped table (no copy into RAM), after checking the
+    shards against the manifest."""
+    build = checked(out_dir)
+    return {kind: read_shards(build, kind) for kind in kinds}
