@@ -299,8 +299,8 @@ def scale(n: int, ngram: int, work: Path) -> None:
 
 def decontam(work: Path) -> None:
     """Planted near-copies of benchmark texts among real training text: precision and recall of the audit."""
-    from datakit.audit import connect
-    from datakit.benchmarks import build_pack, texts_from_files
+    from datakit.query import connect
+    from datakit.packs import build_pack, texts_from_files
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 
@@ -378,8 +378,8 @@ def decontam_web(work: Path) -> None:
     """Web text with boilerplate: benchmark and training articles share wire bylines, ticker link markup and a
     copyright footer (a 17-word run); planted near-copies of benchmark articles must be found, and clean articles
     must not be flagged for the boilerplate they share."""
-    from datakit.audit import connect
-    from datakit.benchmarks import PackParams, build_pack
+    from datakit.query import connect
+    from datakit.packs import PackParams, build_pack
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 

@@ -5,8 +5,10 @@
 # Prepare here (CPU, once; about 20 MiB, so the device tool can carry it):
 #   .venv/bin/python benchmarks/train_throughput.py --prepare --workdir gpu-kit --records 2000
 #   .venv/bin/pip download --no-deps -d gpu-kit/wheels datasets==5.0.0 dill multiprocess  # ST's trainer needs them
+#   .venv/bin/pip download --no-deps -d gpu-kit/wheels typer click shellingham rich markdown-it-py mdurl pygments \
+#     pydantic pydantic-core annotated-types typing-inspection  # the trainer CLI (typer + rich, typed config)
 #   for v in 3.10 3.12 3.13; do .venv/bin/pip download --no-deps --only-binary=:all: --python-version $v \
-#     -d gpu-kit/wheels multiprocess; done                                             # its wheels are per Python
+#     -d gpu-kit/wheels multiprocess pydantic-core; done                               # their wheels are per Python
 # Run there (device `run`, carry ["gpu-kit"], timeout_s 600; about 8 minutes on one H200):
 #   bash benchmarks/gpu_checks.sh gpu-kit "$OUT"
 # Rehearse here without a GPU (tiny model, small batches):
@@ -39,6 +41,10 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'st'
 'accelerate', a.__version__)") > "$OUT/machine.txt" 2>&1
 if ! $PY -c "import datasets" 2>/dev/null && [ -d "$KIT/wheels" ]; then
   $PY -m pip install --no-index --no-deps --find-links "$KIT/wheels" datasets dill multiprocess > "$OUT/pip.txt" 2>&1
+fi
+if ! $PY -c "import typer, rich, pydantic" 2>/dev/null && [ -d "$KIT/wheels" ]; then  # the trainer CLI
+  $PY -m pip install --no-index --no-deps --find-links "$KIT/wheels" typer click shellingham rich markdown-it-py mdurl \
+    pygments pydantic pydantic-core annotated-types typing-inspection >> "$OUT/pip.txt" 2>&1
 fi
 
 check() {  # name, seconds, command...: run with a time limit, keep its output, show its tail

@@ -178,8 +178,8 @@ def dedup_rows(name: str, texts: list[str]) -> list[str]:
 
 def decontam_rows(name: str, bench: list[str], train: list[str], work: Path) -> list[str]:
     """The real decontaminate step: bench texts as the pack, training texts as classification records."""
-    from datakit.audit import connect
-    from datakit.benchmarks import build_pack
+    from datakit.query import connect
+    from datakit.packs import build_pack
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--sample", type=int, default=5000)
     args = ap.parse_args()
-    from datakit.audit import connect
+    from datakit.query import connect
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
     from datakit.report import write_report

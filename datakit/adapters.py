@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from datakit import records
-from datakit.recipe import SourceConfig
 from datakit.sources import Chunk, ColumnSpec, bad_row, row_range
 
 RoleType = Literal["text", "score", "label", "text_list", "label_list", "messages"]
@@ -66,6 +65,16 @@ class Problems:
         return pa.array(np.nonzero(keep)[0], pa.int64())
 
 
+class AdapterSource(Protocol):
+    """What an adapter reads of a recipe's source entry (`datakit.recipe.SourceConfig` is one)."""
+
+    name: str  # becomes the records' dataset
+    adapter: str
+    columns: dict[str, str]
+    options: dict[str, Any]
+    instruction: str
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,7 +90,7 @@ class Adapter:
     optional: ClassVar[frozenset[str]] = frozenset()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, src: SourceConfig):
+    def __init__(self, src: AdapterSource):
         self.src = src
         self.dataset = src.name
         self.options: Any = self.Options.model_validate(src.options)
@@ -405,7 +414,7 @@ class NLI(Adapter):
     defaults = {"text_a": "premise", "text_b": "hypothesis"}
     Options = NLIOptions
 
-    def __init__(self, src: SourceConfig):
+    def __init__(self, src: AdapterSource):
         super().__init__(src)
         self._groups: list[dict[str, Any]] = []  # premise groups; the last may continue in the next chunk
 
@@ -568,5 +577,5 @@ def adapter_class(name: str) -> type[Adapter]:
         raise KeyError(f"unknown adapter {name!r}; known: {', '.join(ADAPTERS)}") from None
 
 
-def make_adapter(src: SourceConfig) -> Adapter:
+def make_adapter(src: AdapterSource) -> Adapter:
     return adapter_class(src.adapter)(src)

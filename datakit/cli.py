@@ -48,10 +48,12 @@ def build(
     report: bool = typer.Option(False, "--report", help="write the audit report OUT/report.html at the end"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
-    from datakit.benchmarks import PackError
+    from datakit.packs import PackError
     from datakit.manifest import InconsistentOutput
     from datakit.output import OutputBusy
-    from datakit.pipeline import DataError, LocalExecutor, build as run_build
+    from datakit.executors import LocalExecutor
+    from datakit.pipeline import build as run_build
+    from datakit.reading import DataError
     from datakit.sources import SourceError
     from datakit.steps import StepFailed
 
@@ -102,30 +104,24 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
              sample: int = typer.Option(1000, help="rows of each source read through its adapter")) -> None:
     """Check a recipe: keys, types, adapters, steps, and a sample of every source read through its adapter
     (the share that would be quarantined, and why), so a wrong adapter or column shows before a long build."""
-    from collections import Counter
-
-    from datakit.pipeline import source_events
+    from datakit.reading import Tally, source_events
     from datakit.sources import SourceError
 
     loaded = _load(recipe)
     table = Table("source", "adapter", "from", "sampled", "quarantined", "top reasons")
     problems = []
+    tally = Tally()
     for src in loaded.recipe.sources:
         where = src.path if src.path is not None else (f"hf:{src.hf.path}" if src.hf else "sql")
-        sampled, reasons, example = 0, Counter(), None
         try:
             for event in source_events(src.model_copy(update={"limit": sample}), loaded.sandbox, False,
                                        min(sample, 10_000)):
-                if event[0] == "read":
-                    sampled += event[1]
-                elif event[0] == "quarantine":
-                    rows = event[1].to_pylist()
-                    reasons.update(q["reason"] for q in rows)
-                    example = example or rows[0]
+                tally.take(src.name, event)
         except (SourceError, OSError, ValueError) as exc:
             table.add_row(src.name, src.adapter, str(where), "-", "[red]cannot read[/]", "")
             problems.append(str(exc) if str(exc).startswith("source ") else f"source {src.name!r}: {exc}")
             continue
+        sampled, reasons, example = tally.rows_read[src.name], tally.quarantine[src.name], tally.example.get(src.name)
         bad = sum(reasons.values())
         share = bad / sampled if sampled else 1.0
         top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(3))
@@ -208,7 +204,7 @@ def sql(
     """Query the shards with DuckDB (read-only: one SELECT over the views, no file access; --unsafe lifts it)."""
     import duckdb
 
-    from datakit.audit import query as run_query
+    from datakit.query import query as run_query
 
     try:
         names, rows = run_query(out, query, unsafe=unsafe)
@@ -244,7 +240,7 @@ def bench_build(
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations"),
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
-    from datakit.benchmarks import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
+    from datakit.packs import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
 
     task_list = [t.strip() for t in tasks.split(",")] if tasks else None
     from_files = [*(from_files or []), *(files or [])]
@@ -270,13 +266,22 @@ def bench_build(
 
 
 def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
-    from datakit.pipeline import apply_steps
+    from pydantic import ValidationError
 
+    from datakit.manifest import InconsistentOutput
     from datakit.output import OutputBusy
+    from datakit.pipeline import apply_steps
+    from datakit.steps import StepFailed, step_config
 
     try:
-        result = apply_steps(in_dir, out, [step])
-    except (FileNotFoundError, ValueError, OutputBusy) as exc:  # no manifest, bad pack, bad step option, busy
+        config = step_config(step)
+    except ValidationError as exc:  # a bad option value: the command line is wrong
+        _fail("; ".join(f"--{'.'.join(map(str, e['loc'][1:])).replace('_', '-')}: {e['msg']}" for e in exc.errors()), 2)
+    try:
+        result = apply_steps(in_dir, out, [config])
+    except (FileNotFoundError, InconsistentOutput, OutputBusy, StepFailed) as exc:  # no manifest, busy, max_drop
+        _fail(str(exc))
+    except ValueError as exc:  # a bad pack
         _fail(str(exc))
     _summary(result.manifest)
     console.print(f"[bold green]output:[/] {out.resolve()}")
@@ -286,23 +291,26 @@ def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
 def dedup(
     in_dir: Path = typer.Argument(..., help="output folder of a build"),
     out: Path = typer.Option(..., "--out", "-o"),
-    method: str = typer.Option("minhash", help="exact | minhash"),
-    threshold: float = typer.Option(0.8, help="Jaccard threshold for near duplicates"),
-    ngram: int = typer.Option(1, help="word n-gram size of the shingles (1: word sets)"),
-    keep: str = typer.Option("first", help="first | longest"),
-    scope: str = typer.Option("kind", help="kind: across all datasets of a kind; dataset: within each dataset"),
+    method: Optional[str] = typer.Option(None, help="exact | minhash (default: the step's, minhash)"),
+    threshold: Optional[float] = typer.Option(None, help="Jaccard threshold for near duplicates (default 0.8)"),
+    ngram: Optional[int] = typer.Option(None, help="word n-gram size of the shingles (default 1: word sets)"),
+    keep: Optional[str] = typer.Option(None, help="first | longest (default first)"),
+    scope: Optional[str] = typer.Option(None, help="kind: across all datasets of a kind (default); dataset: within "
+                                        "each dataset"),
     fields: Optional[list[str]] = typer.Option(None, "--fields", help="KIND=FIELD[,FIELD]: the sides compared "
                                                "for a kind (repeatable), e.g. retrieval=query"),
 ) -> None:
-    """Remove exact and near-duplicate records from an existing shard folder (writes OUT/dedup.json)."""
+    """Remove exact and near-duplicate records from an existing shard folder (writes OUT/dedup.json). Options left
+    out take the `dedup` step's defaults."""
     per_kind: dict[str, list[str]] = {}
     for item in fields or []:
         kind, _, names = item.partition("=")
         if not names:
             _fail(f"--fields {item!r}: write KIND=FIELD[,FIELD], e.g. retrieval=query,positive", 2)
         per_kind[kind.strip()] = [f.strip() for f in names.split(",") if f.strip()]
-    _apply(in_dir, out, {"type": "dedup", "method": method, "threshold": threshold, "ngram": ngram, "keep": keep,
-                         "scope": scope, "fields": per_kind})
+    given = {"method": method, "threshold": threshold, "ngram": ngram, "keep": keep, "scope": scope,
+             "fields": per_kind or None}
+    _apply(in_dir, out, {"type": "dedup", **{k: v for k, v in given.items() if v is not None}})
 
 
 @app.command()
@@ -310,12 +318,18 @@ def decontaminate(
     in_dir: Path = typer.Argument(..., help="output folder of a build"),
     bench: list[Path] = typer.Option(..., "--bench", help="benchmark pack folder (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o"),
-    threshold: float = typer.Option(0.8, help="MinHash Jaccard threshold"),
-    action: str = typer.Option("drop", help="drop | flag"),
+    threshold: Optional[float] = typer.Option(None, help="MinHash Jaccard threshold (default 0.8)"),
+    action: Optional[str] = typer.Option(None, help="drop (default) | flag"),
+    sides: Optional[str] = typer.Option(None, help="any (default): one matching text contaminates a record; all: "
+                                        "every text must match (pair data whose splits share sentences)"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="fail when more than this share of any "
+                                             "dataset would be removed"),
 ) -> None:
-    """Find (and drop or flag) records that overlap benchmark test sets; writes OUT/contamination.json."""
+    """Find (and drop or flag) records that overlap benchmark test sets; writes OUT/contamination.json and
+    OUT/contamination_records.jsonl. Options left out take the `decontaminate` step's defaults."""
+    given = {"threshold": threshold, "action": action, "sides": sides, "max_drop": max_drop}
     _apply(in_dir, out, {"type": "decontaminate", "packs": [str(p.resolve()) for p in bench],
-                         "threshold": threshold, "action": action})
+                         **{k: v for k, v in given.items() if v is not None}})
     from datakit.manifest import read_manifest
 
     c = read_manifest(out).get("contamination", {})

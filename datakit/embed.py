@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -65,10 +67,12 @@ class EmbeddingCache:
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if len(keys) == 0:
             return
-        n = len(list(self.folder.glob("part-*.npz")))
-        tmp = self.folder / f"part-{n:06d}.tmp.npz"
+        # names unique per writer: processes sharing the cache (Ray workers, parallel builds) never collide, and a
+        # temporary file never matches `part-*.npz`, so a reader never loads half a part
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        tmp = self.folder / f".tmp-{name}.npz"
         np.savez(tmp, keys=keys, vectors=vectors.astype(np.float32))
-        tmp.replace(self.folder / f"part-{n:06d}.npz")  # a killed run never leaves half a part
+        tmp.replace(self.folder / f"part-{name}.npz")  # a killed run never leaves half a part
         self.keys = np.concatenate([self.keys, keys])
         self.vectors = vectors.astype(np.float32) if self.vectors is None else np.concatenate([self.vectors, vectors])
         self._index()

@@ -1,5 +1,5 @@
-"""The manifest's one owner: where a build's manifest is, reading it, checking the shards on disk against it,
-and opening the shards it lists. Every reader (stats, sql, report, dedup/decontaminate on an output, the trainer)
+"""The manifest's one owner: writing it, finding and reading it, checking the shards on disk against it, and
+opening the shards it lists. Every reader (stats, sql, report, dedup/decontaminate on an output, the trainer)
 goes through here, so they agree on what a build holds and refuse the same builds with the same error.
 
 Pure pyarrow and the standard library: the trainer imports it on a GPU machine without the data stack.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 from datakit.records import KINDS, QUARANTINE_SCHEMA, schema
 
 MANIFEST = "manifest.json"
+FORMAT = 1  # the manifest's `format`
 CURRENT = "current"
 SHARD_KINDS = (*KINDS, "quarantine")
 
@@ -50,6 +52,16 @@ def build_dir(out_dir: str | Path) -> Path:
     elif (out_dir / MANIFEST).is_file() and not (out_dir / MANIFEST).is_symlink():
         return out_dir
     raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a datakit output folder, or its build did not finish)")
+
+
+def write_manifest(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write a build folder's manifest atomically (a temporary file renamed): the last file of a build. Returns
+    what was written."""
+    manifest = {"format": FORMAT, **manifest}
+    tmp = build / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, build / MANIFEST)
+    return manifest
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class OutputLock(FolderLock):
 
     def __enter__(self) -> "OutputLock":
         super().__enter__()
+        _migrate_legacy(self.folder)  # a legacy build (or one a kill left half moved) becomes `current`
         recover(self.folder)
         return self
 
@@ -71,23 +72,28 @@ def _link(path: Path, target: str) -> None:
 
 
 def _migrate_legacy(out_dir: Path) -> None:
-    """Move a build written before `current` existed into a build folder of its own, manifest last."""
+    """Move a build written before `current` existed into a build folder of its own, manifest last. `current`
+    is linked to that folder first, so `recover` never removes it, and a migration a kill cut short is resumed
+    (the root manifest is still a real file while `current` names the folder being filled)."""
     if not ((out_dir / MANIFEST).is_file() and not (out_dir / MANIFEST).is_symlink()):
         return
-    legacy = out_dir / f"build-{uuid.uuid4().hex[:8]}"
-    legacy.mkdir()
+    if (out_dir / CURRENT).is_symlink():
+        legacy = out_dir / os.readlink(out_dir / CURRENT)  # resume
+    else:
+        legacy = out_dir / f"build-{uuid.uuid4().hex[:8]}"
+        _link(out_dir / CURRENT, legacy.name)
+    legacy.mkdir(exist_ok=True)
     manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
     for name in [*SHARD_KINDS, *manifest.get("artifacts", [])]:
         if (out_dir / name).exists() and not (out_dir / name).is_symlink():
             (out_dir / name).rename(legacy / name)
+    fault("migrate:moved")
     (out_dir / MANIFEST).rename(legacy / MANIFEST)
-    _link(out_dir / CURRENT, legacy.name)
 
 
 def publish(staging: Path, out_dir: Path) -> Path:
     """Make the complete build in `staging` the current one; returns its folder."""
     fault("publish:staged")
-    _migrate_legacy(out_dir)
     build = out_dir / f"build-{staging.name.removeprefix('.staging-')}"
     staging.rename(build)
     fault("publish:renamed")

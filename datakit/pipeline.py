@@ -1,4 +1,5 @@
-"""Run a recipe: sources -> adapters -> steps -> shards + manifest.
+"""Run a recipe: sources -> adapters -> steps -> shards + manifest (`build`), or steps over an existing output
+(`apply_steps`). Where the work runs is the executor's business (`datakit.executors`).
 
 The build writes into a staging folder inside OUT and moves the result into place only
 when it is complete: a crash or a kill never damages the previous output, and
@@ -14,31 +15,26 @@ import platform
 import shutil
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datakit.adapters import make_adapter
-from datakit.llm.client import Budget
+from datakit.executors import Executor, LocalExecutor, ProgressFn, StageClock
 from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, read_shards, sha256_file, shard_files,
-                              verify)
+                              verify, write_manifest)
 from datakit.output import OutputLock, new_staging, publish
+from datakit.reading import DataError, Tally
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
-from datakit.records import KINDS, QUARANTINE_SCHEMA
-from datakit.shards import ShardWriter, write_json_atomic
-from datakit.sources import Sandbox, SourceError, input_files, read_source
-from datakit.steps import Step, StepContext, make_step, step_config
+from datakit.records import KINDS
+from datakit.shards import ShardWriter
+from datakit.sources import Sandbox, SourceError, input_files
+from datakit.steps import Step, StepConfig, StepContext, make_step, step_config
 
-MANIFEST_FORMAT = 1
 _VERSIONED = ("embedkit", "pyarrow", "duckdb", "datasets", "pydantic", "litellm", "sentence-transformers",
               "faiss-cpu", "datasketch", "transformers", "torch")
-
-
-class DataError(ValueError):
-    """A bad input row under --strict: names the file, row and field."""
 
 
 @dataclass
@@ -46,15 +42,6 @@ class BuildResult:
     out_dir: Path
     manifest: dict[str, Any]
     skipped: bool = False  # output was already up to date
-
-
-@dataclass
-class _Tally:
-    rows_read: Counter = field(default_factory=Counter)
-    quarantine: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    lost: Counter = field(default_factory=Counter)  # rows an unbalanced CSV quote swallowed, per source
-    truncated: list[dict[str, Any]] = field(default_factory=list)  # inputs whose stream broke
-    example: dict[str, dict[str, Any]] = field(default_factory=dict)  # first quarantined row per source
 
 
 class NegativeMix:
@@ -118,68 +105,6 @@ def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[
     return old if (local and same) else None
 
 
-ProgressFn = Callable[[str, int], None]
-
-
-class StageClock:
-    """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls)."""
-
-    def __init__(self) -> None:
-        self.inclusive: dict[str, float] = {}
-
-    def wrap(self, name: str, stream: Iterator[tuple[str, pa.Table]]) -> Iterator[tuple[str, pa.Table]]:
-        """Time `stream` as stage `name`; stages must be wrapped in pipeline order (read first)."""
-        self.inclusive[name] = 0.0
-        return self._timed(name, stream)
-
-    def _timed(self, name: str, stream: Iterator[tuple[str, pa.Table]]) -> Iterator[tuple[str, pa.Table]]:
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(stream)
-            except StopIteration:
-                self.inclusive[name] += time.perf_counter() - t
-                return
-            self.inclusive[name] += time.perf_counter() - t
-            yield item
-
-    def exclusive(self, total: float) -> dict[str, float]:
-        """Seconds per stage alone (each stage pulls only from the one before it); the rest (setting the
-        steps up, writing shards) is `other`."""
-        out, before = {}, 0.0
-        for name, t in self.inclusive.items():
-            out[name] = round(max(0.0, t - before), 3)
-            before = t
-        out["other"] = round(max(0.0, total - before), 3)
-        return out
-
-
-class LocalExecutor:
-    """Runs a build in this process: sources one after another, steps chained as generators.
-
-    An executor decides where the work runs (see `datakit.ray_executor.RayExecutor`); the records, their order
-    and the manifest's counts do not depend on it."""
-
-    name = "local"
-
-    def budget(self, limit_usd: float | None) -> Budget:
-        return Budget(limit_usd)
-
-    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
-                progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
-        return _records(loaded, writer, tally, strict, progress, batch_rows)
-
-    def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
-                  ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:
-        """Chain the steps (`first`: index of steps[0] in the recipe, for the timing names)."""
-        for i, step in enumerate(steps, first):
-            stream = clock.wrap(f"{i}:{step.name}", step.process(stream))
-        return stream
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-
 def build(
     loaded: LoadedRecipe,
     out_dir: str | Path,
@@ -187,7 +112,7 @@ def build(
     force: bool = False,
     progress: ProgressFn | None = None,
     batch_rows: int = 50_000,
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
 ) -> BuildResult:
     """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read."""
     executor = executor or LocalExecutor()
@@ -203,7 +128,7 @@ def build(
     recipe_sha = recipe.sha256()
     head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
 
-    def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
+    def records(writer: ShardWriter, tally: Tally) -> Iterator[tuple[str, pa.Table]]:
         return executor.records(loaded, writer, tally, strict, progress, batch_rows)
 
     with OutputLock(out_dir):  # the up-to-date check too: a writer may be switching the folder
@@ -212,7 +137,7 @@ def build(
         return _execute(out_dir, sandbox, recipe.steps, recipe.output, records, head, recipe.llm, executor)
 
 
-def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]],
+def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]] | list[StepConfig],
                 base_dir: Path | None = None, shard_rows: int = 50_000, llm: LLMSettings | None = None) -> BuildResult:
     """Run steps over the shards of an earlier build (e.g. `datakit dedup IN --out OUT`).
 
@@ -221,18 +146,18 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     in_dir = Path(in_dir)
     source = checked(in_dir)  # the input's current build, checked against its manifest, read from here on
     parent = read_manifest(source)
-    for raw in steps:
-        step_config(raw)  # fail before any work on a bad step
-    blob = json.dumps({"parent": parent["recipe"]["sha256"], "steps": steps}, sort_keys=True)
+    configs = [s if isinstance(s, StepConfig) else step_config(s) for s in steps]  # fails before any work
+    blob = json.dumps({"parent": parent["recipe"]["sha256"], "steps": [c.model_dump(mode="json") for c in configs]},
+                      sort_keys=True)
     head = {
-        "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(s["type"] for s in steps),
+        "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(c.type for c in configs),
                    "sha256": hashlib.sha256(blob.encode()).hexdigest(), "path": None},
         "parent": {"path": str(in_dir.resolve()), "recipe": parent["recipe"],
                    "manifest_sha256": sha256_file(source / MANIFEST)},
         "inputs": {"shards": {"path": str(in_dir.resolve())}},
     }
 
-    def records(writer: ShardWriter, tally: _Tally) -> Iterator[tuple[str, pa.Table]]:
+    def records(writer: ShardWriter, tally: Tally) -> Iterator[tuple[str, pa.Table]]:
         quarantine = read_shards(source, "quarantine")
         writer.write("quarantine", quarantine)
         for reason, n in Counter(quarantine.column("reason").to_pylist()).items():
@@ -245,15 +170,15 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
 
     output = OutputConfig(shard_rows=shard_rows)
     with OutputLock(Path(out_dir)):
-        return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), steps, output, records, head,
+        return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), configs, output, records, head,
                         llm or LLMSettings(), LocalExecutor())
 
 
-RecordsFn = Callable[[ShardWriter, "_Tally"], Iterator[tuple[str, pa.Table]]]
+RecordsFn = Callable[[ShardWriter, Tally], Iterator[tuple[str, pa.Table]]]
 
 
-def _execute(out_dir: Path, sandbox: Sandbox, raw_steps: list[dict[str, Any]], output: OutputConfig,
-             records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: LocalExecutor) -> BuildResult:
+def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output: OutputConfig,
+             records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: Executor) -> BuildResult:
     """Stream records through the steps into a staging folder, then publish it with its manifest. The caller
     holds the output folder's lock."""
     staging = new_staging(out_dir)
@@ -262,13 +187,13 @@ def _execute(out_dir: Path, sandbox: Sandbox, raw_steps: list[dict[str, Any]], o
         budget = executor.budget(llm.max_budget_usd)
         ctx = StepContext(sandbox=sandbox, out_dir=out_dir, work_dir=staging / "work",
                           artifacts_dir=staging / "artifacts", llm=llm, budget=budget)
-        steps = [make_step(raw, ctx) for raw in raw_steps]
+        steps = [make_step(config, ctx) for config in configs]
         for step in steps:
             step.preflight()  # an LLM provider that cannot be reached fails here, before any record is read
         writer = ShardWriter(staging, output.shard_rows, output.compression)
-        tally = _Tally()
+        tally = Tally()
         clock = StageClock()
-        stream = executor.run_steps(clock.wrap("read", records(writer, tally)), steps, raw_steps, ctx, clock)
+        stream = executor.run_steps(clock.wrap("read", records(writer, tally)), steps, ctx, clock)
         counts: dict[str, Counter] = defaultdict(Counter)
         target = next((s.config.negatives for s in steps if s.name == "mine_negatives"), None)
         mix = NegativeMix(target)
@@ -294,105 +219,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, raw_steps: list[dict[str, Any]], o
     return BuildResult(out_dir, manifest)
 
 
-SourceEvent = tuple  # ("records", kind, table) | ("quarantine", table) | ("read", rows)
-
-
-def named(source: str, chunks: Iterator[Any]) -> Iterator[Any]:
-    """A source's chunks; a SourceError raised while reading them names the source."""
-    try:
-        yield from chunks
-    except SourceError as exc:
-        if str(exc).startswith("source "):
-            raise
-        raise SourceError(f"source {source!r}: {exc}") from None
-
-
-def source_events(src: SourceConfig, sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
-    """Read one source through its adapter: its record batches, quarantined rows and rows read, in order.
-
-    The local executor consumes this in process; the Ray executor runs it as a Ray task per source."""
-    adapter = make_adapter(src)
-    for chunk in named(src.name, read_source(src, sandbox, adapter.columns(), batch_rows)):
-        out = adapter.adapt(chunk)
-        bad = chunk.quarantine + out.quarantine
-        if bad and strict:
-            q = bad[0]
-            row = f"row {q['row']}" if q["row"] >= 0 else "a row"
-            raise DataError(f"source {src.name!r}: {q['file']}, {row}, field {q['field'] or '-'}: "
-                            f"{q['reason']}: {q['detail']}")
-        if bad:
-            yield ("quarantine", pa.Table.from_pylist([{"dataset": src.name, **q} for q in bad], schema=QUARANTINE_SCHEMA))
-        if chunk.swallowed:
-            yield ("lost", chunk.swallowed)
-        if chunk.truncated is not None:
-            yield ("truncated", {"source": src.name, **chunk.truncated})
-        yield ("read", chunk.table.num_rows + len(chunk.quarantine))
-        for kind, tables in out.tables.items():
-            for table in tables:
-                yield ("records", kind, table)
-    for kind, tables in adapter.flush().tables.items():
-        for table in tables:
-            yield ("records", kind, table)
-
-
-def consume_source(src: SourceConfig, events: Iterator[SourceEvent], writer: ShardWriter, tally: _Tally,
-                   progress: ProgressFn | None) -> Iterator[tuple[str, pa.Table]]:
-    """Write a source's quarantine, count its rows, and pass its record batches on; then fail the build if
-    more of the source was quarantined than its `max_quarantine` allows."""
-    name = src.name
-    for event in events:
-        if event[0] == "quarantine":
-            for reason, n in Counter(event[1].column("reason").to_pylist()).items():
-                tally.quarantine[name][reason] += n
-            if name not in tally.example:
-                tally.example[name] = event[1].slice(0, 1).to_pylist()[0]
-            writer.write("quarantine", event[1])
-        elif event[0] == "read":
-            tally.rows_read[name] += event[1]
-            if progress:
-                progress(name, tally.rows_read[name])
-        elif event[0] == "lost":
-            tally.lost[name] += event[1]
-        elif event[0] == "truncated":
-            tally.truncated.append(event[1])
-        else:
-            yield event[1], event[2]
-    check_quarantine_share(src, tally)
-
-
-def check_quarantine_share(src: SourceConfig, tally: _Tally) -> None:
-    """A source mostly quarantined is a recipe mistake (wrong adapter, columns or format), not data to skip."""
-    name = src.name
-    bad = sum(tally.quarantine[name].values()) + tally.lost[name]
-    total = tally.rows_read[name] + tally.lost[name]
-    if src.max_quarantine >= 1.0:
-        return
-    if total == 0:
-        raise DataError(f"source {name!r}: no rows read (an empty input?); set `max_quarantine: 1.0` on it to "
-                        "accept an empty source")
-    share = bad / total
-    if share <= src.max_quarantine:
-        return
-    top = ", ".join(f"{r} {n:,}" for r, n in tally.quarantine[name].most_common(3))
-    if tally.lost[name]:
-        top += f", rows swallowed by an unbalanced quote {tally.lost[name]:,}"
-    q = tally.example.get(name, {})
-    example = (f"; first: {q.get('file')}, row {q.get('row')}, field {q.get('field') or '-'}: {q.get('detail')} "
-               f"(raw: {str(q.get('raw'))[:160]!r})") if q else ""
-    raise DataError(f"source {name!r}: {bad:,} of {total:,} rows quarantined ({share:.0%}, more than its "
-                    f"max_quarantine {src.max_quarantine:.0%}): {top}{example}. Check the source's adapter, columns "
-                    f"and format (`datakit validate` shows a sample), or set `max_quarantine: 1.0` on it to accept this")
-
-
-def _records(loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
-             progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
-    """Read every source through its adapter; quarantine goes straight to the writer."""
-    for src in loaded.recipe.sources:
-        yield from consume_source(src, source_events(src, loaded.sandbox, strict, batch_rows), writer, tally,
-                                  progress)
-
-
-def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, steps: list[Step],
+def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: Tally, steps: list[Step],
               shards: list[dict[str, Any]], started: float) -> dict[str, Any]:
     reasons: Counter = Counter()
     for c in tally.quarantine.values():
@@ -400,7 +227,6 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: _Tally, s
     duration = time.time() - started
     rows_read = sum(tally.rows_read.values())
     return {
-        "format": MANIFEST_FORMAT,
         "recipe": head["recipe"],
         **({"parent": head["parent"]} if "parent" in head else {}),
         "versions": package_versions(),
@@ -453,7 +279,6 @@ def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str
         (staging / "artifacts" / name).replace(staging / name)
     for scratch in ("artifacts", "work"):
         shutil.rmtree(staging / scratch, ignore_errors=True)
-    manifest = {**manifest, "artifacts": artifacts}
-    write_json_atomic(staging / MANIFEST, manifest)
+    manifest = write_manifest(staging, {**manifest, "artifacts": artifacts})
     publish(staging, out_dir)
     return manifest

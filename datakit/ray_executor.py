@@ -26,11 +26,12 @@ import pyarrow as pa
 
 from datakit.llm.cache import default_path
 from datakit.llm.client import Budget
-from datakit.pipeline import LocalExecutor, ProgressFn, StageClock, _Tally, consume_source, source_events
+from datakit.executors import Executor, ProgressFn, StageClock, chain_steps, consume_source
+from datakit.reading import SourceEvent, Tally, source_events
 from datakit.recipe import LLMSettings, LoadedRecipe, SourceConfig
 from datakit.shards import ShardWriter
 from datakit.sources import Sandbox
-from datakit.steps import Step, StepContext, make_step
+from datakit.steps import Step, StepContext, make_step, step_config
 
 try:
     import ray
@@ -80,7 +81,7 @@ class RayBudget:
 
 
 @ray.remote(num_returns="streaming")
-def _source_task(src: dict[str, Any], sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[tuple]:
+def _source_task(src: dict[str, Any], sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
     yield from source_events(SourceConfig.model_validate(src), sandbox, strict, batch_rows)
 
 
@@ -88,7 +89,7 @@ _WORKER_STEPS: dict[str, tuple[list[Step], Path]] = {}  # per worker process: on
 
 
 @ray.remote
-def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
+def _steps_task(build_id: str, configs: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
                 table: pa.Table) -> tuple[list[tuple[str, pa.Table]], list[dict[str, Any]]]:
     if build_id not in _WORKER_STEPS:
         for _, old in _WORKER_STEPS.values():  # one build at a time per worker: drop the previous one's
@@ -98,7 +99,7 @@ def _steps_task(build_id: str, raw_steps: list[dict[str, Any]], ctx: dict[str, A
         context = StepContext(sandbox=ctx["sandbox"], out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
                               budget=ctx["budget"], worker=True)
-        _WORKER_STEPS[build_id] = ([make_step(raw, context) for raw in raw_steps], work)
+        _WORKER_STEPS[build_id] = ([make_step(step_config(c), context) for c in configs], work)
     steps = _WORKER_STEPS[build_id][0]
     stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])
     for step in steps:
@@ -117,12 +118,12 @@ def _get(ref: Any) -> Any:
         raise
 
 
-def _events(generator: Any) -> Iterator[tuple]:
+def _events(generator: Any) -> Iterator[SourceEvent]:
     for ref in generator:
         yield _get(ref)
 
 
-class RayExecutor(LocalExecutor):
+class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, window: int | None = None):
@@ -140,7 +141,7 @@ class RayExecutor(LocalExecutor):
     def budget(self, limit_usd: float | None) -> RayBudget:
         return RayBudget(_BudgetActor.remote(limit_usd))
 
-    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: _Tally, strict: bool,
+    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
         sources = loaded.recipe.sources
         generators = [_source_task.remote(src.model_dump(mode="json"), loaded.sandbox, strict, batch_rows)
@@ -148,23 +149,24 @@ class RayExecutor(LocalExecutor):
         for src, gen in zip(sources, generators):
             yield from consume_source(src, _events(gen), writer, tally, progress)
 
-    def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
-                  ctx: StepContext, clock: StageClock, first: int = 0) -> Iterator[tuple[str, pa.Table]]:
+    def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], ctx: StepContext,
+                  clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
+        """The leading batch-wise steps as Ray tasks, the rest in this process."""
         lead = 0
         while lead < len(steps) and steps[lead].parallel_safe:
             lead += 1
         if lead:
             name = "+".join(f"{i}:{s.name}" for i, s in enumerate(steps[:lead])) + " (ray tasks)"
-            stream = clock.wrap(name, self._parallel(stream, steps[:lead], raw_steps[:lead], ctx))
-        return super().run_steps(stream, steps[lead:], raw_steps[lead:], ctx, clock, lead)
+            stream = clock.wrap(name, self._parallel(stream, steps[:lead], ctx))
+        return chain_steps(stream, steps[lead:], clock, lead)
 
-    def _parallel(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], raw_steps: list[dict[str, Any]],
+    def _parallel(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step],
                   ctx: StepContext) -> Iterator[tuple[str, pa.Table]]:
         llm = ctx.llm.model_copy() if ctx.llm is not None else LLMSettings()
         llm.cache = str(ctx.resolve(llm.cache) if llm.cache else default_path())  # the one cache, for every worker
         spec = ray.put({"sandbox": ctx.sandbox, "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
                         "budget": ctx.budget})
-        raw = ray.put(raw_steps)
+        raw = ray.put([step.config.model_dump(mode="json") for step in steps])  # rebuilt as configs on workers
         build_id = uuid.uuid4().hex  # workers build their copies of the steps once per build
         pending: deque = deque()
 

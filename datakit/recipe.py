@@ -1,4 +1,5 @@
-"""Recipe model and YAML loading: validated with pydantic, errors name the key and its line."""
+"""Recipe model and YAML loading: validated once with pydantic into typed objects (sources, each step's config,
+llm settings), errors naming the key and its line. Sits above the adapters, readers and steps it checks against."""
 from __future__ import annotations
 
 import hashlib
@@ -9,12 +10,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from datakit.adapters import ADAPTERS, adapter_class
+from datakit.llm.settings import LLMSettings
 from datakit.sources import CsvOptions, HFSource, Sandbox, SourceFields, SourceLocation  # noqa: F401 - re-exported
+from datakit.steps import StepSpec
 from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
 
-AdapterName = Literal[
-    "title_body", "qa", "reading_comprehension", "retrieval", "nli", "sts", "classification", "clustering"
-]
+AdapterName = Literal[tuple(ADAPTERS)]  # the registry's names (datakit.adapters)
 
 
 class RecipeError(ConfigError):
@@ -35,28 +37,11 @@ class OutputConfig(Strict):
     compression: Literal["none", "lz4", "zstd"] = "none"
 
 
-class LLMSettings(Strict):
-    """Defaults for every synthesis step of a recipe, and the run's one spending cap."""
-
-    model: str = Field("embedded/smollm2", description="litellm model string; embedded/smollm2 runs offline")
-    api_base: str | None = Field(None, description="an OpenAI-compatible server, with model 'openai/<name>'")
-    concurrency: int = Field(4, gt=0)
-    rpm: int | None = Field(None, gt=0, description="requests per minute, per step")
-    max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
-    max_budget_usd: float | None = Field(None, ge=0, description="stop sending requests once spent")
-    price_per_million: tuple[float, float] | None = Field(
-        None, description="(input, output) USD per million tokens, for models litellm has no price for")
-    cache: str | None = Field(None, description="answers cache (SQLite); default $DATAKIT_CACHE/llm/answers.sqlite")
-    preflight: bool = Field(True, description="send each synthesis step's model one small request before the "
-                            "build reads anything: a wrong key, model or api_base fails in seconds")
-
-
 class Recipe(Strict):
     name: str
     description: str = ""
     sources: list[SourceConfig] = Field(..., min_length=1)
-    steps: list[dict[str, Any]] = []
+    steps: list[StepSpec] = Field([], description="validated once into each step's typed config (datakit.steps)")
     llm: LLMSettings = LLMSettings()
     output: OutputConfig = OutputConfig()
     strict: bool = False
@@ -72,14 +57,6 @@ class Recipe(Strict):
                 raise ValueError(f"two sources are named {s.name!r}")
             seen.add(s.name)
         return sources
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_have_type(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, s in enumerate(steps):
-            if "type" not in s:
-                raise ValueError(f"step {i} has no 'type' key")
-        return steps
 
     def sha256(self) -> str:
         """Hash of the resolved recipe (defaults filled in), stable across key order."""
@@ -115,18 +92,14 @@ def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Rec
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError("\n".join(format_errors(exc, root, (), path))) from None
-
-    from datakit.adapters import adapter_class  # late: adapters import this module
-    from datakit.steps import step_config
-
+        raise RecipeError("\n".join(format_errors(exc, root, (), path, data))) from None
     errors: list[str] = []
     for i, src in enumerate(recipe.sources):
         cls = adapter_class(src.adapter)
         try:
             cls.Options.model_validate(src.options)
         except ValidationError as exc:
-            errors += format_errors(exc, root, ("sources", i, "options"), path)
+            errors += format_errors(exc, root, ("sources", i, "options"), path, src.options)
         for role in src.columns:
             if role not in cls.roles:
                 line = line_of(root, ("sources", i, "columns", role))
@@ -134,14 +107,6 @@ def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Rec
                     f"{path}:{line}: sources[{i}].columns.{role}: adapter {src.adapter!r} has no role {role!r} "
                     f"(roles: {', '.join(cls.roles)})"
                 )
-    for i, step in enumerate(recipe.steps):
-        try:
-            step_config(step)
-        except ValidationError as exc:
-            errors += format_errors(exc, root, ("steps", i), path)
-        except KeyError as exc:
-            line = line_of(root, ("steps", i, "type"))
-            errors.append(f"{path}:{line}: steps[{i}].type: {exc.args[0]}")
     if errors:
         raise RecipeError("\n".join(errors).replace(f"{path}:None:", f"{path}:"))
     return recipe

@@ -13,7 +13,6 @@ that looks whole.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -76,9 +75,3 @@ class ShardWriter:
         os.replace(tmp, final)
         self.shards.append({"file": f"{kind}/{final.name}", "kind": kind, "rows": table.num_rows,
                             "bytes": final.stat().st_size, "sha256": sha256_file(final)})
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

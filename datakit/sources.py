@@ -96,7 +96,8 @@ class Sandbox:
     owner: str = "recipe"  # whose folder it is, for messages ("task file")
 
     @classmethod
-    def of(cls, base_dir: str | Path, allow_paths: list[str] | tuple[str, ...] = (), owner: str = "recipe") -> "Sandbox":
+    def of(cls, base_dir: str | Path, allow_paths: list[str] | tuple[str, ...] = (),
+           owner: str = "recipe") -> "Sandbox":
         base = Path(base_dir).expanduser().resolve()
         allowed = []
         for item in allow_paths:
@@ -172,8 +173,8 @@ def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
             found = []
             for f in sorted(f for f in p.rglob("*") if f.is_file()):
                 if _format_of(f) is None:
-                    found_all.skipped.append({"file": _display(f, sandbox.base_dir),
-                                              "reason": f"no reader for {''.join(f.suffixes) or 'a file without an extension'}"})
+                    kind = "".join(f.suffixes) or "a file without an extension"
+                    found_all.skipped.append({"file": _display(f, sandbox.base_dir), "reason": f"no reader for {kind}"})
                 else:
                     found.append(f)
         elif any(ch in str(p) for ch in "*?["):

@@ -128,9 +128,16 @@ def _message(err: dict[str, Any]) -> str:
     loc = err["loc"]
     if err["type"] == "extra_forbidden":
         return f"unknown key {str(loc[-1])!r}"
+    if err["type"] == "union_tag_invalid":  # a typed list of sections keyed by a tag (a recipe's step `type`)
+        ctx = err["ctx"]
+        section = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        noun = f"{section[:-1] if section.endswith('s') else section} " if section else ""
+        return f"unknown {noun}{ctx['discriminator'].strip(chr(39))} {ctx['tag']!r}; known: {ctx['expected_tags']}"
+    if err["type"] == "union_tag_not_found":
+        return f"no {err['ctx']['discriminator']} key"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    if err["type"].endswith("_type") and isinstance(value, (str, int, float, bool)) and not isinstance(value, dict):
+    if err["type"].endswith("_type") and isinstance(value, (str, int, float, bool)):
         msg += f", got {value!r} ({type(value).__name__})"
         if isinstance(value, str) and _is_number(value):
             msg += ": write the number without quotes"
@@ -147,14 +154,41 @@ def _is_number(text: str) -> bool:
 
 def _pydantic_locs(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop the validator-name parts pydantic inserts into locations (`function-after[...]`, union members)."""
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p and p.endswith("]") or p.startswith("function-"))))
+    def inserted(part: Any) -> bool:
+        return isinstance(part, str) and (("[" in part and part.endswith("]")) or part.startswith("function-"))
+
+    return tuple(p for p in loc if not inserted(p))
 
 
-def format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path) -> list[str]:
-    """One `file:line: key: message` per pydantic error."""
+def _without_tags(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop what pydantic inserts into a location that is not a key of the data: the tag of a tagged union
+    (`steps.0.dedup.threshold` is `steps[0].threshold` in the file)."""
+    out: list[Any] = []
+    for i, key in enumerate(loc):
+        if isinstance(data, dict):
+            if key not in data and i < len(loc) - 1:
+                continue
+            data = data.get(key)
+        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+            data = data[key]
+        else:
+            data = None
+        out.append(key)
+    return tuple(out)
+
+
+def format_errors(exc: ValidationError, root: yaml.Node | None, prefix: tuple[Any, ...], path: Path,
+                  data: Any = None) -> list[str]:
+    """One `file:line: key: message` per pydantic error (`data`: the validated input, to tell keys from the
+    tags pydantic adds to locations)."""
     lines = []
     for err in exc.errors():
-        loc = prefix + _pydantic_locs(tuple(err["loc"]))
+        loc = _pydantic_locs(tuple(err["loc"]))
+        if data is not None:
+            loc = _without_tags(loc, data)
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = loc + (err["ctx"]["discriminator"].strip("'"),)
+        loc = prefix + loc
         line = line_of(root, loc)
         where = f"{path}:{line}" if line else str(path)
         lines.append(f"{where}: {key_name(loc) or '<root>'}: {_message(err)}")
@@ -169,4 +203,4 @@ def validate(model: type[M], data: Any, path: Path, root: yaml.Node | None = Non
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error("\n".join(format_errors(exc, root, (), path))) from None
+        raise error("\n".join(format_errors(exc, root, (), path, data))) from None

@@ -63,11 +63,19 @@ def _embedding_cache(tmp_path_factory):
     os.environ["DATAKIT_CACHE"] = str(tmp_path_factory.mktemp("datakit_cache"))
 
 
-@pytest.fixture
-def shared_data() -> Path:
+def require_shared_data() -> Path:
+    """../shared/data, or a skip for users (they do not have it); under CI=true (CI has it) a missing folder is a
+    failure naming the path, never a silent skip."""
     if not SHARED_DATA.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the real-data folder {SHARED_DATA} is missing")
         pytest.skip("../shared/data is not present (users do not have it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared_data()
 
 
 # ------------------------------------------------------------------ a real local LLM server

@@ -7,7 +7,7 @@ from datakit.adapters import make_adapter
 from datakit.recipe import SourceConfig
 from datakit.manifest import read_shards
 from datakit.sources import Chunk, Sandbox
-from datakit.pipeline import DataError
+from datakit.reading import DataError
 from tests.conftest import build_yaml, write
 
 
@@ -151,14 +151,14 @@ def test_clustering_mteb_lists_and_flat_rows(tmp_path):
 @pytest.mark.parametrize("adapter", ["title_body", "qa", "reading_comprehension", "retrieval", "nli", "sts",
                                      "classification", "clustering"])
 def test_every_adapter_quarantines_wrong_types_instead_of_crashing(tmp_path, adapter):
-    from datakit.pipeline import source_events
+    from datakit.reading import Quarantined, Records, source_events
 
     cls = make_adapter(SourceConfig(name="s", path="x", adapter=adapter))
     row = {col: {"nested": "object"} for col in cls.columns().names}
     write(tmp_path / "in.jsonl", json.dumps(row) + "\n")
     events = list(source_events(SourceConfig(name="s", path="in.jsonl", adapter=adapter), Sandbox.of(tmp_path), False, 100))
-    assert not [e for e in events if e[0] == "records"]
-    [bad] = [q for e in events if e[0] == "quarantine" for q in e[1].to_pylist()]
+    assert not [e for e in events if isinstance(e, Records)]
+    [bad] = [q for e in events if isinstance(e, Quarantined) for q in e.table.to_pylist()]
     assert bad["reason"] in ("wrong_type", "missing_field")
     with pytest.raises(DataError, match="1 of 1 rows quarantined"):  # a whole source quarantined fails a build
         _build(tmp_path, adapter, [row])

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 
 
-from datakit.audit import connect
-from datakit.benchmarks import Pack, build_pack, texts_from_files
+from datakit.query import connect
+from datakit.packs import Pack, build_pack, texts_from_files
 from datakit.pipeline import apply_steps, build
 from datakit.recipe import load_recipe
 from datakit.manifest import read_manifest, read_shards
@@ -275,7 +275,7 @@ def test_dedup_finds_every_pair_at_or_above_the_threshold_and_none_below(tmp_pat
 
 
 def test_decontamination_flags_every_pair_at_or_above_the_threshold_and_none_below(tmp_path):
-    from datakit.benchmarks import build_pack
+    from datakit.packs import build_pack
 
     build_pack([("bench", "test", "text", [a for a, _, _ in NEAR + BELOW])], tmp_path / "pack")
     _jsonl(tmp_path / "t.jsonl", [{"text": b, "label": "q"} for _, b, _ in NEAR + BELOW])
@@ -402,7 +402,7 @@ def test_benchmark_task_names_keep_dots_and_from_files_takes_many(tmp_path):
 
     from pathlib import Path
 
-    from datakit.benchmarks import task_name
+    from datakit.packs import task_name
 
     assert task_name(Path("topics.beir-v1.0.0-nq.test.tsv.gz")) == "topics.beir-v1.0.0-nq"
     assert task_name(Path("topics.beir-v1.0.0-scifact.test.tsv.gz")) == "topics.beir-v1.0.0-scifact"

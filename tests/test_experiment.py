@@ -118,7 +118,7 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     assert {(r["variant"], r["seed"], r["task"]) for r in rows if r["task"]} >= {("base", "0", "STS-demo"),
                                                                                   ("no_mining", "1", "Duplicates-demo")}
     summary = paths["summary_md"].read_text()
-    assert "| base | " in summary and "within noise" in summary or "beyond noise" in summary
+    assert "| base | " in summary and ("within noise" in summary or "beyond noise" in summary)
     assert "broken seed 0" in summary
     page = paths["html"].read_text()
     assert "data:image/png;base64," in page and "no_mining" in page and "<script" not in page

@@ -127,6 +127,21 @@ def test_a_manifest_pointing_outside_its_folder_is_refused_by_every_reader(tmp_p
         open_shards(out)
 
 
+def test_a_kill_during_the_migration_of_an_old_layout_loses_nothing(tmp_path):
+    """Killed after the shards moved into the new build folder and before its manifest: the next writer
+    resumes the migration instead of removing that folder as a leftover."""
+    out = tmp_path / "out"
+    assert _datakit("build", str(_recipe(tmp_path, 5)), "--out", str(out), "-q").returncode == 0
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out / "current", legacy, symlinks=False)
+    r = _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(legacy), "-q", env={"DATAKIT_FAULT": "migrate:moved"})
+    assert r.returncode == -9
+    assert (legacy / "current").is_symlink() and (legacy / "manifest.json").is_file()  # cut half way
+    with OutputLock(legacy):  # any writer: resumes the migration, then recovers
+        pass
+    assert _faq_rows(legacy) == 5 and verify(legacy, deep=True) == []
+
+
 def test_a_folder_in_the_old_layout_is_read_and_then_migrated(tmp_path):
     out = tmp_path / "out"
     assert _datakit("build", str(_recipe(tmp_path, 5)), "--out", str(out), "-q").returncode == 0

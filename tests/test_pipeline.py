@@ -12,8 +12,9 @@ import pyarrow.compute as pc
 import pytest
 
 from datakit import records
-from datakit.audit import connect
-from datakit.pipeline import DataError, build
+from datakit.query import connect
+from datakit.pipeline import build
+from datakit.reading import DataError
 from datakit.recipe import load_recipe
 from datakit.manifest import read_manifest, read_shards, sha256_file, shard_files
 from tests.conftest import ROOT, build_yaml, write

@@ -10,7 +10,8 @@ import sys
 import pyarrow as pa
 import pytest
 
-from datakit.pipeline import DataError, build
+from datakit.pipeline import build
+from datakit.reading import DataError
 from datakit.recipe import load_recipe
 from datakit.manifest import read_shards
 

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from datakit.audit import connect
+from datakit.query import connect
 from datakit.pipeline import build
 from datakit.recipe import load_recipe
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_shared_data
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    if not (ROOT.parent / "shared" / "data").exists():
-        pytest.skip("../shared/data is not present (users do not have it)")
+    require_shared_data()
     out = tmp_path_factory.mktemp("real") / "out"
     return build(load_recipe(ROOT / "benchmarks" / "recipes" / "shared_corpus.yaml"), out)
 

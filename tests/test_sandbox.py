@@ -92,6 +92,6 @@ def test_eval_task_files_follow_the_same_rule(tmp_path, outside):
     body = ("tasks:\n  - {name: t, type: sts, path: ../secret/passwd.csv, "
             "columns: {text_a: question, text_b: answer, score: question}}\n")
     task_file = load_task_file(write(tmp_path / "tasks" / "t.yaml", body))
-    with pytest.raises(TaskFileError, match=r"t.yaml:2: tasks\[0\].name: path '../secret/passwd.csv': .* is outside "
-                                            "the task file's folder"):
+    with pytest.raises(TaskFileError, match=r"t.yaml:2: tasks\[0\].name: source 't': path '../secret/passwd.csv': "
+                                            ".* is outside the task file's folder"):
         local_tasks(task_file)

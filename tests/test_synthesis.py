@@ -26,7 +26,7 @@ from datakit.recipe import RecipeError, load_recipe
 from datakit.records import LINEAGE, validate
 from datakit.manifest import read_shards
 from datakit.sources import Sandbox
-from datakit.steps import StepContext, make_step
+from datakit.steps import StepContext, make_step, step_config
 
 from tests.conftest import FakeTransport, build_yaml, run as cli, write
 
@@ -176,6 +176,7 @@ steps:
     fraction: 1.0
     max_tokens: 96
     structured: false
+    max_failed: 1.0          # unconstrained, SmolLM2 often writes no JSON; this test is about the HTTP path
 llm:
   model: openai/smollm2
   api_base: {llama_server}
@@ -365,7 +366,7 @@ steps:
 def test_bad_outputs_are_filtered_with_reasons(tmp_path):
     ctx = StepContext(sandbox=Sandbox.of(tmp_path), out_dir=tmp_path, work_dir=tmp_path / "w", artifacts_dir=tmp_path / "a",
                       budget=Budget())
-    step = make_step({"type": "llm_negatives", "fraction": 1.0, "per_record": 1}, ctx)
+    step = make_step(step_config({"type": "llm_negatives", "fraction": 1.0, "per_record": 1}), ctx)
     answers = ['{"passage": ""}',  # empty
                '{"passage": "I\'m sorry, but I cannot help with that request about eggs."}',  # refusal
                "no JSON at all", "still no JSON",  # invalid JSON, then the stricter retry fails too
@@ -444,6 +445,6 @@ def test_quality_checks():
 
 def test_similarity_helper_is_cosine(tmp_path):
     ctx = StepContext(sandbox=Sandbox.of(tmp_path), out_dir=tmp_path, work_dir=tmp_path, artifacts_dir=tmp_path)
-    step = make_step({"type": "paraphrase"}, ctx)
+    step = make_step(step_config({"type": "paraphrase"}), ctx)
     sims = step.similarity(["a cat sat on the mat", "stock markets fell"], ["a cat sat on the mat", "kittens"])
     assert abs(sims[0] - 1.0) < 1e-5 and sims[1] < 0.5 and isinstance(sims, np.ndarray)

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "demo"
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
-    recipe.recipe.steps = [s for s in recipe.recipe.steps if s["type"] != "mine_negatives"]  # fast: no model
+    recipe.recipe.steps = [s for s in recipe.recipe.steps if s.type != "mine_negatives"]  # fast: no model
     build(recipe, out)
     return out
 

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, free_port, write
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "demo"
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
-    recipe.recipe.steps = [s for s in recipe.recipe.steps if s["type"] != "mine_negatives"]
+    recipe.recipe.steps = [s for s in recipe.recipe.steps if s.type != "mine_negatives"]
     build(recipe, out)
     return out
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from datakit.pipeline import DataError
+from datakit.reading import DataError
 from datakit.manifest import read_manifest, read_shards
 from tests.conftest import ROOT, build_yaml, write
 

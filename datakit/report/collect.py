@@ -85,7 +85,7 @@ def load_build(out: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows: int = SAMPLE_ROWS) -> BuildData:
     """Every section of the report for the current build of OUT."""
-    from datakit.audit import connect
+    from datakit.query import connect
 
     build, manifest = load_build(out)
     data = BuildData(Path(out), build, manifest)

@@ -1,166 +1,28 @@
-"""Recipe steps: small objects with one job, registered by name.
+"""Recipe steps: small objects with one job, registered by name (`datakit.steps.base`), one module each.
 
-A step's `run` takes a stream of `(kind, table)` record batches and yields the batches it
-keeps (datatrove style), so streaming steps work batch by batch and global steps
-(dedup, mining) can consume the whole stream first. Its counters go into the manifest.
+`StepSpec` is the typed union of every step's config, keyed by `type`: a recipe's steps are validated into it once
+(`datakit.recipe`), and `make_step` builds a step from its config object (executors ship `model_dump()` to workers
+and rebuild the config there with `step_config`).
 """
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Annotated, Any, Union
 
-import pyarrow as pa
-import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, TypeAdapter
 
-from datakit.sources import Sandbox
+from datakit.steps import (  # noqa: F401 - importing a step module registers it
+    augment, decontaminate, dedup, filter, llm_negatives, mine, paraphrase)
+from datakit.steps.base import (DROP_WARN, STEPS, Step, StepConfig, StepContext, StepFailed,  # noqa: F401
+                                Stream, register)
 
-Stream = Iterator[tuple[str, pa.Table]]
-
-
-DROP_WARN = 0.5  # a step that removes more than this share of a dataset's records is reported in the warnings
-
-
-class StepConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str
-    max_drop: float | None = Field(None, ge=0.0, le=1.0, description="fail the build when this step removes more "
-                                   "than this share of any dataset's records (a warning past 50% regardless)")
-
-
-class StepFailed(RuntimeError):
-    """A step refused to go on (too many failed LLM calls, more of a dataset removed than its max_drop): the build
-    fails and nothing is published."""
-
-
-@dataclass
-class StepContext:
-    """What a step may need besides its config: where the recipe lives and where output goes."""
-
-    sandbox: Sandbox  # where the recipe may read (relative paths resolve against its folder)
-    out_dir: Path
-    work_dir: Path  # scratch space inside the staging folder (removed after the build)
-    artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
-    llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
-    budget: Any = None  # llm.client.Budget shared by the synthesis steps
-    worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
-
-    @property
-    def base_dir(self) -> Path:
-        return self.sandbox.base_dir
-
-    def resolve(self, path: str | Path) -> Path:
-        """A path from a step's config: relative ones are relative to the recipe."""
-        return self.sandbox.absolute(path)
-
-    def readable(self, path: str | Path, what: str) -> Path:
-        """A file a step reads into the corpus or sends to an LLM (a mining pool, benchmark files, a prompt
-        file): resolved, and inside the recipe's sandbox (a SourceError otherwise)."""
-        return self.sandbox.check(self.resolve(path), what)
-
-
-class Step:
-    name: ClassVar[str]
-    Config: ClassVar[type[StepConfig]]
-    #: True when the step works on each batch alone (no state across batches but counters), so an executor
-    #: may run it on many batches at once in other processes (the Ray executor) and merge the counters
-    parallel_safe: ClassVar[bool] = False
-
-    def __init__(self, config: StepConfig, ctx: StepContext):
-        self.config = config
-        self.ctx = ctx
-        self.dropped: Counter[str] = Counter()
-        self.kept = 0
-        self.flow: dict[str, list[int]] = {}  # "kind/dataset" -> [records in, records out]
-
-    def run(self, stream: Stream) -> Stream:
-        raise NotImplementedError
-
-    def process(self, stream: Stream) -> Stream:
-        """`run`, with the records of each dataset counted going in and coming out (what executors call)."""
-        return self._flow(self.run(self._flow(stream, 0)), 1)
-
-    def _flow(self, stream: Stream, side: int) -> Stream:
-        for kind, table in stream:
-            if table.num_rows:
-                for item in pc.value_counts(table.column("dataset")).to_pylist():
-                    self.flow.setdefault(f"{kind}/{item['values']}", [0, 0])[side] += item["counts"]
-            yield kind, table
-
-    def preflight(self) -> None:
-        """Called once before any record flows: a step that depends on something outside (an LLM provider)
-        checks it here, so a wrong key fails in seconds, not after the whole corpus was read."""
-
-    def check(self, label: str) -> list[str]:
-        """Called once the stream is exhausted: warnings for datasets this step removed more than half of;
-        StepFailed when it removed more than its `max_drop` of one."""
-        warnings, over = [], []
-        for key, (n_in, n_out) in sorted(self.flow.items()):
-            removed = n_in - n_out
-            if n_in and removed / n_in > DROP_WARN:
-                kind, ds = key.split("/", 1)
-                warnings.append(f"{label} removed {removed:,} of {n_in:,} records of dataset {ds!r} ({kind}, "
-                                f"{removed / n_in:.0%})")
-            limit = getattr(self.config, "max_drop", None)
-            if limit is not None and n_in and removed / n_in > limit:
-                over.append(f"dataset {key.split('/', 1)[1]!r} ({key.split('/', 1)[0]}): {removed:,} of {n_in:,} "
-                            f"({removed / n_in:.1%})")
-        if over:
-            raise StepFailed(f"{label} removed more than its max_drop {self.config.max_drop:.0%} of "  # type: ignore[attr-defined]
-                             + "; ".join(over) + "; nothing was written (raise max_drop, or check the step: "
-                             "see its report)")
-        return warnings
-
-    def take_state(self) -> dict[str, Any]:
-        """The counters gathered since the last call (reset), for `merge_state` in another process."""
-        state = {"kept": self.kept, "dropped": dict(self.dropped), "flow": self.flow}
-        self.kept, self.dropped, self.flow = 0, Counter(), {}
-        return state
-
-    def merge_state(self, state: dict[str, Any]) -> None:
-        self.kept += state["kept"]
-        self.dropped.update(state["dropped"])
-        for key, (n_in, n_out) in state.get("flow", {}).items():
-            mine = self.flow.setdefault(key, [0, 0])
-            mine[0] += n_in
-            mine[1] += n_out
-
-    def finish(self) -> None:
-        """Called once the stream is exhausted when the step ran elsewhere (writes reports from merged state)."""
-
-    def report(self) -> dict[str, Any]:
-        """Counters for the manifest's `steps` entry."""
-        return {"kept": self.kept, "dropped": dict(self.dropped)}
-
-    def manifest_entries(self) -> dict[str, Any]:
-        """Top-level manifest keys this step contributes (e.g. `contamination`)."""
-        return {}
-
-
-STEPS: dict[str, type[Step]] = {}
-
-
-def register(cls: type[Step]) -> type[Step]:
-    STEPS[cls.name] = cls
-    return cls
+StepSpec = Annotated[Union[tuple(cls.Config for cls in STEPS.values())], Field(discriminator="type")]
+_SPEC = TypeAdapter(StepSpec)
 
 
 def step_config(raw: dict[str, Any]) -> StepConfig:
-    """Validate one recipe step; KeyError for an unknown type, ValidationError for bad keys."""
-    kind = raw.get("type")
-    if kind not in STEPS:
-        raise KeyError(f"unknown step type {kind!r}; known: {', '.join(sorted(STEPS))}")
-    return STEPS[kind].Config.model_validate(raw)
+    """One step's config from its mapping (ValidationError naming the bad key, or an unknown `type`)."""
+    return _SPEC.validate_python(raw)
 
 
-def make_step(raw: dict[str, Any], ctx: StepContext) -> Step:
-    config = step_config(raw)
+def make_step(config: StepConfig, ctx: StepContext) -> Step:
     return STEPS[config.type](config, ctx)
-
-
-# registers the built-in steps
-from datakit.steps import (  # noqa: E402,F401
-    augment as _augment, decontaminate as _decontaminate, dedup as _dedup, filter as _filter,
-    llm_negatives as _llm_negatives, mine as _mine, paraphrase as _paraphrase)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from datakit.llm import quality
 from datakit.records import conform
-from datakit.steps import register
+from datakit.steps.base import register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage
 
 

@@ -16,10 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pydantic import Field
+
 from datakit import minhash as mh
-from datakit.benchmarks import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
+from datakit.packs import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
 from datakit.records import add_event, replace_columns
-from datakit.steps import Step, StepConfig, Stream, register
+from datakit.steps.base import Step, StepConfig, Stream, register
 
 DEFAULT_FIELDS = {"retrieval": ["query", "positive", "negatives"], "pair": ["text_a", "text_b"],
                   "classification": ["text"]}
@@ -35,7 +37,7 @@ class DecontaminateConfig(StepConfig):
     kinds: list[Literal["retrieval", "pair", "classification"]] = ["retrieval", "pair", "classification"]
     fields: dict[str, list[str]] = {}  # per kind; default: every text (negatives included)
     match: list[Literal["exact", "minhash", "ngram"]] = list(MATCHES)
-    threshold: float = 0.8
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
     action: Literal["drop", "flag"] = "drop"
     # any: a record is contaminated when one of its texts matches (a pair sharing one sentence with a test pair);
     # all: only when every one of its checked texts does (list fields such as negatives aside): for pair data

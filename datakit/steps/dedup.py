@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from datakit import minhash as mh
 from datakit.records import MAIN_TEXTS
-from datakit.steps import Step, StepConfig, Stream, register
+from datakit.steps.base import Step, StepConfig, Stream, register
 
 EXAMPLES = 20
 _SHOWN = 300
@@ -39,10 +40,10 @@ class DedupConfig(StepConfig):
     kinds: list[Literal["retrieval", "pair", "classification"]] = ["retrieval", "pair", "classification"]
     fields: dict[str, list[str]] = {}  # per kind; default: query+positive, text_a+text_b, text (each a side)
     method: Literal["exact", "minhash"] = "minhash"  # minhash also runs the exact pass first
-    threshold: float = 0.8
-    num_perm: int = 128
-    ngram: int = 1  # word shingles: sets of words (benchmarks/RESULTS.md: best recall on edited short texts)
-    char_ngram: int = 2
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=8)
+    ngram: int = Field(1, ge=1)  # word shingles: sets of words (benchmarks/RESULTS.md: best recall on edited texts)
+    char_ngram: int = Field(2, ge=1)
     script: Literal["auto", "word", "char"] = "auto"
     keep: Literal["first", "longest"] = "first"
     scope: Literal["kind", "dataset"] = "kind"  # compare across all datasets of a kind, or within each dataset

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit.records import MAIN_TEXTS
-from datakit.steps import Step, StepConfig, Stream, register
+from datakit.steps.base import Step, StepConfig, Stream, register
 
 
 class FilterConfig(StepConfig):

@@ -18,7 +18,7 @@ import pyarrow as pa
 from datakit.llm import quality
 from datakit.llm.prompts import load_prompt
 from datakit.records import add_event, replace_columns
-from datakit.steps import Stream, register
+from datakit.steps.base import Stream, register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, prompt_file
 
 

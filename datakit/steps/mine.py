@@ -22,7 +22,7 @@ from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
 from datakit.records import add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
-from datakit.steps import Step, StepConfig, Stream, register
+from datakit.steps.base import Step, StepConfig, Stream, register
 
 
 class MineConfig(StepConfig):

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from datakit.llm import quality
 from datakit.records import replace_columns
-from datakit.steps import register
+from datakit.steps.base import register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage
 
 FIELD_KIND = {"query": "retrieval", "positive": "retrieval", "text_a": "pair", "text_b": "pair",

@@ -22,9 +22,9 @@ from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
 from datakit.llm.client import Answer, Budget, LLMClient, LLMFailure, LLMStats
 from datakit.llm.prompts import load_prompt
 from datakit.llm.quality import QualityConfig, clean
-from datakit.recipe import LLMSettings
+from datakit.llm.settings import LLMSettings
 from datakit.records import LINEAGE
-from datakit.steps import Step, StepConfig, StepContext, StepFailed, Stream
+from datakit.steps.base import Step, StepConfig, StepContext, StepFailed, Stream
 
 CHUNK = 256  # requests per complete_many call: bounds memory and lets a kill lose at most one chunk's progress
 EXAMPLES_PER_VERDICT = 3  # outputs kept, and dropped per reason, shown in the manifest (and the audit report)

@@ -53,7 +53,7 @@ def columns_of(spec: TaskSpec) -> dict[str, dict[str, str]]:
 
 def read_records(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -> pa.Table:
     """A task part read through the datakit adapter its type maps to; returns one record table."""
-    from datakit.pipeline import source_events
+    from datakit.reading import Quarantined, Records, Tally, source_events
     from datakit.recipe import SourceConfig
 
     src = spec.sources()[part]
@@ -71,15 +71,15 @@ def read_records(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport
     config = SourceConfig(name=spec.name, adapter=adapter, options=options, columns=cols,
                           **{k: v for k, v in fields.items() if k in ("path", "hf", "sql", "format", "csv", "limit")})
     kind = {"sts": "pair", "pair_classification": "pair", "reranking": "retrieval"}.get(spec.type, "classification")
-    tables = []
+    tables, tally = [], Tally()
     for event in source_events(config, sandbox, strict=False, batch_rows=50_000):
-        if event[0] == "read":
-            report.rows_read += event[1]
-        elif event[0] == "quarantine":
-            for q in event[1].to_pylist():
+        item = tally.take(spec.name, event)
+        if isinstance(item, Quarantined):
+            for q in item.table.to_pylist():
                 report.skip(q["reason"], 1, {k: q[k] for k in ("file", "row", "field", "reason", "detail")})
-        elif event[1] == kind:
-            tables.append(event[2])
+        elif isinstance(item, Records) and item.kind == kind:
+            tables.append(item.table)
+    report.rows_read += tally.rows_read[spec.name]
     from datakit.records import schema
 
     return pa.concat_tables(tables) if tables else schema(kind).empty_table()

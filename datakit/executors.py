@@ -1,0 +1,120 @@
+"""Executors: where a build's work runs. An executor reads the sources (through `datakit.reading`) and chains the
+steps; the records, their order and the manifest's counts do not depend on which one ran them.
+
+`LocalExecutor` runs everything in this process; `datakit.ray_executor.RayExecutor` runs sources and batch-wise
+steps as Ray tasks. Both implement `Executor`.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pyarrow as pa
+
+from datakit.llm.client import Budget
+from datakit.reading import Quarantined, SourceEvent, Tally, check_quarantine_share, source_events
+from datakit.shards import ShardWriter
+from datakit.steps import Step, StepContext
+
+if TYPE_CHECKING:
+    from datakit.recipe import LoadedRecipe, SourceConfig
+
+ProgressFn = Callable[[str, int], None]
+Stream = Iterator[tuple[str, pa.Table]]
+
+
+class StageClock:
+    """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls)."""
+
+    def __init__(self) -> None:
+        self.inclusive: dict[str, float] = {}
+
+    def wrap(self, name: str, stream: Stream) -> Stream:
+        """Time `stream` as stage `name`; stages must be wrapped in pipeline order (read first)."""
+        self.inclusive[name] = 0.0
+        return self._timed(name, stream)
+
+    def _timed(self, name: str, stream: Stream) -> Stream:
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(stream)
+            except StopIteration:
+                self.inclusive[name] += time.perf_counter() - t
+                return
+            self.inclusive[name] += time.perf_counter() - t
+            yield item
+
+    def exclusive(self, total: float) -> dict[str, float]:
+        """Seconds per stage alone (each stage pulls only from the one before it); the rest (setting the
+        steps up, writing shards) is `other`."""
+        out, before = {}, 0.0
+        for name, t in self.inclusive.items():
+            out[name] = round(max(0.0, t - before), 3)
+            before = t
+        out["other"] = round(max(0.0, total - before), 3)
+        return out
+
+
+def consume_source(src: SourceConfig, events: Iterator[SourceEvent], writer: ShardWriter, tally: Tally,
+                   progress: ProgressFn | None) -> Stream:
+    """Write a source's quarantine, count its rows, and pass its record batches on; then fail the build if
+    more of the source was quarantined than its `max_quarantine` allows."""
+    for event in events:
+        item = tally.take(src.name, event)
+        if isinstance(item, Quarantined):
+            writer.write("quarantine", item.table)
+        elif item is not None:
+            yield item.kind, item.table
+        elif progress:
+            progress(src.name, tally.rows_read[src.name])
+    check_quarantine_share(src, tally)
+
+
+def chain_steps(stream: Stream, steps: list[Step], clock: StageClock, first: int = 0) -> Stream:
+    """The steps chained in this process (`first`: index of steps[0] in the recipe, for the timing names)."""
+    for i, step in enumerate(steps, first):
+        stream = clock.wrap(f"{i}:{step.name}", step.process(stream))
+    return stream
+
+
+class Executor(ABC):
+    """Where a build's work runs."""
+
+    name: str
+
+    @abstractmethod
+    def budget(self, limit_usd: float | None) -> Budget:
+        """The one LLM spending cap shared by every synthesis step of the build."""
+
+    @abstractmethod
+    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
+                progress: ProgressFn | None, batch_rows: int) -> Stream:
+        """Every source's records, in recipe order; quarantined rows go to `writer`, counts to `tally`."""
+
+    @abstractmethod
+    def run_steps(self, stream: Stream, steps: list[Step], ctx: StepContext, clock: StageClock) -> Stream:
+        """The stream after every step."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of the executor."""
+        return {"name": self.name}
+
+
+class LocalExecutor(Executor):
+    """Runs a build in this process: sources one after another, steps chained as generators."""
+
+    name = "local"
+
+    def budget(self, limit_usd: float | None) -> Budget:
+        return Budget(limit_usd)
+
+    def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
+                progress: ProgressFn | None, batch_rows: int) -> Stream:
+        for src in loaded.recipe.sources:
+            yield from consume_source(src, source_events(src, loaded.sandbox, strict, batch_rows), writer, tally,
+                                      progress)
+
+    def run_steps(self, stream: Stream, steps: list[Step], ctx: StepContext, clock: StageClock) -> Stream:
+        return chain_steps(stream, steps, clock)
