@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 TASKS = f"""
+allow_paths: [{SHARED}]
 tasks:
   - name: STSBenchmark
     type: sts

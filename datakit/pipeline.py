@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.card import CARD, corpus_card
 from datakit.executors import Executor, LocalExecutor, ProgressFn, StageClock
 from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, read_shards, sha256_file, shard_files,
                               verify, write_manifest)
@@ -81,15 +82,26 @@ def package_versions() -> dict[str, str]:
 
 
 def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
-    """What a source read: files with size and mtime (and the files of its folders that no reader takes), or
-    the HF dataset / SQL text."""
+    """What a source read and how: its adapter (and the MTEB task it declares), and its files with size, mtime
+    and a content hash (blake2b; and the files of its folders that no reader takes), or the HF dataset / SQL."""
+    head = {"adapter": src.adapter, **({"mteb_task": src.mteb_task} if src.mteb_task else {})}
     if src.path is not None:
         found = input_files(src.path, sandbox)
-        files = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in found.files]
-        return {"files": files, **({"skipped": found.skipped} if found.skipped else {})}
+        files = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                  "blake2b": content_hash(p)} for p in found.files]
+        return {**head, "files": files, **({"skipped": found.skipped} if found.skipped else {})}
     if src.hf is not None:
-        return {"hf": src.hf.model_dump()}
-    return {"sql": src.sql}
+        return {**head, "hf": src.hf.model_dump()}
+    return {**head, "sql": src.sql}
+
+
+def content_hash(path: Path) -> str:
+    """blake2b of a file's bytes (1 MiB reads): an edit that keeps the size and mtime still shows."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
@@ -279,6 +291,7 @@ def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str
         (staging / "artifacts" / name).replace(staging / name)
     for scratch in ("artifacts", "work"):
         shutil.rmtree(staging / scratch, ignore_errors=True)
-    manifest = write_manifest(staging, {**manifest, "artifacts": artifacts})
+    (staging / CARD).write_text(corpus_card(manifest, out_dir), encoding="utf-8")  # the corpus card, OUT/README.md
+    manifest = write_manifest(staging, {**manifest, "artifacts": sorted([*artifacts, CARD])})
     publish(staging, out_dir)
     return manifest

@@ -28,6 +28,8 @@ class SourceConfig(SourceLocation):
     adapter: AdapterName
     options: dict[str, Any] = {}
     instruction: str = ""
+    mteb_task: str | None = Field(None, description="this source is that MTEB task's data (e.g. its train split): "
+                                  "models trained on it are not zero-shot on the task (model cards, model_meta.json)")
     max_quarantine: float = Field(0.5, ge=0.0, le=1.0,
                                   description="share of rows that may be quarantined before the build fails")
 

@@ -143,8 +143,11 @@ def test_demo_report_in_a_real_browser(tmp_path, chromium, demo_cli):
     assert len(plots) == html.count('<div class="plot" id="fig-') >= 9
     assert all(p["svg"] >= 1 and p["traces"] >= 1 for p in plots.values()), plots
     for section in ("overview", "quarantine", "dedup", "contamination", "negatives", "synthesis", "lengths",
-                    "lineage"):
+                    "lineage", "cards"):
         assert f'<section id="{section}">' in shown.dom
+    # the corpus card, rendered: its tables (records, sources, steps, benchmark overlap) drawn as tables
+    card = shown.dom.split('<div class="card card-corpus">', 1)[1].split("</section>", 1)[0]
+    assert card.count("<table>") >= 4 and "<h2>Benchmark overlap</h2>" in card and "STSDemo" in card
     assert "<mark>How do I reset my password?</mark>" in shown.dom  # the contaminated span, highlighted
     png = browser.screenshot(page, tmp_path / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from trainer.card import RunFacts
 
     from trainer.model import EmbeddingModel
     from embedkit.trainconfig import TrainConfig
@@ -35,8 +37,10 @@ def prompts_from_tables(tables: dict[str, "pa.Table"], template: str) -> dict[st
     return prompts
 
 
-def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prompts: dict[str, str]) -> Path:
-    """Save `model` as a SentenceTransformer folder with `prompts` (`prompts_from_tables`) as its named prompts."""
+def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prompts: dict[str, str],
+           manifest: dict[str, Any] | None = None, facts: "RunFacts | None" = None) -> Path:
+    """Save `model` as a SentenceTransformer folder with `prompts` (`prompts_from_tables`) as its named prompts;
+    with the corpus's `manifest`, also its model card, model_meta.json and training_datasets.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     backbone = model.backbone
@@ -65,4 +69,25 @@ def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prom
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }, indent=2, ensure_ascii=False))
+    if manifest is not None:
+        from trainer.card import RunFacts, write_cards
+
+        n_parameters = sum(p.numel() for p in backbone.parameters())
+        write_cards(folder, cfg, manifest, facts or RunFacts(), n_parameters, dim, prompts,
+                    name=f"local/{folder.resolve().parent.name}__{folder.name}", revision=weights_revision(folder))
     return folder
+
+
+def weights_revision(folder: Path) -> str:
+    """A short content hash of the exported weights and configs (the cards written after it are not part of it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json") and f.name not in ("model_meta.json",
+                                                                                             "training_datasets.json"):
+            h.update(f.relative_to(folder).as_posix().encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()[:12]

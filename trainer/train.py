@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from datakit.manifest import read_manifest
 from embedkit.trainconfig import StageConfig, TrainConfig, check_paths
+from trainer.card import RunFacts
 from trainer.data import Batch, BatchSampler, open_shards
 from trainer.export import prompts_from_tables
 from trainer.losses import cosent, info_nce, masked_info_nce
@@ -152,6 +154,9 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
                          "(FSDP, DeepSpeed) yet; drop keep_best (scores still go to log.jsonl) or train with DDP")
     tables = open_shards(cfg.data.shards)  # checked against the manifest before the model loads
     prompts = prompts_from_tables(tables, cfg.data.query_template)  # what the exported model will carry
+    manifest = read_manifest(cfg.data.shards)  # the corpus's lineage and overlap, for the model card
+    facts = RunFacts(processes=acc.num_processes, precision=_mixed_precision(cfg.mixed_precision))
+    t_run = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -175,7 +180,7 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
     if acc.is_main_process and not started:
         log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
     if evaluator is not None and cfg.eval.at_start and not started:
-        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg, prompts))
+        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
     global_step, full = 0, None
     # length-grouped chunks are planned per process (GradCache's are equal in number). Packed varlen chunks are
     # too, but every process takes part regardless: a rank whose varlen probe failed would otherwise hang
@@ -186,6 +191,7 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
         if resume and (ckpt / "done").exists():
             model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
             global_step += stage.steps
+            facts.steps[index] = stage.steps
             if acc.is_main_process:
                 log(f"stage {index} already done ({ckpt / 'model.pt'}): skipped")
             continue
@@ -231,6 +237,7 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
                     bar.update(1)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
                     losses, (real, positions) = _across_processes(acc, window, counts)
+                    facts.tokens += real
                     rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
                            "tokens_per_s": round(real / max(time.time() - t0, 1e-9), 1),
                            "pad_fraction": round(1 - real / max(positions, 1), 4), "loss": losses}
@@ -248,13 +255,14 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
                         and step + 1 < stage.steps:
                     prefetch.wait()  # the tokenizer is not safe to share between threads
                     evaluator(model, fwd, index, step + 1, global_step + step + 1,
-                              lambda folder: _export(model, folder, cfg, prompts))
+                              lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
                     wrapped.train()
         finally:
             prefetch.close()
             if bar is not None:
                 bar.close()
         global_step += stage.steps
+        facts.steps[index] = stage.steps
         full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
         if acc.is_main_process:
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -262,11 +270,13 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
         if evaluator is not None:
-            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg, prompts))
+            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
     final = out / "model"
     exported = _full_model(acc, full, model, cfg) if full is not None else model
     if acc.is_main_process:
-        _export(exported, final, cfg, prompts)
+        facts.seconds = time.time() - t_run
+        facts.scores = evaluator.last if evaluator is not None else []
+        _export(exported, final, cfg, prompts, manifest, facts)
         if evaluator is not None and evaluator.history:
             log("eval (main score per task):\n" + evaluator.table())
     acc.wait_for_everyone()
@@ -335,10 +345,11 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _export(model, folder: Path, cfg: TrainConfig, prompts: dict[str, str]) -> Path:
+def _export(model, folder: Path, cfg: TrainConfig, prompts: dict[str, str], manifest: dict[str, Any],
+            facts: RunFacts) -> Path:
     from trainer.export import export
 
-    return export(model, folder, cfg, prompts)
+    return export(model, folder, cfg, prompts, manifest, facts)
 
 
 def _evaluator(cfg: TrainConfig, out: Path, acc, emit, prompts: dict[str, str]):

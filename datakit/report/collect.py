@@ -45,6 +45,7 @@ class LengthSettings:
     doc_max_length: int = 1536
     query_template: str = DEFAULT_QUERY_TEMPLATE
     symmetric_instruction: bool = True
+    model_dir: str | None = None  # the training config's exported model folder (its model card is shown)
 
 
 @dataclass
@@ -100,6 +101,7 @@ def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows:
             "synthesis": synthesis(manifest),
             "lengths": token_lengths(manifest, con, lengths or default_lengths(), sample_rows),
             "lineage": lineage(manifest, con),
+            "cards": cards(build, (lengths or default_lengths()).model_dir),
         }
     finally:
         con.close()
@@ -267,6 +269,25 @@ def lineage(m: dict[str, Any], con) -> dict[str, Any] | None:
     return {"steps": steps, "histories": histories}
 
 
+def cards(build: Path, model_dir: str | None) -> dict[str, Any] | None:
+    """The corpus card (README.md of the build) and, with a training config whose model was exported, its model
+    card: their Markdown bodies rendered to HTML (raw HTML in them escaped, not run)."""
+    out = {}
+    for key, path in (("corpus", build / "README.md"), ("model", Path(model_dir) / "README.md" if model_dir else None)):
+        if path is not None and path.is_file():
+            out[key] = {"path": str(path), "html": render_markdown(path.read_text(encoding="utf-8"))}
+    return out or None
+
+
+def render_markdown(text: str) -> str:
+    """A card's Markdown body (its YAML header dropped) as HTML; tables on, raw HTML escaped."""
+    from markdown_it import MarkdownIt
+
+    if text.startswith("---\n"):
+        text = text.split("\n---\n", 1)[-1]
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
 # ---------------------------------------------------------------------------------------------- parts
 def default_lengths() -> LengthSettings:
     """The packaged MiniLM tokenizer and the trainer's default lengths and prompt."""
@@ -287,7 +308,8 @@ def lengths_from_train_config(path: str | Path) -> LengthSettings:
     d = cfg.data
     return LengthSettings(tokenizer=cfg.model.name_or_path, tokenizer_path=folder, gguf_file=gguf,
                           query_max_length=d.query_max_length, doc_max_length=d.doc_max_length,
-                          query_template=d.query_template, symmetric_instruction=d.symmetric_instruction)
+                          query_template=d.query_template, symmetric_instruction=d.symmetric_instruction,
+                          model_dir=str(Path(cfg.output_dir) / "model") if cfg.output_dir else None)
 
 
 def load_tokenizer(settings: LengthSettings):

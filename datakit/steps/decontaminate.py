@@ -87,6 +87,7 @@ class Decontaminate(Step):
             if "minhash" in config.match:
                 pack.buckets(config.threshold)
         self.by_task: dict[str, Counter] = defaultdict(Counter)  # "pack/task/split" -> {dataset: records}
+        self.by_task_match: dict[str, Counter] = defaultdict(Counter)  # "pack/task/split" -> {best match: records}
         self.by_dataset: Counter = Counter()
         self.by_match: Counter = Counter()
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -107,11 +108,13 @@ class Decontaminate(Step):
 
     def take_state(self) -> dict[str, Any]:
         state = {**super().take_state(), "by_task": {k: dict(v) for k, v in self.by_task.items()},
+                 "by_task_match": {k: dict(v) for k, v in self.by_task_match.items()},
                  "by_dataset": dict(self.by_dataset), "by_match": dict(self.by_match),
                  "examples": dict(self.examples), "dataset_examples": dict(self.dataset_examples),
                  "checked": self.checked, "candidates": self.candidates, "verified": self.verified,
                  "matched": self.matched}
         self.by_task, self.by_dataset, self.by_match = defaultdict(Counter), Counter(), Counter()
+        self.by_task_match = defaultdict(Counter)
         self.examples, self.dataset_examples, self.checked = defaultdict(list), defaultdict(list), 0
         self.candidates = self.verified = 0
         self.matched = []
@@ -121,6 +124,8 @@ class Decontaminate(Step):
         super().merge_state(state)
         for key, counts in state["by_task"].items():
             self.by_task[key].update(counts)
+        for key, counts in state.get("by_task_match", {}).items():
+            self.by_task_match[key].update(counts)
         self.by_dataset.update(state["by_dataset"])
         self.by_match.update(state["by_match"])
         for mine, theirs in ((self.examples, state["examples"]), (self.dataset_examples, state["dataset_examples"])):
@@ -173,6 +178,7 @@ class Decontaminate(Step):
                 if key not in tasks:  # a record counts once per task, its best match as the example
                     tasks.add(key)
                     self.by_task[key][ds] += 1
+                    self.by_task_match[key][m] += 1
                     if len(self.examples[key]) < EXAMPLES:
                         self.examples[key].append(example)
             self.by_dataset[ds] += 1
@@ -261,6 +267,10 @@ class Decontaminate(Step):
             "by_match": dict(self.by_match),
             "by_dataset": dict(self.by_dataset),
             "by_task": {k: sum(v.values()) for k, v in sorted(self.by_task.items())},
+            "by_task_match": {k: dict(v) for k, v in sorted(self.by_task_match.items())},
+            # every task of every pack, with its number of texts: a task nothing matched is listed too
+            "pack_tasks": {f"{p.name}/{task}/{split}": n for p in self.packs
+                           for task, splits in p.meta.get("tasks", {}).items() for split, n in splits.items()},
         }
 
     def _write_report(self) -> None:

@@ -12,6 +12,7 @@ sides. The instruction comes from the task file, else the model's saved prompts 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Backend:
     dim: int
     max_tokens: int | None = None
     prompts: dict[str, str] = field(default_factory=dict)  # the model's saved prompts
+    meta: dict[str, Any] | None = None  # the model folder's model_meta.json (an embedkit export), if any
 
 
 def _folder_revision(folder: Path) -> str:
@@ -104,8 +106,10 @@ def sentence_transformer_backend(name: str, path: str, device: str | None, batch
     revision = _folder_revision(p) if p.is_dir() else (model.model_card_data.base_model_revision or "main")
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else \
         model.get_sentence_embedding_dimension()
+    meta_path = p / "model_meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if p.is_dir() and meta_path.is_file() else None
     return Backend(embed, display_name(name), revision, int(dim), model.max_seq_length,
-                   {k: v for k, v in (model.prompts or {}).items() if v})
+                   {k: v for k, v in (model.prompts or {}).items() if v}, meta)
 
 
 def trainer_backend(model: Any, name: str, revision: str, batch_size: int, max_length: int,
@@ -162,10 +166,14 @@ class EvalEncoder(AbsEncoder):
         self.cache: dict[tuple[str, str], np.ndarray] = {}
         self.prompts_used: dict[str, dict[str, dict[str, str]]] = {}  # task -> side -> {prompt, source}
         self.stats = {"texts": 0, "embedded": 0, "seconds": 0.0}
-        self.mteb_model_meta = ModelMeta.create_empty({
-            "name": name or backend.name, "revision": backend.revision, "embed_dim": backend.dim,
-            "max_tokens": backend.max_tokens, "similarity_fn_name": ScoringFunction.COSINE,
-            "framework": ["Sentence Transformers", "PyTorch"], "modalities": ["text"]})
+        own = {"name": name or backend.name, "revision": backend.revision, "embed_dim": backend.dim,
+               "max_tokens": backend.max_tokens}
+        if backend.meta is not None:  # an exported model's own metadata (training data derived from its corpus)
+            self.mteb_model_meta = ModelMeta.model_validate_json_resolved(json.dumps({**backend.meta, **own}))
+        else:
+            self.mteb_model_meta = ModelMeta.create_empty({
+                **own, "similarity_fn_name": ScoringFunction.COSINE, "framework": ["Sentence Transformers", "PyTorch"],
+                "modalities": ["text"]})
 
     def reset(self) -> None:
         """Forget cached embeddings (the model's weights changed)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,27 @@ class Score:
     type: str
     metric: str
     value: float
+    zero_shot: bool | None = None  # mteb's is_zero_shot_on for this task (None: the model declares no data)
+
+
+ZERO_SHOT_NOTE = ("† the model was trained on this task's data (its model_meta.json `training_datasets`, or its base "
+                  "model's): not a zero-shot score")
+
+
+def model_meta(meta_path: Path):  # -> mteb ModelMeta | None
+    """The mteb ModelMeta a results folder holds for a model (None when absent or unreadable)."""
+    try:
+        from mteb.models.model_meta import ModelMeta
+
+        return ModelMeta.model_validate_json_resolved(meta_path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - older or foreign results: no zero-shot marks
+        return None
+
+
+def zero_shot_percentage(folder: str | Path, model: str, revision: str, tasks: list[str]) -> int | None:
+    """mteb's own zero_shot_percentage of a model over tasks (None when the model declares no training data)."""
+    meta = model_meta(Path(folder) / "results" / model.replace("/", "__") / revision / "model_meta.json")
+    return meta.zero_shot_percentage(tasks) if meta is not None and tasks else None
 
 
 def read_results(folder: str | Path) -> list[Score]:
@@ -28,7 +49,7 @@ def read_results(folder: str | Path) -> list[Score]:
     root = folder / "results"
     if not root.is_dir():
         raise FileNotFoundError(f"{folder}: no results/ folder (not the output of `trainer eval`)")
-    scores = []
+    scores, metas = [], {}
     for path in sorted(root.glob("*/*/*.json")):
         if path.name == "model_meta.json":
             continue
@@ -38,11 +59,15 @@ def read_results(folder: str | Path) -> list[Score]:
             continue
         meta_path = path.parent / "model_meta.json"
         name = json.loads(meta_path.read_text())["name"] if meta_path.exists() else path.parent.parent.name
+        if meta_path not in metas:
+            metas[meta_path] = model_meta(meta_path) if meta_path.exists() else None
         extra = entries[0].get("embedkit") or {}
         task_type, metric = (extra["type"], extra["main_score"]) if "main_score" in extra else \
             _registry_meta(data["task_name"])
         value = float(np.mean([e["main_score"] for e in entries]))
-        scores.append(Score(name, path.parent.name, data["task_name"], task_type, metric, value))
+        meta = metas[meta_path]
+        zero = meta.is_zero_shot_on([data["task_name"]]) if meta is not None else None
+        scores.append(Score(name, path.parent.name, data["task_name"], task_type, metric, value, zero))
     return scores
 
 
@@ -58,8 +83,10 @@ def _registry_meta(task: str) -> tuple[str, str]:
 
 
 def summary_rows(scores: list[Score]) -> list[tuple[str, str, str, float]]:
-    """(label, type, metric, value) rows: each task, then the mean per task type, then the overall mean."""
-    rows = [(s.task, s.type, s.metric, s.value) for s in sorted(scores, key=_order)]
+    """(label, type, metric, value) rows: each task (marked † when the model is not zero-shot on it), then the
+    mean per task type, then the overall mean."""
+    rows = [(s.task + (" †" if s.zero_shot is False else ""), s.type, s.metric, s.value)
+            for s in sorted(scores, key=_order)]
     by_type: dict[str, list[float]] = {}
     for s in scores:
         by_type.setdefault(s.type, []).append(s.value)
@@ -85,7 +112,7 @@ def write_summary(folder: str | Path, scores: list[Score], model: str) -> str:
     slug = model.replace("/", "__")
     lines = [f"| task | type | metric | {model} |", "|---|---|---|---:|"]
     lines += [f"| {label} | {t} | {metric} | {value:.4f} |" for label, t, metric, value in rows]
-    md = "\n".join(lines) + "\n"
+    md = "\n".join(lines) + "\n" + _zero_shot_line(folder, scores)
     (folder / f"summary-{slug}.md").write_text(md, encoding="utf-8")
     with open(folder / f"summary-{slug}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -94,10 +121,22 @@ def write_summary(folder: str | Path, scores: list[Score], model: str) -> str:
     return md
 
 
+def _zero_shot_line(folder: Path, scores: list[Score]) -> str:
+    """What mteb says of the model's zero-shot standing on these tasks, under a summary."""
+    if not scores:
+        return ""
+    pct = zero_shot_percentage(folder, scores[0].model, scores[0].revision, [s.task for s in scores])
+    if pct is None:
+        return "\nZero-shot: unknown (the model declares no training data; mteb cannot tell).\n"
+    marked = "; " + ZERO_SHOT_NOTE if any(s.zero_shot is False for s in scores) else ""
+    return f"\nZero-shot on {pct}% of these tasks (mteb's zero_shot_percentage){marked}.\n"
+
+
 @dataclass
 class Comparison:
-    columns: list[str]  # one per (folder, model, revision)
+    columns: list[str]  # one per (folder, model, revision), with the model's zero-shot percentage when known
     rows: list[tuple[str, str, str, list[float | None]]]  # label, type, metric, value per column
+    not_zero_shot: set[tuple[str, int]] = field(default_factory=set)  # (task, column) scores marked †
 
     def markdown(self) -> str:
         head = "| task | type | metric | " + " | ".join(self.columns) + " |"
@@ -114,8 +153,10 @@ class Comparison:
                     d = v - base
                     mark = "▲" if d > 0 else ("▼" if d < 0 else "=")
                     cells.append(f"{v:.4f} ({mark}{d:+.4f})")
+                if (label, i) in self.not_zero_shot:
+                    cells[-1] += " †"
             lines.append(f"| {label} | {t} | {metric} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + (f"\n{ZERO_SHOT_NOTE}.\n" if self.not_zero_shot else "")
 
 
 def compare(folders: list[str | Path]) -> Comparison:
@@ -127,8 +168,10 @@ def compare(folders: list[str | Path]) -> Comparison:
         keys = sorted({(s.model, s.revision) for s in scores})
         for model, rev in keys:
             label = Path(folder).name if len(keys) == 1 else f"{Path(folder).name}:{model.split('/')[-1]}@{rev[:8]}"
-            columns.append(label)
-            per_column.append({s.task: s for s in scores if (s.model, s.revision) == (model, rev)})
+            col = {s.task: s for s in scores if (s.model, s.revision) == (model, rev)}
+            pct = zero_shot_percentage(folder, model, rev, list(col))
+            columns.append(label + (f" (zero-shot {pct}%)" if pct is not None else ""))
+            per_column.append(col)
     seen: dict[str, Score] = {}
     for col in per_column:
         for s in col.values():
@@ -142,7 +185,8 @@ def compare(folders: list[str | Path]) -> Comparison:
         rows.append((f"mean {t}", t, "", [_mean([col[n].value for n in names if n in col], len(names))
                                           for col in per_column]))
     rows.append(("mean (tasks)", "", "", [_mean([s.value for s in col.values()], len(seen)) for col in per_column]))
-    return Comparison(columns, rows)
+    marks = {(name, i) for i, col in enumerate(per_column) for name, s in col.items() if s.zero_shot is False}
+    return Comparison(columns, rows, marks)
 
 
 def _mean(values: list[float], expected: int) -> float | None:

@@ -43,6 +43,7 @@ class TrainingEval:
         self.best_path = out / "best" / "best.json"
         self.best = json.loads(self.best_path.read_text())["value"] if self.best_path.exists() else None
         self.history: list[tuple[str, dict[str, float]]] = []
+        self.last: list[dict[str, Any]] = []  # the latest evaluation: task, type, metric, value, split
 
     def __call__(self, model: Any, forward: Callable, stage: int, step: int, global_step: int,
                  export: Callable[[Path], None]) -> dict[str, dict[str, float]]:
@@ -61,6 +62,9 @@ class TrainingEval:
         main = {o.task: o.value for o in outcomes if o.error is None}
         failed = {o.task: o.error for o in outcomes if o.error is not None}
         self.history.append((f"stage {stage} step {step}" if step else "before training", main))
+        splits = {t.name: t.split for t in self.task_file.tasks}
+        self.last = [{"task": o.task, "type": o.type, "metric": o.main_score, "value": o.value,
+                      "split": splits.get(o.task, "test")} for o in outcomes if o.error is None]
         if self.is_main:
             record = {"stage": stage, "step": step, "global_step": global_step,
                       "eval": {t: round(float(v), 6) for t, v in main.items()}}
