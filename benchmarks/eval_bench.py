@@ -22,24 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
-TASKS = f"""
-allow_paths: [{SHARED}]
-tasks:
-  - name: STSBenchmark
-    type: sts
-    mteb_task: STSBenchmark        # MTEB's class and settings, on the local copy
-    # 284 of 1379 lines carry two extra fields: DuckDB keeps the first seven (a CSV reader would quarantine them)
-    sql: |
-      SELECT column4 AS score, column5 AS sentence1, column6 AS sentence2
-      FROM read_csv('{SHARED}/stsb/sts-test.csv', delim='\\t', header=false, quote='', strict_mode=false,
-                    null_padding=true, all_varchar=true)
-  - name: Banking77Classification
-    type: classification
-    mteb_task: Banking77Classification
-    train: {{path: {SHARED}/banking77/train.csv}}
-    test: {{path: {SHARED}/banking77/test.csv}}
-    columns: {{label: category}}
-"""
+REFERENCE_TASKS = ROOT / "benchmarks" / "recipes" / "reference-tasks.yaml"
 SCIFACT = f"""
   - name: SciFact-local
     type: retrieval
@@ -54,8 +37,9 @@ def reference_checks(out: Path, scifact: bool) -> list[tuple]:
     from trainer.eval.trec import read_run
 
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "tasks.yaml"
-    path.write_text(TASKS + (SCIFACT if scifact else ""), encoding="utf-8")
+    path = out / "tasks.yaml"  # the reference tasks, read where they are, plus SciFact
+    text = REFERENCE_TASKS.read_text(encoding="utf-8").replace("../../../shared/data", str(SHARED))
+    path.write_text(text + (SCIFACT if scifact else ""), encoding="utf-8")
     t0 = time.time()
     [summary] = evaluate_models(EvalRequest(models=["embedded-minilm"], out=str(out / "results"),
                                             tasks_file=str(path), save_predictions=True), log=lambda _: None)
@@ -88,11 +72,8 @@ def overhead(out: Path, repeat: int) -> list[tuple]:
     from trainer.eval.taskfile import load_task_file
     from embedkit.trainconfig import resolve_name
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "tasks.yaml"
-    path.write_text(TASKS, encoding="utf-8")
     with quiet():
-        tasks = local_tasks(load_task_file(path))
+        tasks = local_tasks(load_task_file(REFERENCE_TASKS))
         st = SentenceTransformer(resolve_name("embedded-minilm")[0], device="cpu")
         backend = load_backend("embedded-minilm")
     rows = []
@@ -138,8 +119,11 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="eval_bench_"))
 
     print("\n| check | ours | reference | tolerance | within | reference from |\n|---|---:|---:|---:|---|---|")
+    missed = []
     for name, ours, ref, tol, source in reference_checks(out / "ref", not args.skip_scifact):
         print(f"| {name} | {ours:.6f} | {ref:.6f} | {tol:g} | {'yes' if abs(ours - ref) <= tol else 'NO'} | {source} |")
+        if abs(ours - ref) > tol:
+            missed.append(name)
 
     print("\n| task | trainer eval s | mteb.evaluate s | overhead | our score | mteb's score |\n|---|---:|---:|---:|---:|---:|")
     for name, ours, theirs, a, b in overhead(out / "overhead", args.repeat):
@@ -148,6 +132,8 @@ def main() -> None:
     print("\n| model | texts | texts/s |\n|---|---:|---:|")
     for name, n, rate in throughput(args.texts):
         print(f"| {name} | {n} | {rate:.0f} |")
+    if missed:
+        sys.exit(f"missed the reference: {', '.join(missed)}")
 
 
 if __name__ == "__main__":

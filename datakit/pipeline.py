@@ -31,7 +31,7 @@ from datakit.reading import DataError, Tally
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
 from datakit.records import KINDS
 from datakit.shards import ShardWriter
-from datakit.sources import Sandbox, SourceError, input_files
+from datakit.sources import Sandbox, SourceError, file_digest, input_files
 from datakit.steps import Step, StepConfig, StepContext, make_step, step_config
 
 _VERSIONED = ("embedkit", "pyarrow", "duckdb", "datasets", "pydantic", "litellm", "sentence-transformers",
@@ -88,20 +88,11 @@ def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
     if src.path is not None:
         found = input_files(src.path, sandbox)
         files = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
-                  "blake2b": content_hash(p)} for p in found.files]
+                  "blake2b": file_digest(p)} for p in found.files]
         return {**head, "files": files, **({"skipped": found.skipped} if found.skipped else {})}
     if src.hf is not None:
         return {**head, "hf": src.hf.model_dump()}
     return {**head, "sql": src.sql}
-
-
-def content_hash(path: Path) -> str:
-    """blake2b of a file's bytes (1 MiB reads): an edit that keeps the size and mtime still shows."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:

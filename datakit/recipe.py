@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from datakit.adapters import ADAPTERS, adapter_class
 from datakit.llm.settings import LLMSettings
-from datakit.sources import CsvOptions, HFSource, Sandbox, SourceFields, SourceLocation  # noqa: F401 - re-exported
+from datakit.sources import Sandbox, SourceLocation
 from datakit.steps import StepSpec
 from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
 

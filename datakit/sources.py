@@ -191,6 +191,17 @@ def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
     return found_all
 
 
+def file_digest(path: Path) -> str:
+    """blake2b of a file's bytes (1 MiB reads): an edit that keeps the size and mtime still shows."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def resolve_files(spec: str | list[str], sandbox: Sandbox) -> list[Path]:
     return input_files(spec, sandbox).files
 

@@ -152,3 +152,37 @@ def test_ray_executor_runs_each_variant_as_a_task(tmp_path):
     assert sorted(r["variant"] for r in results if "scores" in r) == sorted(["base", UNTRAINED])
     run = json.loads(next((tmp_path / "out" / "runs").glob("*/result.json")).read_text())
     assert set(run["scores"]) == {"STS-demo", "Duplicates-demo"}
+
+
+def test_an_edited_input_invalidates_its_build_and_its_runs(tmp_path):
+    """An edit that keeps the file's size and mtime (a changed letter, the mtime put back): the build sees it (blake2b
+    of the inputs), and the run's key (which covers the corpus's content, the task data and the code versions)
+    changes, so the run is trained again instead of its old score being printed."""
+    import os
+    import shutil
+
+    shutil.copy(DATA / "faq.csv", tmp_path / "faq.csv")
+    write(tmp_path / "recipe.yaml", "name: edit\nsources: [{name: faq, path: faq.csv, adapter: qa, "
+                                    "columns: {query: question, positive: answer}}]\n")
+    write(tmp_path / "train.yaml", """
+        model: {name_or_path: embedded-minilm}
+        data: {batch_size: 4, negatives: 0, query_max_length: 32, doc_max_length: 48}
+        stages: [{steps: 1, lr: 1.0e-4, warmup_steps: 0}, {steps: 1, lr: 1.0e-4, warmup_steps: 0}]
+    """)
+    write(tmp_path / "tasks.yaml", f"allow_paths: [{DATA}]\ntasks:\n"
+                                   f"  - {{name: STS-demo, type: sts, path: {DATA / 'eval' / 'sts.tsv'}}}\n")
+    exp_path = write(tmp_path / "exp.yaml", "recipe: recipe.yaml\ntrain: train.yaml\neval: tasks.yaml\n")
+    first = {r["variant"]: r for r in run_experiment(load_experiment(exp_path), tmp_path / "out", log=lambda _: None)}
+    assert set(first["base"]["key_parts"]) >= {"corpus", "train", "seed", "eval", "versions"}
+    assert {"embedkit", "torch", "transformers", "mteb"} <= set(first["base"]["key_parts"]["versions"])
+
+    faq = tmp_path / "faq.csv"
+    stat = faq.stat()
+    text = faq.read_text()
+    faq.write_text(text.replace("password", "passwort", 1))  # same size
+    os.utime(faq, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime
+    assert faq.stat().st_size == stat.st_size and faq.stat().st_mtime_ns == stat.st_mtime_ns
+    second = {r["variant"]: r for r in run_experiment(load_experiment(exp_path), tmp_path / "out", log=lambda _: None)}
+    assert second["base"]["key"] != first["base"]["key"]  # retrained, not reused
+    assert second["base"]["key_parts"]["corpus"] != first["base"]["key_parts"]["corpus"]
+    assert second[UNTRAINED]["key"] == first[UNTRAINED]["key"]  # the untrained model does not see the corpus

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embedkit.trainconfig import TrainConfig
-from trainer.experiment.spec import Experiment, Variant, run_key, untrained_key
+from trainer.experiment.spec import (Experiment, Variant, code_versions, corpus_digest, eval_digest, key_of,
+                                     run_parts)
 
 UNTRAINED = "(not fine-tuned)"
 
@@ -40,6 +41,7 @@ class RunSpec:
     config: TrainConfig
     eval_path: str
     untrained: bool = False
+    parts: dict[str, Any] | None = None  # what the key covers (spec.run_parts), recorded in result.json
 
     def describe(self) -> dict[str, Any]:
         """What run.json records."""
@@ -92,7 +94,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         failed = [f"{o.task}: {o.error}" for o in summary.outcomes if o.error]
         if failed:
             raise RuntimeError("evaluation failed: " + "; ".join(failed))
-        result = {"variant": spec.variant, "seed": spec.seed, "key": spec.key, "train_s": round(train_s, 1),
+        result = {"variant": spec.variant, "seed": spec.seed, "key": spec.key, "key_parts": spec.parts,
+                  "train_s": round(train_s, 1),
                   "eval_s": round(time.time() - t1, 1),
                   "scores": {o.task: {"type": o.type, "main_score": o.main_score, "value": o.value}
                              for o in summary.outcomes}}
@@ -107,17 +110,24 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
 
 def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSpec]:
-    """Every (variant, seed) run, plus the untrained model scored once as a reference."""
+    """Every (variant, seed) run, plus the untrained model scored once as a reference. A run's key covers what
+    decides its result (`spec.run_parts`): an edited input file, task data or a new version of the code gives new
+    keys, so a stale result is never reused."""
+    versions, evals = code_versions(), eval_digest(exp.eval_path)
+    corpora = {key: corpus_digest(folder) for key, folder in builds.items()}
+    train_dir = exp.train_path.parent
     runs = []
     for v in exp.variants:
         for seed in exp.seeds:
-            key = run_key(v, seed, exp.eval_path, exp.train_path.parent)
+            parts = run_parts(v, seed, v.train, train_dir, corpora[v.build_key], evals, versions)
+            key = key_of(parts)
             runs.append(RunSpec(exp.name, v.name, seed, key, str(out / "runs" / key), str(builds[v.build_key]),
-                                v.config, str(exp.eval_path)))
+                                v.config, str(exp.eval_path), parts=parts))
     base = next(v for v in exp.variants if v.name == exp.spec.base)
-    key = untrained_key(base, exp.eval_path, exp.train_path.parent)
+    parts = run_parts(None, 0, {"model": base.train.get("model")}, train_dir, None, evals, versions)
+    key = key_of(parts, "untrained-")  # the untrained model depends on the model and the evaluation only
     runs.append(RunSpec(exp.name, UNTRAINED, 0, key, str(out / "runs" / key), str(builds[base.build_key]),
-                        base.config, str(exp.eval_path), untrained=True))
+                        base.config, str(exp.eval_path), untrained=True, parts=parts))
     return runs
 
 

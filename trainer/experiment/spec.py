@@ -230,16 +230,66 @@ def _build_key(recipe_sha: str, recipe_path: Path) -> str:
     return hashlib.sha256(f"{recipe_sha}:{recipe_path.resolve().parent}".encode()).hexdigest()[:16]
 
 
-def untrained_key(variant: Variant, eval_path: Path, train_dir: Path) -> str:
-    """The untrained model's reference run depends only on the model and the task file."""
-    blob = json.dumps({"model": variant.train.get("model"), "train_dir": str(train_dir.resolve()),
-                       "eval": hashlib.sha256(eval_path.read_bytes()).hexdigest()}, sort_keys=True, default=str)
-    return "untrained-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+def corpus_digest(build: Path) -> str | None:
+    """The content of a built corpus: a digest of its shards' sha256 (from its manifest); None before it is built.
+    Two builds with equal records have equal digests, whatever their recipe's path or their build time."""
+    from datakit.manifest import read_manifest
+
+    try:
+        shards = read_manifest(build).get("shards", [])
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(json.dumps(sorted(s["sha256"] for s in shards)).encode()).hexdigest()[:16]
 
 
-def run_key(variant: Variant, seed: int, eval_path: Path, train_dir: Path) -> str:
-    """Runs are reused when the build, the training config, the seed and the task file are all equal."""
-    blob = json.dumps({"build": variant.build_key, "train": variant.train, "seed": seed,
-                       "train_dir": str(train_dir.resolve()),
-                       "eval": hashlib.sha256(eval_path.read_bytes()).hexdigest()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def eval_digest(eval_path: Path) -> str:
+    """The task file's bytes and the content (blake2b) of every data file its tasks read."""
+    from datakit.sources import file_digest, input_files
+    from trainer.eval.taskfile import load_task_file
+
+    h = hashlib.sha256(eval_path.read_bytes())
+    task_file = load_task_file(eval_path)
+    for task in task_file.tasks:
+        for part, src in task.sources().items():
+            if src.path is not None:
+                for f in input_files(src.path, task_file.sandbox).files:
+                    h.update(f"{task.name}:{part}:{f.name}:{file_digest(f)}".encode())
+            elif src.hf is not None:
+                h.update(src.hf.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+def code_versions() -> dict[str, str]:
+    """The code a run's result depends on: embedkit (its git commit in a checkout) and the libraries that train
+    and score."""
+    import importlib.metadata as md
+    import subprocess
+
+    out = {}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    out["embedkit"] = (commit + ("+dirty" if dirty else "")) if commit else md.version("embedkit")
+    for name in ("torch", "transformers", "sentence-transformers", "mteb"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_parts(variant: Variant | None, seed: int, train: dict[str, Any], train_dir: Path, corpus: str | None,
+              evals: str, versions: dict[str, str]) -> dict[str, Any]:
+    """Everything that decides a run's result: the corpus's content, the training config, the seed, the task
+    file and its data, the code. `result.json` records it; its hash is the run's key."""
+    return {"corpus": corpus, "train": train, "seed": seed, "train_dir": str(train_dir.resolve()), "eval": evals,
+            "versions": versions, **({"build": variant.build_key} if variant is not None and corpus is None else {})}
+
+
+def key_of(parts: dict[str, Any], prefix: str = "") -> str:
+    return prefix + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
