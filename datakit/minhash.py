@@ -27,7 +27,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -481,6 +481,48 @@ def empty_rows(sig: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ candidates, verification, clusters
+def runs_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, run starts, run sizes): `keys[order]` sorted, and the runs of equal keys in it."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(keys)])
+    return order, starts, sizes
+
+
+def pairs_within_runs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Every pair (a < b) of `members` inside each run [start, start + size), vectorised over the runs."""
+    out = []
+    for d in range(1, int(sizes.max()) if len(sizes) else 1):
+        m = sizes > d
+        cnt = sizes[m] - d
+        first = np.repeat(starts[m], cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        a, b = members[first], members[first + d]
+        out.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+
+
+def split_bucket(band: int, first: int, bands: int, hashes: Callable[[int, np.ndarray], np.ndarray],
+                 members: np.ndarray, cap: int = 256) -> np.ndarray:
+    """Candidate pairs (a < b) in a bucket of more than `cap` docs (a template repeated thousands of times), never
+    a star: its members are grouped by their hash in the next band (`hashes(band, members)`), and again, so only
+    docs sharing two, three... bands are paired in full; docs still too many after every band share one whole
+    signature and are linked in a chain (each to the next: the verification decides, clusters join them)."""
+    order, starts, sizes = runs_of(hashes(band, members))
+    members = members[order]
+    small = (sizes >= 2) & (sizes <= cap)
+    out = [pairs_within_runs(members, starts[small], sizes[small])]
+    nxt = (band + 1) % bands
+    for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
+        group = members[start: start + size]
+        if band == (first - 1) % bands:  # every band alike: one signature
+            d = np.sort(group)
+            out.append(np.stack([d[:-1], d[1:]], axis=1).astype(np.int64))
+        else:
+            out.append(split_bucket(nxt, first, bands, hashes, group, cap))
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
 def candidate_pairs(con, bands_sql: str, all_pairs_up_to: int = 256) -> np.ndarray:
     """(k, 2) int64 doc pairs (a < b) sharing a band bucket, from a DuckDB relation with columns doc, band, h.
 
@@ -527,8 +569,9 @@ def verify_pairs(pairs: np.ndarray, sig_a: np.ndarray, sig_b: np.ndarray | None 
 
 def components(pairs: np.ndarray, n: int) -> np.ndarray:
     """Connected-component label per doc: vectorised union-find (each root is its component's smallest
-    index; unions link the larger root to the smaller, then pointer jumping compresses paths)."""
-    parent = np.arange(n, dtype=np.int64)
+    index; unions link the larger root to the smaller, then pointer jumping compresses paths). int32 labels
+    below 2**31 docs: four bytes a doc."""
+    parent = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
     if len(pairs) == 0:
         return parent
     a, b = pairs[:, 0], pairs[:, 1]

@@ -457,3 +457,44 @@ def test_pairs_sharing_one_sentence_with_a_test_set_sides_any_vs_all_and_what_de
     assert details["sick:3"] is None
     assert details["sick:0"] == "contaminated: exact 1.00 pack/PairX/test (text_a)"
     assert "pack/PairX/test (text_a)" in details["sick:2"] or "pack/PairX/test (text_b)" in details["sick:2"]
+
+
+def test_dedup_equals_a_brute_force_all_pairs_dedup(tmp_path):
+    """The out-of-core step (hash partitions, LSH buckets, union-find over verified pairs) against the definition
+    computed directly: every pair of records whose every side has word-set Jaccard >= 0.8 and whose labels agree is
+    linked, and each cluster keeps its first record."""
+    from datakit.minhash import normalize
+
+    rng = random.Random(7)
+    base = _sentences(120, seed=11, length=12)
+    texts, labels = [], []
+    for i in range(300):
+        t = rng.choice(base) if i >= 120 else base[i]
+        if i >= 120 and rng.random() < 0.7:  # an edited copy: one word changed, or dropped
+            words = t.split()
+            j = rng.randrange(len(words))
+            words[j:j + 1] = [] if rng.random() < 0.3 else [rng.choice(WORDS)]
+            t = " ".join(words)
+        texts.append(t)
+        labels.append(rng.choice(["a", "b"]) if i % 17 == 0 else "a")
+    _jsonl(tmp_path / "d.jsonl", [{"text": t, "label": lab} for t, lab in zip(texts, labels)])
+    result = build_yaml(tmp_path, "name: b\nsources: [{name: d, path: d.jsonl, adapter: classification}]\n"
+                                  "steps: [{type: dedup}]\n")
+    kept = sorted(int(i.split(":")[1]) for i in read_shards(result.out_dir, "classification").column("id").to_pylist())
+
+    words = [set(t.split()) for t in normalize(pa.array(texts)).to_pylist()]
+    parent = list(range(len(texts)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(len(texts)):
+        for b in range(a + 1, len(texts)):
+            if labels[a] == labels[b] and len(words[a] & words[b]) / len(words[a] | words[b]) >= 0.8:
+                ra, rb = root(a), root(b)
+                parent[max(ra, rb)] = min(ra, rb)
+    expected = sorted({min(i for i in range(len(texts)) if root(i) == r) for r in {root(i) for i in range(len(texts))}})
+    assert len(expected) < 250 and kept == expected

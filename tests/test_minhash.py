@@ -139,3 +139,22 @@ def test_candidate_pairs_compare_every_pair_of_a_bucket():
     assert mh.candidate_pairs(con, "SELECT * FROM b").tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
     star = mh.candidate_pairs(con, "SELECT * FROM b", all_pairs_up_to=2).tolist()  # a bucket of 3 over the cap
     assert star == [[1, 2], [1, 3], [8, 9]]
+
+
+def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star():
+    members = np.array([3, 1, 2, 7, 8, 9])
+    got = mh.pairs_within_runs(members, np.array([0, 4]), np.array([3, 2])).tolist()
+    assert sorted(map(tuple, got)) == [(1, 2), (1, 3), (2, 3), (8, 9)]  # every pair of each run
+    # a bucket of 6 over a cap of 2: split by band 1's hashes into {0, 1, 2} (still over: split by band 2) and {3, 4}
+    band_hashes = {1: {0: 5, 1: 5, 2: 5, 3: 6, 4: 6, 5: 7}, 2: {0: 1, 1: 1, 2: 2, 3: 0, 4: 0, 5: 0}}
+
+    def hashes(band, docs):
+        return np.array([band_hashes[band][int(d)] for d in docs], np.uint64)
+
+    pairs = sorted(map(tuple, mh.split_bucket(1, 0, 3, hashes, np.arange(6), cap=2).tolist()))
+    assert pairs == [(0, 1), (3, 4)]  # 0~1 share bands 0, 1 and 2; 3~4 share 0 and 1; 2 and 5 are paired with none
+    # every band alike and still too many: one signature, linked in a chain (each to the next), not a star
+    same = {1: dict.fromkeys(range(5), 1), 2: dict.fromkeys(range(5), 1)}
+    chain = mh.split_bucket(1, 0, 3, lambda b, d: np.array([same[b][int(x)] for x in d], np.uint64),
+                            np.arange(5), cap=2)
+    assert sorted(map(tuple, chain.tolist())) == [(0, 1), (1, 2), (2, 3), (3, 4)]

@@ -6,11 +6,12 @@ text's label): SICK's minimal edits with different relatedness are kept, two que
 different answers are kept, and one text under two labels is a *label conflict*, reported (`dedup.json`), not
 dropped.
 
-A global step: it spills the records of the kinds it dedups into its work folder while hashing and signing
-them batch by batch (signatures, and each side's shingle set, go to disk), finds duplicates once the stream
-ends (exact groups in numpy; near duplicates proposed by LSH over the joined sides, with bands chosen for recall,
-and decided by the exact Jaccard of each side's shingle sets; clusters by union-find), then streams the kept
-records back out. Other kinds pass straight through. Drops are counted per dataset; `dedup.json` lists, for
+A global step in bounded memory: while the stream flows it spills the records of the kinds it dedups, and what
+it needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by,
+split into hash partitions: `datakit.spill`), to its work folder. Once the stream ends it finds duplicates one
+partition at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with
+bands chosen for recall, and decided by the exact Jaccard of each side's shingle sets; clusters by union-find
+over the verified pairs), then streams the kept records back out. Per record it holds about 13 bytes in memory. Other kinds pass straight through. Drops are counted per dataset; `dedup.json` lists, for
 sampled clusters, the kept record and the records it replaced.
 """
 from __future__ import annotations
@@ -20,18 +21,20 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from datakit import minhash as mh
 from datakit.records import MAIN_TEXTS
+from datakit.spill import Columns, Partitions, elect
 from datakit.steps.base import Step, StepConfig, Stream, register
 
 EXAMPLES = 20
+BUCKET_CAP = 256  # a band bucket of more docs is split by the next band (minhash.split_bucket)
+PAIR_CHUNK = 20_000  # candidates verified per batch of reads from the spilled shingle sets
+BAND_SHIFT = 40  # band bucket rows carry (band << 40) | position
 _SHOWN = 300
 
 
@@ -49,6 +52,25 @@ class DedupConfig(StepConfig):
     scope: Literal["kind", "dataset"] = "kind"  # compare across all datasets of a kind, or within each dataset
     seed: int = 1
     report: str = "dedup.json"
+
+
+def _is_self(elected: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """elected[i] == i, chunk by chunk (no n-sized index array)."""
+    out = np.empty(len(elected), bool)
+    for lo in range(0, len(elected), chunk):
+        out[lo: lo + chunk] = elected[lo: lo + chunk] == np.arange(lo, min(lo + chunk, len(elected)))
+    return out
+
+
+class _Lookup:
+    """record -> the record its near-duplicate cluster keeps, for the records in clusters (sorted `nodes`)."""
+
+    def __init__(self, nodes: np.ndarray, keepers: np.ndarray):
+        self.nodes, self.keepers = nodes, keepers
+
+    def __getitem__(self, i: int) -> int:
+        j = int(np.searchsorted(self.nodes, i))
+        return int(self.keepers[j]) if j < len(self.nodes) and self.nodes[j] == i else i
 
 
 def joined_text(table: pa.Table, fields: list[str], unordered: bool = False) -> pa.Array:
@@ -74,43 +96,42 @@ def agreement(kind: str, table: pa.Table) -> np.ndarray:
     return np.zeros(table.num_rows, np.uint64)
 
 
-def first_of_group(keys: np.ndarray) -> np.ndarray:
-    """For each position, the first position holding the same key."""
-    labels = np.unique(keys, return_inverse=True)[1].reshape(-1)
-    first = np.full(labels.max() + 1 if len(labels) else 0, len(keys), np.int64)
-    np.minimum.at(first, labels, np.arange(len(keys)))
-    return first[labels]
-
-
 class _Sides:
-    """Each side's shingle sets, spilled batch by batch (one values file per side, counts in memory)."""
+    """Each side's shingle sets, spilled batch by batch: one values file and one offsets file per side."""
 
     def __init__(self, folder: Path, n_sides: int):
         self.folder = folder
         self.files = [open(folder / f"side{i}.u64", "wb") for i in range(n_sides)]
-        self.counts: list[list[np.ndarray]] = [[] for _ in range(n_sides)]
+        self.offsets = [open(folder / f"side{i}.off", "wb") for i in range(n_sides)]
+        self.ends = [0] * n_sides  # values written so far per side
+        self.n = 0
+        for fh in self.offsets:
+            np.zeros(1, np.int64).tofile(fh)
 
     def add(self, side: int, norm: pa.Array, cfg: mh.MinHashConfig) -> None:
         h, doc = mh.shingle(norm, cfg, normalized=True)
         values, offsets = mh.shingle_sets(h, doc, len(norm))
         values.tofile(self.files[side])
-        self.counts[side].append(np.diff(offsets))
+        (offsets[1:].astype(np.int64) + self.ends[side]).tofile(self.offsets[side])
+        self.ends[side] += int(offsets[-1])
 
     def close(self) -> None:
-        for fh in self.files:
+        for fh in [*self.files, *self.offsets]:
             fh.close()
 
     def sets(self, side: int) -> tuple[np.ndarray, np.ndarray]:
-        counts = np.concatenate(self.counts[side]) if self.counts[side] else np.zeros(0, np.int64)
-        offsets = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        """(values, offsets) memory-mapped: pair_jaccard reads only the candidates' sets."""
+        offsets = np.memmap(self.folder / f"side{side}.off", dtype=np.int64, mode="r")
         path = self.folder / f"side{side}.u64"
-        values = np.memmap(path, dtype=np.uint64, mode="r") if offsets[-1] else np.zeros(0, np.uint64)
+        values = np.memmap(path, dtype=np.uint64, mode="r") if self.ends[side] else np.zeros(0, np.uint64)
         return values, offsets
 
 
 class _KindState:
-    """What the step keeps per kind while the stream flows: spilled records, hashes, sides, bands."""
+    """What the step keeps per kind while the stream flows, on disk: the spilled records, per-record columns
+    (text and agreement hashes, length, dataset), the keys to group by (a pair's two orders, exact duplicates,
+    equal texts) split into hash partitions, each side's shingle sets and the LSH band hashes. In memory: the
+    dataset names and counts only."""
 
     def __init__(self, folder: Path, cfg: DedupConfig, kind: str, fields: list[str]):
         folder.mkdir(parents=True, exist_ok=True)
@@ -118,28 +139,38 @@ class _KindState:
         self.spill_path = folder / "records.arrow"
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.n = 0
-        self.text_keys: list[np.ndarray] = []  # normalised joined text (+ scope)
-        self.agree: list[np.ndarray] = []
-        self.units: list[np.ndarray] = []  # records from one source row in two orders form one unit
-        self.lengths: list[np.ndarray] = []
-        self.datasets: list[np.ndarray] = []
+        self.cols = Columns(folder, {"text": "u8", "agree": "u8", "length": "i4", "dataset": "i4"})
+        self.units = Partitions(folder, "unit")  # records from one source row in two orders form one unit
+        self.exact = Partitions(folder, "exact")  # normalised text and agreement
+        self.texts = Partitions(folder, "text") if kind == "classification" else None  # label conflicts
+        self.dataset_names: list[str] = []
+        self.dataset_counts: Counter = Counter()
         self.sides = _Sides(folder, len(fields)) if cfg.method == "minhash" else None
-        self.band_files: list[Path] = []
+        self.bands = self.rows = 0  # LSH layout, set by the step
+        self.band_files: list[Any] = []  # one file of uint64 hashes per band (band-major, out of core)
+        self.docs_file = None  # the positions of the records that have a signature (not empty texts)
+        self.buckets: Partitions | None = None  # (band, position) by (band, hash): one bucket per run
 
     def add(self, table: pa.Table, mh_cfg: mh.MinHashConfig, bands: int, rows: int) -> None:
         if self.writer is None:
             self.writer = pa.ipc.new_stream(str(self.spill_path), table.schema)
         self.writer.write_table(table)
+        pos = np.arange(self.n, self.n + table.num_rows, dtype=np.int64)
         norm = mh.normalize(joined_text(table, self.fields, unordered=self.kind == "pair"))
-        self.units.append(mh.hash_strings(pc.replace_substring_regex(table.column("id").combine_chunks(),
-                                                                     r":(ab|ba)$", "")))
+        self.units.append(pos, mh.hash_strings(pc.replace_substring_regex(table.column("id").combine_chunks(),
+                                                                          r":(ab|ba)$", "")))
         dataset = table.column("dataset").combine_chunks()
-        self.datasets.append(np.asarray(dataset.to_pylist(), dtype=object))
+        codes = self._codes(dataset)
+        self.dataset_counts.update(dict(zip(*np.unique(codes, return_counts=True))))
         scope = mh.hash_strings(dataset) if self.cfg.scope == "dataset" else None
         keys = mh.hash_strings(norm)
-        self.text_keys.append(keys if scope is None else mh.splitmix(keys ^ scope))
-        self.agree.append(agreement(self.kind, table))
-        self.lengths.append(pc.utf8_length(joined_text(table, self.fields)).to_numpy(zero_copy_only=False))
+        text = keys if scope is None else mh.splitmix(keys ^ scope)
+        agree = agreement(self.kind, table)
+        self.exact.append(pos, mh.splitmix(text ^ mh.splitmix(agree + np.uint64(1))))
+        if self.texts is not None:
+            self.texts.append(pos, text)
+        length = pc.utf8_length(joined_text(table, self.fields)).to_numpy(zero_copy_only=False)
+        self.cols.append(text=text, agree=agree, length=length, dataset=codes)
         if self.sides is not None:
             for i, f in enumerate(self.fields):
                 self.sides.add(i, mh.normalize(pc.fill_null(table.column(f).combine_chunks(), "")), mh_cfg)
@@ -148,22 +179,68 @@ class _KindState:
             if scope is not None:  # different datasets never share a bucket
                 bh = mh.splitmix(bh ^ scope[:, None])
             live = ~mh.empty_rows(sig)
-            doc = np.arange(self.n, self.n + len(sig))[live]
-            part = pa.table({
-                "doc": np.repeat(doc, bands),
-                "band": np.tile(np.arange(bands, dtype=np.int16), len(doc)),
-                "h": bh[live].reshape(-1),
-            })
-            path = self.folder / f"bands-{len(self.band_files):05d}.parquet"
-            pq.write_table(part, path)
-            self.band_files.append(path)
+            if not self.band_files:
+                self.band_files = [open(self.folder / f"band-{b:03d}.u64", "wb") for b in range(bands)]
+                self.docs_file = open(self.folder / "band-docs.i64", "wb")
+                self.buckets = Partitions(self.folder, "bucket")
+            pos[live].tofile(self.docs_file)
+            for b, fh in enumerate(self.band_files):  # by band, for splitting a big bucket by the next band
+                np.ascontiguousarray(bh[live, b]).tofile(fh)
+            band = np.repeat(np.arange(bands, dtype=np.int64)[None, :], int(live.sum()), axis=0)
+            self.buckets.append(((band << BAND_SHIFT) | pos[live][:, None]).reshape(-1),  # and by bucket
+                                mh.splitmix(bh[live] + band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+                                .reshape(-1))
         self.n += table.num_rows
+
+    def _codes(self, dataset: pa.Array) -> np.ndarray:
+        """Each record's dataset as an int32 code into `dataset_names`."""
+        enc = pc.dictionary_encode(dataset)
+        local = [self._code(name) for name in enc.dictionary.to_pylist()]
+        return np.asarray(local, np.int32)[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def _code(self, name: str) -> int:
+        if name not in self.dataset_names:
+            self.dataset_names.append(name)
+        return self.dataset_names.index(name)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        if self.sides is not None:
-            self.sides.close()
+        for part in (self.cols, self.units, self.exact, self.texts, self.sides, self.buckets):
+            if part is not None:
+                part.close()
+        for fh in [*self.band_files, *([self.docs_file] if self.docs_file else [])]:
+            fh.close()
+
+    def candidates(self, keeper: np.ndarray) -> np.ndarray:
+        """Candidate pairs (a < b) among the records that stand for their exact group (`keeper[i] == i`): the
+        buckets come from disk one hash partition at a time (every band's buckets at once, a sixty-fourth of
+        them), so memory does not grow with the corpus. A bucket of more than BUCKET_CAP records is split by its
+        members' next band (minhash.split_bucket)."""
+        if self.buckets is None:
+            return np.zeros((0, 2), np.int64)
+        docs = np.memmap(self.folder / "band-docs.i64", dtype=np.int64, mode="r")
+
+        def hashes(band: int, members: np.ndarray) -> np.ndarray:  # a big bucket's members' hashes in a band
+            rows = np.searchsorted(docs, members)
+            return np.asarray(np.memmap(self.folder / f"band-{band:03d}.u64", dtype=np.uint64, mode="r")[rows])
+
+        out = []
+        mask = np.int64((1 << BAND_SHIFT) - 1)
+        for band_pos, key in self.buckets.each():
+            pos = band_pos & mask
+            stand = keeper[pos] == pos  # exact duplicates are decided: only their keepers compete
+            pos, key, band = pos[stand], key[stand], band_pos[stand] >> BAND_SHIFT
+            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+            sizes = np.diff(np.r_[starts, len(key)])
+            small = (sizes >= 2) & (sizes <= BUCKET_CAP)
+            out.append(mh.pairs_within_runs(pos, starts[small], sizes[small]))
+            for start, size in zip(starts[sizes > BUCKET_CAP].tolist(), sizes[sizes > BUCKET_CAP].tolist()):
+                first = int(band[start])
+                out.append(mh.split_bucket((first + 1) % self.bands, first, self.bands, hashes,
+                                           pos[start: start + size], BUCKET_CAP))
+        pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+        return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 @register
@@ -199,89 +276,109 @@ class Dedup(Step):
             state.add(table, mh_cfg, state.bands, state.rows)
         for kind, state in states.items():
             state.close()
-            keep = self._decide(state)
-            yield from self._replay(kind, state, keep)
+            keep, leader = self._decide(state)
+            yield from self._replay(kind, state, keep, leader)
         self._write_report()
 
     # ------------------------------------------------------------------ deciding
-    def _decide(self, state: _KindState) -> np.ndarray:
-        """Boolean keep mask over the kind's records, in stream order.
+    def _decide(self, state: _KindState) -> tuple[np.ndarray, np.ndarray]:
+        """(keep mask over the units' leaders, each record's leader), both n-sized (one and four bytes a record).
 
-        The first record of each unit (a pair's two orders are one unit) stands for the unit: it alone
-        is compared, clusters keep one unit each, and a unit's records share its fate.
-        """
+        The first record of each unit (a pair's two orders are one unit) leads it: it alone is compared,
+        clusters keep one unit each, and a unit's records share its fate (`keep[leader]`). Every grouping runs
+        one hash partition at a time from disk (datakit.spill)."""
         n = state.n
-        lengths = np.concatenate(state.lengths).astype(np.int64)
-        leader = first_of_group(np.concatenate(state.units))
-        is_leader = leader == np.arange(n)
-        lengths = np.where(is_leader, lengths, -1)  # followers are never a cluster's keeper
-        text = np.concatenate(state.text_keys)
-        agree = np.concatenate(state.agree)
-        datasets = np.concatenate(state.datasets)
+        leader, unit_size = elect(state.units, n)
+        is_leader = _is_self(leader)
+        length = state.cols["length"]
+        policy = self.config.keep
+
+        def choose(pos: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+            """Each run's keeper: its first record, or its longest leader (followers never keep; ties: first)."""
+            if policy != "longest":
+                return pos[starts]
+            score = np.where(leader[pos] == pos, np.asarray(length[pos], np.int64), -1)
+            run = np.repeat(np.arange(len(starts)), sizes)
+            order = np.lexsort((pos, -score, run))
+            return pos[order[starts]]
+
         # exact pass: one unit per normalised text and agreement; the same text disagreeing is a conflict
-        exact_group = first_of_group(mh.splitmix(text ^ mh.splitmix(agree + np.uint64(1))))
-        exact_keep = mh.keep_mask(exact_group, lengths, self.config.keep)
-        self._count(state, "exact_duplicate", exact_keep, exact_group, leader, datasets, None)
-        self._exact_conflicts(state, text, agree, is_leader, datasets)
-        keep = exact_keep
+        keeper, _ = elect(state.exact, n, choose)
+        keep = _is_self(keeper)
+        self._count(state, "exact_duplicate", ~keep & is_leader, keeper, unit_size, None)
+        if state.texts is not None:
+            self._exact_conflicts(state, is_leader)
         if state.sides is not None and state.band_files:
-            keeper_of = np.zeros(n, np.int64)
-            keeper_of[exact_group[exact_keep]] = np.nonzero(exact_keep)[0]
-            keeper = keeper_of[exact_group]  # each record's exact-group keeper stands for it
-            con = duckdb.connect()
-            con.execute("SET threads = 2")
-            con.execute(f"SET temp_directory = '{state.folder / 'duckdb_tmp'}'")
-            files = ", ".join(f"'{p}'" for p in state.band_files)
-            pairs = mh.candidate_pairs(con, f"SELECT * FROM read_parquet([{files}])")
-            con.close()
-            pairs = keeper[pairs]
-            pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-            pairs = np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
+            pairs = state.candidates(keeper)
             self.stats["candidate_pairs"] += len(pairs)
             similar, sims = self._sides_similar(state, pairs)
-            same = agree[pairs[:, 0]] == agree[pairs[:, 1]]
-            verified = pairs[similar & same]
+            agree, text = state.cols["agree"], state.cols["text"]
+            same = agree[pairs[:, 0]] == agree[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+            verified, scores = pairs[similar & same], sims[similar & same]
             self.stats["verified_pairs"] += len(verified)
-            fresh = text[pairs[:, 0]] != text[pairs[:, 1]]  # equal texts were counted by the exact pass
-            self._near_conflicts(state, pairs[similar & ~same & fresh], sims[similar & ~same & fresh], datasets)
-            labels = mh.components(verified, n)
-            near_keep = mh.keep_mask(labels, lengths, self.config.keep)
-            keep = exact_keep & near_keep
-            score = {(int(a), int(b)): float(s) for (a, b), s in zip(pairs[similar & same], sims[similar & same])}
-            self._count(state, "near_duplicate", keep | ~exact_keep, labels, leader, datasets, score)
-        return keep[leader]
+            fresh = text[pairs[:, 0]] != text[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+            conflict = similar & ~same & fresh  # equal texts were counted by the exact pass
+            self._near_conflicts(state, pairs[conflict], sims[conflict])
+            dropped, cluster = self._clusters(verified, leader, length)
+            keep[dropped] = False
+            near = np.zeros(n, bool)
+            near[dropped] = True
+            score = {(int(x), int(y)): float(v) for (x, y), v in zip(verified, scores)}
+            self._count(state, "near_duplicate", near & is_leader, cluster, unit_size, score)
+        return keep, leader
+
+    def _clusters(self, verified: np.ndarray, leader: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Union-find over the records in verified pairs only (the rest keep themselves): (records dropped, a
+        mapping record -> the record its cluster keeps)."""
+        nodes = np.unique(verified) if len(verified) else np.zeros(0, np.int64)
+        if not len(nodes):
+            return nodes, {}
+        labels = mh.components(np.searchsorted(nodes, verified), len(nodes))
+        score = np.where(leader[nodes] == nodes, np.asarray(length[nodes], np.int64), -1) \
+            if self.config.keep == "longest" else None
+        kept = mh.keep_mask(labels, score, self.config.keep)
+        keeper_of_label = np.zeros(len(nodes), np.int64)
+        keeper_of_label[labels[kept]] = nodes[kept]
+        return nodes[~kept], _Lookup(nodes, keeper_of_label[labels])
 
     def _sides_similar(self, state: _KindState, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each candidate: does every side reach the threshold (pairs: in either order), and the smallest
         side Jaccard of the better order."""
         if len(pairs) == 0:
             return np.zeros(0, bool), np.zeros(0)
-        sets = [state.sides.sets(i) for i in range(len(state.fields))]  # type: ignore[union-attr]
-        straight = np.min([mh.pair_jaccard(pairs, s) for s in sets], axis=0)
-        if state.kind == "pair" and len(sets) == 2:  # text_a of one against text_b of the other, and back
-            crossed = np.minimum(mh.pair_jaccard(pairs, sets[0], sets[1]), mh.pair_jaccard(pairs, sets[1], sets[0]))
-            straight = np.maximum(straight, crossed)
-        return straight >= self.config.threshold, straight
+        out = np.zeros(len(pairs))
+        for lo in range(0, len(pairs), PAIR_CHUNK):  # fresh maps per chunk: the pages read go with them
+            part = pairs[lo: lo + PAIR_CHUNK]
+            sets = [state.sides.sets(i) for i in range(len(state.fields))]  # type: ignore[union-attr]
+            straight = np.min([mh.pair_jaccard(part, s) for s in sets], axis=0)
+            if state.kind == "pair" and len(sets) == 2:  # text_a of one against text_b of the other, and back
+                crossed = np.minimum(mh.pair_jaccard(part, sets[0], sets[1]), mh.pair_jaccard(part, sets[1], sets[0]))
+                straight = np.maximum(straight, crossed)
+            out[lo: lo + PAIR_CHUNK] = straight
+            del sets
+        return out >= self.config.threshold, out
 
     # ------------------------------------------------------------------ counting and reporting
-    def _count(self, state: _KindState, reason: str, keep: np.ndarray, groups: np.ndarray, leader: np.ndarray,
-               datasets: np.ndarray, score: dict | None) -> None:
-        """Count the records dropped for `reason` (a unit's records with its leader) per dataset; sample clusters
-        (the kept record and those it replaced)."""
-        dropped = np.nonzero(~keep & (leader == np.arange(state.n)))[0]
+    def _count(self, state: _KindState, reason: str, dropped_mask: np.ndarray, keeper_of: Any,
+               unit_size: np.ndarray, score: dict | None) -> None:
+        """Count the records dropped for `reason` (each dropped leader with its unit) per dataset; sample clusters
+        (the kept record and those it replaced). `keeper_of[i]`: the record that replaced record i."""
+        dropped = np.flatnonzero(dropped_mask)
         if not len(dropped):
             return
-        unit_size = np.bincount(leader, minlength=state.n)
-        self.dropped[reason] += int(unit_size[dropped].sum())
-        for ds, size in zip(datasets[dropped].tolist(), unit_size[dropped].tolist()):
-            self.by_dataset[ds][reason] += size
+        sizes = unit_size[dropped].astype(np.int64)
+        self.dropped[reason] += int(sizes.sum())
+        per_dataset = np.bincount(np.asarray(state.cols["dataset"][dropped]), weights=sizes,
+                                  minlength=len(state.dataset_names))
+        for code in np.nonzero(per_dataset)[0]:
+            self.by_dataset[state.dataset_names[code]][reason] += int(per_dataset[code])
         if len(self.examples) >= EXAMPLES:
             return
-        keepers = {int(g): int(i) for i, g in enumerate(groups) if keep[i] and leader[i] == i}
         clusters: dict[int, list[int]] = defaultdict(list)
-        for i in dropped:
-            if int(groups[i]) in keepers and len(clusters) < EXAMPLES - len(self.examples):
-                clusters[keepers[int(groups[i])]].append(int(i))
+        for i in dropped[:10_000].tolist():
+            k = int(keeper_of[i])
+            if k != i and (k in clusters or len(clusters) < EXAMPLES - len(self.examples)):
+                clusters[k].append(i)
         rows = self._rows(state, sorted({*clusters, *(i for v in clusters.values() for i in v)}))
         for k, members in clusters.items():
             replaced = []
@@ -290,20 +387,21 @@ class Dedup(Step):
                 replaced.append({**rows[i], **({"jaccard": round(j, 3)} if j is not None else {})})
             self.examples.append({"reason": reason, "kind": state.kind, "kept": rows[k], "replaced": replaced})
 
-    def _exact_conflicts(self, state: _KindState, text: np.ndarray, agree: np.ndarray, is_leader: np.ndarray,
-                         datasets: np.ndarray) -> None:
-        """Leaders whose normalised text equals another's while what they teach differs."""
-        idx = np.nonzero(is_leader)[0]
-        if state.kind != "classification" or not len(idx):
-            return
-        order = idx[np.lexsort((agree[idx], text[idx]))]
-        same_text = text[order][1:] == text[order][:-1]
-        differ = agree[order][1:] != agree[order][:-1]
-        hits = np.nonzero(same_text & differ)[0]
-        pairs = np.stack([order[hits], order[hits + 1]], axis=1) if len(hits) else np.zeros((0, 2), np.int64)
-        self._near_conflicts(state, pairs, np.ones(len(pairs)), datasets)
+    def _exact_conflicts(self, state: _KindState, is_leader: np.ndarray) -> None:
+        """Leaders whose normalised text equals another's while what they teach differs (one text partition at
+        a time)."""
+        agree = state.cols["agree"]
+        for pos, text in state.texts.each():  # type: ignore[union-attr]
+            lead = is_leader[pos]
+            pos, text = pos[lead], text[lead]
+            order = np.lexsort((np.asarray(agree[pos]), text))
+            pos, text = pos[order], text[order]
+            a = np.asarray(agree[pos])
+            hits = np.nonzero((text[1:] == text[:-1]) & (a[1:] != a[:-1]))[0]
+            if len(hits):
+                self._near_conflicts(state, np.stack([pos[hits], pos[hits + 1]], axis=1), np.ones(len(hits)))
 
-    def _near_conflicts(self, state: _KindState, pairs: np.ndarray, sims: np.ndarray, datasets: np.ndarray) -> None:
+    def _near_conflicts(self, state: _KindState, pairs: np.ndarray, sims: np.ndarray) -> None:
         """Classification texts that are (near) duplicates under different labels: reported, both kept. (Pairs
         with another score are not conflicts: minimal edits that change relatedness are the signal.)"""
         if not len(pairs) or state.kind != "classification":
@@ -319,8 +417,14 @@ class Dedup(Step):
         """Records at stream positions of the spill, shortened for the report."""
         if not positions or not state.spill_path.exists():
             return {}
-        table = pa.ipc.open_stream(pa.memory_map(str(state.spill_path))).read_all()
-        sub = table.take(pa.array(positions, pa.int64()))
+        wanted = np.asarray(positions, np.int64)
+        parts, start = [], 0
+        for batch in pa.ipc.open_stream(pa.OSFile(str(state.spill_path))):  # batch by batch: a few rows kept
+            inside = wanted[(wanted >= start) & (wanted < start + batch.num_rows)]
+            if len(inside):
+                parts.append(pa.Table.from_batches([batch]).take(pa.array(inside - start)))
+            start += batch.num_rows
+        sub = pa.concat_tables(parts)
         cols = ["id", "dataset", *state.fields] + [c for c in ("score", "label") if c in sub.column_names]
         lineage = sub.column("lineage").to_pylist()
         out = {}
@@ -342,16 +446,16 @@ class Dedup(Step):
         (self.ctx.artifacts_dir / self.config.report).write_text(
             json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
 
-    def _replay(self, kind: str, state: _KindState, keep: np.ndarray) -> Stream:
+    def _replay(self, kind: str, state: _KindState, keep: np.ndarray, leader: np.ndarray) -> Stream:
         if not state.spill_path.exists():
             return
         self._totals = getattr(self, "_totals", Counter())
-        for ds, c in Counter(np.concatenate(state.datasets).tolist()).items():
-            self._totals[ds] += c
+        for code, c in state.dataset_counts.items():
+            self._totals[state.dataset_names[int(code)]] += int(c)
         start = 0
-        # no `with`: downstream buffers may still reference the mapped batches after this loop
-        for batch in pa.ipc.open_stream(pa.memory_map(str(state.spill_path))):
-            mask = keep[start: start + batch.num_rows]
+        # read, not memory-mapped: a mapped spill of 10M records would stay resident as the stream moves on
+        for batch in pa.ipc.open_stream(pa.OSFile(str(state.spill_path))):
+            mask = keep[leader[start: start + batch.num_rows]]  # a unit's records share its leader's fate
             start += batch.num_rows
             table = pa.Table.from_batches([batch]).filter(pa.array(mask))
             self.kept += table.num_rows

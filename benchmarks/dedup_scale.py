@@ -1,0 +1,147 @@
+"""Dedup at scale on one machine: `datakit build` with one `dedup` step over generated short documents.
+
+Documents have 8-40 words drawn from a real vocabulary (the words of ../shared/data's STS-B, else a built-in
+list), and 2% are near-copies of an earlier document (one word changed). The generator streams to disk (it keeps
+a bounded reservoir of documents to copy from), so it is never what runs out of memory. Each size runs the real
+CLI in its own process; wall time, peak RSS and peak anonymous memory (RssAnon: what cannot be paged back to a
+file) of the process tree are sampled every 50 ms.
+
+    python benchmarks/dedup_scale.py --sizes 1000000,3000000,10000000
+
+Targets (issue #28), checked (exit 1 on a miss): peak RSS at 3M within 1.2x of 1M; 10M documents in under 15
+minutes with peak RSS under 4 GiB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FALLBACK = ("the a of and to in is was for on that with as by at from his her it an are were be this which or had "
+            "not but have they their one all new more been has who would can will two other first time year people "
+            "city state world school house water market music film game team power light river road train bank "
+            "card money phone night music song book story field paper system model data study report").split()
+
+
+def vocabulary() -> list[str]:
+    if (SHARED / "stsb" / "sts-train.csv").exists():
+        words = re.findall(r"[a-z]+", (SHARED / "stsb" / "sts-train.csv").read_text(encoding="utf-8").lower())
+        return sorted(set(words))
+    return FALLBACK
+
+
+def generate(path: Path, n: int, seed: int = 0, copies: float = 0.02) -> int:
+    """n documents as JSON lines; returns how many are planted near-copies."""
+    rng = random.Random(seed)
+    vocab = vocabulary()
+    reservoir: list[list[str]] = []
+    planted = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            if reservoir and rng.random() < copies:
+                words = list(rng.choice(reservoir))
+                words[rng.randrange(len(words))] = rng.choice(vocab)
+                planted += 1
+            else:
+                words = rng.choices(vocab, k=rng.randint(8, 40))
+                if len(reservoir) < 10_000:
+                    reservoir.append(words)
+                else:
+                    reservoir[rng.randrange(10_000)] = words
+            fh.write(json.dumps({"text": " ".join(words), "label": "x"}) + "\n")
+    return planted
+
+
+def _anon(p: psutil.Process) -> int:
+    try:
+        for line in open(f"/proc/{p.pid}/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(cmd: list[str]) -> tuple[float, int, int]:
+    """(seconds, peak RSS, peak RssAnon) of a command's process tree."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = [0, 0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                tree = [ps, *ps.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+                peak[1] = max(peak[1], sum(_anon(p) for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    threading.Thread(target=poll, daemon=True).start()
+    _, err = proc.communicate()
+    done.set()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
+    return time.time() - t0, peak[0], peak[1]
+
+
+def run(n: int, work: Path) -> dict:
+    docs = work / f"docs-{n}.jsonl"
+    planted = generate(docs, n)
+    recipe = work / f"recipe-{n}.yaml"
+    recipe.write_text(f"name: scale\nsources: [{{name: docs, path: {docs.name}, adapter: classification}}]\n"
+                      "steps: [{type: dedup, threshold: 0.8}]\n")
+    datakit = str(Path(sys.executable).parent / "datakit")
+    out = work / f"out-{n}"
+    secs, rss, anon = measure([datakit, "build", str(recipe), "--out", str(out), "--force", "-q"])
+    m = json.loads((out / "manifest.json").read_text())
+    d = m["dropped"]["0:dedup"]
+    row = {"docs": n, "seconds": secs, "rss": rss, "anon": anon, "exact": d.get("exact_duplicate", 0),
+           "near": d.get("near_duplicate", 0), "planted": planted, "timings": m.get("timings_s", {})}
+    docs.unlink()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,3000000")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dedup_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        rows.append(run(n, work))
+        r = rows[-1]
+        print(f"  {n:,}: {r['seconds']:.0f} s, peak RSS {r['rss'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+    print("\n| documents | wall s | dedup s | peak RSS GiB | peak anon GiB | exact dropped | near dropped | planted |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['docs']:,} | {r['seconds']:.0f} | {r['timings'].get('0:dedup', 0):.0f} | {r['rss'] / 2**30:.2f} | "
+              f"{r['anon'] / 2**30:.2f} | {r['exact']:,} | {r['near']:,} | {r['planted']:,} |")
+    missed = []
+    by = {r["docs"]: r for r in rows}
+    if 1_000_000 in by and 3_000_000 in by and by[3_000_000]["rss"] > 1.2 * by[1_000_000]["rss"]:
+        missed.append("peak RSS at 3M more than 1.2x of 1M")
+    if 10_000_000 in by and (by[10_000_000]["seconds"] > 900 or by[10_000_000]["rss"] > 4 * 2**30):
+        missed.append("10M: over 15 minutes or over 4 GiB")
+    if missed:
+        sys.exit("missed: " + "; ".join(missed))
+
+
+if __name__ == "__main__":
+    main()

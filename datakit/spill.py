@@ -1,0 +1,98 @@
+"""Per-record state on disk, for global steps whose memory must not grow with the corpus.
+
+- `Columns`: fixed-width columns (one raw file each), appended batch by batch, read back memory-mapped (random
+  access touches only the pages it needs).
+- `Partitions`: (position, key) pairs split by a hash of the key into files, so a group-by runs one partition at
+  a time: memory of one partition (a sixty-fourth of the records), not of the corpus.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+PARTS = 64
+
+
+class Columns:
+    """Fixed-width per-record columns spilled to `folder`, one raw file per column."""
+
+    def __init__(self, folder: Path, dtypes: dict[str, str]):
+        self.folder, self.dtypes = folder, {k: np.dtype(v) for k, v in dtypes.items()}
+        self.files = {k: open(folder / f"col-{k}.bin", "wb") for k in dtypes}
+        self.n = 0
+
+    def append(self, **arrays: np.ndarray) -> None:
+        for name, values in arrays.items():
+            np.ascontiguousarray(values, dtype=self.dtypes[name]).tofile(self.files[name])
+        self.n += len(next(iter(arrays.values())))
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """A column memory-mapped (read-only); an empty array when no record was appended."""
+        if self.n == 0:
+            return np.zeros(0, self.dtypes[name])
+        return np.memmap(self.folder / f"col-{name}.bin", dtype=self.dtypes[name], mode="r", shape=(self.n,))
+
+
+class Partitions:
+    """(position, key) pairs, split by key hash into `parts` files: every key's positions land in one file."""
+
+    def __init__(self, folder: Path, name: str, parts: int = PARTS):
+        self.folder, self.name, self.parts = folder, name, parts
+        self.files = [open(folder / f"part-{name}-{p:03d}.bin", "wb") for p in range(parts)]
+
+    def append(self, positions: np.ndarray, keys: np.ndarray) -> None:
+        which = (_mix(keys) % np.uint64(self.parts)).astype(np.int64)
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(self.parts + 1))
+        rows = np.empty(len(keys), dtype=[("pos", "<i8"), ("key", "<u8")])
+        rows["pos"], rows["key"] = positions, keys
+        rows = rows[order]
+        for p in range(self.parts):
+            if bounds[p] < bounds[p + 1]:
+                rows[bounds[p]: bounds[p + 1]].tofile(self.files[p])
+
+    def close(self) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def each(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One partition at a time: (positions, keys), sorted by key, positions ascending within a key."""
+        for p in range(self.parts):
+            rows = np.fromfile(self.folder / f"part-{self.name}-{p:03d}.bin", dtype=[("pos", "<i8"), ("key", "<u8")])
+            if len(rows):
+                rows = rows[np.lexsort((rows["pos"], rows["key"]))]
+                yield rows["pos"], rows["key"]
+
+
+def elect(partitions: Partitions, n: int, choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None
+          = None) -> tuple[np.ndarray, np.ndarray]:
+    """For every position, the position its group (equal keys) elects, and the size of its group (both n-sized:
+    int32 and uint32, eight bytes a record), computed one partition at a time. By default a group elects its
+    lowest position; `choose(positions, run starts, run sizes)` returns each run's elected position instead."""
+    elected = np.empty(n, np.int32 if n < 2**31 else np.int64)
+    sizes_out = np.empty(n, np.uint32)
+    for pos, key in partitions.each():
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        sizes = np.diff(np.r_[starts, len(key)])
+        winners = pos[starts] if choose is None else choose(pos, starts, sizes)
+        elected[pos] = np.repeat(winners, sizes)
+        sizes_out[pos] = np.repeat(sizes, sizes)
+    return elected, sizes_out
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (partition choice independent of how keys were made)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
