@@ -371,13 +371,17 @@ def _summary(manifest: dict[str, Any]) -> None:
     if lost:
         err.print("[bold yellow]rows lost to an unbalanced quote:[/] " + ", ".join(f"{d} {n:,}" for d, n in lost.items())
                   + " (see the `unbalanced_quote` rows of the quarantine)")
-    steps = {f"{i}:{s['type']}": s.get("report", {}) for i, s in enumerate(manifest.get("steps", []))}
-    for step, reasons in manifest.get("dropped", {}).items():
-        if reasons:
-            per = steps.get(step, {}).get("dropped_by_dataset")
-            detail = f" [{'; '.join(f'{d}: ' + ', '.join(f'{r} {n}' for r, n in c.items()) for d, c in per.items())}]" \
-                if per else ""
-            console.print(f"dropped by {step}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()) + detail)
+    for i, entry in enumerate(manifest.get("steps", [])):
+        reasons = manifest.get("dropped", {}).get(f"{i}:{entry['type']}", {})
+        if not reasons:
+            continue
+        report = entry.get("report", {})
+        per = report.get("dropped_by_dataset") or {
+            key.split("/", 1)[1]: {"removed": n_in - n_out}
+            for key, (n_in, n_out) in report.get("records", {}).items() if n_in > n_out}
+        detail = "; ".join(f"{d}: " + ", ".join(f"{r} {n:,}" for r, n in c.items()) for d, c in per.items())
+        console.print(f"step {i + 1} ({entry['type']}) dropped " + ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+                      + (f" ({detail})" if detail else ""), highlight=False, soft_wrap=True, markup=False)
     for name, inputs in manifest.get("inputs", {}).items():
         skipped = inputs.get("skipped", []) if isinstance(inputs, dict) else []
         if skipped:
@@ -399,9 +403,22 @@ def _summary(manifest: dict[str, Any]) -> None:
         err.print(f"[bold yellow]budget reached:[/] ${budget['spent_usd']:.4f} of ${budget['max_budget_usd']:.4f}; "
                   f"{budget['requests_not_sent']} requests were not sent (their records are left unsynthesised; "
                   "raise llm.max_budget_usd and rebuild: answers already paid for come from the cache)")
-    rate = manifest.get("rows_per_s")
-    console.print(f"read {sum(manifest['rows_read'].values()):,} rows in {manifest['duration_s']:.1f}s"
-                  + (f" ({rate:,.0f} rows/s)" if rate else ""))
+    timings = manifest.get("timings_s", {})
+    stages = " · ".join(f"{_stage_name(k, manifest)} {v:.1f}s" for k, v in timings.items() if v >= 0.05)
+    console.print(f"{sum(manifest['rows_read'].values()):,} rows read; {manifest['duration_s']:.1f}s in all"
+                  + (f": {stages}" if stages else ""), highlight=False, soft_wrap=True)
+
+
+def _stage_name(key: str, manifest: dict[str, Any]) -> str:
+    """`2:paraphrase` as `step 3 (paraphrase)`; `read` as `reading sources`; `other` as `writing and setup`."""
+    if key == "read":
+        return "reading sources"
+    if key == "other":
+        return "writing and setup"
+    head = key.split(" ")[0]
+    names = [f"step {int(p.split(':')[0]) + 1} ({p.split(':', 1)[1]})" for p in head.split("+")
+             if ":" in p and p.split(":")[0].isdigit()]
+    return " + ".join(names) + (" on Ray" if "ray" in key else "") if names else key
 
 
 def main(argv: list[str] | None = None) -> None:

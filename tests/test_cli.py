@@ -84,7 +84,7 @@ def test_bench_build_decontaminate_and_dedup_commands(demo, tmp_path):
     report = json.loads((tmp_path / "clean" / "contamination.json").read_text())
     assert list(report["tasks"]) == ["p2/extra/test"]
     res = run("datakit", "dedup", str(tmp_path / "clean"), "--out", str(tmp_path / "dd"), "--threshold", "0.5")
-    assert res.returncode == 0 and "dropped by 0:dedup" in res.stdout
+    assert res.returncode == 0 and "step 1 (dedup) dropped" in res.stdout
     res = run("datakit", "bench", "build", "--out", str(tmp_path / "p3"))
     assert res.returncode == 1 and "--from-files" in res.stderr
     res = run("datakit", "decontaminate", str(demo), "--bench", str(tmp_path), "--out", str(tmp_path / "x"))

@@ -129,8 +129,9 @@ class Step:
         """Called once the stream is exhausted when the step ran elsewhere (writes reports from merged state)."""
 
     def report(self) -> dict[str, Any]:
-        """Counters for the manifest's `steps` entry."""
-        return {"kept": self.kept, "dropped": dict(self.dropped)}
+        """Counters for the manifest's `steps` entry (`records`: per kind/dataset, [in, out])."""
+        return {"kept": self.kept, "dropped": dict(self.dropped),
+                "records": {key: list(v) for key, v in sorted(self.flow.items())}}
 
     def manifest_entries(self) -> dict[str, Any]:
         """Top-level manifest keys this step contributes (e.g. `contamination`)."""
