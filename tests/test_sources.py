@@ -172,3 +172,34 @@ def test_scores_outside_a_declared_range_are_quarantined(tmp_path):
     assert set(bad) == {0, 2, 3} and {q["reason"] for q in bad.values()} == {"bad_score"}
     assert bad[0]["detail"] == "score -3 is outside score_range [0, 5]" and bad[0]["field"] == "score"
     assert "not a finite number" in bad[3]["detail"]
+
+
+def test_where_selects_rows_by_a_split_column_in_one_file(tmp_path):
+    """SICK keeps train, trial and test in one file with a split column: `where` reads one split without SQL."""
+    write(tmp_path / "sick.tsv", "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tSemEval_set\n"
+          "1\tA man sits\tA man is sitting\t4.5\tTRAIN\n2\tA dog runs\tA cat sleeps\t1.2\tTEST\n"
+          "3\tKids play\tChildren play\t4.8\tTEST\n4\tx\ty\t2\tTRIAL\n")
+    rows, idx, bad, _ = _read(tmp_path, cols=("sentence_A",), path="sick.tsv", where={"SemEval_set": "TEST"})
+    assert rows == [{"sentence_A": "A dog runs"}, {"sentence_A": "Kids play"}]  # the where column is not passed on
+    assert idx == [1, 2] and bad == []  # row numbers stay those of the file
+    rows, *_ = _read(tmp_path, cols=("sentence_A",), path="sick.tsv", where={"SemEval_set": ["TEST", "TRIAL"]},
+                     limit=2)
+    assert [r["sentence_A"] for r in rows] == ["A dog runs", "Kids play"]  # limit counts selected rows
+    with pytest.raises(SourceError, match="no column 'split'"):
+        _read(tmp_path, cols=("sentence_A",), path="sick.tsv", where={"split": "test"})
+
+
+def test_where_compares_numbers_and_booleans_as_text(tmp_path):
+    write(tmp_path / "x.jsonl", "".join(json.dumps({"a": f"q{i}", "b": "p", "fold": i % 3, "gold": i % 2 == 0}) + "\n"
+                                        for i in range(9)))
+    rows, idx, *_ = _read(tmp_path, path="x.jsonl", where={"fold": [0, 2], "gold": True})
+    assert idx == [0, 2, 6, 8] and {r["a"] for r in rows} == {"q0", "q2", "q6", "q8"}
+    pq.write_table(pa.table({"a": ["x", "y", None], "b": ["1", "2", "3"], "lang": ["en", None, "en"]}),
+                   tmp_path / "x.parquet")
+    rows, idx, *_ = _read(tmp_path, path="x.parquet", where={"lang": "en"})
+    assert idx == [0, 2]  # a null never matches
+
+
+def test_where_values_must_be_plain(tmp_path):
+    with pytest.raises(ValueError, match="where.split"):
+        SourceConfig(name="s", adapter="qa", path="x.jsonl", where={"split": {"eq": "test"}})

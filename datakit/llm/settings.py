@@ -11,7 +11,8 @@ class LLMSettings(Strict):
 
     model: str = Field("embedded/smollm2", description="litellm model string; embedded/smollm2 runs offline")
     api_base: str | None = Field(None, description="an OpenAI-compatible server, with model 'openai/<name>'")
-    concurrency: int = Field(4, gt=0)
+    concurrency: int | None = Field(None, gt=0, description="requests in flight per step; default 4, or 32 for "
+                                    "the embedded model (its requests are generated in batches)")
     rpm: int | None = Field(None, gt=0, description="requests per minute, per step")
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)

@@ -19,7 +19,7 @@ from datakit.llm import quality
 from datakit.llm.prompts import load_prompt
 from datakit.records import add_event, replace_columns
 from datakit.steps.base import Stream, register
-from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, prompt_file
+from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, _concat, gathered, prompt_file, split_like
 
 
 class LLMNegativesConfig(SynthesisConfig):
@@ -47,11 +47,12 @@ class LLMNegatives(SynthesisStep):
             if config.judge else None
 
     def run(self, stream: Stream) -> Stream:
-        for kind, table in stream:
-            if kind == "retrieval" and table.num_rows:
-                table = self._negatives(table)
-            self.kept += table.num_rows
-            yield kind, table
+        for kind, tables in gathered(stream):
+            if kind == "retrieval" and any(t.num_rows for t in tables):
+                tables = split_like(self._negatives(_concat(tables)), tables)
+            for table in tables:
+                self.kept += table.num_rows
+                yield kind, table
 
     def _negatives(self, table: pa.Table) -> pa.Table:
         cfg = self.config

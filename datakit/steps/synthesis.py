@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +62,35 @@ class SynthesisConfig(StepConfig):
         return params
 
 
+def gathered(stream: Stream, rows: int = CHUNK) -> Iterator[tuple[str, list[pa.Table]]]:
+    """Consecutive batches of one kind grouped until they hold `rows` rows, so that the small batches of many
+    small datasets are sent to the LLM together (its concurrency, the embedded model's batching) rather than one
+    after the other. A large batch travels alone: memory stays bounded by one batch plus `rows` rows."""
+    kind, group, held = None, [], 0
+    for k, table in stream:
+        if group and (k != kind or held + table.num_rows > rows):
+            yield kind, group
+            group, held = [], 0
+        kind = k
+        group.append(table)
+        held += table.num_rows
+    if group:
+        yield kind, group
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
+def split_like(table: pa.Table, tables: list[pa.Table]) -> list[pa.Table]:
+    """`table` (the result of processing `_concat(tables)` row for row) cut back into batches like `tables`."""
+    out, start = [], 0
+    for t in tables:
+        out.append(table.slice(start, t.num_rows))
+        start += t.num_rows
+    return out
+
+
 def prompt_file(name: str, ctx: StepContext, what: str) -> str | Path:
     """A packaged prompt id as it is; a prompt file resolved and checked inside the recipe's sandbox (a prompt's
     text is sent to the LLM provider: a shared recipe must not send a file from elsewhere)."""
@@ -91,12 +120,15 @@ class SynthesisStep(Step):
         self._embedder: Embedder | None = None
 
     def run(self, stream: Stream) -> Stream:
-        """For steps that add records (paraphrase, augment): each batch, then the records made from it.
-        The new records are generated before the batch is passed on, so LLM calls happen in recipe order."""
-        for kind, table in stream:
-            new = self.new_records(kind, table) if table.num_rows else None
-            self.kept += table.num_rows
-            yield kind, table
+        """For steps that add records (paraphrase, augment): each group of batches (`gathered`), then the records
+        made from it. The new records are generated before the batches are passed on, so LLM calls happen in
+        recipe order."""
+        for kind, tables in gathered(stream):
+            merged = _concat(tables)
+            new = self.new_records(kind, merged) if merged.num_rows else None
+            for table in tables:
+                self.kept += table.num_rows
+                yield kind, table
             if new is not None and new.num_rows:
                 self.kept += new.num_rows
                 yield kind, new
@@ -114,7 +146,8 @@ class SynthesisStep(Step):
                 params["api_base"] = cfg.api_base or s.api_base
             structured = self.model.startswith("embedded/") if cfg.structured is None else cfg.structured
             cache = LLMCache(self.ctx.resolve(s.cache) if s.cache else default_path())
-            self._client = LLMClient(self.model, cache, concurrency=cfg.concurrency or s.concurrency, rpm=s.rpm,
+            concurrency = cfg.concurrency or s.concurrency or (32 if self.model.startswith("embedded/") else 4)
+            self._client = LLMClient(self.model, cache, concurrency=concurrency, rpm=s.rpm,
                                      max_retries=s.max_retries, timeout=s.timeout_s, budget=self.budget,
                                      price_per_million=s.price_per_million, structured=structured, **params)
         return self._client

@@ -69,7 +69,8 @@ def read_records(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport
         cols.pop("negatives")  # optional in the retrieval adapter
     fields = src.model_dump(exclude={"columns"}, exclude_unset=True)
     config = SourceConfig(name=spec.name, adapter=adapter, options=options, columns=cols,
-                          **{k: v for k, v in fields.items() if k in ("path", "hf", "sql", "format", "csv", "limit")})
+                          **{k: v for k, v in fields.items()
+                             if k in ("path", "hf", "sql", "format", "csv", "where", "limit")})
     kind = {"sts": "pair", "pair_classification": "pair", "reranking": "retrieval"}.get(spec.type, "classification")
     tables, tally = [], Tally()
     for event in source_events(config, sandbox, strict=False, batch_rows=50_000):
@@ -93,7 +94,8 @@ def read_rows(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -
     src = spec.sources()[part]
     cols = _columns(spec, part, src.columns)
     kinds = {"id": "label", "query_id": "label", "doc_id": "label", "text": "text", "title": "text", "score": "score"}
-    config = SourceFields(**src.model_dump(include={"path", "hf", "sql", "format", "csv", "limit"}, exclude_unset=True))
+    config = SourceFields(**src.model_dump(include={"path", "hf", "sql", "format", "csv", "where", "limit"},
+                                           exclude_unset=True))
     need = ColumnSpec(names=list(cols.values()), optional={cols["title"]} if "title" in cols else set(),
                       scalar={c for r, c in cols.items() if kinds[r] in ("label", "score")})
     out: dict[str, list] = {role: [] for role in cols}

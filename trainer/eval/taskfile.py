@@ -1,5 +1,5 @@
 """Eval task files: YAML whose sources use exactly the recipe's source syntax (`path` / `hf` / `sql`, `format`,
-`csv:`, `columns`, `limit`), validated by pydantic with errors that name the key and its line.
+`csv:`, `columns`, `where`, `limit`), validated by pydantic with errors that name the key and its line.
 
 ```yaml
 tasks:
@@ -9,6 +9,7 @@ tasks:
     format: tsv
     csv: {delimiter: "\\t", quote_char: false}
     columns: {text_a: sentence_A, text_b: sentence_B, score: relatedness_score}
+    where: {SemEval_set: TEST}          # SICK keeps its three splits in one file
 ```
 
 Where each type takes its data:

@@ -103,6 +103,11 @@ def summary_markdown(exp: Experiment, variants: list[str], tasks: list[str], cel
                      results: list[dict[str, Any]], out: Path) -> str:
     times = _times(results)
     builds = {v.name: _corpus(out, v.build_key).get("build_s") for v in exp.variants}
+    sharing: dict[str, list[str]] = {}
+    for v in exp.variants:
+        sharing.setdefault(v.build_key, []).append(v.name)
+    first = {names[0] for names in sharing.values()}
+    owner = {name: names[0] for names in sharing.values() for name in names}
     failed = [r for r in results if "error" in r]
     lines = [f"# {exp.name}: mean ± std over seeds {exp.seeds}; difference to `{exp.spec.base}`", "",
              "| variant | " + " | ".join(tasks) + " | build s | train s | eval s |",
@@ -122,7 +127,12 @@ def summary_markdown(exp: Experiment, variants: list[str], tasks: list[str], cel
             row.append(txt)
         tr, ev = times.get(v, (0.0, 0.0))
         b = builds.get(v)
-        lines.append(f"| {v} | " + " | ".join(row) + f" | {'-' if b is None else f'{b:.0f}'} | {tr:.0f} | {ev:.0f} |")
+        shown = "-" if b is None else f"{b:.0f}" if v in first or v not in owner else f"(= {owner[v]})"
+        lines.append(f"| {v} | " + " | ".join(row) + f" | {shown} | {tr:.0f} | {ev:.0f} |")
+    shared = [names for names in sharing.values() if len(names) > 1]
+    if shared:
+        lines += [""] + [f"Corpus of {names[0]}: built once, shared by {len(names)} variants ({', '.join(names)})."
+                         for names in shared]
     if failed:
         lines += ["", "Failed runs:"] + [f"- {r['variant']} seed {r['seed']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"

@@ -166,7 +166,10 @@ def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gp
             results.append(failure)
         else:
             pending.append(r)
-    log(f"{exp.name}: {len(runs)} runs, {len(runs) - len(pending)} done or failed to build, {len(pending)} to run")
+    failed = sum(1 for r in results if "error" in r)
+    log(f"{exp.name}: {len(runs)} runs: {len(results) - failed} already done, {failed} failed (their corpus did "
+        f"not build), {len(pending)} to run" if failed else
+        f"{exp.name}: {len(runs)} runs: {len(results)} already done, {len(pending)} to run")
     if report_only:
         for r in pending:
             log(f"  not run yet: {r.variant} seed {r.seed}")
