@@ -277,3 +277,25 @@ def test_compare_marks_deltas_and_writes_md_csv_png(demo_run, tmp_path):
     md = paths["md"].read_text()
     assert "▼-0.1000" in md and md.count("|") > 20
     assert paths["png"].stat().st_size > 5000 and paths["csv"].read_text().startswith("task,type,metric,")
+
+
+def test_a_task_reads_its_test_rows_from_a_file_with_a_split_column(tmp_path):
+    """SICK's layout: `where:` in a task file scores the TEST rows only; the same file's TRAIN rows never count."""
+    from trainer.eval.local import DataReport, read_records
+
+    rows = [("a man sits", "a man is sitting", "4.5", "TRAIN"), ("a dog runs", "a cat sleeps", "1.2", "TEST"),
+            ("kids play", "children play", "4.8", "TEST"), ("x", "y", "2", "TRIAL"), ("sun", "moon", "2.5", "TEST")]
+    write(tmp_path / "SICK.txt", "sentence_A\tsentence_B\trelatedness_score\tSemEval_set\n"
+          + "".join("\t".join(r) + "\n" for r in rows))
+    loaded = load_task_file(write(tmp_path / "t.yaml", """
+        tasks:
+          - name: SICK-R-local
+            type: sts
+            path: SICK.txt
+            format: tsv
+            where: {SemEval_set: TEST}
+            columns: {text_a: sentence_A, text_b: sentence_B, score: relatedness_score}
+    """))
+    [spec] = loaded.tasks
+    table = read_records(spec, "data", loaded.sandbox, DataReport())
+    assert table.column("text_a").to_pylist() == ["a dog runs", "kids play", "sun"]

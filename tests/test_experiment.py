@@ -3,6 +3,7 @@ with `trainer eval`; resumable; bad overrides refused before anything runs; fail
 from __future__ import annotations
 
 import csv
+import re
 import json
 import os
 from pathlib import Path
@@ -103,6 +104,9 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
     results = run_experiment(exp, Path("out"), log=lines.append)
     assert sorted(p.name for p in (out / "builds").iterdir()) == sorted({v.build_key for v in exp.variants})
+    # inside each run: training progress (about ten lines a stage) and each evaluation task as it is scored
+    assert any(re.match(r"    stage \d step \d+/\d+  loss \d", line) for line in lines), lines
+    assert any(line.startswith("    eval STS-demo") for line in lines), lines
     ok = [r for r in results if "scores" in r]
     failed = [r for r in results if "error" in r]
     assert {(r["variant"], r["seed"]) for r in ok} == {("base", 0), ("base", 1), ("no_mining", 0), ("no_mining", 1),

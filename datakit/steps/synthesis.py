@@ -91,6 +91,17 @@ def split_like(table: pa.Table, tables: list[pa.Table]) -> list[pa.Table]:
     return out
 
 
+def by_batch(new: pa.Table, tables: list[pa.Table]) -> list[pa.Table]:
+    """New records split by the batch their parent (lineage `parent_id`) came in, in their order."""
+    owner: dict[str, int] = {}
+    for i, t in enumerate(tables):
+        for rid in t.column("id").to_pylist():
+            owner.setdefault(rid, i)
+    parents = pc.struct_field(new.column("lineage"), "parent_id").to_pylist()
+    batch = np.array([owner.get(p, len(tables) - 1) for p in parents])
+    return [new.filter(pa.array(batch == i)) for i in range(len(tables))]
+
+
 def prompt_file(name: str, ctx: StepContext, what: str) -> str | Path:
     """A packaged prompt id as it is; a prompt file resolved and checked inside the recipe's sandbox (a prompt's
     text is sent to the LLM provider: a shared recipe must not send a file from elsewhere)."""
@@ -120,18 +131,20 @@ class SynthesisStep(Step):
         self._embedder: Embedder | None = None
 
     def run(self, stream: Stream) -> Stream:
-        """For steps that add records (paraphrase, augment): each group of batches (`gathered`), then the records
-        made from it. The new records are generated before the batches are passed on, so LLM calls happen in
+        """For steps that add records (paraphrase, augment): each batch, then the records made from it, as one
+        batch at a time would give them (the Ray executor does), though the LLM sees a group of batches at once
+        (`gathered`). The new records are generated before the batches are passed on, so LLM calls happen in
         recipe order."""
         for kind, tables in gathered(stream):
             merged = _concat(tables)
             new = self.new_records(kind, merged) if merged.num_rows else None
-            for table in tables:
+            parts = by_batch(new, tables) if new is not None and new.num_rows else [None] * len(tables)
+            for table, part in zip(tables, parts):  # each batch, then its new records: the order of one at a time
                 self.kept += table.num_rows
                 yield kind, table
-            if new is not None and new.num_rows:
-                self.kept += new.num_rows
-                yield kind, new
+                if part is not None and part.num_rows:
+                    self.kept += part.num_rows
+                    yield kind, part
 
     def new_records(self, kind: str, table: pa.Table) -> pa.Table | None:
         raise NotImplementedError

@@ -68,8 +68,30 @@ def build_corpus(exp: Experiment, variant: Variant, out: Path, log: Callable[[st
     return folder
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Train (unless untrained) and score one run; writes result.json or failed.json and returns it."""
+def _progress(log: Callable[[str], None] | None, steps: list[int]) -> Callable[[Any], None]:
+    """Training's log records as about ten lines per stage (and the trainer's messages), for `log`."""
+    shown: dict[int, int] = {}
+
+    def on_record(rec: Any) -> None:
+        if log is None:
+            return
+        if isinstance(rec, dict) and "step" in rec and "loss" in rec:
+            stage, step = rec.get("stage", 0), rec["step"]
+            total = steps[stage] if stage < len(steps) else step
+            tenth = step * 10 // max(total, 1)
+            if tenth > shown.get(stage, 0) or step == total:
+                shown[stage] = tenth
+                losses = rec["loss"] if isinstance(rec["loss"], dict) else {"all": rec["loss"]}
+                mean = sum(losses.values()) / max(len(losses), 1)
+                log(f"    stage {stage + 1} step {step}/{total}  loss {mean:.4f}")
+        elif isinstance(rec, str):
+            log(f"    {rec}")
+    return on_record
+
+
+def run_one(spec: RunSpec, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (unless untrained) and score one run; writes result.json or failed.json and returns it. `log`
+    hears training every tenth of its steps and each evaluation task as it is scored."""
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "run.json", spec.describe())
@@ -86,11 +108,12 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             cfg = spec.config.model_copy(deep=True)
             cfg.seed, cfg.output_dir = spec.seed, str(folder / "train")
             cfg.data.shards, cfg.data.seed = spec.build, spec.seed
-            model = str(train(cfg, resume=True, log=lambda _: None))
+            model = str(train(cfg, resume=True, log=_progress(log, [stage.steps for stage in cfg.stages])))
             train_s = time.time() - t0
         t1 = time.time()
         [summary] = evaluate_models(EvalRequest(models=[model], out=str(folder / "eval"), tasks_file=spec.eval_path,
-                                                name=f"experiment/{spec.key}"), log=lambda _: None)
+                                                name=f"experiment/{spec.key}"),
+                                    log=(lambda m: log(f"    eval {m.strip()}")) if log else (lambda _: None))
         failed = [f"{o.task}: {o.error}" for o in summary.outcomes if o.error]
         if failed:
             raise RuntimeError("evaluation failed: " + "; ".join(failed))
@@ -179,7 +202,7 @@ def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gp
     else:
         for i, r in enumerate(pending, 1):
             log(f"[{i}/{len(pending)}] {r.variant} seed {r.seed}")
-            res = run_one(r)
+            res = run_one(r, log)
             log(f"  {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}")
             results.append(res)
     return results
