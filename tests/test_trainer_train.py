@@ -358,7 +358,11 @@ grad_cache_chunk: 3
     run(accelerate)
     wrapped = json.loads((tmp_path / "fsdp-0.json").read_text())
     assert wrapped["distributed_type"] == "DistributedType.FSDP"
-    assert {"FSDPQwen2DecoderLayer", "FSDPCheckpointWrapper", "FSDPEmbeddingModel"} <= set(wrapped["sharded"])
+    sharded = set(wrapped["sharded"])
+    assert "FSDPEmbeddingModel" in sharded  # the root unit
+    # each of the 2 decoder layers is a unit of its own: the layer, or (accelerate 1.16 with activation
+    # checkpointing) the checkpoint wrapper around it (earlier accelerate releases also made the layer a unit)
+    assert sharded & {"FSDPQwen2DecoderLayer", "FSDPCheckpointWrapper"} and wrapped["count"] >= 1 + 2, wrapped
     out = tmp_path / "run"
     full = _log(out)
     assert [r["step"] for r in full] == [1, 2, 3, 4]
