@@ -13,7 +13,7 @@ import pytest
 
 from datakit.llm.embedded import gguf_path
 from datakit.llm.gguf_transformers import TransformersRuntime, converted_dir, shared_prefix
-from datakit.steps.synthesis import _concat, gathered, split_like
+from datakit.steps.synthesis import concat_batches, gathered, split_like
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Out", "schema": {
     "type": "object", "properties": {"query": {"type": "string"}, "passage": {"type": "string"}}}}}
@@ -117,7 +117,7 @@ def test_small_batches_travel_together_and_come_back_apart():
     assert [(k, [t.num_rows for t in g]) for k, g in groups] == [("retrieval", [3, 2]), ("retrieval", [300]),
                                                                   ("retrieval", [1]), ("pair", [1])]
     first = groups[0][1]
-    back = split_like(_concat(first), first)
+    back = split_like(concat_batches(first), first)
     assert [t.column("id").to_pylist() for t in back] == [t.column("id").to_pylist() for t in first]
 
 

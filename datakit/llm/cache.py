@@ -22,8 +22,13 @@ def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def cache_root() -> Path:
+    """$DATAKIT_CACHE, default ~/.cache/datakit: answers, embeddings and converted models live under it."""
+    return Path(os.environ.get("DATAKIT_CACHE", Path.home() / ".cache" / "datakit"))
+
+
 def default_path() -> Path:
-    return Path(os.environ.get("DATAKIT_CACHE", Path.home() / ".cache" / "datakit")) / "llm" / "answers.sqlite"
+    return cache_root() / "llm" / "answers.sqlite"
 
 
 class LLMCache:

@@ -138,11 +138,10 @@ class RowSampler:
         self.requests, self.tok, self.vocabulary = requests, tokenizer, vocabulary
         self.capped = [False] * len(requests)
 
-    def _ended(self, req: Request, generated: list[int]) -> bool:
+    def _ended(self, req: Request, text: str) -> bool:
         pending = req.pending
-        if not generated or (pending is None and not req.stops()):
+        if not text or (pending is None and not req.stops()):
             return False
-        text = self.tok.decode(generated, skip_special_tokens=True)
         if pending is not None:
             return value_end(text, pending[1]) >= 0
         return any(s in text for s in req.stops())
@@ -153,12 +152,14 @@ class RowSampler:
         if len(generated) >= req.budget:
             self.capped[row] = True
             return None
-        if self._ended(req, generated):
+        needs_text = req.pending is not None or req.stops()
+        text = self.tok.decode(generated, skip_special_tokens=True) if generated and needs_text else ""
+        if self._ended(req, text):
             return None
         if generated:
             logits = _penalise(logits, torch.tensor(generated), req)
         if req.pending is not None and req.pending[1] != "string" and self.vocabulary is not None:
-            allowed = self.vocabulary.allowed(req.pending[1], self.tok.decode(generated, skip_special_tokens=True))
+            allowed = self.vocabulary.allowed(req.pending[1], text)
             if allowed is not None:
                 logits = logits.masked_fill(~allowed[:logits.numel()], -math.inf)
         temperature = float(req.get("temperature"))
@@ -277,7 +278,7 @@ def _gguf_loading() -> Iterator[None]:
     hf_logging.disable_progress_bar()
     for obj, name, _ in saved:
         setattr(obj, name, {"tqdm": lambda items, *_, **__: items, "GGUFReader": reader,
-                            "get_tensor_name_map": functools.lru_cache(maxsize=None)(name_map or (lambda *a: None))}[name])
+                            "get_tensor_name_map": functools.lru_cache(maxsize=None)(name_map)}[name])
     try:
         yield
     finally:
@@ -292,8 +293,9 @@ def converted_dir(gguf: Path) -> Path:
     $DATAKIT_CACHE/models/<file name>-<digest of its path, size and time>."""
     stat = gguf.stat()
     digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("DATAKIT_CACHE", Path.home() / ".cache" / "datakit"))
-    return root / "models" / f"{gguf.stem}-{digest}"
+    from datakit.llm.cache import cache_root
+
+    return cache_root() / "models" / f"{gguf.stem}-{digest}"
 
 
 def load_converted(gguf: Path) -> tuple[Any, Any]:

@@ -19,7 +19,7 @@ from datakit.llm import quality
 from datakit.llm.prompts import load_prompt
 from datakit.records import add_event, replace_columns
 from datakit.steps.base import Stream, register
-from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, _concat, gathered, prompt_file, split_like
+from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, concat_batches, gathered, prompt_file, split_like
 
 
 class LLMNegativesConfig(SynthesisConfig):
@@ -49,7 +49,7 @@ class LLMNegatives(SynthesisStep):
     def run(self, stream: Stream) -> Stream:
         for kind, tables in gathered(stream):
             if kind == "retrieval" and any(t.num_rows for t in tables):
-                tables = split_like(self._negatives(_concat(tables)), tables)
+                tables = split_like(self._negatives(concat_batches(tables)), tables)
             for table in tables:
                 self.kept += table.num_rows
                 yield kind, table

@@ -78,12 +78,12 @@ def gathered(stream: Stream, rows: int = CHUNK) -> Iterator[tuple[str, list[pa.T
         yield kind, group
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
+def concat_batches(tables: list[pa.Table]) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
 
 
 def split_like(table: pa.Table, tables: list[pa.Table]) -> list[pa.Table]:
-    """`table` (the result of processing `_concat(tables)` row for row) cut back into batches like `tables`."""
+    """`table` (the result of processing `concat_batches(tables)` row for row) cut back into batches like `tables`."""
     out, start = [], 0
     for t in tables:
         out.append(table.slice(start, t.num_rows))
@@ -136,7 +136,7 @@ class SynthesisStep(Step):
         (`gathered`). The new records are generated before the batches are passed on, so LLM calls happen in
         recipe order."""
         for kind, tables in gathered(stream):
-            merged = _concat(tables)
+            merged = concat_batches(tables)
             new = self.new_records(kind, merged) if merged.num_rows else None
             parts = by_batch(new, tables) if new is not None and new.num_rows else [None] * len(tables)
             for table, part in zip(tables, parts):  # each batch, then its new records: the order of one at a time
