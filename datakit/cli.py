@@ -222,6 +222,19 @@ def sql(
     console.print(table)
 
 
+@app.command("serve-llm")
+def serve_llm(
+    model: str = typer.Option("smollm2", help="a packaged short name (smollm2) or a .gguf path"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8080),
+    api_key: Optional[str] = typer.Option(None, help="require this bearer key"),
+) -> None:
+    """Serve the embedded model at an OpenAI-compatible endpoint (reach it as `openai/<model>` with api_base)."""
+    from datakit.llm.serve import main as serve_main
+
+    serve_main(["--model", model, "--host", host, "--port", str(port), *(["--api-key", api_key] if api_key else [])])
+
+
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark packs for decontamination.")
 app.add_typer(bench_app, name="bench")
 

@@ -86,10 +86,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LLM_SERVER_KEY = "sk-local-secret"  # `datakit serve-llm` requires it (llama.cpp's server takes any key)
+
+
 @pytest.fixture(scope="session")
-def llama_server():
-    """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct on a free loopback port."""
-    pytest.importorskip("llama_cpp")
+def llm_server():
+    """A real OpenAI-compatible server with SmolLM2-135M-Instruct on a free loopback port: `datakit serve-llm`
+    (the transformers runtime), or llama.cpp's server with DATAKIT_TEST_SERVER=llama.cpp (extra `local`)."""
     from datakit.llm.embedded import EmbeddedModelError, gguf_path
 
     try:
@@ -97,19 +100,27 @@ def llama_server():
     except EmbeddedModelError as exc:
         pytest.skip(str(exc))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.environ.get("DATAKIT_TEST_SERVER", "").lower() in ("llama.cpp", "llamacpp"):
+        pytest.importorskip("llama_cpp")
+        cmd = [sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"]
+    else:
+        cmd = [sys.executable, "-m", "datakit.llm.serve", "--model", "smollm2", "--port", str(port),
+               "--api-key", LLM_SERVER_KEY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     base = f"http://127.0.0.1:{port}/v1"
-    for _ in range(120):
+    for _ in range(240):
+        if proc.poll() is not None:
+            pytest.fail(f"LLM server exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
         try:
-            urllib.request.urlopen(f"{base}/models", timeout=1)
+            urllib.request.urlopen(urllib.request.Request(f"{base}/models", headers={
+                "Authorization": f"Bearer {LLM_SERVER_KEY}"}), timeout=1)
             break
         except OSError:
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("llama.cpp server did not start")
+        pytest.fail("LLM server did not start in 120 s")
     yield base
     proc.terminate()
     proc.wait(timeout=10)

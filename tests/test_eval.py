@@ -204,6 +204,64 @@ def test_prompts_follow_the_report_and_are_recorded(tmp_path):
     assert recorded["scores"]["test"][0]["embedkit"]["prompts"]["query"]["source"] == "task"
 
 
+def test_prompts_fit_the_model():
+    """--prompts auto: instructions only for a model that declares an instruction template (recorded at export,
+    or an `Instruct: ...\\nQuery:` query prompt); else its own saved prompts; else none, with a note."""
+    from trainer.eval.encoder import Backend, choose_prompts
+
+    def backend(prompts=None, template=None):
+        return Backend(lambda t, p: None, "m", "r", 8, prompts=prompts or {}, query_template=template)
+
+    ins = {"S": "Same meaning"}
+    recorded = choose_prompts("auto", backend({"query": "q: "}, "Q {instruction}: "), ins)
+    assert (recorded.mode, recorded.template) == ("instruct", "Q {instruction}: ")
+    qwen = choose_prompts("auto", backend({"query": "Instruct: Given a web search query, retrieve passages\nQuery:",
+                                            "document": ""}), ins)
+    assert (qwen.mode, qwen.template) == ("instruct", "Instruct: {instruction}\nQuery:")
+    e5 = choose_prompts("auto", backend({"query": "query: ", "document": "passage: "}), ins)
+    assert e5.mode == "model" and "1 task instruction(s) not applied" in e5.note
+    bare = choose_prompts("auto", backend(), ins)
+    assert bare.mode == "none" and "declares no prompt convention" in bare.note and "--prompts instruct" in bare.note
+    assert choose_prompts("auto", backend(), {}).note == "no prompts: the model declares no prompt convention"
+    forced = choose_prompts("instruct", backend(), ins, "I: {instruction} | ")
+    assert (forced.mode, forced.template) == ("instruct", "I: {instruction} | ")
+    assert choose_prompts("none", backend({"query": "query: "}, "X {instruction}"), ins).mode == "none"
+
+
+def test_an_untrained_model_is_scored_without_instructions_unless_asked(demo_run, tmp_path):
+    """MiniLM (no prompt convention) on the demo tasks WITH instructions scores exactly as without them, and the
+    summary says so; --prompts instruct applies them (another score); a prompts file is used as given."""
+    from trainer.eval.encoder import PromptsError
+
+    summary, _, _ = demo_run
+    plain = {o.task: o.value for o in summary.outcomes}
+    tasks = write(tmp_path / "t.yaml", f"""
+        allow_paths: [{DATA}]
+        tasks:
+          - {{name: STS-demo, type: sts, path: {DATA / 'sts.tsv'}, instruction: Retrieve semantically similar text}}
+    """)
+
+    def score(prompts: str, name: str):
+        [s] = evaluate_models(EvalRequest(models=["embedded-minilm"], out=str(tmp_path / name), tasks_file=str(tasks),
+                                          prompts=prompts), log=lambda _: None)
+        return s, _result(tmp_path / name, "STS-demo")
+
+    auto, auto_row = score("auto", "auto")
+    assert auto.outcomes[0].value == pytest.approx(plain["STS-demo"], abs=1e-9)
+    assert auto_row["embedkit"]["prompts"]["both"] == {"prompt": "", "source": "none"}
+    assert "Prompts: no prompts: the model declares no prompt convention; 1 task instruction(s) not applied" \
+        in auto.markdown
+    forced, forced_row = score("instruct", "instruct")
+    assert forced_row["embedkit"]["prompts"]["both"]["prompt"] == "Instruct: Retrieve semantically similar text\nQuery: "
+    assert abs(forced.outcomes[0].value - auto.outcomes[0].value) > 1e-4
+    prompts_file = write(tmp_path / "p.json", '{"STS": "sentence: "}')
+    _, file_row = score(str(prompts_file), "file")
+    assert file_row["embedkit"]["prompts"]["both"] == {"prompt": "sentence: ", "source": "file:STS"}
+    with pytest.raises(PromptsError, match=r"--prompts no-such\.json: not a mode \(auto, instruct, model, none\)"):
+        score("no-such.json", "bad")
+    assert not (tmp_path / "bad").exists()  # refused before any model loaded
+
+
 def test_bad_rows_and_dangling_qrels_are_counted_not_fatal(tmp_path):
     write(tmp_path / "sts.csv", "sentence1,sentence2,score\na cat,a dog,1.5\n,empty,2\nx y,z,not-a-number\n"
                                 "one,two,3\nthree,four,4\n")

@@ -1,5 +1,5 @@
 """The LLM client: faults through a fake transport (named so: a real server cannot be made to send 429s or
-time out on demand), everything else against a real local model behind litellm (llama.cpp's server)."""
+time out on demand), everything else against a real local model behind litellm (conftest `llm_server`)."""
 import time
 
 import pytest
@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from datakit.llm.cache import LLMCache, cache_key
 from datakit.llm.client import LLMClient, parse_json
 
-from tests.conftest import FakeTransport
+from tests.conftest import LLM_SERVER_KEY, FakeTransport
 
 
 def _rate_limited(retry_after="0.05"):
@@ -85,9 +85,9 @@ def test_json_answers_are_validated_with_one_stricter_retry(tmp_path):
     assert bad.data is None and bad.error == "invalid_json" and client.stats.dropped == {"invalid_json": 1}
 
 
-# ------------------------------------------------------------------ a real local model (llama_server: conftest)
-def test_real_local_model_over_http_with_cache(llama_server, tmp_path):
-    params = {"api_base": llama_server, "api_key": "sk-local", "temperature": 0.0, "max_tokens": 24}
+# ------------------------------------------------------------------ a real local model (llm_server: conftest)
+def test_real_local_model_over_http_with_cache(llm_server, tmp_path):
+    params = {"api_base": llm_server, "api_key": LLM_SERVER_KEY, "temperature": 0.0, "max_tokens": 24}
     prompts = [{"messages": [{"role": "user", "content": f"Name a colour. ({i})"}], "prompt_version": "t@1"}
                for i in range(4)]
     client = LLMClient("openai/smollm2", LLMCache(tmp_path / "c.db"), concurrency=2, **params)
@@ -98,7 +98,22 @@ def test_real_local_model_over_http_with_cache(llama_server, tmp_path):
     repeat = again.complete_many(prompts)
     assert again.stats.calls == 0 and again.stats.cache_hits == 4
     assert [a.text for a in repeat] == [a.text for a in answers]
-    assert "sk-local" not in (tmp_path / "c.db").read_bytes().decode("utf-8", "replace")
+    assert LLM_SERVER_KEY not in (tmp_path / "c.db").read_bytes().decode("utf-8", "replace")
+
+
+def test_a_real_server_refusing_the_key_or_the_model_is_counted_not_retried(llm_server, tmp_path):
+    """`datakit serve-llm` answers a wrong key with 401 and an unknown model with 404, as hosted providers do:
+    the client classifies both, retries neither, and never stores the key."""
+    prompt = [{"messages": [{"role": "user", "content": "Name a colour."}]}]
+    wrong = LLMClient("openai/smollm2", LLMCache(tmp_path / "c.db"), api_base=llm_server, api_key="sk-wrong-key",
+                      max_tokens=8)
+    assert [a.text for a in wrong.complete_many(prompt)] == [None]
+    assert wrong.stats.failures == {"authentication": 1} and wrong.stats.calls == 1
+    assert "sk-wrong-key" not in str(wrong.stats.failure_examples)
+    missing = LLMClient("openai/no-such-model", LLMCache(tmp_path / "c.db"), api_base=llm_server,
+                        api_key=LLM_SERVER_KEY, max_tokens=8)
+    assert [a.text for a in missing.complete_many(prompt)] == [None]
+    assert missing.stats.failures == {"not_found": 1} and missing.stats.calls == 1
 
 
 def test_failures_are_counted_by_class_with_one_redacted_example_each(tmp_path):

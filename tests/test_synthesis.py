@@ -1,5 +1,5 @@
-"""LLM synthesis steps against the real embedded model (SmolLM2-135M-Instruct in llama.cpp, behind litellm),
-the HTTP path against llama.cpp's server, resume after SIGKILL, and the quality filters.
+"""LLM synthesis steps against the real embedded model (SmolLM2-135M-Instruct, behind litellm), the HTTP path
+against a real OpenAI-compatible server (conftest `llm_server`), resume after SIGKILL, and the quality filters.
 
 Only the bad-output test uses a scripted transport (conftest's `FakeTransport`): a real model cannot be
 made to answer with an empty string or a refusal on demand."""
@@ -29,8 +29,6 @@ from datakit.sources import Sandbox
 from datakit.steps import StepContext, make_step, step_config
 
 from tests.conftest import FakeTransport, build_yaml, run as cli, write
-
-pytest.importorskip("llama_cpp")
 
 QA = [
     ("How do I reset my password?", "Open Settings, choose Security and press Reset password; a link arrives by e-mail."),
@@ -164,8 +162,8 @@ steps:
     assert same.column("negatives").to_pylist() == retrieval.sort_by("id").column("negatives").to_pylist()
 
 
-def test_http_path_through_litellm_openai_provider(llama_server, tmp_path, monkeypatch):
-    """litellm's `openai/` provider against llama.cpp's OpenAI-compatible server; the key comes from the env."""
+def test_http_path_through_litellm_openai_provider(llm_server, tmp_path, monkeypatch):
+    """litellm's `openai/` provider against a real OpenAI-compatible server (conftest `llm_server`); the key comes from the env."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-secret")
     _data(tmp_path, n_qa=4)
     recipe = SOURCES + f"""
@@ -179,7 +177,7 @@ steps:
     max_failed: 1.0          # unconstrained, SmolLM2 often writes no JSON; this test is about the HTTP path
 llm:
   model: openai/smollm2
-  api_base: {llama_server}
+  api_base: {llm_server}
   cache: cache/answers.sqlite
 """
     res = build_yaml(tmp_path, recipe)

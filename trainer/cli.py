@@ -96,7 +96,13 @@ def eval_cmd(
     mteb_tasks: Optional[str] = typer.Option(None, "--mteb-tasks", metavar="A,B",
                                              help="mteb task names, e.g. STSBenchmark,SciFact"),
     task_instructions: bool = typer.Option(False, "--task-instructions",
-                                           help="mteb tasks: use each task's own prompt as its instruction"),
+                                           help="mteb tasks: use each task's own prompt as its instruction "
+                                                "(implies --prompts instruct)"),
+    prompts: str = typer.Option("auto", "--prompts", metavar="MODE|FILE",
+                                help="auto: task instructions if the model declares an instruction template, else "
+                                     "its own saved prompts, else none; instruct: always apply task instructions; "
+                                     "model: only the model's saved prompts; none; or a JSON/YAML file of prompts "
+                                     "(task name, task type, query, document -> prompt)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="results folder (eval), or the comparison's folder (--compare)"),
     compare: Optional[list[Path]] = typer.Option(None, "--compare", metavar="RESULTS_DIR",
@@ -136,7 +142,7 @@ def eval_cmd(
     req = EvalRequest(models=list(models), out=str(out), tasks_file=str(tasks) if tasks else None,
                       mteb_benchmark=mteb or ("MTEB(cmn, v1)" if cmteb else None),
                       mteb_tasks=[t.strip() for t in (mteb_tasks or "").split(",") if t.strip()],
-                      task_instructions=task_instructions, batch_size=batch_size, device=device,
+                      task_instructions=task_instructions, prompts=prompts, batch_size=batch_size, device=device,
                       max_length=max_length, name=name, save_predictions=save_predictions, resume=resume)
     summaries = evaluate_models(req)  # a bad task file: exit 2 (ConfigError); a model that cannot load: 1
     failed = 0

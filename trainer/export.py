@@ -68,6 +68,8 @@ def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prom
         "prompts": prompts,
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
+        # the template its instructions were trained in: `trainer eval` applies task instructions in it
+        **({"query_template": cfg.data.query_template} if prompts else {}),
     }, indent=2, ensure_ascii=False))
     if manifest is not None:
         from trainer.card import RunFacts, write_cards

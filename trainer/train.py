@@ -361,8 +361,8 @@ def _evaluator(cfg: TrainConfig, out: Path, acc, emit, prompts: dict[str, str]):
     def log_eval(rec: dict[str, Any]) -> None:
         emit(rec, {f"eval/{task}": v for task, v in rec["eval"].items()}, rec["global_step"])
 
-    return TrainingEval(cfg.eval, out, prompts,
-                        cfg.data.doc_max_length, acc.is_main_process, log=log_eval)
+    return TrainingEval(cfg.eval, out, prompts, cfg.data.doc_max_length, acc.is_main_process, log=log_eval,
+                        query_template=cfg.data.query_template)
 
 
 def _metric_sinks(out: Path, cfg: TrainConfig) -> list:

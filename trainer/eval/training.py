@@ -9,8 +9,9 @@ eval:
   keep_best: {task: STS-demo}    # metric: the task's main score unless given
 ```
 
-The prompts are the training instructions (the prompts the exported model will carry), so a score taken here
-equals `trainer eval` on the exported model. Every process runs the same evaluation through the wrapped model
+The model is prompted as `trainer eval --prompts auto` will prompt the exported model (task instructions in
+the training template when the model trains with instructions, else its saved prompts, else none), so a score
+taken here equals `trainer eval` on the exported model. Every process runs the same evaluation through the wrapped model
 (FSDP and ZeRO-3 need all ranks in each forward); only the main process writes.
 """
 from __future__ import annotations
@@ -28,12 +29,13 @@ class TrainingEval:
     """Loads the task file once; each call scores the model as it is and returns {task: {metric: value}}."""
 
     def __init__(self, settings: EvalSettings, out: Path, prompts: dict[str, str], max_length: int,
-                 is_main: bool, log: Callable[[Any], None] = print):
+                 is_main: bool, log: Callable[[Any], None] = print, query_template: str | None = None):
         from trainer.eval.run import local_tasks
         from trainer.eval.taskfile import load_task_file
 
         self.settings, self.out, self.prompts, self.is_main, self.log = settings, out, prompts, is_main, log
         self.max_length = settings.max_length or max_length
+        self.query_template = query_template if prompts else None  # what the export declares (trainer.export)
         self.task_file = load_task_file(settings.tasks)
         self.tasks = local_tasks(self.task_file)
         names = {t.metadata.name: t for t in self.tasks}
@@ -47,14 +49,17 @@ class TrainingEval:
 
     def __call__(self, model: Any, forward: Callable, stage: int, step: int, global_step: int,
                  export: Callable[[Path], None]) -> dict[str, dict[str, float]]:
-        from trainer.eval.encoder import EvalEncoder, trainer_backend
+        from trainer.eval.encoder import EvalEncoder, choose_prompts, trainer_backend
         from trainer.eval.run import evaluate_tasks, quiet
 
         revision = f"stage{stage}-step{step}"
         backend = trainer_backend(model, f"train/{self.out.name or 'model'}", revision, self.settings.batch_size,
                                   self.max_length, self.prompts, forward)
-        encoder = EvalEncoder(backend, {t.name: t.instruction for t in self.task_file.tasks if t.instruction},
-                              self.task_file.spec.query_template)
+        backend.query_template = self.query_template
+        instructions = {t.name: t.instruction for t in self.task_file.tasks if t.instruction}
+        template = self.task_file.spec.query_template
+        encoder = EvalEncoder(backend, instructions, template,
+                              choice=choose_prompts("auto", backend, instructions, template))
         with quiet():
             outcomes = evaluate_tasks(encoder, self.tasks, self.out / "eval" if self.is_main else None,
                                       batch_size=self.settings.batch_size, log=lambda _: None)
