@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 # CPU build of torch; on a GPU machine set TORCH_SPEC to the build you want (or "" to keep the installed one).
 TORCH_SPEC ?= torch==2.13.0
 # `make demo` installs what the demo runs (no compiler: the embedded LLM runs in transformers);
-# `make test` adds the dev extra (pytest, llama.cpp's OpenAI-compatible server for the litellm HTTP path, ray, peft).
+# `make test` adds the dev extra (pytest, ray, peft, rensa); nothing compiles (the HTTP-path tests serve the
+# embedded model with `datakit serve-llm`; llama.cpp is the optional extra `local`).
 BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed-dev
 # Packages install through uv (from PyPI into the venv): parallel downloads and bytecode compiled in parallel,

@@ -7,13 +7,18 @@ Jaccard spreads over 0.6-1.0; the sources' own near-duplicates count too. The tr
 independent of our hashing: every pair's Jaccard over Python sets of the README's shingles (normalised text,
 words, or character bigrams for CJK text), through a sparse matrix product.
 
-- dedup: all texts of a language against each other, as the dedup step decides (recall bands, every pair of a
-  bucket, exact verification), against what it did before (balanced bands 9 x 13 at 0.8, a star per bucket,
-  the signature's estimate). Pairs are counted before clustering.
+- dedup: through the real `dedup` step (`datakit build` of a recipe), on three record kinds: single texts
+  (classification records), STS pairs (both sides edited; a pair's sides compared in either order) and retrieval
+  records (WikiQA question + answer sentence, both edited). A record pair's truth is its smallest side Jaccard
+  (pairs: of the better order), as the step decides. A true pair is found when the step kept at most one of its
+  two records; a record dropped without any partner at J >= 0.8 is a wrong removal.
 - decontaminate: the original texts as the benchmark pack, the edited copies as training records, through the
   real step (`match: [minhash]`, action flag); a record's truth is its best Jaccard against the pack.
 
     python benchmarks/neardup_bench.py [--n 4000]
+
+Exits 1 when a true pair at J >= 0.8 is missed (recall < 0.99 in a band), a record is removed wrongly, or a
+record below the threshold is flagged.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import random
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +45,7 @@ def english(n: int, rng: random.Random) -> list[str]:
     out = []
     for name in ("WikiQA-train.tsv", "WikiQA-test.tsv"):
         for line in (SHARED / "wikiqa" / name).read_text(encoding="utf-8").splitlines()[1:]:
-            out.append(line.split("\t")[1] if name.endswith("test.tsv") else line.split("\t")[0])
+            out.append(line.split("\t")[1])
     for line in (SHARED / "stsb" / "sts-test.csv").read_text(encoding="utf-8").splitlines():
         out += line.split("\t")[5:7]
     out = [t for t in dict.fromkeys(out) if 5 <= len(t.split()) <= 25]
@@ -118,39 +124,7 @@ def true_pairs(sets_a: list[set[str]], sets_b: list[set[str]] | None = None, low
     return out
 
 
-def engine_pairs(texts: list[str], mode: str) -> tuple[set[tuple[int, int]], int]:
-    """Pairs the dedup engine flags: `after` (recall bands, every pair of a bucket, exact Jaccard) or `before`
-    (balanced bands, a star per bucket, signature estimate)."""
-    import duckdb
-
-    from datakit import minhash as mh
-
-    cfg = mh.MinHashConfig()
-    norm = mh.normalize(pa.array(texts))
-    h, d = mh.shingle(norm, cfg, normalized=True)
-    sig = mh.signatures_from_shingles(h, d, len(texts), cfg)
-    bands, rows = mh.recall_bands(THRESHOLD, cfg.num_perm) if mode == "after" else mh.optimal_bands(THRESHOLD, cfg.num_perm)
-    bh = mh.band_hashes(sig, bands, rows)
-    live = np.nonzero(~mh.empty_rows(sig))[0]
-    con = duckdb.connect()
-    con.register("b", pa.table({"doc": np.repeat(live, bands), "band": np.tile(np.arange(bands), len(live)),
-                                "h": bh[live].reshape(-1)}))
-    # before: each bucket linked its smallest doc to the others only (all_pairs_up_to=0)
-    cand = mh.candidate_pairs(con, "SELECT * FROM b", all_pairs_up_to=256 if mode == "after" else 0)
-    exact = mh.hash_strings(norm)
-    if mode == "after":
-        kept, _ = mh.verify_exact(cand, mh.shingle_sets(h, d, len(texts)), threshold=THRESHOLD)
-    else:
-        kept, _ = mh.verify_pairs(cand, sig, threshold=THRESHOLD)
-    pairs = {(int(a), int(b)) for a, b in kept}
-    order = np.argsort(exact, kind="stable")  # the exact pass: equal normalised texts
-    for x, y in zip(order[:-1], order[1:]):
-        if exact[x] == exact[y]:
-            pairs.add((int(min(x, y)), int(max(x, y))))
-    return pairs, len(cand)
-
-
-def band_table(truth: dict, flagged: set, label: str) -> list[str]:
+def band_table(truth: dict, flagged: set, label: str) -> tuple[list[str], bool]:
     lines = []
     for lo, hi in BANDS:
         in_band = [p for p, j in truth.items() if lo <= j < hi]
@@ -163,17 +137,113 @@ def band_table(truth: dict, flagged: set, label: str) -> list[str]:
     false = [p for p in flagged if truth.get(p, 0.0) < THRESHOLD]
     precision = 1 - len(false) / max(len(flagged), 1)
     lines.append(f"| {label} | all flags | {len(flagged)} | {len(false)} below the threshold | precision {precision:.4f} |")
-    return lines
+    recalls = [sum(p in flagged for p, j in truth.items() if lo <= j < hi) / max(1, sum(lo <= j < hi for j in truth.values()))
+               for lo, hi in BANDS if lo >= THRESHOLD]
+    return lines, not false and min(recalls) >= 0.99
 
 
-def dedup_rows(name: str, texts: list[str]) -> list[str]:
-    sets = shingle_sets_py(texts)
-    truth = true_pairs(sets)
+def english_pairs(n: int, rng: random.Random) -> list[tuple[str, str]]:
+    rows = [tuple(line.split("\t")[5:7]) for line in
+            (SHARED / "stsb" / "sts-test.csv").read_text(encoding="utf-8").splitlines()]
+    rows += [tuple(line.split("\t")[5:7]) for line in
+             (SHARED / "stsb" / "sts-train.csv").read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in dict.fromkeys(rows) if len(r) == 2 and all(3 <= len(t.split()) <= 30 for t in r)]
+    rng.shuffle(rows)
+    return rows[:n]
+
+
+def chinese_pairs(n: int, rng: random.Random) -> list[tuple[str, str]]:
     rows = []
-    for mode in ("before", "after"):
-        flagged, cands = engine_pairs(texts, mode)
-        rows += band_table(truth, flagged, f"{name}, {mode} ({cands:,} candidates)")
-    return rows
+    for name in ("STS-B.train.data", "STS-B.valid.data", "STS-B.test.data"):
+        for line in (SHARED / "text2vec_zh" / "STS-B" / name).read_text(encoding="utf-8").splitlines():
+            rows.append(tuple(line.split("\t")[:2]))
+    rows = [r for r in dict.fromkeys(rows) if len(r) == 2 and all(6 <= len(t) <= 40 for t in r)]
+    rng.shuffle(rows)
+    return rows[:n]
+
+
+def question_answers(n: int, rng: random.Random) -> list[tuple[str, str]]:
+    rows = []
+    for name in ("WikiQA-train.tsv", "WikiQA-test.tsv"):
+        for line in (SHARED / "wikiqa" / name).read_text(encoding="utf-8").splitlines()[1:]:
+            cols = line.split("\t")
+            rows.append((cols[1], cols[3]))
+    rows = [r for r in dict.fromkeys(rows) if 4 <= len(r[0].split()) and 5 <= len(r[1].split()) <= 40]
+    rng.shuffle(rows)
+    return rows[:n]
+
+
+KINDS = {  # record kind: (shard, its text fields, source adapter, the source's columns for the fields)
+    "text": ("classification", ["text"], "classification", ["text"]),
+    "pair": ("pair", ["text_a", "text_b"], "sts", ["sentence1", "sentence2"]),
+    "retrieval": ("retrieval", ["query", "positive"], "qa", ["question", "answer"]),
+}
+
+
+def record_truth(kind: str, records: list[tuple[str, ...]], low: float = 0.7) -> dict:
+    """{(i, j): J} for record pairs i < j whose every side reaches `low`; J is the smallest side Jaccard (pairs:
+    of the better order, text_a against text_b of the other record and back), as the dedup step decides."""
+    sides = [shingle_sets_py([r[f] for r in records]) for f in range(len(records[0]))]
+    per_side = [true_pairs(s, low=low) for s in sides]
+    truth = {p: min(d.get(p, 0.0) for d in per_side) for p in set.intersection(*(set(d) for d in per_side))}
+    if kind == "pair":
+        cross = true_pairs(sides[0], sides[1], low=low)  # (i, j): text_a of i against text_b of j
+        for (i, j), jab in cross.items():
+            a, b = min(i, j), max(i, j)
+            if a != b and (j, i) in cross:
+                crossed = min(jab, cross[(j, i)])
+                if crossed > truth.get((a, b), 0.0):
+                    truth[(a, b)] = crossed
+    return truth
+
+
+def dedup_rows(name: str, kind: str, records: list[tuple[str, ...]], work: Path) -> tuple[list[str], bool]:
+    """The real dedup step on `records` (originals, then their edited copies); (table lines, target met)."""
+    from datakit.manifest import read_shards
+    from datakit.pipeline import build
+    from datakit.recipe import load_recipe
+
+    shard, fields, adapter, columns = KINDS[kind]
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "data.jsonl", "w", encoding="utf-8") as fh:
+        for r in records:
+            row = dict(zip(columns, r))
+            row.update({"label": "q"} if kind == "text" else {"score": 3.0} if kind == "pair" else {})
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (work / "recipe.yaml").write_text(f"name: d\nsources: [{{name: d, path: data.jsonl, adapter: {adapter}}}]\n"
+                                      f"steps: [{{type: dedup, threshold: {THRESHOLD}, kinds: [{shard}]}}]\n")
+    t0 = time.perf_counter()
+    result = build(load_recipe(work / "recipe.yaml"), work / "out", force=True)
+    seconds = time.perf_counter() - t0
+    first: dict[tuple[str, ...], int] = {}
+    for i, r in enumerate(records):
+        first.setdefault(r, i)
+        if kind == "pair":
+            first.setdefault((r[1], r[0]), i)
+    kept_rows = read_shards(result.out_dir, shard).select(fields).to_pylist()
+    kept = {first[tuple(row[f] for f in fields)] for row in kept_rows}
+    truth = record_truth(kind, records)
+    report = result.manifest["steps"][0]["report"]
+    dropped = set(range(len(records))) - kept
+    partnered = {x for p, j in truth.items() if j >= THRESHOLD for x in p}
+    wrong = dropped - partnered
+    lines, ok = [], not wrong
+    label = f"{name} ({report['candidate_pairs']:,} candidates, {report['verified_pairs']:,} held, {seconds:.1f} s)"
+    for lo, hi in BANDS:
+        in_band = [p for p, j in truth.items() if lo <= j < hi]
+        band = f"[{lo}, {min(hi, 1.0)}{')' if hi < 1 else ']'}"
+        if lo < THRESHOLD:
+            both_gone = sum(p[0] in wrong or p[1] in wrong for p in in_band)
+            lines.append(f"| {label} | {band} | {len(in_band)} | {both_gone} removed without a partner >= 0.8 "
+                         f"(should be 0) | |")
+        else:
+            found = sum(not (p[0] in kept and p[1] in kept) for p in in_band)
+            recall = found / max(len(in_band), 1)
+            ok &= recall >= 0.99
+            lines.append(f"| {label} | {band} | {len(in_band)} | {found} | {recall:.4f} |")
+        label = name
+    lines.append(f"| {name} | records dropped | {len(dropped)} | {len(wrong)} without a partner >= 0.8 | |")
+    return lines, ok
 
 
 def decontam_rows(name: str, bench: list[str], train: list[str], work: Path) -> list[str]:
@@ -200,7 +270,7 @@ def decontam_rows(name: str, bench: list[str], train: list[str], work: Path) -> 
     truth = {(i, 0): j for i, j in best.items()}
     c = result.manifest["contamination"]
     label = f"{name} ({c['minhash_candidates']:,} candidates, {c['minhash_verified']:,} held)"
-    return band_table(truth, {(i, 0) for i in flagged_ids}, label)
+    return band_table(truth, {(i, 0) for i in flagged_ids}, label)  # (lines, target met)
 
 
 def main() -> None:
@@ -213,17 +283,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="neardup_"))
     langs = {"English": english(args.n, rng), "Chinese": chinese(args.n, rng)}
     print("| engine | true Jaccard | pairs | found | recall |\n|---|---|---:|---:|---:|")
-    copies = {}
-    for name, texts in langs.items():
-        cjk = name == "Chinese"
-        vocab = [c for t in texts for c in (t if cjk else t.split())]
-        copies[name] = [edit(t, rng, vocab, cjk) for t in texts]
-        for line in dedup_rows(f"dedup {name}", texts + copies[name]):
-            print(line)
+    copies, met = {}, True
+    vocab = {name: [c for t in texts for c in (t if name == "Chinese" else t.split())] for name, texts in langs.items()}
+    sets = {("text", "English"): [(t,) for t in langs["English"]], ("text", "Chinese"): [(t,) for t in langs["Chinese"]],
+            ("pair", "English"): english_pairs(args.n, rng), ("pair", "Chinese"): chinese_pairs(args.n, rng),
+            ("retrieval", "English"): question_answers(args.n, rng)}
+    for (kind, lang), originals in sets.items():
+        edited = [tuple(edit(t, rng, vocab[lang], lang == "Chinese") for t in r) for r in originals]
+        if kind == "text":
+            copies[lang] = [r[0] for r in edited]
+        lines, ok = dedup_rows(f"dedup {kind} {lang}", kind, originals + edited, work / f"{kind}-{lang}")
+        met &= ok
+        print("\n".join(lines))
     for name, texts in langs.items():
         (work / name).mkdir()
-        for line in decontam_rows(f"decontaminate {name}", texts, copies[name], work / name):
-            print(line)
+        lines, ok = decontam_rows(f"decontaminate {name}", texts, copies[name], work / name)
+        met &= ok
+        print("\n".join(lines))
+    print(f"\ntarget (recall >= 0.99 in every band at J >= {THRESHOLD}, no wrong removal): "
+          f"{'met' if met else 'MISSED'}")
+    sys.exit(0 if met else 1)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Synthesis throughput: datakit's LLM client against a local llama.cpp server, and its overhead.
+"""Synthesis throughput: datakit's LLM client against a local OpenAI-compatible server, and its overhead.
 
 Paraphrases N real questions (WikiQA test, from ../shared/data, or built-in questions without it) with
-SmolLM2-135M-Instruct served by llama-cpp-python's OpenAI-compatible server on 127.0.0.1:
+SmolLM2-135M-Instruct served on 127.0.0.1 by `datakit serve-llm` (default) or llama-cpp-python's server
+(`--server llama.cpp`, extra `local`):
   - direct:   raw HTTP POSTs to /v1/chat/completions (httpx, asyncio), the floor any client pays;
   - datakit:  LLMClient (litellm `openai/` provider, SQLite cache, retries, stats) on a cold cache;
   - warm:     the same requests again, every answer from the cache;
-  - embedded: LLMClient on `embedded/smollm2` (llama.cpp in process, no server).
+  - embedded: LLMClient on `embedded/smollm2` (in process, no server; DATAKIT_EMBEDDED_RUNTIME's runtime).
 at concurrency 1, 4 and 16, and prints records/s and datakit's overhead over direct at equal concurrency.
 
-    python benchmarks/synth_bench.py [--n 48] [--max-tokens 32]
+    python benchmarks/synth_bench.py [--n 48] [--max-tokens 32] [--server serve-llm|llama.cpp]
 """
 from __future__ import annotations
 
@@ -45,13 +46,16 @@ def questions(n: int) -> list[str]:
     return [f"{FALLBACK[i % len(FALLBACK)]} ({i})" for i in range(n)]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(kind: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf_path("smollm2")),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "llama.cpp":
+        cmd = [sys.executable, "-m", "datakit.llm.llamacpp_server", "--model", str(gguf_path("smollm2")),
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml"]
+    else:
+        cmd = [sys.executable, "-m", "datakit.llm.serve", "--model", "smollm2", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     for _ in range(240):
         try:
@@ -60,7 +64,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("llama.cpp server did not start")
+    raise RuntimeError(f"the {kind} server did not start")
 
 
 async def direct(base: str, messages: list[list[dict]], concurrency: int, max_tokens: int) -> float:
@@ -93,6 +97,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--server", choices=["serve-llm", "llama.cpp"], default="serve-llm")
     args = ap.parse_args()
     import os
 
@@ -100,7 +105,7 @@ def main() -> None:
     prompt = load_prompt("paraphrase")
     qs = questions(args.n)
     messages = [prompt.render({"text": q}) for q in qs]
-    proc, base = start_server()
+    proc, base = start_server(args.server)
     rows = []
     try:
         asyncio.run(direct(base, messages[:2], 1, args.max_tokens))  # warm the server
@@ -120,8 +125,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     n = len(messages)
-    print(f"\n{n} paraphrase requests, SmolLM2-135M-Instruct Q4_1, max_tokens {args.max_tokens}, temperature 0, "
-          f"{os.cpu_count()} CPU cores\n")
+    print(f"\n{n} paraphrase requests, SmolLM2-135M-Instruct Q4_1 served by {args.server}, max_tokens "
+          f"{args.max_tokens}, temperature 0, {os.cpu_count()} CPU cores\n")
     print(f"| concurrency | direct HTTP rec/s | datakit cold rec/s | overhead | datakit warm cache rec/s | tokens/s (cold) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for c, d, ours, warm, toks in rows:

@@ -2,11 +2,15 @@
 on the same Qwen2-architecture model (built from a config, random weights), batch and data.
 
 Data: synthetic retrieval records (query, positive, 4 hard negatives) of varied lengths over a word-level
-vocabulary; both trainers get the same texts and tokenizer. Tokens/s counts real (non-padding) tokens.
-Each size runs in its own process; peak GPU memory from torch.cuda.max_memory_allocated.
+vocabulary. Every trainer gets the same batches in the same order (the corpus's first (steps + 2) x batch records,
+consecutive groups of `batch`; sentence-transformers through a sequential batch sampler) and the same tokenizer.
+Tokens/s counts real (non-padding) tokens of the timed steps, measured in both: the trainer's encoded batches,
+and the attention masks sentence-transformers' loss receives. Each (size, trainer) runs in its own process,
+`--reps` times, interleaved (ours, padded, ST, ours, ...): the table gives the median and the range.
+Peak GPU memory from torch.cuda.max_memory_allocated.
 
     python benchmarks/train_throughput.py --sizes 0.5B,1.5B,7B --batch 32 --steps 30      (on a GPU)
-    python benchmarks/train_throughput.py --sizes small --batch 8 --steps 6 --device cpu  (the CPU table)
+    python benchmarks/train_throughput.py --sizes small,tiny --batch 8 --steps 6 --device cpu --reps 3  (the CPU table)
     python benchmarks/train_throughput.py --sizes tiny --batch 4 --steps 3 --device cpu   (smoke run)
     python benchmarks/train_throughput.py --prepare --workdir DIR   (the corpus only: for a GPU machine without
                                                                    datakit's stack; a later run reuses it)
@@ -73,11 +77,22 @@ def make_corpus(folder: Path, n: int, seed: int = 0) -> None:
     build(load_recipe(folder / "recipe.yaml"), folder / "out")
 
 
+def fixed_batches(corpus: Path, batch: int, n: int) -> list[dict[str, list]]:
+    """The first n x batch records of the corpus as n batches: what every trainer trains on, in this order."""
+    from trainer.data import open_shards
+
+    rows = open_shards(corpus)["retrieval"].slice(0, n * batch).select(["query", "positive", "negatives"]).to_pylist()
+    if len(rows) < n * batch:
+        raise SystemExit(f"the corpus has {len(rows)} records; {n * batch} needed")
+    return [{k: [r[k] for r in rows[i * batch: (i + 1) * batch]] for k in ("query", "positive", "negatives")}
+            for i in range(n)]
+
+
 def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, grad_ckpt: bool,
              padded: bool = False) -> dict:
     import torch
 
-    from trainer.data import BatchSampler, DataConfig, open_shards
+    from trainer.data import Batch, DataConfig
     from trainer.model import EmbeddingModel, ModelConfig
     from trainer.train import StageConfig, TrainConfig, _embed, _inputs, task_loss
 
@@ -90,7 +105,8 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
 
     model.tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir / "tok")
     model.train()
-    sampler = BatchSampler(open_shards(corpus), cfg.data, stage=1)
+    batches = [Batch("retrieval", "synth", b["query"], b["positive"], [n[:4] for n in b["negatives"]])
+               for b in fixed_batches(corpus, batch, steps + 2)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     phases = dict.fromkeys(("sample", "tokenize", "forward", "backward", "optimizer"), 0.0)
@@ -111,7 +127,7 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         t = time.perf_counter()
-        b = next(sampler)
+        b = batches[step]
         t = tick("sample", t)
         q, p = _inputs(model, b, cfg)
         t = tick("tokenize", t)
@@ -131,7 +147,7 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
     secs = time.perf_counter() - t0
     total = sum(phases.values())
     return {"path": "varlen" if model.varlen else ("micro-batches" if cfg.model.padding_free else "padded"),
-            "tokens_per_s": tokens / secs, "pad_fraction": 1 - tokens / positions,
+            "tokens_per_s": tokens / secs, "tokens": tokens, "pad_fraction": 1 - tokens / positions,
             "profile": {k: v / total for k, v in phases.items()},
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
 
@@ -143,12 +159,12 @@ def run_st(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, g
                                        SentenceTransformerTrainingArguments, losses, models)
     from transformers import TrainerCallback
 
-    from trainer.data import open_shards
+    from torch.utils.data import BatchSampler, SequentialSampler
 
-    t = open_shards(corpus)["retrieval"].to_pylist()
-    data = {"anchor": [r["query"] for r in t], "positive": [r["positive"] for r in t]}
+    groups = fixed_batches(corpus, batch, steps + 2)
+    data = {"anchor": [q for g in groups for q in g["query"]], "positive": [p for g in groups for p in g["positive"]]}
     for k in range(4):
-        data[f"negative_{k}"] = [r["negatives"][k] for r in t]
+        data[f"negative_{k}"] = [n[k] for g in groups for n in g["negatives"]]
     word = models.Transformer(str(model_dir), max_seq_length=512, tokenizer_name_or_path=str(model_dir / "tok"),
                               model_kwargs={"dtype": torch.bfloat16 if device == "cuda" else torch.float32})
     model = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
@@ -162,23 +178,46 @@ def run_st(model_dir: Path, corpus: Path, batch: int, steps: int, device: str, g
                     torch.cuda.synchronize()
                 timing["t0"] = time.time()
 
-    tok = model.tokenizer
-    sample = Dataset.from_dict(data).select(range((steps + 2) * batch))
-    texts = [sample[c] for c in data]
-    real_tokens = sum(len(tok(x, truncation=True, max_length=512)["input_ids"]) for col in texts for x in col)
+    counted = {"calls": 0, "tokens": 0}
+
+    class CountingLoss(losses.MultipleNegativesRankingLoss):
+        """MNRL that counts the real tokens of the timed steps' batches (each step calls it once)."""
+
+        def forward(self, sentence_features, labels):  # noqa: ANN001 - sentence-transformers' signature
+            if counted["calls"] >= 2:
+                counted["tokens"] += int(sum(f["attention_mask"].sum() for f in sentence_features))
+            counted["calls"] += 1
+            return super().forward(sentence_features, labels)
+
+    class InOrder(SentenceTransformerTrainer):
+        def get_batch_sampler(self, dataset, batch_size, drop_last, *args, **kwargs):  # noqa: ANN001
+            return BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=True)
+
+    sample = Dataset.from_dict(data)
     args = SentenceTransformerTrainingArguments(output_dir=str(corpus / "st"), max_steps=steps + 2,
                                                 per_device_train_batch_size=batch, learning_rate=1e-5,
                                                 bf16=device == "cuda", gradient_checkpointing=grad_ckpt,
                                                 save_strategy="no", report_to=[], use_cpu=device == "cpu",
                                                 dataloader_drop_last=True)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=sample,
-                                         loss=losses.MultipleNegativesRankingLoss(model), callbacks=[Clock()])
+    trainer = InOrder(model=model, args=args, train_dataset=sample, loss=CountingLoss(model), callbacks=[Clock()])
     trainer.train()
     if device == "cuda":
         torch.cuda.synchronize()
     secs = time.time() - timing["t0"]
-    return {"tokens_per_s": real_tokens * steps / (steps + 2) / secs,
+    assert counted["calls"] == steps + 2, counted
+    return {"tokens_per_s": counted["tokens"] / secs, "tokens": counted["tokens"],
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0}
+
+
+def summarise(reps: list[dict]) -> dict:
+    """The median repetition's figures, with the range of tokens/s; the first error if any failed."""
+    bad = [r for r in reps if "error" in r]
+    if bad:
+        return bad[0]
+    ordered = sorted(reps, key=lambda r: r["tokens_per_s"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["range"] = f"{ordered[0]['tokens_per_s']:,.0f}-{ordered[-1]['tokens_per_s']:,.0f}"
+    return mid
 
 
 def worker(args) -> None:
@@ -201,6 +240,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="models and corpus (an existing corpus is reused)")
     ap.add_argument("--prepare", action="store_true", help="build the corpus in --workdir and stop")
     ap.add_argument("--records", type=int, default=2000, help="corpus size (at least (steps + 2) x batch)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of every (size, trainer), interleaved")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
@@ -222,18 +262,22 @@ def main() -> None:
         model_dir = work / f"qwen2-{size}"
         if not (model_dir / "config.json").exists():
             make_model(model_dir, size)
-        res = {}
-        for who in (("padded", "st") if args.padded else ("ours", "padded", "st")):
-            cmd = [sys.executable, __file__, "--worker", who, "--model", str(model_dir), "--corpus", str(corpus / "out"),
-                   "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
-            cmd += ["--grad-ckpt"] if args.grad_ckpt else []
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            res[who] = json.loads(line[7:]) if line else {"error": out.stderr[-500:]}
-        rows.append((size, res))
-    print(f"\nbatch {args.batch} queries x (1 positive + 4 negatives), {args.steps} timed steps, device {args.device}")
-    print("| model (Qwen2, random weights) | trainer | tokens/s | pad_fraction | vs padded | vs ST | peak GiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.reps):  # interleaved: a slow minute of the machine hits every trainer alike
+            for who in (("padded", "st") if args.padded else ("ours", "padded", "st")):
+                cmd = [sys.executable, __file__, "--worker", who, "--model", str(model_dir), "--corpus",
+                       str(corpus / "out"), "--batch", str(args.batch), "--steps", str(args.steps), "--device",
+                       args.device]
+                cmd += ["--grad-ckpt"] if args.grad_ckpt else []
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+                runs.setdefault(who, []).append(json.loads(line[7:]) if line else {"error": out.stderr[-500:]})
+        rows.append((size, {who: summarise(r) for who, r in runs.items()}))
+    print(f"\nbatch {args.batch} queries x (1 positive + 4 negatives), {args.steps} timed steps, device {args.device}, "
+          f"{args.reps} interleaved repetitions (median, range)")
+    print("| model (Qwen2, random weights) | trainer | tokens/s | range | real tokens timed | pad_fraction | vs padded "
+          "| vs ST | peak GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for size, res in rows:
         st, padded = res["st"], res["padded"]
         for who, label in (("ours", "padding-free"), ("padded", "padded"), ("st", "sentence-transformers")):
@@ -247,7 +291,8 @@ def main() -> None:
             vs_st = f"{r['tokens_per_s'] / st['tokens_per_s']:.2f}x" if who != "st" and "error" not in st else ""
             pad = f"{r['pad_fraction']:.3f}" if "pad_fraction" in r else ""
             label = f"{label} ({r['path']})" if who == "ours" and r.get("path") else label
-            print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {pad} | {vs_pad} | {vs_st} | {r['peak_gib']:.1f} |")
+            print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {r['range']} | {r['tokens']:,} | {pad} | {vs_pad} "
+                  f"| {vs_st} | {r['peak_gib']:.1f} |")
     print("\nprofile of the trainer's step (share of time):")
     print("| model | trainer | sample | tokenize | forward | backward | optimizer |")
     print("|---|---|---:|---:|---:|---:|---:|")

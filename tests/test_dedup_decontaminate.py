@@ -274,6 +274,33 @@ def test_dedup_finds_every_pair_at_or_above_the_threshold_and_none_below(tmp_pat
     assert report["verified_pairs"] == len(NEAR) and report["candidate_pairs"] >= report["verified_pairs"]
 
 
+def test_pairs_at_the_threshold_on_every_side_are_found_when_their_joined_text_is_far_below_it(tmp_path):
+    """The worst case of banding joined sides: both sides at J 0.8, their shared words the same on both sides,
+    so the joined texts sit at 0.667 (t/(2-t)). Bands chosen for 0.75 found such a pair with probability 0.97
+    (about 9 of 300 missed); chosen for t/(2-t) with 0.999."""
+    rng = random.Random(7)
+    word = lambda: "".join(rng.choice("bcdfghjklmnpqrstvwz") + rng.choice("aeiou") for _ in range(4))  # noqa: E731
+    rows = []
+    for g in range(300):
+        shared = " ".join(word() for _ in range(8))
+        a1, b1, a2, b2 = (f"{shared} {word()}" for _ in range(4))  # each side: 8 shared words of 10 -> J 0.8
+        rows += [{"sentence1": a1, "sentence2": b1, "score": 3.0}, {"sentence1": a2, "sentence2": b2, "score": 3.0}]
+    assert _definition_jaccard(rows[0]["sentence1"], rows[1]["sentence1"]) == pytest.approx(0.8)
+    assert _definition_jaccard(rows[0]["sentence1"] + " " + rows[0]["sentence2"],
+                               rows[1]["sentence1"] + " " + rows[1]["sentence2"]) == pytest.approx(8 / 12)
+    _jsonl(tmp_path / "sts.jsonl", rows)
+    result = build_yaml(tmp_path, """
+        name: d
+        sources: [{name: sts, path: sts.jsonl, adapter: sts}]
+        steps: [{type: dedup, threshold: 0.8}]
+    """)
+    kept = {r["text_a"] for r in read_shards(result.out_dir, "pair").to_pylist()}
+    missed = sum(rows[i + 1]["sentence1"] in kept for i in range(0, len(rows), 2))
+    assert missed <= 2 and all(rows[i]["sentence1"] in kept for i in range(0, len(rows), 2)), missed
+    report = result.manifest["steps"][0]["report"]
+    assert (report["bands"]["pair"], report["rows"]["pair"]) == (32, 4)
+
+
 def test_decontamination_flags_every_pair_at_or_above_the_threshold_and_none_below(tmp_path):
     from datakit.packs import build_pack
 

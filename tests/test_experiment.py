@@ -3,17 +3,20 @@ with `trainer eval`; resumable; bad overrides refused before anything runs; fail
 from __future__ import annotations
 
 import csv
-import re
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tests.conftest import ROOT, write
 from trainer.experiment import ExperimentError, load_experiment
+from trainer.experiment.progress import RunBar
 from trainer.experiment.report import write_results
-from trainer.experiment.runner import UNTRAINED, run_experiment
+from trainer.experiment.runner import UNTRAINED, _progress, run_experiment
 from trainer.experiment.spec import resolve
 
 DATA = ROOT / "recipes" / "data"
@@ -131,9 +134,14 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
 
     # killed and restarted: finished runs are not repeated, failed ones are retried
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
-    again: list[str] = []
-    results2 = run_experiment(load_experiment(exp_path), out, log=again.append)
-    assert any("7 runs: 5 already done, 2 to run" in line for line in again), again
+    # (this time with the terminal's progress bar: the two failed runs retried, each one's line kept above it)
+    screen = io.StringIO()
+    with RunBar(Console(file=screen, force_terminal=True, width=160)) as bar:
+        results2 = run_experiment(load_experiment(exp_path), out, log=bar.line, bar=bar)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert "7 runs: 5 already done, 2 to run" in shown, shown
+    assert "[1/2] broken seed 0: FAILED" in shown and "[2/2] broken seed 1: FAILED" in shown
+    assert re.search(r"runs .* 2/2", shown), shown
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == stamp
     assert len([r for r in results2 if "error" in r]) == 2
 
@@ -144,6 +152,22 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     assert {(r["variant"], r["seed"]) for r in results3} == {("base", 0), ("base", 1), (UNTRAINED, 0)}
     assert "  not run yet: base seed 2" in partial
     assert "[2 of 3 seeds]" in write_results(exp3, results3, out)["summary_md"].read_text()
+
+
+def test_the_progress_bar_follows_training_steps_and_evaluation():
+    """Inside a run the bar counts steps over both stages, shows the loss, then the task being scored."""
+    bar = RunBar(Console(file=io.StringIO(), force_terminal=True))
+    bar.runs(3)
+    bar.run("[1/3] base seed 0", 10 + 5)
+    on_record = _progress(None, [10, 5], bar)
+    on_record({"stage": 0, "step": 10, "loss": {"retrieval": 0.5, "sts": 0.3}})
+    on_record({"stage": 1, "step": 2, "loss": 0.25})
+    current = bar.progress.tasks[-1]
+    assert (current.completed, current.total, current.fields["note"]) == (12, 15, "loss 0.2500")
+    bar.note("eval STS-demo")
+    assert bar.progress.tasks[-1].fields["note"] == "eval STS-demo"
+    bar.finished("[1/3] base seed 0: ok")
+    assert [(t.description, t.completed) for t in bar.progress.tasks] == [("runs", 1)]
 
 
 def test_ray_executor_runs_each_variant_as_a_task(tmp_path):

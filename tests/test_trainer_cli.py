@@ -122,3 +122,23 @@ def test_what_escapes_a_command_is_one_line_with_the_traceback_in_a_log_or_print
     with pytest.raises(SystemExit) as exc:
         guarded(bug)
     assert exc.value.code == 1 and "Traceback" in capsys.readouterr().err
+
+
+def test_shards_that_cannot_feed_a_stage_fail_in_one_line_before_the_model_loads(tmp_path):
+    """A corpus of pairs only: stage 1 (retrieval) cannot be fed; said at once, with the fix. Stage 1 with
+    `steps: 0` is skipped, and the run trains the pairs."""
+    write(tmp_path / "corpus" / "sts.csv", "sentence1,sentence2,score\n" + "".join(
+        f"a sentence about topic {i},another sentence on topic {i},{i % 5}.5\n" for i in range(12)))
+    build_yaml(tmp_path / "corpus", "name: sts\nsources: [{name: sts, path: sts.csv, adapter: sts}]\n")
+    cfg = write(tmp_path / "cfg.yaml", GOOD.replace("data: {", "data: {pair_batch_size: 4, "))
+    res = run("trainer", "run", str(cfg), cwd=tmp_path)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "stage 1 trains on retrieval records and the shards have none (they hold pair: 24)" in res.stderr
+    assert "give stage 1 `steps: 0`" in res.stderr and "traceback" not in res.stderr.lower()
+    assert "Loading weights" not in res.stderr + res.stdout  # refused before the model loaded
+    two = write(tmp_path / "two.yaml", GOOD.replace("data: {", "data: {pair_batch_size: 4, ").replace(
+        "stages:\n", "stages:\n  - {steps: 0, lr: 3.0e-5, warmup_steps: 0}\n"))
+    res = run("trainer", "run", str(two), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in steps if "loss" in r] == [(2, 1), (2, 2)]

@@ -74,11 +74,12 @@ def run(
     except FileNotFoundError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     from embedkit.folderlock import FolderBusy
+    from trainer.data import NotEnoughData
     from trainer.train import train
 
     try:
         final = train(cfg, resume=not restart, log=_console_log, progress=True)
-    except FolderBusy as exc:
+    except (FolderBusy, NotEnoughData) as exc:
         fail(str(exc))
     if _is_main():
         console.print(f"[bold green]model:[/] {final}  (SentenceTransformer({str(final)!r}) loads it)", soft_wrap=True)
@@ -183,7 +184,13 @@ def experiment(
     from trainer.experiment.report import write_results
     from trainer.experiment.runner import run_experiment
 
-    results = run_experiment(exp, out, executor=executor, gpus_per_run=gpus_per_run, report_only=report_only)
+    if console.is_terminal and not report_only:  # a bar over the runs; logs and pipes get a line per event
+        from trainer.experiment.progress import RunBar
+
+        with RunBar(console) as bar:
+            results = run_experiment(exp, out, executor=executor, gpus_per_run=gpus_per_run, log=bar.line, bar=bar)
+    else:
+        results = run_experiment(exp, out, executor=executor, gpus_per_run=gpus_per_run, report_only=report_only)
     paths = write_results(exp, results, Path(out))
     print(paths["summary_md"].read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths.values()))

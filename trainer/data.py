@@ -147,6 +147,10 @@ def _part(batch: Batch, rows: slice) -> Batch:
                  batch.scores[rows], batch.labels[rows], batch.negative_labels[rows])
 
 
+class NotEnoughData(ValueError):
+    """The shards cannot feed a stage (found before the model loads)."""
+
+
 class BatchSampler:
     """Deterministic one-dataset batches for a stage (1: retrieval only; 2: all kinds at share eta)."""
 
@@ -166,9 +170,11 @@ class BatchSampler:
                 if len(rows):
                     self.pools.setdefault(kind, []).append(_Pool(kind, name, table, rows, cfg.seed, stage))
         if "retrieval" not in self.pools and stage == 1:
-            raise ValueError("stage 1 needs retrieval records; the shards have none")
+            have = ", ".join(f"{k}: {len(t)}" for k, t in tables.items() if len(t)) or "none"
+            raise NotEnoughData(f"stage 1 trains on retrieval records and the shards have none (they hold {have}); "
+                                f"give stage 1 `steps: 0` to train every kind from the first step")
         if not self.pools:
-            raise ValueError("no records to train on")
+            raise NotEnoughData("no records to train on in the shards")
 
     def _classification_rows(self, table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray:
         """Keep rows whose label has a second example (for the positive) and a different label exists."""

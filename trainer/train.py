@@ -170,6 +170,9 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
             for sink in sinks:
                 sink(flat, step)
 
+    for index, stage in enumerate(cfg.stages, start=1):  # every stage can be fed, known before the model loads
+        if stage.steps:
+            BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
     # the task file is read (and checked) before the model loads
     evaluator = _evaluator(cfg, out, acc, emit, prompts) if cfg.eval is not None else None
     set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
@@ -188,6 +191,9 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
         not cfg.grad_cache_chunk else None
     for index, stage in enumerate(cfg.stages, start=1):
         ckpt = out / f"stage{index}"
+        if stage.steps == 0:
+            facts.steps[index] = 0
+            continue
         if resume and (ckpt / "done").exists():
             model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
             global_step += stage.steps

@@ -10,7 +10,7 @@ A global step in bounded memory: while the stream flows it spills the records of
 it needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by,
 split into hash partitions: `datakit.spill`), to its work folder. Once the stream ends it finds duplicates one
 partition at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with
-bands chosen for recall, and decided by the exact Jaccard of each side's shingle sets; clusters by union-find
+bands chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact Jaccard of each side's shingle sets; clusters by union-find
 over the verified pairs), then streams the kept records back out. Per record it holds about 13 bytes in memory. Other kinds pass straight through. Drops are counted per dataset; `dedup.json` lists, for
 sampled clusters, the kept record and the records it replaced.
 """
@@ -83,6 +83,14 @@ def joined_text(table: pa.Table, fields: list[str], unordered: bool = False) -> 
         first = pc.less_equal(cols[0], cols[1])
         cols = [pc.if_else(first, cols[0], cols[1]), pc.if_else(first, cols[1], cols[0])]
     return cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\n")
+
+
+def joined_threshold(threshold: float, sides: int) -> float:
+    """The lowest Jaccard of the joined sides of two records whose every side is at `threshold`, t/(k-(k-1)t):
+    reached when the sides' shared words coincide and their other words differ (each side at 0.8, two sides
+    sharing their words: 0.667 joined). Bands chosen for it make such a pair a candidate with probability
+    >= 0.99, though candidates come from the joined text (one signature per record)."""
+    return threshold / (sides - (sides - 1) * threshold)
 
 
 def agreement(kind: str, table: pa.Table) -> np.ndarray:
@@ -268,10 +276,8 @@ class Dedup(Step):
             if state is None:
                 fields = cfg.fields.get(kind, list(MAIN_TEXTS[kind]))
                 state = states[kind] = _KindState(self.ctx.work_dir / f"dedup-{kind}", cfg, kind, fields)
-                # the joined sides propose candidates; with two sides, a little below the threshold: a record
-                # whose every side reaches it can have a joined Jaccard slightly under it when its sides share words
-                margin = 0.05 if len(fields) > 1 else 0.0
-                state.bands, state.rows = mh.recall_bands(max(cfg.threshold - margin, 0.05), cfg.num_perm)
+                state.bands, state.rows = mh.recall_bands(joined_threshold(cfg.threshold, len(fields)),
+                                                          cfg.num_perm)
                 self.stats["bands"][kind], self.stats["rows"][kind] = state.bands, state.rows
             state.add(table, mh_cfg, state.bands, state.rows)
         for kind, state in states.items():

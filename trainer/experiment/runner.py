@@ -19,9 +19,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from embedkit.trainconfig import TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.experiment.progress import RunBar
 from trainer.experiment.spec import (Experiment, Variant, code_versions, corpus_digest, eval_digest, key_of,
                                      run_parts)
 
@@ -68,30 +71,34 @@ def build_corpus(exp: Experiment, variant: Variant, out: Path, log: Callable[[st
     return folder
 
 
-def _progress(log: Callable[[str], None] | None, steps: list[int]) -> Callable[[Any], None]:
-    """Training's log records as about ten lines per stage (and the trainer's messages), for `log`."""
+def _progress(log: Callable[[str], None] | None, steps: list[int], bar: RunBar | None = None
+              ) -> Callable[[Any], None]:
+    """Training's log records for `bar` (every step), else as about ten lines per stage for `log`; the
+    trainer's messages as lines."""
     shown: dict[int, int] = {}
 
     def on_record(rec: Any) -> None:
-        if log is None:
-            return
         if isinstance(rec, dict) and "step" in rec and "loss" in rec:
             stage, step = rec.get("stage", 0), rec["step"]
             total = steps[stage] if stage < len(steps) else step
+            losses = rec["loss"] if isinstance(rec["loss"], dict) else {"all": rec["loss"]}
+            mean = sum(losses.values()) / max(len(losses), 1)
+            if bar is not None:
+                bar.step(sum(steps[:stage]) + step, mean)
+                return
             tenth = step * 10 // max(total, 1)
-            if tenth > shown.get(stage, 0) or step == total:
+            if log is not None and (tenth > shown.get(stage, 0) or step == total):
                 shown[stage] = tenth
-                losses = rec["loss"] if isinstance(rec["loss"], dict) else {"all": rec["loss"]}
-                mean = sum(losses.values()) / max(len(losses), 1)
                 log(f"    stage {stage + 1} step {step}/{total}  loss {mean:.4f}")
-        elif isinstance(rec, str):
-            log(f"    {rec}")
+        elif isinstance(rec, str) and (log is not None or bar is not None):
+            (bar.line if bar is not None else log)(f"    {rec}")
     return on_record
 
 
-def run_one(spec: RunSpec, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train (unless untrained) and score one run; writes result.json or failed.json and returns it. `log`
-    hears training every tenth of its steps and each evaluation task as it is scored."""
+def run_one(spec: RunSpec, log: Callable[[str], None] | None = None, bar: RunBar | None = None) -> dict[str, Any]:
+    """Train (unless untrained) and score one run; writes result.json or failed.json and returns it. `bar`
+    shows every training step and each evaluation task as it is scored; without one, `log` hears training
+    every tenth of its steps and each evaluation task."""
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "run.json", spec.describe())
@@ -108,12 +115,12 @@ def run_one(spec: RunSpec, log: Callable[[str], None] | None = None) -> dict[str
             cfg = spec.config.model_copy(deep=True)
             cfg.seed, cfg.output_dir = spec.seed, str(folder / "train")
             cfg.data.shards, cfg.data.seed = spec.build, spec.seed
-            model = str(train(cfg, resume=True, log=_progress(log, [stage.steps for stage in cfg.stages])))
+            model = str(train(cfg, resume=True, log=_progress(log, [stage.steps for stage in cfg.stages], bar)))
             train_s = time.time() - t0
         t1 = time.time()
         [summary] = evaluate_models(EvalRequest(models=[model], out=str(folder / "eval"), tasks_file=spec.eval_path,
                                                 name=f"experiment/{spec.key}"),
-                                    log=(lambda m: log(f"    eval {m.strip()}")) if log else (lambda _: None))
+                                    log=_eval_log(log, bar))
         failed = [f"{o.task}: {o.error}" for o in summary.outcomes if o.error]
         if failed:
             raise RuntimeError("evaluation failed: " + "; ".join(failed))
@@ -130,6 +137,12 @@ def run_one(spec: RunSpec, log: Callable[[str], None] | None = None) -> dict[str
                    "seconds": round(time.time() - t0, 1)}
         _write_json(folder / "failed.json", failure)
         return failure
+
+
+def _eval_log(log: Callable[[str], None] | None, bar: RunBar | None) -> Callable[[str], None]:
+    if bar is not None:
+        return lambda m: bar.note(f"eval {m.strip()}")
+    return (lambda m: log(f"    eval {m.strip()}")) if log else (lambda _: None)
 
 
 def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSpec]:
@@ -155,9 +168,11 @@ def plan_runs(exp: Experiment, out: Path, builds: dict[str, Path]) -> list[RunSp
 
 
 def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gpus_per_run: float = 0.0,
-                   log: Callable[[str], None] = print, report_only: bool = False) -> list[dict[str, Any]]:
+                   log: Callable[[str], None] = print, report_only: bool = False,
+                   bar: RunBar | None = None) -> list[dict[str, Any]]:
     """Build, train and score every run not finished yet; return every run's result (or failure).
-    `report_only`: run nothing, return the finished runs (a partial report while others still run)."""
+    `report_only`: run nothing, return the finished runs (a partial report while others still run).
+    `bar`: a progress bar over the runs (a terminal); else a line per run and progress lines to `log`."""
     out = Path(out).resolve()  # runs resolve paths against their training config's folder
     out.mkdir(parents=True, exist_ok=True)
     builds: dict[str, Path] = {}
@@ -197,13 +212,23 @@ def run_experiment(exp: Experiment, out: str | Path, executor: str = "local", gp
         for r in pending:
             log(f"  not run yet: {r.variant} seed {r.seed}")
         return results
+    if bar is not None:
+        bar.runs(len(pending))
     if executor == "ray":
-        results += _run_on_ray(pending, gpus_per_run, log)
+        results += _run_on_ray(pending, gpus_per_run, log, bar)
     else:
         for i, r in enumerate(pending, 1):
-            log(f"[{i}/{len(pending)}] {r.variant} seed {r.seed}")
-            res = run_one(r, log)
-            log(f"  {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}")
+            label = f"[{i}/{len(pending)}] {r.variant} seed {r.seed}"
+            if bar is not None:
+                bar.run(label, 0 if r.untrained else sum(stage.steps for stage in r.config.stages))
+            else:
+                log(label)
+            res = run_one(r, log, bar)
+            outcome = "FAILED: " + res["error"] if "error" in res else _brief(res)
+            if bar is not None:
+                bar.finished(f"{label}: {outcome}")
+            else:
+                log(f"  {outcome}")
             results.append(res)
     return results
 
@@ -222,7 +247,8 @@ def _run_on_one_cpu(spec: RunSpec) -> dict[str, Any]:
     return run_one(spec)
 
 
-def _run_on_ray(pending: list[RunSpec], gpus: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _run_on_ray(pending: list[RunSpec], gpus: float, log: Callable[[str], None],
+                bar: RunBar | None = None) -> list[dict[str, Any]]:
     """One Ray task per run (GPUs as Ray resources); results in the order they finish."""
     import ray
 
@@ -235,6 +261,10 @@ def _run_on_ray(pending: list[RunSpec], gpus: float, log: Callable[[str], None])
         done, _ = ray.wait(list(refs), num_returns=1)
         r = refs.pop(done[0])
         res = ray.get(done[0])
-        log(f"{r.variant} seed {r.seed}: {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}")
+        line = f"{r.variant} seed {r.seed}: {'FAILED: ' + res['error'] if 'error' in res else _brief(res)}"
+        if bar is not None:
+            bar.finished(line)
+        else:
+            log(line)
         results.append(res)
     return results
