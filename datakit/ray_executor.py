@@ -2,11 +2,13 @@
 
 - Each source is read and adapted by its own Ray task (a streaming generator), all sources at once; the
   driver consumes them in recipe order, so the record stream is the one the local executor makes.
-- The leading steps that work batch by batch (`filter`, `decontaminate`, and `paraphrase` / `augment` /
-  `llm_negatives` without `max_records`) run as one Ray task per batch, up to `window` batches in flight; results come back
-  in order and each step's counters are merged into the driver's copy for the manifest.
-- From the first step that needs the whole stream (`dedup`, `mine_negatives`, or a step with `max_records`)
-  on, steps run on the driver, out of core as in a local build.
+- Every step that works batch by batch (`filter`, `decontaminate`, and `paraphrase` / `augment` /
+  `llm_negatives` without `max_records`) runs as Ray tasks wherever it stands in the recipe: each run of
+  consecutive batch-wise steps is one Ray task per batch, up to `window` batches in flight; results come back in
+  order and each step's counters are merged into the driver's copy for the manifest.
+- A step that needs the whole stream (`dedup`, `mine_negatives`, or a step with `max_records`) runs on the
+  driver, out of core as in a local build; its output is streamed back out, batch by batch, to the workers
+  for the batch-wise steps after it.
 - Synthesis on workers shares one answer cache (the SQLite file, resolved on the driver: on a multi-node
   cluster put it on shared storage with `llm.cache`) and one budget (a Ray actor).
 
@@ -85,16 +87,16 @@ def _source_task(src: dict[str, Any], sandbox: Sandbox, strict: bool, batch_rows
     yield from source_events(SourceConfig.model_validate(src), sandbox, strict, batch_rows)
 
 
-_WORKER_STEPS: dict[str, tuple[list[Step], Path]] = {}  # per worker process: one build's steps and scratch folder
+#: per worker process: one build's steps (a copy per run of batch-wise steps) and their scratch folders
+_WORKER_STEPS: dict[tuple[str, int], tuple[list[Step], Path]] = {}
 
 
 @ray.remote
-def _steps_task(build_id: str, configs: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
+def _steps_task(build_id: tuple[str, int], configs: list[dict[str, Any]], ctx: dict[str, Any], kind: str,
                 table: pa.Table) -> tuple[list[tuple[str, pa.Table]], list[dict[str, Any]]]:
     if build_id not in _WORKER_STEPS:
-        for _, old in _WORKER_STEPS.values():  # one build at a time per worker: drop the previous one's
-            shutil.rmtree(old, ignore_errors=True)
-        _WORKER_STEPS.clear()
+        for key in [k for k in _WORKER_STEPS if k[0] != build_id[0]]:  # one build at a time per worker
+            shutil.rmtree(_WORKER_STEPS.pop(key)[1], ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
         context = StepContext(sandbox=ctx["sandbox"], out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
@@ -151,24 +153,30 @@ class RayExecutor(Executor):
 
     def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], ctx: StepContext,
                   clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
-        """The leading batch-wise steps as Ray tasks, the rest in this process."""
-        lead = 0
-        while lead < len(steps) and steps[lead].parallel_safe:
-            lead += 1
-        if lead:
-            name = "+".join(f"{i}:{s.name}" for i, s in enumerate(steps[:lead])) + " (ray tasks)"
-            stream = clock.wrap(name, self._parallel(stream, steps[:lead], ctx))
-        return chain_steps(stream, steps[lead:], clock, lead)
+        """Each run of consecutive batch-wise steps as Ray tasks; a step that needs the whole stream in this
+        process, its output streamed on to the next run's tasks."""
+        run_id, i = uuid.uuid4().hex, 0
+        while i < len(steps):
+            if not steps[i].parallel_safe:
+                stream = chain_steps(stream, steps[i: i + 1], clock, i)
+                i += 1
+                continue
+            end = i
+            while end < len(steps) and steps[end].parallel_safe:
+                end += 1
+            name = "+".join(f"{k}:{s.name}" for k, s in enumerate(steps[i:end], i)) + " (ray tasks)"
+            stream = clock.wrap(name, self._parallel(stream, steps[i:end], ctx, (run_id, i)))
+            i = end
+        return stream
 
-    def _parallel(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step],
-                  ctx: StepContext) -> Iterator[tuple[str, pa.Table]]:
+    def _parallel(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], ctx: StepContext,
+                  build_id: tuple[str, int]) -> Iterator[tuple[str, pa.Table]]:
         llm = ctx.llm.model_copy() if ctx.llm is not None else LLMSettings()
         llm.cache = str(ctx.resolve(llm.cache) if llm.cache else default_path())  # the one cache, for every worker
         spec = ray.put({"sandbox": ctx.sandbox, "out_dir": str(ctx.out_dir), "llm": llm.model_dump(mode="json"),
                         "budget": ctx.budget})
         raw = ray.put([step.config.model_dump(mode="json") for step in steps])  # rebuilt as configs on workers
-        build_id = uuid.uuid4().hex  # workers build their copies of the steps once per build
-        pending: deque = deque()
+        pending: deque = deque()  # workers build their copies of these steps once per build (`build_id`)
 
         def collect() -> Iterator[tuple[str, pa.Table]]:
             out, states = _get(pending.popleft())

@@ -92,11 +92,15 @@ steps:
 
 
 def test_dedup_decontaminate_and_synthesis_recipe_local_and_ray_agree(cluster, tmp_path):
+    """The report's order: filter, synthesis, dedup, decontamination, mining. Every batch-wise step runs in Ray
+    tasks, decontamination too although it follows dedup (a global step, on the driver)."""
     recipe = _parallel_recipe(tmp_path, extra_steps="""
-  - type: decontaminate                  # still batch by batch: on the workers
-    bench_files: [bench/QABench]
-  - type: dedup                          # global: on the driver, and every step after it
+  - type: dedup                          # global: on the driver, its output streamed back to the workers
     threshold: 0.8
+  - type: decontaminate                  # batch by batch: on the workers
+    bench_files: [bench/QABench]
+  - type: filter                         # and again, after decontamination
+    min_chars: 4
   - type: mine_negatives
     skip: 0
     depth: 6
@@ -106,8 +110,9 @@ def test_dedup_decontaminate_and_synthesis_recipe_local_and_ray_agree(cluster, t
     _same_outputs(ours, local)
     m = ours.manifest
     assert m["dropped"]["0:filter"] == {"too_short:query": 1} and m["quarantined"]["reasons"] == {"empty_text": 1}
-    assert m["dropped"]["4:dedup"]["exact_duplicate"] >= 1 and m["contamination"]["by_dataset"]["qa"] >= 1
-    assert "0:filter+1:paraphrase+2:llm_negatives+3:decontaminate (ray tasks)" in m["timings_s"]
+    assert m["dropped"]["3:dedup"]["exact_duplicate"] >= 1 and m["contamination"]["by_dataset"]["qa"] >= 1
+    assert "0:filter+1:paraphrase+2:llm_negatives (ray tasks)" in m["timings_s"]
+    assert "4:decontaminate+5:filter (ray tasks)" in m["timings_s"] and "3:dedup" in m["timings_s"]
     report = (ours.out_dir / "contamination.json").read_text()
     assert report == (local.out_dir / "contamination.json").read_text() and QA[5][0] in report
     # one cache for every worker: the local build after the Ray build sent nothing

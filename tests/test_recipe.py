@@ -88,11 +88,17 @@ def test_shipped_recipes_and_training_configs_are_valid():
     from trainer.experiment import load_experiment
     from embedkit.trainconfig import load_config
 
+    from datakit.benchspec import load_bench_spec
+
     for path in (ROOT / "recipes").rglob("*.yaml"):
-        if path.name.startswith("train-"):
+        if "out" in path.relative_to(ROOT / "recipes").parts:
+            continue  # what a user's run of a shipped recipe wrote
+        if path.name.startswith("train-") or path.name == "train.yaml":
             load_config(path)  # training configs live beside the recipes that build their corpus
-        elif path.name.startswith("eval-"):
+        elif path.name.startswith("eval-") or path.name == "tasks.yaml":
             load_task_file(path)  # `trainer eval` task files
+        elif path.name == "bench.yaml":
+            load_bench_spec(path)  # `datakit bench build --from-spec`
         elif path.parent.name == "experiments" and not path.name.startswith("corpus-"):
             load_experiment(path)  # every variant resolves and validates
         else:

@@ -21,7 +21,7 @@ def test_minilm_gives_mtebs_published_scores_on_stsb_and_banking77(shared_data, 
         assert abs(got[task] - published) <= tolerance, (task, got[task], published)
 
 
-def _trimmed_scifact(source, folder, extra_docs: int = 600):
+def _trimmed_scifact(source, folder, extra_docs: int = 150):
     """The SciFact test queries that have qrels and their query text, their relevant documents and `extra_docs`
     others (the first in corpus order): a small BEIR folder, the same for both sides of the comparison."""
     import gzip
