@@ -46,6 +46,16 @@ demo: $(BASE)
 train-demo: demo
 	$(BIN)/trainer run recipes/train-demo.yaml --restart
 
+# RESULTS.md's experiment tables, regenerated from the results.csv committed for each experiment
+# (benchmarks/experiments/results/NAME.csv -> NAME.md, the table RESULTS.md shows unedited)
+results-tables: $(BASE)
+	@for csv in benchmarks/experiments/results/*.csv; do \
+	  [ -e "$$csv" ] || { echo "no results.csv committed yet"; continue; }; name=$$(basename "$$csv" .csv); \
+	  $(BIN)/trainer experiment "benchmarks/experiments/$$name.yaml" --out "out/results-tables/$$name" \
+	    --report-only --results-csv "$$csv" > /dev/null && \
+	  cp out/results-tables/$$name/*/summary.md "benchmarks/experiments/results/$$name.md" && \
+	  echo "benchmarks/experiments/results/$$name.md"; done
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

@@ -432,6 +432,10 @@ def _summary(manifest: dict[str, Any]) -> None:
     stages = " · ".join(f"{_stage_name(k, manifest)} {v:.1f}s" for k, v in timings.items() if v >= 0.05)
     console.print(f"{sum(manifest['rows_read'].values()):,} rows read; {manifest['duration_s']:.1f}s in all"
                   + (f": {stages}" if stages else ""), highlight=False, soft_wrap=True)
+    peaks = {k: v for k, v in manifest.get("peak_rss_mib", {}).items() if k != "build"}
+    if peaks:
+        top = max(peaks, key=peaks.get)
+        console.print(f"peak memory {peaks[top]:,.0f} MiB, during {_stage_name(top, manifest)}", highlight=False)
 
 
 def _stage_name(key: str, manifest: dict[str, Any]) -> str:

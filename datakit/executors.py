@@ -6,6 +6,8 @@ steps as Ray tasks. Both implement `Executor`.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -24,11 +26,55 @@ ProgressFn = Callable[[str, int], None]
 Stream = Iterator[tuple[str, pa.Table]]
 
 
+def current_rss() -> int | None:
+    """This process's resident memory in bytes (Linux: /proc/self/statm), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class StageClock:
-    """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls)."""
+    """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls), and
+    the process's peak resident memory seen while each stage ran (`watch_memory`)."""
 
     def __init__(self) -> None:
         self.inclusive: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {}
+        self._active: list[str] = []  # the stages whose next batch is being made; the last one runs
+
+    def watch_memory(self, every_s: float = 0.05) -> Callable[[], None]:
+        """Sample the process's RSS every `every_s` in a thread, each sample counted for the stage running then
+        (`other`: setting up, writing shards); returns the function that stops it. In a Ray build this is the
+        driver's memory."""
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(every_s):
+                rss = current_rss()
+                if rss is None:
+                    return
+                active = self._active
+                stage = active[-1] if active else "other"
+                if rss > self.peak_rss.get(stage, 0):
+                    self.peak_rss[stage] = rss
+
+        thread = threading.Thread(target=sample, name="datakit-rss", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join()
+        return halt
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        """Peak RSS per stage in MiB, in pipeline order, and `build` (the peak over all of them)."""
+        names = [*self.inclusive, "other"]
+        out = {n: round(self.peak_rss[n] / 2**20, 1) for n in names if n in self.peak_rss}
+        if out:
+            out["build"] = max(out.values())
+        return out
 
     def wrap(self, name: str, stream: Stream) -> Stream:
         """Time `stream` as stage `name`; stages must be wrapped in pipeline order (read first)."""
@@ -38,11 +84,14 @@ class StageClock:
     def _timed(self, name: str, stream: Stream) -> Stream:
         while True:
             t = time.perf_counter()
+            self._active.append(name)
             try:
                 item = next(stream)
             except StopIteration:
                 self.inclusive[name] += time.perf_counter() - t
                 return
+            finally:
+                self._active.pop()
             self.inclusive[name] += time.perf_counter() - t
             yield item
 

@@ -186,6 +186,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
     holds the output folder's lock."""
     staging = new_staging(out_dir)
     started = time.time()
+    stop_watching = None
     try:
         budget = executor.budget(llm.max_budget_usd)
         ctx = StepContext(sandbox=sandbox, out_dir=out_dir, work_dir=staging / "work",
@@ -196,6 +197,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
         writer = ShardWriter(staging, output.shard_rows, output.compression)
         tally = Tally()
         clock = StageClock()
+        stop_watching = clock.watch_memory()
         stream = executor.run_steps(clock.wrap("read", records(writer, tally)), steps, ctx, clock)
         counts: dict[str, Counter] = defaultdict(Counter)
         target = next((s.config.negatives for s in steps if s.name == "mine_negatives"), None)
@@ -211,12 +213,16 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
             raise DataError("the build produced no records: every source row was quarantined or dropped by a step "
                             "(see `datakit validate`)")
         shards = writer.close()
+        stop_watching()
         head = {**head, "negatives": mix.report(), "executor": executor.describe(),
-                "timings_s": clock.exclusive(time.time() - started), "warnings": warnings}
+                "timings_s": clock.exclusive(time.time() - started), "peak_rss_mib": clock.peak_rss_mib(),
+                "warnings": warnings}
         if any(getattr(s, "uses_llm", False) for s in steps):
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
     finally:
+        if stop_watching is not None:
+            stop_watching()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out_dir, manifest)
@@ -237,6 +243,7 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: Tally, st
         "duration_s": round(duration, 3),
         "executor": head["executor"],
         "timings_s": head["timings_s"],
+        "peak_rss_mib": head["peak_rss_mib"],
         "rows_read": dict(tally.rows_read),
         "rows_per_s": round(rows_read / duration, 1) if duration > 0 else None,
         "inputs": head["inputs"],

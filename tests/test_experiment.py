@@ -15,7 +15,7 @@ from rich.console import Console
 from tests.conftest import ROOT, write
 from trainer.experiment import ExperimentError, load_experiment
 from trainer.experiment.progress import RunBar
-from trainer.experiment.report import write_results
+from trainer.experiment.report import read_results_csv, write_results
 from trainer.experiment.runner import UNTRAINED, _progress, run_experiment
 from trainer.experiment.spec import resolve
 
@@ -129,6 +129,10 @@ def test_experiment_runs_resumes_and_records_failures(tmp_path, monkeypatch):
     assert "broken seed 0" in summary
     assert "Corpus of base: built once, shared by 2 variants (base, broken)." in summary
     assert "| (= base) |" in summary  # broken's build time is base's, not counted twice
+    # the table regenerated from the committed results.csv alone equals the one written from the runs
+    regenerated = write_results(exp, read_results_csv(paths["results"]), tmp_path / "from-csv")["summary_md"]
+    scores = lambda md: [line.split(" | ")[:-3] for line in md.splitlines() if line.startswith("| ")]  # noqa: E731
+    assert scores(regenerated.read_text()) == scores(summary) and len(scores(summary)) == 2 + 4
     page = paths["html"].read_text()
     assert "data:image/png;base64," in page and "no_mining" in page and "<script" not in page
 

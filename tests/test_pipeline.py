@@ -49,6 +49,9 @@ def test_demo_counts_quarantine_and_manifest(demo_out):
     for shard in m["shards"]:
         path = demo_out / shard["file"]
         assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
+    peaks = m["peak_rss_mib"]  # the process's peak memory while each stage ran
+    assert set(peaks) <= {*m["timings_s"], "build"} and "7:mine_negatives" in peaks
+    assert peaks["build"] == max(v for k, v in peaks.items() if k != "build") > 100
     total = {k: sum(v.values()) for k, v in m["counts"].items()}
     for kind, n in total.items():
         assert sum(s["rows"] for s in m["shards"] if s["kind"] == kind) == n
@@ -179,3 +182,33 @@ def test_killed_build_leaves_no_shard_that_looks_whole(tmp_path):
     result = build(load_recipe(tmp_path / "r.yaml"), out, batch_rows=50_000)
     assert result.manifest["counts"]["retrieval"]["s"] == 300_000
     assert not list(out.glob(".staging-*"))
+
+
+def test_peak_memory_is_counted_for_the_stage_that_holds_it():
+    """A stage that holds 400 MiB while it makes its batch gets that peak; the stage before it does not."""
+    import numpy as np
+
+    from datakit.executors import StageClock, current_rss
+
+    if current_rss() is None:
+        pytest.skip("no /proc/self/statm on this system")
+    table = pa.table({"x": [1]})
+
+    def small():
+        time.sleep(0.3)
+        yield "k", table
+
+    def big(stream):
+        for kind, t in stream:
+            held = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+            time.sleep(0.3)
+            del held
+            yield kind, t
+
+    clock = StageClock()
+    stop = clock.watch_memory(every_s=0.02)
+    stream = clock.wrap("1:big", big(clock.wrap("read", small())))
+    assert len(list(stream)) == 1
+    stop()
+    peaks = clock.peak_rss_mib()
+    assert peaks["1:big"] - peaks["read"] > 300 and peaks["build"] == peaks["1:big"]

@@ -169,6 +169,9 @@ def experiment(
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and check the variants, run nothing"),
     report_only: bool = typer.Option(False, "--report-only",
                                      help="write the results of the runs finished so far, run nothing"),
+    results_csv: Optional[Path] = typer.Option(None, "--results-csv", metavar="CSV",
+                                               help="with --report-only: the runs of a results.csv instead of the "
+                                                    "run folders (regenerates a published table)"),
 ) -> None:
     """Build, train and score a grid of recipe/training variants over seeds."""
     from trainer.experiment import load_experiment
@@ -181,8 +184,16 @@ def experiment(
             print(f"{v.name}: build {v.build_key}  overrides {v.overrides}")
         print(f"{len(exp.variants)} variants x {len(exp.seeds)} seeds")
         return
-    from trainer.experiment.report import write_results
+    from trainer.experiment.report import read_results_csv, write_results
     from trainer.experiment.runner import run_experiment
+
+    if results_csv is not None:
+        if not report_only:
+            fail("--results-csv goes with --report-only (it reports runs, it runs nothing)", EXIT_BAD_INPUT)
+        paths = write_results(exp, read_results_csv(results_csv), Path(out))
+        print(paths["summary_md"].read_text(encoding="utf-8"))
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+        return
 
     if console.is_terminal and not report_only:  # a bar over the runs; logs and pipes get a line per event
         from trainer.experiment.progress import RunBar

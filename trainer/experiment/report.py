@@ -91,6 +91,23 @@ def write_results(exp: Experiment, results: list[dict[str, Any]], out: Path) -> 
     return paths
 
 
+def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The runs of a results.csv (`write_results`) as run results: a published table regenerated from the CSV
+    committed beside it equals the one written from the runs."""
+    runs: dict[tuple[str, int, str], dict[str, Any]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            run = runs.setdefault((row["variant"], int(row["seed"]), row["run"]),
+                                  {"variant": row["variant"], "seed": int(row["seed"]), "key": row["run"]})
+            if row["metric"] == "failed":
+                run["error"] = "failed (see the run's failed.json)"
+                continue
+            run.setdefault("scores", {})[row["task"]] = {"main_score": row["metric"], "value": float(row["value"])}
+            run["train_s"] = float(row["train_s"] or 0.0)
+            run["eval_s"] = float(row["eval_s"] or 0.0)
+    return list(runs.values())
+
+
 def _times(results: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for r in results:
