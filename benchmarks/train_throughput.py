@@ -19,6 +19,10 @@ Columns: the trainer padding-free (its default), the trainer padded (`model.padd
 `--padded` to run only that), and the sentence-transformers trainer; all in train mode. pad_fraction =
 padded positions over all positions computed; the profile splits the trainer's step into its phases (with a
 device sync between them on CUDA, so it slows the step a little).
+
+Targets (issue #18), checked for every size but `tiny` (a 64-wide model is all per-call overhead): the
+padding-free path's pad_fraction <= 0.10 and its median tokens/s >= 1.2x the padded path's. The script exits 1
+when one is missed.
 """
 from __future__ import annotations
 
@@ -293,6 +297,19 @@ def main() -> None:
             label = f"{label} ({r['path']})" if who == "ours" and r.get("path") else label
             print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {r['range']} | {r['tokens']:,} | {pad} | {vs_pad} "
                   f"| {vs_st} | {r['peak_gib']:.1f} |")
+    missed = []
+    for size, res in rows:
+        ours, padded = res.get("ours"), res.get("padded")
+        if size == "tiny" or not ours or not padded or "error" in ours or "error" in padded:
+            if ours and "error" in ours:
+                missed.append(f"{size}: the padding-free run failed")
+            continue
+        if ours["pad_fraction"] > 0.10:
+            missed.append(f"{size}: pad_fraction {ours['pad_fraction']:.3f} > 0.10")
+        if ours["tokens_per_s"] < 1.2 * padded["tokens_per_s"]:
+            missed.append(f"{size}: {ours['tokens_per_s'] / padded['tokens_per_s']:.2f}x the padded path < 1.2x")
+    print("\ntargets (pad_fraction <= 0.10, >= 1.2x padded; sizes but tiny): "
+          + ("met" if not missed else "MISSED: " + "; ".join(missed)))
     print("\nprofile of the trainer's step (share of time):")
     print("| model | trainer | sample | tokenize | forward | backward | optimizer |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -303,6 +320,8 @@ def main() -> None:
                 print(f"| {size} | {'padding-free' if who == 'ours' else 'padded'} | "
                       + " | ".join(f"{prof[k]:.0%}" for k in ("sample", "tokenize", "forward", "backward", "optimizer"))
                       + " |")
+    if missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

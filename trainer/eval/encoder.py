@@ -77,7 +77,7 @@ class PromptsError(ConfigError):
 
 def declared_template(backend: Backend) -> str | None:
     """The instruction template a model declares: recorded at export, else read off an `Instruct: ...\\nQuery:`
-    query prompt (the convention of Qwen3-Embedding, gte-Qwen2, e5-mistral and the QZhou report)."""
+    query prompt (the convention of Qwen3-Embedding, gte-Qwen2 and the QZhou report)."""
     if backend.query_template:
         return backend.query_template
     m = _INSTRUCT_PROMPT.match(backend.prompts.get("query") or "")

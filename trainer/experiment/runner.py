@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from embedkit.trainconfig import TrainConfig
+from trainer.experiment.spec import (Experiment, Variant, code_versions, corpus_digest, eval_digest, key_of,
+                                     run_parts)
 
 if TYPE_CHECKING:
     from trainer.experiment.progress import RunBar
-from trainer.experiment.spec import (Experiment, Variant, code_versions, corpus_digest, eval_digest, key_of,
-                                     run_parts)
 
 UNTRAINED = "(not fine-tuned)"
 
