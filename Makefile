@@ -56,8 +56,11 @@ results-tables: $(BASE)
 	  cp out/results-tables/$$name/*/summary.md "benchmarks/experiments/results/$$name.md" && \
 	  echo "benchmarks/experiments/results/$$name.md"; done
 
+# The suite runs in parallel (pytest-xdist, a test file per worker, one worker per core; TEST_WORKERS=0 runs it
+# in one process): on 2 cores 16 minutes instead of 22 (benchmarks/RESULTS.md "make test").
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf out build *.egg-info

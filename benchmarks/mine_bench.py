@@ -67,7 +67,8 @@ def direct(pool: list[str], queries: list[str]) -> float:
 
 
 def ours(pool: list[str], queries: list[str], cache_dir: Path, use_cache: bool) -> float:
-    from datakit.embed import Embedder, build_index
+    from datakit.embed import Embedder
+    from datakit.vectorsearch import build_index
 
     emb = Embedder(cache_dir=cache_dir, use_cache=use_cache)
     emb.model.encode(["warm up"])

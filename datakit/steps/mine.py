@@ -5,13 +5,16 @@ corpora), searches with faiss, takes candidates from a rank window (`skip`..`dep
 drops every known positive of the query (positives of all records sharing the query text, and near copies
 of them) and, with the positive-aware guard, candidates that score too close to the positive
 (NV-Retriever's TopK-PercPos: sim(q, c) >= perc * sim(q, p); or a margin), then samples negatives until the
-record holds its target. Negatives are tagged `mined`. Global step: the retrieval records are spilled to the
-work folder while the pool is collected.
+record holds its target. Negatives are tagged `mined`. Global step in bounded memory: the retrieval records,
+the unique pool texts and both sides' embeddings are written to the work folder and memory-mapped; the search
+is `datakit.vectorsearch` (exact in shards, or IVF-PQ with exact re-scoring); records are mined CHUNK_ROWS at a
+time. In memory per record: a query hash and a positive's pool id; per pool text: a hash and an id.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit import minhash as mh
-from datakit.embed import DEFAULT_MODEL, Embedder, IndexKind, build_index
+from datakit.embed import DEFAULT_MODEL, Embedder
 from datakit.records import add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
 from datakit.steps.base import Step, StepConfig, Stream, register
+from datakit.vectorsearch import IndexKind, VectorSearch
 
 
 class MineConfig(StepConfig):
@@ -46,6 +50,7 @@ class MineConfig(StepConfig):
     seed: int = 0
 
 
+CHUNK_ROWS = 8192  # records (and pool texts) mined, embedded and held in memory at a time
 HIST_BINS = 40  # similarity histogram: equal bins over [-1, 1] (the audit report plots them)
 
 
@@ -88,7 +93,7 @@ class MineNegatives(Step):
         return pc.is_in(table.column("dataset"), value_set=pa.array(self.config.datasets)).to_numpy(zero_copy_only=False)
 
     def run(self, stream: Stream) -> Stream:
-        spill = self.ctx.work_dir / "mine" / "retrieval.arrow"
+        spill = self.work / "retrieval.arrow"
         spill.parent.mkdir(parents=True, exist_ok=True)
         writer = None
         for kind, table in stream:
@@ -97,69 +102,151 @@ class MineNegatives(Step):
                 yield kind, table
                 continue
             if writer is None:
-                writer = pa.ipc.new_stream(str(spill), table.schema)
-            writer.write_table(table)
+                writer = pa.ipc.new_file(str(spill), table.schema)
+            writer.write_table(table, max_chunksize=CHUNK_ROWS)
         if writer is None:
             return
         writer.close()
-        table = pa.ipc.open_stream(pa.memory_map(str(spill))).read_all()
-        table = self._mine(table)
-        self.kept += table.num_rows
-        yield "retrieval", table
+        for table in self._mine(pa.ipc.open_file(pa.memory_map(str(spill)))):
+            self.kept += table.num_rows
+            yield "retrieval", table
 
     # ------------------------------------------------------------------ mining
-    def _pool(self, table: pa.Table) -> list[str]:
-        texts = table.column("positive").to_pylist()
+    @property
+    def work(self) -> Path:
+        return self.ctx.work_dir / "mine"
+
+    def _pool_chunks(self, spilled: pa.ipc.RecordBatchFileReader):
+        """Every candidate text, in order (duplicates included): the positives, then the extra pool files."""
+        for b in range(spilled.num_record_batches):
+            yield spilled.get_batch(b).column("positive")
         for item in self.config.extra_pool:
             src = SourceFields(path=str(self.ctx.resolve(item)))
             for chunk in read_source(src, self.ctx.sandbox, ColumnSpec(["text"])):
-                texts += [t for t in chunk.table.column("text").to_pylist() if isinstance(t, str) and t.strip()]
-        return list(dict.fromkeys(texts))  # unique, in first-seen order
+                text = chunk.table.column("text").combine_chunks()
+                text = text.cast(pa.string()) if text.type != pa.string() else text
+                keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+                yield text.filter(keep)
 
-    def _mine(self, table: pa.Table) -> pa.Table:
+    def _pool(self, spilled: pa.ipc.RecordBatchFileReader) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
+        """The unique candidate texts in first-seen order, written to the work folder and memory-mapped, with a
+        lookup from text hash to pool id (16 bytes per pool text in memory)."""
+        hashes = np.concatenate([mh.hash_strings(c) for c in self._pool_chunks(spilled)] or [np.zeros(0, np.uint64)])
+        uniq, first = np.unique(hashes, return_index=True)
+        is_first = np.zeros(len(hashes), bool)
+        is_first[first] = True
+        del hashes
+        path = self.work / "pool.arrow"
+        with pa.ipc.new_file(str(path), pa.schema([("text", pa.string())])) as writer:
+            at = 0
+            for chunk in self._pool_chunks(spilled):
+                mask = is_first[at:at + len(chunk)]
+                at += len(chunk)
+                if mask.any():
+                    writer.write_table(pa.table({"text": chunk.filter(pa.array(mask))}), max_chunksize=CHUNK_ROWS)
+        pool = pa.ipc.open_file(pa.memory_map(str(path))).read_all().column("text")  # memory-mapped, not copied
+        order = np.sort(first)  # pool id = rank of the first occurrence
+        pool_id_of_uniq = np.searchsorted(order, first)  # uniq (sorted by hash) -> pool id
+        return pool, uniq, pool_id_of_uniq
+
+    @staticmethod
+    def _chunks(spilled: pa.ipc.RecordBatchFileReader) -> list[pa.Table]:
+        """The spilled records as tables of about CHUNK_ROWS rows (memory-mapped batches, not copied)."""
+        chunks, group, rows = [], [], 0
+        for b in range(spilled.num_record_batches):
+            batch = spilled.get_batch(b)
+            group.append(batch)
+            rows += batch.num_rows
+            if rows >= CHUNK_ROWS:
+                chunks.append(pa.Table.from_batches(group))
+                group, rows = [], 0
+        if group:
+            chunks.append(pa.Table.from_batches(group))
+        return chunks
+
+    def _query_texts(self, batch: pa.Table, selected: np.ndarray) -> list[str]:
         cfg = self.config
-        chosen = np.nonzero(self._selected(table))[0]
-        if len(chosen) == 0:
-            return table
-        pool = self._pool(table)
-        pool_vec = self.embedder.encode(pool, cfg.document_prefix)
-        index = build_index(pool_vec, cfg.index)
-        queries = table.column("query").to_pylist()
-        instructions = table.column("instruction").to_pylist()
+        queries = batch.column("query").to_pylist()
         if "{instruction}" in cfg.query_prefix:
-            q_texts = [cfg.query_prefix.replace("{instruction}", instructions[i]) + queries[i] for i in chosen]
-            q_vec = self.embedder.encode(q_texts)
-        else:
-            q_vec = self.embedder.encode([queries[i] for i in chosen], cfg.query_prefix)
-        pool_id = {t: i for i, t in enumerate(pool)}
-        positives = table.column("positive").to_pylist()
-        pos_idx = np.array([pool_id[positives[i]] for i in chosen])
-        pos_sim = np.einsum("ij,ij->i", q_vec, pool_vec[pos_idx])
-        sims, ids = index.search(q_vec, min(cfg.depth, len(pool)))
-        # every known positive of a query: the positives of all records with the same normalised query
-        norm_q = mh.hash_strings(mh.normalize(pa.array([queries[i] for i in chosen])))
-        known: dict[int, set[int]] = defaultdict(set)
-        for qh, p in zip(norm_q.tolist(), pos_idx.tolist()):
-            known[qh].add(p)
+            instructions = batch.column("instruction").to_pylist()
+            return [cfg.query_prefix.replace("{instruction}", instructions[i]) + queries[i] for i in selected]
+        return [cfg.query_prefix + queries[i] for i in selected]
+
+    def _mine(self, spilled: pa.ipc.RecordBatchFileReader):
+        """Yield the spilled records again, a chunk at a time, with mined negatives. Embeddings live in memmaps
+        in the work folder; in memory: per record a query hash and a pool id (known positives), per pool text a
+        hash and an id, and the chunk being mined."""
+        cfg = self.config
+        batches = self._chunks(spilled)
+        selected = [np.nonzero(self._selected(b))[0] for b in batches]
+        if sum(len(s) for s in selected) == 0:
+            yield from batches
+            return
+        pool, uniq, pool_id_of_uniq = self._pool(spilled)
+        pool_vec = self.embedder.encode_into(self.work / "pool.npy", (
+            pool.slice(s, CHUNK_ROWS).to_pylist() for s in range(0, len(pool), CHUNK_ROWS)), len(pool),
+            cfg.document_prefix)
+        q_vec = self.embedder.encode_into(self.work / "queries.npy", (
+            self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected))
+        search = VectorSearch(pool_vec, cfg.index)
+        # every known positive of a query: the positives of all records with the same normalised query,
+        # as (query hash, pool id) sorted by hash
+        qh_parts, pos_parts = [], []
+        for b, sel in zip(batches, selected):
+            qh_parts.append(mh.hash_strings(mh.normalize(b.column("query").take(pa.array(sel, pa.int64())))))
+            h = mh.hash_strings(b.column("positive").take(pa.array(sel, pa.int64())))
+            pos_parts.append(pool_id_of_uniq[np.searchsorted(uniq, h)])
+        known_q = np.concatenate(qh_parts)
+        known_p = np.concatenate(pos_parts)
+        by_q = np.argsort(known_q, kind="stable")
+        known_q, known_p = known_q[by_q], known_p[by_q]
+        pos_sims: dict[str, list[np.ndarray]] = defaultdict(list)
+        neg_sims: dict[str, list[float]] = defaultdict(list)
+        at = 0
+        for table, sel, qh, pos_idx in zip(batches, selected, qh_parts, pos_parts):
+            if len(sel) == 0:
+                yield table
+                continue
+            q = np.asarray(q_vec[at:at + len(sel)])
+            at += len(sel)
+            pos_sim = np.einsum("ij,ij->i", q, pool_vec[pos_idx])
+            sims, ids = search.search(q, cfg.depth)
+            datasets = table.column("dataset").to_pylist()
+            for ds in dict.fromkeys(datasets[i] for i in sel):
+                pos_sims[ds].append(pos_sim[[datasets[i] == ds for i in sel]])
+            yield self._mine_chunk(table, sel, qh, pos_sim, sims, ids, pool, pool_vec, (known_q, known_p), neg_sims)
+        self.similarity = {ds: {"query_positive": _stats(np.concatenate(pos_sims[ds])),
+                                "query_mined_negative": _stats(np.array(neg_sims[ds]))} for ds in pos_sims}
+
+    def _mine_chunk(self, table: pa.Table, sel: np.ndarray, qh: np.ndarray, pos_sim: np.ndarray, sims: np.ndarray,
+                    ids: np.ndarray, pool: pa.Array, pool_vec: np.ndarray, known: tuple[np.ndarray, np.ndarray],
+                    neg_sims: dict[str, list[float]]) -> pa.Table:
+        """One chunk's records with their mined negatives: rank window, known positives, copies, the guard."""
+        cfg = self.config
+        known_q, known_p = known
+        window = ids[:, cfg.skip: cfg.depth]
+        cand_ids = np.unique(window[window >= 0])
+        text_of = dict(zip(cand_ids.tolist(), pool.take(pa.array(cand_ids, pa.int64())).to_pylist()))
         negatives = table.column("negatives").to_pylist()
         origins = table.column("negative_origins").to_pylist()
         ids_all = table.column("id").to_pylist()
-        reserve = llm_quota([ids_all[i] for i in chosen], cfg.negatives, cfg.llm_share, cfg.seed)
         datasets = table.column("dataset").to_pylist()
-        neg_sims: dict[str, list[float]] = defaultdict(list)
+        reserve = llm_quota([ids_all[i] for i in sel], cfg.negatives, cfg.llm_share, cfg.seed)
         changed = np.zeros(table.num_rows, bool)
-        for row, (i, qh) in enumerate(zip(chosen, norm_q.tolist())):
+        for row, i in enumerate(sel):
             want = cfg.negatives - len(negatives[i]) - int(reserve[row])
             ds = datasets[i]
             if want <= 0:
                 continue
             cand = [(int(c), float(s)) for c, s in zip(ids[row][cfg.skip: cfg.depth], sims[row][cfg.skip: cfg.depth])
                     if c >= 0]
-            known_vecs = pool_vec[list(known[qh])]
+            lo, hi = np.searchsorted(known_q, qh[row], "left"), np.searchsorted(known_q, qh[row], "right")
+            known_ids = set(known_p[lo:hi].tolist())
+            known_vecs = pool_vec[sorted(known_ids)]
             taken = set(negatives[i])
             keep = []
             for c, s in cand:
-                if c in known[qh] or pool[c] in taken:
+                if c in known_ids or text_of[c] in taken:
                     self.counts[ds]["dropped_known_positive"] += 1
                     continue
                 if (known_vecs @ pool_vec[c]).max() >= cfg.copy_threshold:
@@ -176,15 +263,11 @@ class MineNegatives(Step):
             picks = sorted(rng.choice(len(keep), size=min(want, len(keep)), replace=False).tolist()) if keep else []
             for p in picks:
                 c, s = keep[p]
-                negatives[i] = negatives[i] + [pool[c]]
+                negatives[i] = negatives[i] + [text_of[c]]
                 origins[i] = origins[i] + ["mined"]
                 neg_sims[ds].append(s)
             self.counts[ds]["mined"] += len(picks)
             changed[i] = bool(picks)
-        for ds in set(datasets[i] for i in chosen):
-            rows = [r for r, i in enumerate(chosen) if datasets[i] == ds]
-            self.similarity[ds] = {"query_positive": _stats(pos_sim[rows]),
-                                   "query_mined_negative": _stats(np.array(neg_sims[ds]))}
         lineage = add_event(table.column("lineage"), "mine_negatives", model=cfg.model,
                             detail=f"ranks {cfg.skip}-{cfg.depth}, guard {cfg.guard}", where=changed)
         return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})

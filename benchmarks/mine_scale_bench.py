@@ -1,0 +1,143 @@
+"""Mining's search at scale: a pool of N vectors on disk, searched in bounded memory, against the in-memory
+index the step used before (the whole pool as a float32 array plus a faiss IVF-Flat copy of it).
+
+The vectors are synthetic (unit vectors around 2,000 centres, 384 dims, MiniLM's width), streamed to a memmap
+so the generator never holds the pool; embedding itself is linear in the pool and measured separately
+(`benchmarks/mine_bench.py`: MiniLM on this machine's 2 cores). Each way runs in its own process; its peak
+anonymous memory (RssAnon, sampled every 50 ms: the memory that cannot be paged back to a file) and wall time
+per phase are printed, with recall@30 against exact search on a sample of queries.
+
+    python benchmarks/mine_scale_bench.py [--pool 1000000] [--queries 100000]
+
+Targets: the bounded way's peak anonymous memory under a quarter of the in-memory way's, and its recall@30
+>= 0.95 on this data. The script exits 1 when one is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DIM, CENTRES, CHUNK = 384, 2_000, 65_536
+
+
+def rss_anon_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Peak:
+    """The highest RssAnon seen while it runs."""
+
+    def __init__(self):
+        self.peak, self._stop = rss_anon_mib(), False
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+
+    def _watch(self):
+        while not self._stop:
+            self.peak = max(self.peak, rss_anon_mib())
+            time.sleep(0.05)
+
+    def stop(self) -> float:
+        self._stop = True
+        self._t.join()
+        return max(self.peak, rss_anon_mib())
+
+
+def generate(path: Path, n: int, seed: int) -> None:
+    centres = np.random.default_rng(0).normal(size=(CENTRES, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        x = centres[rng.integers(0, CENTRES, m)] + 0.6 * rng.normal(size=(m, DIM)).astype(np.float32)
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    out.flush()
+
+
+def run_way(way: str, pool_path: str, query_path: str, sample: int) -> dict:
+    from datakit.vectorsearch import VectorSearch, build_index
+
+    pool = np.load(pool_path, mmap_mode="r")
+    queries = np.load(query_path, mmap_mode="r")
+    peak = Peak()
+    t0 = time.time()
+    if way == "bounded":
+        search = VectorSearch(pool, "auto")
+        find = search.search
+    else:  # the step before: the pool read into memory, an in-memory IVF-Flat index over it
+        vectors = np.ascontiguousarray(pool, np.float32)
+        index = build_index(vectors, "ivf")
+        find = index.search
+    t_build = time.time() - t0
+    t0 = time.time()
+    found = []
+    for start in range(0, len(queries), 8192):
+        _, ids = find(np.ascontiguousarray(queries[start:start + 8192]), 30)
+        if start == 0:
+            found = ids[:sample]
+    t_search = time.time() - t0
+    peak_mib = peak.stop()
+    exact = VectorSearch(pool, "flat")  # exact, sharded: the reference for recall
+    _, truth = exact.search(np.ascontiguousarray(queries[:sample]), 30)
+    recall = float(np.mean([len(set(a) & set(e)) / 30 for a, e in zip(found, truth)]))
+    return {"way": way, "kind": getattr(find.__self__, "kind", "ivf (in memory)"), "build_s": t_build,
+            "search_s": t_search, "peak_anon_mib": peak_mib, "recall": recall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pool", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=100_000)
+    ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--way", help=argparse.SUPPRESS)
+    ap.add_argument("--files", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.way:
+        print(json.dumps(run_way(args.way, *args.files, args.sample)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        pool, queries = Path(tmp) / "pool.npy", Path(tmp) / "queries.npy"
+        t0 = time.time()
+        generate(pool, args.pool, 1)
+        generate(queries, args.queries, 2)
+        print(f"generated {args.pool:,} pool and {args.queries:,} query vectors ({DIM} dims) in {time.time() - t0:.0f}s")
+        rows = []
+        for way in ("bounded", "in-memory"):
+            res = subprocess.run([sys.executable, __file__, "--way", way, "--files", str(pool), str(queries),
+                                  "--sample", str(args.sample)], capture_output=True, text=True)
+            if res.returncode != 0:
+                print(res.stderr[-2000:])
+                sys.exit(1)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print(f"\n| way | index | build s | search s ({args.queries:,} queries) | peak anonymous MiB | recall@30 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['way']} | {r['kind']} | {r['build_s']:.0f} | {r['search_s']:.0f} | {r['peak_anon_mib']:,.0f} "
+              f"| {r['recall']:.3f} |")
+    bounded, memory = rows
+    missed = []
+    if bounded["peak_anon_mib"] > memory["peak_anon_mib"] / 4:
+        missed.append("peak memory not under a quarter of the in-memory way's")
+    if bounded["recall"] < 0.95:
+        missed.append(f"recall@30 {bounded['recall']:.3f} < 0.95")
+    print("\ntargets (memory < 1/4 of in-memory, recall@30 >= 0.95): " + ("met" if not missed else
+                                                                         "MISSED: " + "; ".join(missed)))
+    if missed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
