@@ -4,12 +4,15 @@ A pack is a folder::
 
     PACK/pack.json        parameters (MinHash, long n-gram) and per-task counts
     PACK/texts.parquet    task, split, field, text, hash (normalised-text hash)
+    PACK/texts.arrow      the same, uncompressed, memory-mapped by the decontaminate step (packs built before
+                          it was written are read from the parquet file, into memory)
     PACK/signatures.npy   (n_texts, num_perm) uint32 MinHash signatures
     PACK/exact.npy        sorted normalised-text hashes, with exact_rows.npy (the text row of each)
     PACK/ngrams.npy       sorted long n-gram hashes of content, with ngram_rows.npy
     PACK/boilerplate.npy  long n-grams found in many benchmark texts (markup, bylines, footers): ignored
 
-so a decontamination run never re-hashes the benchmarks. Packs come from local files
+so a decontamination run never re-hashes the benchmarks, and holds none of a pack in memory: its arrays are
+memory-mapped and its LSH buckets for a threshold are sorted a band at a time into a scratch folder. Packs come from local files
 (`--from-files`, offline) or from the `mteb` package (network needed).
 """
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,6 +36,7 @@ import pyarrow.parquet as pq
 from datakit import minhash as mh
 
 PACK_FORMAT = 1
+BUCKET_CHUNK = 262_144  # pack signatures banded at a time
 _SPLIT_WORDS = ("test", "dev", "validation", "val", "train")
 _NOT_DATA = re.compile(r"(\d+-)?(readme|license|licence|changelog|provenance)", re.I)
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz")
@@ -308,6 +315,8 @@ def build_pack(items: Iterable[tuple[str, str, str, list[str]]], out: Path, para
     exact = mh.hash_strings(norm)
     table = table.append_column("hash", pa.array(exact, pa.uint64()))
     pq.write_table(table, out / "texts.parquet")
+    with pa.ipc.new_file(str(out / "texts.arrow"), table.schema) as writer:
+        writer.write_table(table, max_chunksize=65_536)
     np.save(out / "signatures.npy", mh.signatures(norm, params.minhash(), normalized=True))
     order = np.argsort(exact, kind="stable")
     np.save(out / "exact.npy", exact[order])
@@ -339,7 +348,9 @@ class Pack:
             raise PackError(f"{self.folder}: not a benchmark pack (no pack.json); build one with `datakit bench build`")
         self.meta = json.loads(meta_path.read_text())
         self.params = PackParams(**self.meta["params"])
-        self.texts = pq.read_table(self.folder / "texts.parquet")
+        arrow = self.folder / "texts.arrow"
+        self.texts = (pa.ipc.open_file(pa.memory_map(str(arrow))).read_all() if arrow.exists()
+                      else pq.read_table(self.folder / "texts.parquet"))
         bp = self.folder / "boilerplate.npy"
         self.boilerplate = np.load(bp) if bp.exists() else np.zeros(0, np.uint64)
         self.sig = np.load(self.folder / "signatures.npy", mmap_mode="r")
@@ -348,20 +359,40 @@ class Pack:
         self.ngrams = np.load(self.folder / "ngrams.npy", mmap_mode="r")
         self.ngram_rows = np.load(self.folder / "ngram_rows.npy", mmap_mode="r")
         self._buckets: dict[float, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        self._scratch: Path | None = None
 
     @property
     def name(self) -> str:
         return self.folder.name
 
     def buckets(self, threshold: float) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """(bands, rows, sorted band hashes (bands, n), their pack rows (bands, n)) for a threshold."""
+        """(bands, rows, sorted band hashes (bands, n), their pack rows (bands, n)) for a threshold: memmaps in a
+        scratch folder, made BUCKET_CHUNK signatures and then one band at a time."""
         if threshold not in self._buckets:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="datakit-pack-"))
+                weakref.finalize(self, shutil.rmtree, self._scratch, True)
             bands, rows = mh.recall_bands(threshold, self.params.num_perm)
-            sig = np.asarray(self.sig)
-            bh = mh.band_hashes(sig, bands, rows)
-            bh[mh.empty_rows(sig)] = 0  # empty texts never match: 0 is reserved below
-            order = np.argsort(bh, axis=0, kind="stable")
-            self._buckets[threshold] = (bands, rows, np.take_along_axis(bh, order, axis=0).T.copy(), order.T.copy())
+            n = len(self.sig)
+            folder = self._scratch / f"t{threshold}"
+            folder.mkdir()
+            unsorted = np.lib.format.open_memmap(folder / "bands.npy", "w+", np.uint64, (bands, n))
+            for start in range(0, n, BUCKET_CHUNK):
+                sig = np.asarray(self.sig[start:start + BUCKET_CHUNK])
+                bh = mh.band_hashes(sig, bands, rows)
+                bh[mh.empty_rows(sig)] = 0  # empty texts never match: 0 is reserved below
+                unsorted[:, start:start + len(sig)] = bh.T
+            keys = np.lib.format.open_memmap(folder / "keys.npy", "w+", np.uint64, (bands, n))
+            owners = np.lib.format.open_memmap(folder / "owners.npy", "w+", np.int64, (bands, n))
+            for b in range(bands):
+                band = np.asarray(unsorted[b])
+                order = np.argsort(band, kind="stable")
+                keys[b], owners[b] = band[order], order
+            keys.flush(), owners.flush()
+            del unsorted, keys, owners
+            (folder / "bands.npy").unlink()
+            self._buckets[threshold] = (bands, rows, np.load(folder / "keys.npy", mmap_mode="r"),
+                                        np.load(folder / "owners.npy", mmap_mode="r"))
         return self._buckets[threshold]
 
     def shingle_sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import pytest
 
 from datakit.query import connect
 from datakit.packs import Pack, build_pack, texts_from_files
+from datakit import minhash as mh
 from datakit.pipeline import apply_steps, build
 from datakit.recipe import load_recipe
 from datakit.manifest import read_manifest, read_shards
@@ -101,6 +102,27 @@ def test_pack_from_files_detects_tasks_splits_and_text_columns(tmp_path):
     pack = Pack(tmp_path / "pack")
     assert pack.sig.shape == (12, 128) and len(pack.exact) == 12 and len(pack.ngrams) > 0
     assert set(pack.texts.column("field").to_pylist()) == {"column0", "column1", "query", "document"}
+
+
+def test_a_pack_is_read_from_disk_and_banded_in_chunks_as_in_one_pass(tmp_path, monkeypatch):
+    """Decontamination holds none of a pack in memory: texts memory-mapped, LSH buckets sorted band by band into
+    memmaps, equal to banding every signature at once; a pack from before texts.arrow still opens."""
+    import datakit.packs as packs
+
+    build_pack([("bench", "test", "text", _sentences(300, seed=3))], tmp_path / "pack")
+    monkeypatch.setattr(packs, "BUCKET_CHUNK", 7)
+    pack = Pack(tmp_path / "pack")
+    assert pack.texts.num_rows == 300 and (tmp_path / "pack" / "texts.arrow").is_file()
+    bands, rows, keys, owners = pack.buckets(0.8)
+    assert isinstance(keys, np.memmap) and isinstance(owners, np.memmap)
+    sig = np.asarray(pack.sig)
+    bh = mh.band_hashes(sig, bands, rows)
+    bh[mh.empty_rows(sig)] = 0
+    order = np.argsort(bh, axis=0, kind="stable")
+    assert np.array_equal(keys, np.take_along_axis(bh, order, axis=0).T)
+    assert np.array_equal(owners, order.T)
+    (tmp_path / "pack" / "texts.arrow").unlink()  # an older pack: parquet only
+    assert Pack(tmp_path / "pack").texts.column("text").to_pylist() == pack.texts.column("text").to_pylist()
 
 
 def test_decontaminate_exact_near_and_ngram_matches_with_report(tmp_path):

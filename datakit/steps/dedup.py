@@ -6,14 +6,14 @@ text's label): SICK's minimal edits with different relatedness are kept, two que
 different answers are kept, and one text under two labels is a *label conflict*, reported (`dedup.json`), not
 dropped.
 
-A global step in bounded memory: while the stream flows it spills the records of the kinds it dedups, and what
-it needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by,
-split into hash partitions: `datakit.spill`), to its work folder. Once the stream ends it finds duplicates one
-partition at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with
-bands chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact Jaccard of each side's shingle sets; clusters by union-find
-over the verified pairs), then streams the kept records back out. Per record it holds about 13 bytes in memory. Other kinds pass straight through. Drops are counted per dataset; `dedup.json` lists, for
-sampled clusters, the kept record and the records it replaced.
-"""
+A global step in bounded memory: while the stream flows it spills the records of the kinds it dedups, and what it
+needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by, split
+into hash partitions: `datakit.spill`), to its work folder. Once the stream ends it finds duplicates one partition
+at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with bands
+chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact
+Jaccard of each side's shingle sets; clusters by union-find over the verified pairs), then streams the kept records
+back out. Per record it holds about 13 bytes in memory. Other kinds pass straight through. Drops are counted per
+dataset; `dedup.json` lists, for sampled clusters, the kept record and the records it replaced."""
 from __future__ import annotations
 
 import json
