@@ -154,15 +154,20 @@ class Embedder:
             out[missing] = new
         return out[inverse.reshape(-1)]
 
-    def encode_into(self, path: Path, chunks, total: int, prefix: str = "") -> np.ndarray:
+    def encode_into(self, path: Path, chunks, total: int, prefix: str = "", remote=None) -> np.ndarray:
         """Embed `total` texts given as an iterable of lists into a float32 memmap at `path` (read-only result);
-        at most one chunk's vectors are in memory at a time."""
+        at most a few chunks' vectors are in memory at a time. `remote(self, chunks, prefix)`, when given, embeds
+        the chunks elsewhere (Ray actors: `StepContext.embed_chunks`) and says what it encoded."""
+        chunks = (texts for texts in chunks if texts)
+        if remote is None:
+            results = ((self.encode(texts, prefix), 0, 0) for texts in chunks)
+        else:
+            results = remote(self, chunks, prefix)
         out = None
         start = 0
-        for texts in chunks:
-            if not texts:
-                continue
-            vectors = self.encode(texts, prefix)
+        for vectors, encoded, hits in results:
+            self.encoded += encoded
+            self.cache_hits += hits
             if out is None:
                 out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
             out[start:start + len(vectors)] = vectors

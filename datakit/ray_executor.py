@@ -9,6 +9,9 @@
 - A step that needs the whole stream (`dedup`, `mine_negatives`, or a step with `max_records`) runs on the
   driver, out of core as in a local build; its output is streamed back out, batch by batch, to the workers
   for the batch-wise steps after it.
+- `mine_negatives` runs on the driver, but embeds its pool and queries in Ray actors that hold the model (one
+  per GPU where the cluster has GPUs, else one per `embed_cpus` CPUs), a chunk of 8,192 texts per call, results
+  in order; the vectors go to the driver's memmap, so its memory stays that of one window of chunks.
 - Synthesis on workers shares one answer cache (the SQLite file, resolved on the driver: on a multi-node
   cluster put it on shared storage with `llm.cache`) and one budget (a Ray actor).
 
@@ -110,6 +113,21 @@ def _steps_task(build_id: tuple[str, int], configs: list[dict[str, Any]], ctx: d
     return out, [step.take_state() for step in steps]
 
 
+@ray.remote
+class _EmbedActor:
+    """A sentence-transformers model on a worker, behind the shared embedding cache."""
+
+    def __init__(self, model: str, cache_dir: str | None, batch_size: int):
+        from datakit.embed import Embedder
+
+        self.embedder = Embedder(model, cache_dir=Path(cache_dir) if cache_dir else None, batch_size=batch_size)
+
+    def encode(self, texts: list[str], prefix: str) -> tuple[Any, int, int]:
+        before = self.embedder.encoded, self.embedder.cache_hits
+        vectors = self.embedder.encode(texts, prefix)
+        return vectors, self.embedder.encoded - before[0], self.embedder.cache_hits - before[1]
+
+
 def _get(ref: Any) -> Any:
     """`ray.get`, with a worker's exception raised as itself (a DataError names file, row and field)."""
     try:
@@ -128,12 +146,14 @@ def _events(generator: Any) -> Iterator[SourceEvent]:
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, window: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, window: int | None = None,
+                 embed_cpus: int = 1):
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in ("DATAKIT_CACHE",) if k in os.environ}
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
         self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self.embed_cpus = embed_cpus
 
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
@@ -142,6 +162,29 @@ class RayExecutor(Executor):
 
     def budget(self, limit_usd: float | None) -> RayBudget:
         return RayBudget(_BudgetActor.remote(limit_usd))
+
+    def embed_chunks(self, embedder: Any, chunks: Iterator[list[str]], prefix: str) -> Iterator[tuple[Any, int, int]]:
+        """Embed chunks of texts in Ray actors holding `embedder`'s model (a GPU each where the cluster has
+        GPUs, else `embed_cpus` CPUs each), two calls in flight per actor, results in chunk order."""
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        count = gpus or max(1, int(resources.get("CPU", 1)) // self.embed_cpus)
+        options = {"num_gpus": 1} if gpus else {"num_cpus": self.embed_cpus}
+        cache = str(embedder.cache.folder.parent) if embedder.cache is not None else None
+        model = str(Path(embedder.model_name).resolve()) if Path(embedder.model_name).exists() else embedder.model_name
+        actors = [_EmbedActor.options(**options).remote(model, cache, embedder.batch_size)
+                  for _ in range(count)]
+        pending: deque = deque()
+        try:
+            for n, texts in enumerate(chunks):
+                pending.append(actors[n % count].encode.remote(texts, prefix))
+                if len(pending) >= 2 * count:
+                    yield _get(pending.popleft())
+            while pending:
+                yield _get(pending.popleft())
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
@@ -155,6 +198,7 @@ class RayExecutor(Executor):
                   clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
         """Each run of consecutive batch-wise steps as Ray tasks; a step that needs the whole stream in this
         process, its output streamed on to the next run's tasks."""
+        ctx.embed_chunks = self.embed_chunks
         run_id, i = uuid.uuid4().hex, 0
         while i < len(steps):
             if not steps[i].parallel_safe:

@@ -163,3 +163,27 @@ def test_cli_executor_flag(tmp_path):
     res = subprocess.run([sys.executable, "-m", "datakit.cli", "build", str(tmp_path / "r.yaml"), "--out",
                           str(tmp_path / "o2"), "--executor", "spark"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown executor 'spark'" in res.stderr
+
+
+def test_mining_embeds_in_ray_actors_and_picks_what_the_local_build_picks(cluster, tmp_path):
+    data = ROOT / "recipes" / "data"
+
+    def recipe(cache: str):
+        return load_recipe(write(tmp_path / f"{cache}.yaml", f"""
+            name: m
+            allow_paths: [{data}]
+            sources:
+              - {{name: articles, path: {data / 'articles.jsonl'}, adapter: title_body}}
+              - {{name: chats, path: {data / 'chats.jsonl'}, adapter: qa, columns: {{messages: messages}}}}
+            steps:
+              - {{type: mine_negatives, skip: 1, depth: 10, negatives: 3, cache_dir: {tmp_path / cache}}}
+        """))
+
+    ours = build(recipe("ray-cache"), tmp_path / "ray", executor=RayExecutor())
+    local = build(recipe("local-cache"), tmp_path / "local")
+    _same_outputs(ours, local)
+    mined = [s["report"] for s in ours.manifest["steps"]]
+    assert mined[0]["encoded"] == local.manifest["steps"][0]["report"]["encoded"] > 20
+    assert mined[0]["embedded_in"] == "ray actors"  # the driver never loaded the model
+    assert local.manifest["steps"][0]["report"]["embedded_in"] == "this process"
+    assert any((tmp_path / "ray-cache").rglob("part-*.keys.npy"))  # written by the actors into the shared cache

@@ -46,6 +46,9 @@ class StepContext:
     llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
     budget: Any = None  # llm.client.Budget shared by the synthesis steps
     worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
+    # embeds chunks of texts elsewhere (Ray actors holding the model): (embedder, chunks, prefix) -> an iterator of
+    # (vectors, texts encoded, cache hits) per chunk, in order; None: the step's own embedder, in this process
+    embed_chunks: Any = None
 
     @property
     def base_dir(self) -> Path:

@@ -185,9 +185,10 @@ class MineNegatives(Step):
         pool, uniq, pool_id_of_uniq = self._pool(spilled)
         pool_vec = self.embedder.encode_into(self.work / "pool.npy", (
             pool.slice(s, CHUNK_ROWS).to_pylist() for s in range(0, len(pool), CHUNK_ROWS)), len(pool),
-            cfg.document_prefix)
+            cfg.document_prefix, remote=self.ctx.embed_chunks)
         q_vec = self.embedder.encode_into(self.work / "queries.npy", (
-            self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected))
+            self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected),
+            remote=self.ctx.embed_chunks)
         search = VectorSearch(pool_vec, cfg.index)
         # every known positive of a query: the positives of all records with the same normalised query,
         # as (query hash, pool id) sorted by hash
@@ -273,7 +274,10 @@ class MineNegatives(Step):
         return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})
 
     def report(self) -> dict[str, Any]:
+        where = ("this process" if self.embedder._model is not None else
+                 "ray actors" if self.ctx.embed_chunks is not None and self.embedder.encoded else "nowhere (cached)")
         return {**super().report(), "encoded": self.embedder.encoded, "cache_hits": self.embedder.cache_hits,
+                "embedded_in": where,
                 "by_dataset": {k: dict(v) for k, v in self.counts.items()}}
 
     def manifest_entries(self) -> dict[str, Any]:
