@@ -4,9 +4,11 @@ Builds the sources of benchmarks/recipes/shared_corpus.yaml (10 sources from ../
 JSONL, Parquet, HF folders, DuckDB SQL), `--copies` times over (each copy a source of its own), through
 `filter` and `decontaminate` against STS-B and WikiQA test (batch by batch: Ray tasks) and `dedup` (global:
 the driver), with `datakit build`, and prints one
-row per executor with the manifest's per-stage timings (the driver's view: time spent waiting for each stage).
+row per executor with the manifest's per-stage timings (the driver's view: time spent waiting for each stage)
+and the driver's peak memory (the manifest's `peak_rss_mib`), for each corpus size in `--copies`: the driver's
+memory should not grow with the corpus (issue #28: within 1.2x from the smallest to the largest).
 
-    python benchmarks/scale_bench.py [--copies 3] [--workers 1 2]
+    python benchmarks/scale_bench.py [--copies 1 3] [--workers 1 2 4]
 """
 from __future__ import annotations
 
@@ -51,40 +53,50 @@ def run(path: Path, out: Path, executor: str, workers: int | None) -> dict:
         raise RuntimeError(res.stderr[-3000:])
     m = json.loads((out / "manifest.json").read_text())
     return {"wall": wall, "build": m["duration_s"], "rows": sum(m["rows_read"].values()), "timings": m["timings_s"],
-            "records": sum(sum(v.values()) for v in m["counts"].values())}
+            "records": sum(sum(v.values()) for v in m["counts"].values()),
+            "peak_mib": m.get("peak_rss_mib", {}).get("build", 0.0)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=int, default=3)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--copies", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = ap.parse_args()
     if not (ROOT.parent / "shared" / "data").exists():
         sys.exit("needs ../shared/data")
-    path = recipe(args.copies)
     rows = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(("local", None, run(path, Path(tmp) / "local", "local", None)))
-            for w in args.workers:
-                rows.append(("ray", w, run(path, Path(tmp) / f"ray{w}", "ray", w)))
-    finally:
-        path.unlink(missing_ok=True)
-    base = rows[0][2]
-    print(f"\nshared_corpus x{args.copies}: {base['rows']:,} rows read, {base['records']:,} records out; "
-          f"{os.cpu_count()} CPU cores; filter + decontaminate + dedup\n")
-    print("| executor | workers | build s | rows/s | rows/s per worker | process wall s (incl. Ray start) | same record count as local |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name, w, r in rows:
-        per = r["rows"] / r["build"] / (w or 1)
-        print(f"| {name} | {w or 1} | {r['build']:.1f} | {r['rows'] / r['build']:,.0f} | {per:,.0f} | {r['wall']:.1f} | "
-              f"{r['records'] == base['records']} |")
+    for copies in args.copies:
+        path = recipe(copies)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append((copies, "local", None, run(path, Path(tmp) / "local", "local", None)))
+                for w in args.workers:
+                    rows.append((copies, "ray", w, run(path, Path(tmp) / f"ray{w}", "ray", w)))
+        finally:
+            path.unlink(missing_ok=True)
+    print(f"\nshared_corpus x{args.copies}; {os.cpu_count()} CPU cores; filter + decontaminate + dedup\n")
+    print("| copies | rows read | executor | workers | build s | rows/s | process wall s (incl. Ray start) "
+          "| driver peak MiB | same record count as local |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    base = {c: r for c, name, _, r in rows if name == "local"}
+    for copies, name, w, r in rows:
+        print(f"| {copies} | {r['rows']:,} | {name} | {w or 1} | {r['build']:.1f} | {r['rows'] / r['build']:,.0f} "
+              f"| {r['wall']:.1f} | {r['peak_mib']:,.0f} | {r['records'] == base[copies]['records']} |")
     print("\nwhere the time goes (s, driver's view):\n")
-    stages = list(dict.fromkeys(k for _, _, r in rows for k in r["timings"]))
-    print("| executor | workers | " + " | ".join(stages) + " |")
-    print("|---|---:|" + "---:|" * len(stages))
-    for name, w, r in rows:
-        print(f"| {name} | {w or 1} | " + " | ".join(f"{r['timings'].get(s, 0):.2f}" for s in stages) + " |")
+    stages = list(dict.fromkeys(k for *_, r in rows for k in r["timings"]))
+    print("| copies | executor | workers | " + " | ".join(stages) + " |")
+    print("|---:|---|---:|" + "---:|" * len(stages))
+    for copies, name, w, r in rows:
+        print(f"| {copies} | {name} | {w or 1} | " + " | ".join(f"{r['timings'].get(s, 0):.2f}" for s in stages) + " |")
+    small, large = min(args.copies), max(args.copies)
+    growth = [next(r for c, n, ww, r in rows if c == large and n == "ray" and ww == w)["peak_mib"]
+              / next(r for c, n, ww, r in rows if c == small and n == "ray" and ww == w)["peak_mib"]
+              for w in args.workers]
+    print(f"\ndriver peak memory, x{large} corpus over x{small}, per worker count: "
+          + ", ".join(f"{g:.2f}x" for g in growth) + (" (target <= 1.2x: met)" if max(growth) <= 1.2 else
+                                                      " (target <= 1.2x: MISSED)"))
+    if len(args.copies) > 1 and max(growth) > 1.2:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
