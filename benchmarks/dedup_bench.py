@@ -14,6 +14,9 @@ Jaccard estimates against exact Jaccard on 3,000 pairs; precision and recall on 
     python benchmarks/dedup_bench.py --scale 1000000      # datakit only: 1M docs through `datakit build`
     python benchmarks/dedup_bench.py --decontam           # decontamination precision/recall
     python benchmarks/dedup_bench.py --decontam-web       # ... on web text with wire boilerplate and markup
+
+Targets, checked (exit 1 on a miss): the comparison: datakit's planted recall >= 0.95 and >= 10x datasketch end
+to end; --scale: under 5 minutes per 1M docs and peak RSS under 4 GiB; --decontam: recall and precision >= 0.95.
 """
 from __future__ import annotations
 
@@ -250,7 +253,7 @@ def score(labels: np.ndarray, sig: np.ndarray, planted: np.ndarray, tokens: list
     return {"recall": recall, "precision": precision, "mae": float(np.mean(err)), "pairs": int(len(members))}
 
 
-def compare(n: int, ngram: int, engines: list[str], work: Path) -> None:
+def compare(n: int, ngram: int, engines: list[str], work: Path) -> list[str]:
     docs, planted = make_docs(n)
     docs_path = work / "docs.parquet"
     pq.write_table(pa.table({"text": docs}), docs_path)
@@ -272,13 +275,19 @@ def compare(n: int, ngram: int, engines: list[str], work: Path) -> None:
         print(f"| {engine} | {sign:,.0f} | {e2e:.1f} | {rate:,.0f} | {rss:,.0f} | {q['mae']:.3f} | "
               f"{q['precision']:.3f} | {q['recall']:.3f} |")
     base = {r[0]: r for r in rows}
+    missed = []
     if "datakit" in base:
         for other in ("datasketch", "rensa"):
             if other in base:
                 print(f"datakit end to end: {base[other][2] / base['datakit'][2]:.1f}x {other}")
+        if base["datakit"][5]["recall"] < 0.95:
+            missed.append(f"planted recall {base['datakit'][5]['recall']:.3f} < 0.95")
+        if "datasketch" in base and base["datasketch"][2] / base["datakit"][2] < 10:
+            missed.append(f"{base['datasketch'][2] / base['datakit'][2]:.1f}x datasketch end to end < 10x")
+    return missed
 
 
-def scale(n: int, ngram: int, work: Path) -> None:
+def scale(n: int, ngram: int, work: Path) -> list[str]:
     """1M short docs through the real pipeline: JSONL -> classification records -> dedup step -> shards."""
     docs, planted = make_docs(n, planted_frac=0.02)
     with open(work / "docs.jsonl", "w", encoding="utf-8") as fh:
@@ -295,9 +304,12 @@ def scale(n: int, ngram: int, work: Path) -> None:
     d = m["dropped"]["0:dedup"]
     print(f"| {n:,} | {secs:.0f} | {peak / 2**20:,.0f} | {d.get('exact_duplicate', 0):,} | "
           f"{d.get('near_duplicate', 0):,} | {len(planted):,} |")
+    per_million = 1_000_000 / n
+    missed = [f"{secs * per_million:.0f} s per 1M docs > 300"] if secs * per_million > 300 else []
+    return missed + ([f"peak RSS {peak / 2**30:.1f} GiB >= 4"] if peak >= 4 * 2**30 else [])
 
 
-def decontam(work: Path) -> None:
+def decontam(work: Path) -> list[str]:
     """Planted near-copies of benchmark texts among real training text: precision and recall of the audit."""
     from datakit.query import connect
     from datakit.packs import build_pack, texts_from_files
@@ -351,6 +363,7 @@ def decontam(work: Path) -> None:
     print("| flagged | planted found (recall) | precision | flagged non-planted that truly overlap |")
     print("|---:|---:|---:|---:|")
     print(f"| {len(flagged):,} | {tp / 1000:.3f} | {precision:.3f} | {real_overlap} |")
+    return [f"{name} {v:.3f} < 0.95" for name, v in (("recall", tp / 1000), ("precision", precision)) if v < 0.95]
 
 
 CITIES = ["WASHINGTON", "NEW YORK", "LONDON", "TOKYO", "PARIS", "BERLIN", "SAN FRANCISCO", "MOSCOW"]
@@ -454,14 +467,19 @@ def main() -> None:
         return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dedup_bench_"))
     work.mkdir(parents=True, exist_ok=True)
+    missed: list[str] = []
     if args.scale:
-        scale(args.scale, args.ngram, work)
+        missed = scale(args.scale, args.ngram, work)
     elif args.decontam:
-        decontam(work)
+        missed = decontam(work)
     elif args.decontam_web:
         decontam_web(work)
+        return
     else:
-        compare(args.n, args.ngram, args.engines.split(","), work)
+        missed = compare(args.n, args.ngram, args.engines.split(","), work)
+    print("\ntargets: " + ("met" if not missed else "MISSED: " + "; ".join(missed)))
+    if missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
