@@ -21,6 +21,7 @@ EXACT_LIMIT = 200_000  # auto: exact sharded search up to this many pool vectors
 SHARD_ROWS = 262_144  # pool vectors per exact-search shard (384 MiB of float32 at dim 384)
 TRAIN_ROWS = 100_000  # IVF-PQ training sample
 RERANK_QUERIES = 256  # queries re-scored at a time
+PQ_MIN_ROWS = 20_000  # below this an `ivfpq` request searches exactly (faiss needs >= 256 per quantizer)
 
 
 def _pq_bytes(dim: int) -> int:
@@ -44,6 +45,8 @@ class VectorSearch:
         self.pool, self.shard_rows, self.rerank = pool, shard_rows, rerank
         n, dim = pool.shape
         self.kind = ("flat" if n <= EXACT_LIMIT else "ivfpq") if kind == "auto" else kind
+        if self.kind == "ivfpq" and n < PQ_MIN_ROWS:  # too few vectors to train the quantizers; small anyway
+            self.kind = "flat"
         self.index = None
         if self.kind in ("ivf", "hnsw"):
             self.index = build_index(np.ascontiguousarray(pool, np.float32), self.kind)
