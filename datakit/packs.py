@@ -12,8 +12,8 @@ A pack is a folder::
     PACK/boilerplate.npy  long n-grams found in many benchmark texts (markup, bylines, footers): ignored
 
 so a decontamination run never re-hashes the benchmarks, and holds none of a pack in memory: its arrays are
-memory-mapped and its LSH buckets for a threshold are sorted a band at a time into a scratch folder. Packs come from local files
-(`--from-files`, offline) or from the `mteb` package (network needed).
+memory-mapped and its LSH buckets for a threshold are sorted a band at a time into a scratch folder. Packs come
+from local files (`--from-files`, offline) or from the `mteb` package (network needed).
 """
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ class _EmbedActor:
     def __init__(self, model: str, cache_dir: str | None, batch_size: int):
         from datakit.embed import Embedder
 
-        self.embedder = Embedder(model, cache_dir=Path(cache_dir) if cache_dir else None, batch_size=batch_size)
+        self.embedder = Embedder(model, cache_dir=Path(cache_dir) if cache_dir else None,
+                                 use_cache=cache_dir is not None, batch_size=batch_size)
 
     def encode(self, texts: list[str], prefix: str) -> tuple[Any, int, int]:
         before = self.embedder.encoded, self.embedder.cache_hits
