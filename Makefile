@@ -57,7 +57,7 @@ results-tables: $(BASE)
 	  echo "benchmarks/experiments/results/$$name.md"; done
 
 # The suite runs in parallel (pytest-xdist, a test file per worker, one worker per core; TEST_WORKERS=0 runs it
-# in one process): on 2 cores 16 minutes instead of 22 (benchmarks/RESULTS.md "make test").
+# in one process): on 2 cores about 14 minutes instead of 20-22 (benchmarks/RESULTS.md "`make test` time").
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -1,4 +1,5 @@
-"""Run a command and sample the peak RSS of its process tree (shared by the benchmark scripts)."""
+"""Run a command and sample the peak RSS of its process tree; a process's anonymous memory (shared by the
+benchmark scripts)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,6 +7,17 @@ import threading
 import time
 
 import psutil
+
+
+def rss_anon(pid: int) -> int:
+    """A process's anonymous resident memory in bytes (RssAnon: what cannot be paged back to a file), 0 if unknown."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import rss_anon  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FALLBACK = ("the a of and to in is was for on that with as by at from his her it an are were be this which or had "
@@ -63,16 +66,6 @@ def generate(path: Path, n: int, seed: int = 0, copies: float = 0.02) -> int:
     return planted
 
 
-def _anon(p: psutil.Process) -> int:
-    try:
-        for line in open(f"/proc/{p.pid}/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def measure(cmd: list[str]) -> tuple[float, int, int]:
     """(seconds, peak RSS, peak RssAnon) of a command's process tree."""
     t0 = time.time()
@@ -86,7 +79,7 @@ def measure(cmd: list[str]) -> tuple[float, int, int]:
             try:
                 tree = [ps, *ps.children(recursive=True)]
                 peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-                peak[1] = max(peak[1], sum(_anon(p) for p in tree))
+                peak[1] = max(peak[1], sum(rss_anon(p.pid) for p in tree))
             except psutil.Error:
                 pass
             time.sleep(0.05)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _measure import rss_anon  # noqa: E402
 DIM, CENTRES, CHUNK = 384, 2_000, 65_536
 
 
 def rss_anon_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_anon(os.getpid()) / 2**20
 
 
 class Peak:

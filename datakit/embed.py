@@ -123,6 +123,11 @@ class Embedder:
         self.cache_hits = 0
 
     @property
+    def loaded(self) -> bool:
+        """Whether this process loaded the model (it does on the first text not in the cache)."""
+        return self._model is not None
+
+    @property
     def model(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer

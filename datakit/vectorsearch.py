@@ -7,7 +7,7 @@ Two ways, chosen by pool size (`kind="auto"`):
   8-byte id per vector, 104 bytes for a 384-dim model, instead of 1,536 for the vectors); it proposes
   `rerank` candidates per query, which are re-scored exactly from the memmap and cut to k. The similarities
   returned are therefore always exact; only which candidates are found is approximate (recall against exact
-  search: `benchmarks/mine_bench.py --scale`).
+  search: `benchmarks/mine_scale_bench.py`).
 `ivf` and `hnsw` keep the whole pool in memory (faiss IVF-Flat / HNSW), as before.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _pq_bytes(dim: int) -> int:
 
 
 def _merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k best (score descending, then id ascending: the order of an exact flat search)."""
+    """Each row's k best (score descending, ties by id)."""
     order = np.lexsort((ids, -sims), axis=1)[:, :k] if sims.shape[1] else np.zeros((len(sims), 0), np.int64)
     return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
@@ -76,7 +76,10 @@ class VectorSearch:
         for start in range(0, len(self.pool), self.shard_rows):
             shard = np.ascontiguousarray(self.pool[start:start + self.shard_rows], np.float32)
             s, i = build_index(shard, "flat").search(queries, min(k, len(shard)))
-            best_s, best_i = _merge(np.hstack([best_s, s]), np.hstack([best_i, i + start]), k)
+            if start == 0:  # one shard: faiss's own order, as a single flat index gives it
+                best_s, best_i = s, i
+            else:
+                best_s, best_i = _merge(np.hstack([best_s, s]), np.hstack([best_i, i + start]), k)
         return best_s, best_i
 
     def _exact_scores(self, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +99,12 @@ class VectorSearch:
         return s, np.where(np.isfinite(s), i, -1)
 
 
-def build_index(vectors: np.ndarray, kind: str = "flat", gpu: bool | None = None):
+def build_index(vectors: np.ndarray, kind: Literal["flat", "ivf", "hnsw"] = "flat", gpu: bool | None = None):
     """A faiss inner-product index over vectors in memory: exact (`flat`), IVF-Flat (`ivf`) or HNSW (`hnsw`);
     on GPU when present."""
     import faiss
 
     n, dim = vectors.shape
-    if kind == "auto":
-        kind = "flat" if n <= 50_000 else "ivf"
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":

@@ -128,14 +128,18 @@ class MineNegatives(Step):
                 keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
                 yield text.filter(keep)
 
-    def _pool(self, spilled: pa.ipc.RecordBatchFileReader) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
-        """The unique candidate texts in first-seen order, written to the work folder and memory-mapped, with a
-        lookup from text hash to pool id (16 bytes per pool text in memory)."""
+    def _pool(self, spilled: pa.ipc.RecordBatchFileReader) -> tuple[pa.ChunkedArray, np.ndarray]:
+        """The unique candidate texts in first-seen order, written to the work folder and memory-mapped, and the
+        pool id of each spilled record's positive. Two passes over the candidates (hash, then write the first
+        occurrences), so only their hashes are ever in memory."""
         hashes = np.concatenate([mh.hash_strings(c) for c in self._pool_chunks(spilled)] or [np.zeros(0, np.uint64)])
-        uniq, first = np.unique(hashes, return_index=True)
+        uniq, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         is_first = np.zeros(len(hashes), bool)
         is_first[first] = True
-        del hashes
+        pool_id_of_uniq = np.searchsorted(np.sort(first), first)  # pool id = rank of the first occurrence
+        records = sum(spilled.get_batch(b).num_rows for b in range(spilled.num_record_batches))
+        record_pool_ids = pool_id_of_uniq[inverse.reshape(-1)[:records]]  # the positives come first
+        del hashes, uniq, inverse
         path = self.work / "pool.arrow"
         with pa.ipc.new_file(str(path), pa.schema([("text", pa.string())])) as writer:
             at = 0
@@ -145,9 +149,7 @@ class MineNegatives(Step):
                 if mask.any():
                     writer.write_table(pa.table({"text": chunk.filter(pa.array(mask))}), max_chunksize=CHUNK_ROWS)
         pool = pa.ipc.open_file(pa.memory_map(str(path))).read_all().column("text")  # memory-mapped, not copied
-        order = np.sort(first)  # pool id = rank of the first occurrence
-        pool_id_of_uniq = np.searchsorted(order, first)  # uniq (sorted by hash) -> pool id
-        return pool, uniq, pool_id_of_uniq
+        return pool, record_pool_ids
 
     @staticmethod
     def _chunks(spilled: pa.ipc.RecordBatchFileReader) -> list[pa.Table]:
@@ -182,7 +184,7 @@ class MineNegatives(Step):
         if sum(len(s) for s in selected) == 0:
             yield from batches
             return
-        pool, uniq, pool_id_of_uniq = self._pool(spilled)
+        pool, record_pool_ids = self._pool(spilled)
         pool_vec = self.embedder.encode_into(self.work / "pool.npy", (
             pool.slice(s, CHUNK_ROWS).to_pylist() for s in range(0, len(pool), CHUNK_ROWS)), len(pool),
             cfg.document_prefix, remote=self.ctx.embed_chunks)
@@ -192,17 +194,16 @@ class MineNegatives(Step):
         search = VectorSearch(pool_vec, cfg.index)
         # every known positive of a query: the positives of all records with the same normalised query,
         # as (query hash, pool id) sorted by hash
-        qh_parts, pos_parts = [], []
+        qh_parts, pos_parts, offset = [], [], 0
         for b, sel in zip(batches, selected):
             qh_parts.append(mh.hash_strings(mh.normalize(b.column("query").take(pa.array(sel, pa.int64())))))
-            h = mh.hash_strings(b.column("positive").take(pa.array(sel, pa.int64())))
-            pos_parts.append(pool_id_of_uniq[np.searchsorted(uniq, h)])
+            pos_parts.append(record_pool_ids[offset + sel])
+            offset += b.num_rows
         known_q = np.concatenate(qh_parts)
         known_p = np.concatenate(pos_parts)
         by_q = np.argsort(known_q, kind="stable")
         known_q, known_p = known_q[by_q], known_p[by_q]
-        pos_sims: dict[str, list[np.ndarray]] = defaultdict(list)
-        neg_sims: dict[str, list[float]] = defaultdict(list)
+        sims_by_ds: tuple[dict, dict] = (defaultdict(list), defaultdict(list))  # query-positive, query-negative
         at = 0
         for table, sel, qh, pos_idx in zip(batches, selected, qh_parts, pos_parts):
             if len(sel) == 0:
@@ -212,19 +213,19 @@ class MineNegatives(Step):
             at += len(sel)
             pos_sim = np.einsum("ij,ij->i", q, pool_vec[pos_idx])
             sims, ids = search.search(q, cfg.depth)
-            datasets = table.column("dataset").to_pylist()
-            for ds in dict.fromkeys(datasets[i] for i in sel):
-                pos_sims[ds].append(pos_sim[[datasets[i] == ds for i in sel]])
-            yield self._mine_chunk(table, sel, qh, pos_sim, sims, ids, pool, pool_vec, (known_q, known_p), neg_sims)
+            yield self._mine_chunk(table, sel, qh, pos_sim, sims, ids, pool, pool_vec, (known_q, known_p), sims_by_ds)
+        pos_sims, neg_sims = sims_by_ds
         self.similarity = {ds: {"query_positive": _stats(np.concatenate(pos_sims[ds])),
                                 "query_mined_negative": _stats(np.array(neg_sims[ds]))} for ds in pos_sims}
 
     def _mine_chunk(self, table: pa.Table, sel: np.ndarray, qh: np.ndarray, pos_sim: np.ndarray, sims: np.ndarray,
                     ids: np.ndarray, pool: pa.Array, pool_vec: np.ndarray, known: tuple[np.ndarray, np.ndarray],
-                    neg_sims: dict[str, list[float]]) -> pa.Table:
-        """One chunk's records with their mined negatives: rank window, known positives, copies, the guard."""
+                    sims_by_ds: tuple[dict, dict]) -> pa.Table:
+        """One chunk's records with their mined negatives: rank window, known positives, copies, the guard; its
+        query-positive and mined-negative similarities added to `sims_by_ds` per dataset."""
         cfg = self.config
         known_q, known_p = known
+        pos_sims, neg_sims = sims_by_ds
         window = ids[:, cfg.skip: cfg.depth]
         cand_ids = np.unique(window[window >= 0])
         text_of = dict(zip(cand_ids.tolist(), pool.take(pa.array(cand_ids, pa.int64())).to_pylist()))
@@ -233,6 +234,9 @@ class MineNegatives(Step):
         ids_all = table.column("id").to_pylist()
         datasets = table.column("dataset").to_pylist()
         reserve = llm_quota([ids_all[i] for i in sel], cfg.negatives, cfg.llm_share, cfg.seed)
+        chunk_ds = np.array([datasets[i] for i in sel], dtype=object)
+        for ds in dict.fromkeys(chunk_ds.tolist()):
+            pos_sims[ds].append(pos_sim[chunk_ds == ds])
         changed = np.zeros(table.num_rows, bool)
         for row, i in enumerate(sel):
             want = cfg.negatives - len(negatives[i]) - int(reserve[row])
@@ -274,7 +278,7 @@ class MineNegatives(Step):
         return replace_columns(table, {"negatives": negatives, "negative_origins": origins, "lineage": lineage})
 
     def report(self) -> dict[str, Any]:
-        where = ("this process" if self.embedder._model is not None else
+        where = ("this process" if self.embedder.loaded else
                  "ray actors" if self.ctx.embed_chunks is not None and self.embedder.encoded else "nowhere (cached)")
         return {**super().report(), "encoded": self.embedder.encoded, "cache_hits": self.embedder.cache_hits,
                 "embedded_in": where,
