@@ -35,6 +35,19 @@ def current_rss() -> int | None:
         return None
 
 
+def current_anon() -> int | None:
+    """This process's anonymous resident memory in bytes (RssAnon: its heap and arrays; not the pages of files it
+    maps, such as spills, nor shared memory, such as Ray's object store), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class StageClock:
     """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls), and
     the process's peak resident memory seen while each stage ran (`watch_memory`)."""
@@ -42,6 +55,7 @@ class StageClock:
     def __init__(self) -> None:
         self.inclusive: dict[str, float] = {}
         self.peak_rss: dict[str, int] = {}
+        self.peak_anon: dict[str, int] = {}
         self._active: list[str] = []  # the stages whose next batch is being made; the last one runs
         self._watching = False
 
@@ -74,12 +88,23 @@ class StageClock:
             return False
         if rss > self.peak_rss.get(stage, 0):
             self.peak_rss[stage] = rss
+        anon = current_anon()
+        if anon is not None and anon > self.peak_anon.get(stage, 0):
+            self.peak_anon[stage] = anon
         return True
 
     def peak_rss_mib(self) -> dict[str, float]:
         """Peak RSS per stage in MiB, in pipeline order, and `build` (the peak over all of them)."""
+        return self._mib(self.peak_rss)
+
+    def peak_anon_mib(self) -> dict[str, float]:
+        """Peak anonymous memory per stage in MiB (what the process itself holds: RSS less mapped files and shared
+        memory; on Ray the object store's pages the driver touched count in RSS, not here), and `build`."""
+        return self._mib(self.peak_anon)
+
+    def _mib(self, peaks: dict[str, int]) -> dict[str, float]:
         names = [*self.inclusive, "other"]
-        out = {n: round(self.peak_rss[n] / 2**20, 1) for n in names if n in self.peak_rss}
+        out = {n: round(peaks[n] / 2**20, 1) for n in names if n in peaks}
         if out:
             out["build"] = max(out.values())
         return out

@@ -216,7 +216,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
         stop_watching()
         head = {**head, "negatives": mix.report(), "executor": executor.describe(),
                 "timings_s": clock.exclusive(time.time() - started), "peak_rss_mib": clock.peak_rss_mib(),
-                "warnings": warnings}
+                "peak_anon_mib": clock.peak_anon_mib(), "warnings": warnings}
         if any(getattr(s, "uses_llm", False) for s in steps):
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
@@ -244,6 +244,7 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: Tally, st
         "executor": head["executor"],
         "timings_s": head["timings_s"],
         "peak_rss_mib": head["peak_rss_mib"],
+        "peak_anon_mib": head["peak_anon_mib"],
         "rows_read": dict(tally.rows_read),
         "rows_per_s": round(rows_read / duration, 1) if duration > 0 else None,
         "inputs": head["inputs"],

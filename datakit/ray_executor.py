@@ -9,9 +9,19 @@
 - A step that needs the whole stream (`dedup`, `mine_negatives`, or a step with `max_records`) runs on the
   driver, out of core as in a local build; its output is streamed back out, batch by batch, to the workers
   for the batch-wise steps after it.
+- `dedup` runs on the driver but hands its work to Ray tasks (`RayTasks`): every batch is signed (normalised,
+  shingled, MinHashed, banded) in a task while the driver only appends the results to its spill; then 64 tasks,
+  one per hash partition of the band buckets (partitioned by band and bucket hash), list candidate pairs and
+  shuffle them by pair through the object store to 16 verification tasks, which decide each pair by exact
+  Jaccard and join their verified pairs into components; the driver joins those small forests (connected
+  components over the forests equal those over all pairs). The partition and verification tasks read the
+  step's spill from the build's work folder: on a multi-node cluster, put the output folder on storage every
+  node shares.
 - `mine_negatives` runs on the driver, but embeds its pool and queries in Ray actors that hold the model (one
   per GPU where the cluster has GPUs, else one per `embed_cpus` CPUs), a chunk of 8,192 texts per call, results
-  in order; the vectors go to the driver's memmap, so its memory stays that of one window of chunks.
+  in order; the vectors go to the driver's memmap, so its memory stays that of one window of chunks. Its search
+  runs in shards of the pool held by `_Holder` actors (up to one per CPU, reserving no CPU so later steps' tasks
+  still run), each query chunk searched by every shard at once and the top-k merged on the driver.
 - Synthesis on workers shares one answer cache (the SQLite file, resolved on the driver: on a multi-node
   cluster put it on shared storage with `llm.cache`) and one budget (a Ray actor).
 
@@ -37,6 +47,7 @@ from datakit.recipe import LLMSettings, LoadedRecipe, SourceConfig
 from datakit.shards import ShardWriter
 from datakit.sources import Sandbox
 from datakit.steps import Step, StepContext, make_step, step_config
+from datakit.steps.base import Held, TaskRunner
 
 try:
     import ray
@@ -129,6 +140,93 @@ class _EmbedActor:
         return vectors, self.embedder.encoded - before[0], self.embedder.cache_hits - before[1]
 
 
+@ray.remote
+def _call_task(fn: Any, common: Any, item: Any) -> Any:
+    return fn(common, item)
+
+
+@ray.remote
+def _map_task(fn: Any, common: Any, item: Any, groups: int) -> Any:
+    parts = list(fn(common, item))
+    if len(parts) != groups:
+        raise ValueError(f"{fn.__name__} returned {len(parts)} parts for {groups} groups")
+    return tuple(parts) if groups > 1 else parts[0]
+
+
+@ray.remote
+def _reduce_task(fn: Any, common: Any, group: int, *parts: Any) -> Any:
+    return fn(common, group, list(parts))
+
+
+@ray.remote(num_cpus=0)  # holds memory, not a core: tasks of later steps still get every CPU (no deadlock)
+class _Holder:
+    """Some of a `hold` call's objects, on one worker."""
+
+    def __init__(self, factory: Any, specs: list[Any]):
+        self.objects = [factory(spec) for spec in specs]
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        return [getattr(o, method)(*args) for o in self.objects]
+
+
+class _HeldOnRay(Held):
+    """Objects spread over up to one `_Holder` actor per CPU (object i on actor i % actors), called at once."""
+
+    where = "ray actors"
+
+    def __init__(self, factory: Any, specs: list[Any]):
+        count = max(1, min(len(specs), int(ray.cluster_resources().get("CPU", 1))))
+        self.count, self.n = count, len(specs)
+        self.actors = [_Holder.options(scheduling_strategy="SPREAD").remote(factory, specs[a::count])
+                       for a in range(count)]
+
+    def call(self, method, *args):
+        shared = [ray.put(a) for a in args]
+        got = _get([actor.call.remote(method, *shared) for actor in self.actors])
+        return [got[i % self.count][i // self.count] for i in range(self.n)]
+
+    def close(self):
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+class RayTasks(TaskRunner):
+    """`TaskRunner` on Ray: each item a Ray task (a window of them in flight); a map-reduce shuffles its parts
+    through the object store (map tasks with one return per group, each reduce task given its group's refs), so
+    the parts never pass through the driver."""
+
+    where = "ray tasks"
+
+    def __init__(self, window: int):
+        self.window = window
+
+    def map(self, fn, common, items):
+        shared = ray.put(common)
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, _call_task.remote(fn, shared, item)))
+            if len(pending) >= self.window:
+                done, ref = pending.popleft()
+                yield done, _get(ref)
+        while pending:
+            done, ref = pending.popleft()
+            yield done, _get(ref)
+
+    def map_reduce(self, map_fn, common, items, groups, reduce_fn):
+        shared = ray.put(common)
+        outs = [_map_task.options(num_returns=groups).remote(map_fn, shared, item, groups) for item in items]
+        if groups == 1:
+            outs = [[ref] for ref in outs]
+        reductions = [_reduce_task.remote(reduce_fn, shared, g, *[out[g] for out in outs]) for g in range(groups)]
+        del outs  # the parts live as long as a reduce task needs them
+        for ref in reductions:
+            yield _get(ref)
+
+    def hold(self, factory, specs):
+        return _HeldOnRay(factory, list(specs))
+
+
 def _get(ref: Any) -> Any:
     """`ray.get`, with a worker's exception raised as itself (a DataError names file, row and field)."""
     try:
@@ -190,6 +288,9 @@ class RayExecutor(Executor):
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
         sources = loaded.recipe.sources
+        # no generator backpressure: a source task paused by it keeps its CPU, and paused sources holding every CPU
+        # leave none for the steps' tasks the driver waits on (a deadlock); so a big source may run ahead into the
+        # object store (docs/NOTES.md "Driver memory on Ray")
         generators = [_source_task.remote(src.model_dump(mode="json"), loaded.sandbox, strict, batch_rows)
                       for src in sources]
         for src, gen in zip(sources, generators):
@@ -200,6 +301,7 @@ class RayExecutor(Executor):
         """Each run of consecutive batch-wise steps as Ray tasks; a step that needs the whole stream in this
         process, its output streamed on to the next run's tasks."""
         ctx.embed_chunks = self.embed_chunks
+        ctx.tasks = RayTasks(self.window)
         run_id, i = uuid.uuid4().hex, 0
         while i < len(steps):
             if not steps[i].parallel_safe:

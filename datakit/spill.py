@@ -64,25 +64,41 @@ class Partitions:
     def each(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One partition at a time: (positions, keys), sorted by key, positions ascending within a key."""
         for p in range(self.parts):
-            rows = np.fromfile(self.folder / f"part-{self.name}-{p:03d}.bin", dtype=[("pos", "<i8"), ("key", "<u8")])
-            if len(rows):
-                rows = rows[np.lexsort((rows["pos"], rows["key"]))]
-                yield rows["pos"], rows["key"]
+            pos, key = read_partition(self.folder, self.name, p)
+            if len(pos):
+                yield pos, key
+
+
+def read_partition(folder: Path, name: str, part: int) -> tuple[np.ndarray, np.ndarray]:
+    """One partition of `Partitions(folder, name)` (from any process that sees the folder): (positions, keys),
+    sorted by key, positions ascending within a key."""
+    rows = np.fromfile(folder / f"part-{name}-{part:03d}.bin", dtype=[("pos", "<i8"), ("key", "<u8")])
+    rows = rows[np.lexsort((rows["pos"], rows["key"]))]
+    return rows["pos"], rows["key"]
 
 
 def elect(partitions: Partitions, n: int, choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None
-          = None) -> tuple[np.ndarray, np.ndarray]:
+          = None, on_disk: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For every position, the position its group (equal keys) elects, and the size of its group (both n-sized:
     int32 and uint32, eight bytes a record), computed one partition at a time. By default a group elects its
-    lowest position; `choose(positions, run starts, run sizes)` returns each run's elected position instead."""
-    elected = np.empty(n, np.int32 if n < 2**31 else np.int64)
-    sizes_out = np.empty(n, np.uint32)
+    lowest position; `choose(positions, run starts, run sizes)` returns each run's elected position instead.
+    `on_disk`: both arrays are `.npy` memmaps beside the partitions (`elected-NAME.npy`, `sizes-NAME.npy`; other
+    processes may read them), so they take no anonymous memory."""
+    dtype = np.int32 if n < 2**31 else np.int64
+    if on_disk:
+        elected = np.lib.format.open_memmap(partitions.folder / f"elected-{partitions.name}.npy", "w+", dtype, (n,))
+        sizes_out = np.lib.format.open_memmap(partitions.folder / f"sizes-{partitions.name}.npy", "w+", np.uint32, (n,))
+    else:
+        elected, sizes_out = np.empty(n, dtype), np.empty(n, np.uint32)
     for pos, key in partitions.each():
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         sizes = np.diff(np.r_[starts, len(key)])
         winners = pos[starts] if choose is None else choose(pos, starts, sizes)
         elected[pos] = np.repeat(winners, sizes)
         sizes_out[pos] = np.repeat(sizes, sizes)
+    if on_disk:
+        elected.flush()
+        sizes_out.flush()
     return elected, sizes_out
 
 

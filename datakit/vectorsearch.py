@@ -1,24 +1,30 @@
 """Top-k inner-product search over a pool whose vectors live on disk (a memmap), in bounded memory.
 
 Two ways, chosen by pool size (`kind="auto"`):
-- `flat` (pools up to `EXACT_LIMIT`): exact. The pool is scanned in shards of `shard_rows` vectors, a faiss
-  flat index per shard, and the per-shard top-k merged. Memory: one shard and the query chunk's results.
-- `ivfpq` (larger pools): faiss IVF-PQ holds only product-quantized codes in memory (`dim / 4` bytes and an
-  8-byte id per vector, 104 bytes for a 384-dim model, instead of 1,536 for the vectors); it proposes
-  `rerank` candidates per query, which are re-scored exactly from the memmap and cut to k. The similarities
-  returned are therefore always exact; only which candidates are found is approximate (recall against exact
-  search: `benchmarks/mine_scale_bench.py`).
-`ivf` and `hnsw` keep the whole pool in memory (faiss IVF-Flat / HNSW), as before.
+- `flat` (pools up to `EXACT_LIMIT`): exact. The pool is cut into shards of `SHARD_ROWS` vectors; each shard is
+  searched with a faiss flat index and the per-shard top-k merged. Memory: one shard and the query chunk's results.
+- `ivfpq` (larger pools): faiss IVF-PQ holds only product-quantized codes (`dim / 4` bytes and an 8-byte id per
+  vector, 104 bytes for a 384-dim model, instead of 1,536 for the vectors). One quantizer is trained on a
+  sample of the whole pool; each shard of `PQ_SHARD_ROWS` vectors gets its own index of codes from it, proposes
+  `rerank` candidates per query, re-scores them exactly from the memmap and keeps its k best; the shards' top-k
+  are merged. The similarities returned are therefore always exact; only which candidates are found is
+  approximate (recall against exact search: `benchmarks/mine_scale_bench.py`).
+Shards are held by a `TaskRunner` (`datakit.steps.base`): in this process, or on Ray by actors spread over the
+cluster's workers, each searching its shards (reading them from the memmap: on several nodes the build's
+folder must be on shared storage); the merge is the same, so results do not depend on where shards were held.
+`ivf` and `hnsw` keep the whole pool in memory (faiss IVF-Flat / HNSW), in this process, as before.
 """
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 IndexKind = Literal["auto", "flat", "ivfpq", "ivf", "hnsw"]
 EXACT_LIMIT = 200_000  # auto: exact sharded search up to this many pool vectors, IVF-PQ beyond
 SHARD_ROWS = 262_144  # pool vectors per exact-search shard (384 MiB of float32 at dim 384)
+PQ_SHARD_ROWS = 1 << 20  # pool vectors per IVF-PQ shard (its codes: ~100 MiB at dim 384)
 TRAIN_ROWS = 100_000  # IVF-PQ training sample
 RERANK_QUERIES = 256  # queries re-scored at a time
 PQ_MIN_ROWS = 20_000  # below this an `ivfpq` request searches exactly (faiss needs >= 256 per quantizer)
@@ -37,66 +43,119 @@ def _merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
 
-class VectorSearch:
-    """Built once over the pool's vectors (array or memmap); `search` a chunk of queries at a time."""
+@dataclass(frozen=True)
+class ShardSpec:
+    """Rows [start, stop) of the pool's `.npy` file, searched exactly (`trained` None) or through an IVF-PQ index
+    of their codes built from `trained` (a serialized, trained, empty faiss index)."""
 
-    def __init__(self, pool: np.ndarray, kind: IndexKind = "auto", shard_rows: int = SHARD_ROWS,
-                 rerank: int = 200, nprobe: int = 64):
-        self.pool, self.shard_rows, self.rerank = pool, shard_rows, rerank
-        n, dim = pool.shape
-        self.kind = ("flat" if n <= EXACT_LIMIT else "ivfpq") if kind == "auto" else kind
-        if self.kind == "ivfpq" and n < PQ_MIN_ROWS:  # too few vectors to train the quantizers; small anyway
-            self.kind = "flat"
+    path: str | None
+    start: int
+    stop: int
+    trained: Any = None
+    nprobe: int = 64
+    rerank: int = 200
+
+
+class PoolShard:
+    """One shard of the pool, held wherever the runner puts it; `search` gives its top-k with pool-wide ids."""
+
+    def __init__(self, spec: ShardSpec, pool: np.ndarray | None = None):
+        self.spec = spec
+        pool = np.load(spec.path, mmap_mode="r") if pool is None else pool
+        self.vectors = pool[spec.start: spec.stop]
         self.index = None
-        if self.kind in ("ivf", "hnsw"):
-            self.index = build_index(np.ascontiguousarray(pool, np.float32), self.kind)
-        elif self.kind == "ivfpq":
+        if spec.trained is not None:
             import faiss
 
-            nlist = max(1, int(4 * np.sqrt(n)))
-            self.index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, _pq_bytes(dim), 8,
-                                          faiss.METRIC_INNER_PRODUCT)
-            rows = np.sort(np.random.default_rng(0).choice(n, min(n, max(TRAIN_ROWS, nlist * 39)), replace=False))
-            self.index.train(np.ascontiguousarray(pool[rows], np.float32))
-            for start in range(0, n, shard_rows):  # added a shard at a time from the memmap
-                self.index.add(np.ascontiguousarray(pool[start:start + shard_rows], np.float32))
-            self.index.nprobe = min(nlist, nprobe)
+            self.index = faiss.deserialize_index(spec.trained)
+            for lo in range(0, len(self.vectors), SHARD_ROWS):  # added a slice at a time from the memmap
+                self.index.add(np.ascontiguousarray(self.vectors[lo: lo + SHARD_ROWS], np.float32))
+            self.index.nprobe = min(self.index.nlist, spec.nprobe)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, pool ids), each (len(queries), k), best first; id -1 where the pool has fewer."""
-        queries = np.ascontiguousarray(queries, np.float32)
-        k = min(k, len(self.pool))
-        if self.kind in ("ivf", "hnsw"):
-            return self.index.search(queries, k)
-        if self.kind == "ivfpq":
-            _, cand = self.index.search(queries, max(k, self.rerank))
-            return self._exact_scores(queries, cand, k)
-        best_s = np.zeros((len(queries), 0), np.float32)
-        best_i = np.zeros((len(queries), 0), np.int64)
-        for start in range(0, len(self.pool), self.shard_rows):
-            shard = np.ascontiguousarray(self.pool[start:start + self.shard_rows], np.float32)
-            s, i = build_index(shard, "flat").search(queries, min(k, len(shard)))
-            if start == 0:  # one shard: faiss's own order, as a single flat index gives it
-                best_s, best_i = s, i
-            else:
-                best_s, best_i = _merge(np.hstack([best_s, s]), np.hstack([best_i, i + start]), k)
-        return best_s, best_i
+        k = min(k, len(self.vectors))
+        if self.index is None:
+            shard = np.ascontiguousarray(self.vectors, np.float32)
+            s, i = build_index(shard, "flat").search(queries, k)
+            return s, i + self.spec.start
+        _, cand = self.index.search(queries, max(k, self.spec.rerank))
+        s, i = self._exact_scores(queries, cand, k)
+        return s, np.where(i >= 0, i + self.spec.start, -1)
 
     def _exact_scores(self, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates re-scored from the pool's vectors, RERANK_QUERIES queries at a time (so at most
+        """The candidates re-scored from the shard's vectors, RERANK_QUERIES queries at a time (so at most
         RERANK_QUERIES x rerank vectors are read into memory), cut to the k best."""
         sims = np.full(cand.shape, -np.inf, np.float32)
         for start in range(0, len(queries), RERANK_QUERIES):
             part = cand[start:start + RERANK_QUERIES]
             valid = part >= 0
             uniq, inverse = np.unique(part[valid], return_inverse=True)
-            vectors = np.asarray(self.pool[uniq], np.float32)  # sorted ids: ascending reads from the memmap
+            vectors = np.asarray(self.vectors[uniq], np.float32)  # sorted ids: ascending reads from the memmap
             rows = np.nonzero(valid)[0]
             block = np.full(part.shape, -np.inf, np.float32)
             block[valid] = np.einsum("ij,ij->i", queries[start + rows], vectors[inverse])
             sims[start:start + RERANK_QUERIES] = block
         s, i = _merge(sims, np.where(cand >= 0, cand, np.iinfo(np.int64).max), k)
         return s, np.where(np.isfinite(s), i, -1)
+
+
+class VectorSearch:
+    """Built once over the pool's vectors (array or memmap); `search` a chunk of queries at a time. With a
+    `runner` other than the local one and a pool memory-mapped from an `.npy` file, the shards are held where
+    the runner says (Ray actors)."""
+
+    def __init__(self, pool: np.ndarray, kind: IndexKind = "auto", shard_rows: int | None = None,
+                 rerank: int = 200, nprobe: int = 64, runner: Any = None):
+        self.pool = pool
+        n, dim = pool.shape
+        self.kind = ("flat" if n <= EXACT_LIMIT else "ivfpq") if kind == "auto" else kind
+        if self.kind == "ivfpq" and n < PQ_MIN_ROWS:  # too few vectors to train the quantizers; small anyway
+            self.kind = "flat"
+        self.index, self.shards, self.where, self.n_shards = None, None, "this process", 1
+        if self.kind in ("ivf", "hnsw"):
+            self.index = build_index(np.ascontiguousarray(pool, np.float32), self.kind)
+            return
+        trained = self._trained(pool, nprobe) if self.kind == "ivfpq" else None
+        rows = shard_rows or (SHARD_ROWS if self.kind == "flat" else PQ_SHARD_ROWS)
+        path = getattr(pool, "filename", None)
+        specs = [ShardSpec(str(path) if path else None, lo, min(n, lo + rows), trained, nprobe, rerank)
+                 for lo in range(0, n, rows)]
+        if runner is not None and path is not None and str(path).endswith(".npy") and runner.where != "this process":
+            self.shards = runner.hold(PoolShard, specs)
+        else:
+            from datakit.steps.base import LocalTasks
+
+            self.shards = LocalTasks().hold(lambda spec: PoolShard(spec, pool), specs)
+        self.n_shards, self.where = len(specs), self.shards.where
+
+    @staticmethod
+    def _trained(pool: np.ndarray, nprobe: int) -> np.ndarray:
+        """An empty IVF-PQ index trained on a sample of the whole pool, serialized (every shard starts from it)."""
+        import faiss
+
+        n, dim = pool.shape
+        nlist = max(1, int(4 * np.sqrt(n)))
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, _pq_bytes(dim), 8, faiss.METRIC_INNER_PRODUCT)
+        rows = np.sort(np.random.default_rng(0).choice(n, min(n, max(TRAIN_ROWS, nlist * 39)), replace=False))
+        index.train(np.ascontiguousarray(pool[rows], np.float32))
+        return faiss.serialize_index(index)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, pool ids), each (len(queries), k), best first; id -1 where the pool has fewer."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        k = min(k, len(self.pool))
+        if self.index is not None:
+            return self.index.search(queries, k)
+        found = self.shards.call("search", queries, k)
+        if len(found) == 1:  # one shard: its own order (faiss's, for an exact search)
+            return found[0]
+        return _merge(np.hstack([s for s, _ in found]), np.hstack([i for _, i in found]), k)
+
+    def close(self) -> None:
+        """Let the shards go (Ray: the actors holding them)."""
+        if self.shards is not None:
+            self.shards.close()
+            self.shards = None
 
 
 def build_index(vectors: np.ndarray, kind: Literal["flat", "ivf", "hnsw"] = "flat", gpu: bool | None = None):

@@ -160,3 +160,31 @@ def test_mining_in_small_chunks_decides_as_in_one(tmp_path, monkeypatch):
     assert len(records) > 20 and sum(len(r["negatives"]) for r in records) > 20
     assert read_shards(chunked.out_dir, "retrieval").to_pylist() == records
     assert chunked.manifest["mining"] == whole.manifest["mining"]
+
+
+def test_ivfpq_in_shards_shares_one_quantizer_and_merges_exact_top_k(tmp_path):
+    """Shards of an IVF-PQ search (each its own codes from one trained quantizer, its candidates re-scored
+    exactly) merged: exact similarities, best first, ids across shards, recall against exact search; a shard
+    opened from the `.npy` file (as a Ray actor opens it) searches as the in-memory one."""
+    from datakit.vectorsearch import PoolShard, ShardSpec
+
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=(30_000, 64))
+    pool[:] = _clustered(30_000, 64, 1)
+    pool.flush()
+    q = _clustered(200, 64, 2)
+    _, exact_i = build_index(np.asarray(pool), "flat").search(q, 30)
+    search = VectorSearch(pool, "ivfpq", shard_rows=11_000)
+    assert search.n_shards == 3 and search.where == "this process"
+    s, i = search.search(q, 30)
+    assert len({int(x) // 11_000 for x in i.reshape(-1)}) == 3  # every shard contributes
+    rows = np.repeat(np.arange(len(q)), 30)
+    assert np.allclose(s.reshape(-1), np.einsum("ij,ij->i", q[rows], pool[i.reshape(-1)]), atol=1e-5)
+    assert np.all(np.diff(s, axis=1) <= 0)
+    recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(i, exact_i)])
+    assert recall >= 0.95, recall
+    trained = VectorSearch._trained(pool, 64)
+    spec = ShardSpec(str(tmp_path / "pool.npy"), 11_000, 22_000, trained)
+    from_file, in_memory = PoolShard(spec).search(q, 30), PoolShard(spec, pool).search(q, 30)
+    assert np.array_equal(from_file[0], in_memory[0]) and np.array_equal(from_file[1], in_memory[1])
+    assert from_file[1].min() >= 11_000 and from_file[1].max() < 22_000
+    search.close()

@@ -52,6 +52,8 @@ def test_demo_counts_quarantine_and_manifest(demo_out):
     peaks = m["peak_rss_mib"]  # the process's peak memory while each stage ran
     assert set(peaks) <= {*m["timings_s"], "build"} and "7:mine_negatives" in peaks
     assert peaks["build"] == max(v for k, v in peaks.items() if k != "build") > 100
+    anon = m["peak_anon_mib"]  # the part of it that is the process's own (not mapped files)
+    assert set(anon) == set(peaks) and all(0 < anon[k] <= peaks[k] for k in anon)
     total = {k: sum(v.values()) for k, v in m["counts"].items()}
     for kind, n in total.items():
         assert sum(s["rows"] for s in m["shards"] if s["kind"] == kind) == n
@@ -210,5 +212,5 @@ def test_peak_memory_is_counted_for_the_stage_that_holds_it():
     stream = clock.wrap("1:big", big(clock.wrap("read", small())))
     assert len(list(stream)) == 1
     stop()
-    peaks = clock.peak_rss_mib()
-    assert peaks["1:big"] - peaks["read"] > 300 and peaks["build"] == peaks["1:big"]
+    for peaks in (clock.peak_rss_mib(), clock.peak_anon_mib()):  # 400 MiB of arrays: anonymous memory
+        assert peaks["1:big"] - peaks["read"] > 300 and peaks["build"] == peaks["1:big"]

@@ -165,7 +165,7 @@ def test_cli_executor_flag(tmp_path):
     assert res.returncode == 2 and "unknown executor 'spark'" in res.stderr
 
 
-def test_mining_embeds_in_ray_actors_and_picks_what_the_local_build_picks(cluster, tmp_path):
+def test_mining_embeds_and_searches_in_ray_actors_and_picks_what_the_local_build_picks(cluster, tmp_path):
     data = ROOT / "recipes" / "data"
 
     def recipe(cache: str):
@@ -176,7 +176,8 @@ def test_mining_embeds_in_ray_actors_and_picks_what_the_local_build_picks(cluste
               - {{name: articles, path: {data / 'articles.jsonl'}, adapter: title_body}}
               - {{name: chats, path: {data / 'chats.jsonl'}, adapter: qa, columns: {{messages: messages}}}}
             steps:
-              - {{type: mine_negatives, skip: 1, depth: 10, negatives: 3, cache_dir: {tmp_path / cache}}}
+              - {{type: mine_negatives, skip: 1, depth: 10, negatives: 3, cache_dir: {tmp_path / cache},
+                 search_shard_rows: 8}}
         """))
 
     ours = build(recipe("ray-cache"), tmp_path / "ray", executor=RayExecutor())
@@ -187,3 +188,50 @@ def test_mining_embeds_in_ray_actors_and_picks_what_the_local_build_picks(cluste
     assert mined[0]["embedded_in"] == "ray actors"  # the driver never loaded the model
     assert local.manifest["steps"][0]["report"]["embedded_in"] == "this process"
     assert any((tmp_path / "ray-cache").rglob("part-*.keys.npy"))  # written by the actors into the shared cache
+    # the pool's search in shards of 8 vectors, held by actors on the workers, their top-k merged on the driver
+    assert mined[0]["search"]["in"] == "ray actors" and mined[0]["search"]["shards"] >= 3
+    assert local.manifest["steps"][0]["report"]["search"] == {**mined[0]["search"], "in": "this process"}
+
+
+def test_dedup_signs_and_verifies_in_ray_tasks_and_decides_what_the_local_build_decides(cluster, tmp_path):
+    """Dedup's signing, candidate partitions and verification run in Ray tasks (the candidates shuffled through
+    the object store, clusters joined from the tasks' forests) on near duplicates, label conflicts, a pair kind and
+    a bucket of 300 records (split by the next bands, not a star): records and report equal the local build's."""
+    import random
+
+    rng = random.Random(3)
+    words = ("river mountain quiet engine silver market garden window yellow thunder paper rocket coffee music "
+             "winter forest planet bridge candle ocean castle pencil orange shadow violin desert harbor").split()
+    base = [" ".join(rng.choices(words, k=12)) for _ in range(150)]
+    rows = []
+    for i in range(500):
+        text = base[i] if i < 150 else rng.choice(base)
+        if i >= 150:
+            w = text.split()
+            w[rng.randrange(len(w))] = rng.choice(words)  # an edited copy
+            text = " ".join(w)
+        rows.append({"text": text, "label": "b" if i % 23 == 0 else "a"})
+    rows += [{"text": f"the quarterly report for region {i} is attached to this message as a pdf", "label": "t"}
+             for i in range(300)]  # one template: every record shares every band but one word
+    write(tmp_path / "c.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write(tmp_path / "p.tsv", "sentence1\tsentence2\tscore\n" + "".join(
+        f"{a}\t{b}\t{i % 5}.0\n" for i, (a, b) in enumerate(zip(base, base[1:] + base[:1]))) + "".join(
+        f"{a} now\t{b}\t{i % 5}.0\n" for i, (a, b) in enumerate(zip(base[:40], base[1:41]))))
+    recipe = load_recipe(write(tmp_path / "r.yaml", """
+name: d
+sources:
+  - {name: c, path: c.jsonl, adapter: classification}
+  - {name: p, path: p.tsv, adapter: sts}
+steps:
+  - {type: dedup, threshold: 0.8}
+"""))
+    ours = build(recipe, tmp_path / "ray", executor=RayExecutor(), batch_rows=64)
+    local = build(recipe, tmp_path / "local", batch_rows=64)
+    _same_outputs(ours, local)
+    got, want = (json.loads((r.out_dir / "dedup.json").read_text()) for r in (ours, local))
+    assert got.pop("tasks_in") == "ray tasks" and want.pop("tasks_in") == "this process"
+    assert got.pop("worker_processes") >= 1 and want.pop("worker_processes") == 0  # the driver signed nothing
+    assert got == want  # counts, candidates, verified pairs, sampled clusters and conflicts alike
+    dropped = ours.manifest["dropped"]["0:dedup"]
+    assert dropped["near_duplicate"] >= 300 and want["label_conflicts"] >= 1 and want["verified_pairs"] > 300
+    assert ours.manifest["counts"]["classification"]["c"] < 400 and ours.manifest["counts"]["pair"]["p"] >= 150

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +49,13 @@ class StepContext:
     # embeds chunks of texts elsewhere (Ray actors holding the model): (embedder, chunks, prefix) -> an iterator of
     # (vectors, texts encoded, cache hits) per chunk, in order; None: the step's own embedder, in this process
     embed_chunks: Any = None
+    # runs a global step's heavy parts as tasks elsewhere (`TaskRunner`'s interface; the Ray executor's runs them
+    # in Ray tasks); None: `LocalTasks`, in this process
+    tasks: Any = None
+
+    @property
+    def runner(self) -> "TaskRunner":
+        return self.tasks if self.tasks is not None else LocalTasks()
 
     @property
     def base_dir(self) -> Path:
@@ -62,6 +69,71 @@ class StepContext:
         """A file a step reads into the corpus or sends to an LLM (a mining pool, benchmark files, a prompt
         file): resolved, and inside the recipe's sandbox (a SourceError otherwise)."""
         return self.sandbox.check(self.resolve(path), what)
+
+
+class TaskRunner:
+    """How a global step hands work to an executor: pure functions of (`common`, item), module-level so a worker
+    can import them; `common` is sent once per call. Results come back in the items' order, so a step's output does
+    not depend on where its tasks ran."""
+
+    where = "this process"
+
+    def map(self, fn: Callable[[Any, Any], Any], common: Any, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """(item, fn(common, item)) for each item, in order, lazily (a window of items in flight)."""
+        raise NotImplementedError
+
+    def map_reduce(self, map_fn: Callable[[Any, Any], Sequence[Any]], common: Any, items: Sequence[Any],
+                   groups: int, reduce_fn: Callable[[Any, int, list[Any]], Any]) -> Iterator[Any]:
+        """A shuffle: `map_fn(common, item)` returns one part per group; `reduce_fn(common, g, parts)` gets group
+        g's part from every item (in item order). Yields the reductions in group order."""
+        raise NotImplementedError
+
+    def hold(self, factory: Callable[[Any], Any], specs: Sequence[Any]) -> "Held":
+        """Objects `factory(spec)` kept alive for many calls (a search index's shards), spread where the runner
+        runs work; `Held.call(method, *args)` calls each and returns their results in `specs` order."""
+        raise NotImplementedError
+
+
+class Held:
+    """Objects held by a runner (`TaskRunner.hold`)."""
+
+    where = "this process"
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let them go."""
+
+
+class _HeldHere(Held):
+    def __init__(self, objects: list[Any]):
+        self.objects = objects
+
+    def call(self, method, *args):
+        return [getattr(o, method)(*args) for o in self.objects]
+
+    def close(self):
+        self.objects = []
+
+
+class LocalTasks(TaskRunner):
+    """The tasks run here, one after another."""
+
+    def map(self, fn, common, items):
+        return ((item, fn(common, item)) for item in items)
+
+    def map_reduce(self, map_fn, common, items, groups, reduce_fn):
+        parts: list[list[Any]] = [[] for _ in range(groups)]
+        for item in items:
+            for g, part in enumerate(map_fn(common, item)):
+                parts[g].append(part)
+        for g in range(groups):
+            yield reduce_fn(common, g, parts[g])
+            parts[g] = []
+
+    def hold(self, factory, specs):
+        return _HeldHere([factory(spec) for spec in specs])
 
 
 class Step:

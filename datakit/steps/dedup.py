@@ -12,14 +12,24 @@ into hash partitions: `datakit.spill`), to its work folder. Once the stream ends
 at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with bands
 chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact
 Jaccard of each side's shingle sets; clusters by union-find over the verified pairs), then streams the kept records
-back out. Per record it holds about 13 bytes in memory. Other kinds pass straight through. Drops are counted per
-dataset; `dedup.json` lists, for sampled clusters, the kept record and the records it replaced."""
+back out. Per-record arrays (elections, masks) are memmaps in the work folder; in memory it holds only what
+one hash partition, the verified pairs and the report need. Other kinds pass straight through. Drops are counted per
+dataset; `dedup.json` lists, for sampled clusters, the kept record and the records it replaced.
+
+The heavy parts are pure functions handed to the executor's task runner (`StepContext.runner`): `sign` (a batch
+normalised, hashed, shingled, MinHashed and banded), `partition_candidates` (one hash partition of the band
+buckets: its candidate pairs, split by pair hash into VERIFY_GROUPS) and `verify_group` (a group's pairs decided
+by exact Jaccard, its verified pairs joined into a forest of components). Locally they run in this process; on
+Ray as tasks, the candidates shuffled through the object store; the driver joins the forests (components over
+the forests are those over every verified pair). The decisions are the same wherever they ran."""
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+import os
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,14 +38,16 @@ from pydantic import Field
 
 from datakit import minhash as mh
 from datakit.records import MAIN_TEXTS
-from datakit.spill import Columns, Partitions, elect
+from datakit.spill import Columns, Partitions, elect, read_partition
 from datakit.steps.base import Step, StepConfig, Stream, register
 
 EXAMPLES = 20
 BUCKET_CAP = 256  # a band bucket of more docs is split by the next band (minhash.split_bucket)
-PAIR_CHUNK = 20_000  # candidates verified per batch of reads from the spilled shingle sets
+PAIR_CHUNK = 256  # candidates verified per mapping of the spilled shingle sets: a read maps the 64 KiB
+# around it (the kernel's fault-around), so a chunk's mapping holds at most ~32 MiB of file pages in RSS
 BAND_SHIFT = 40  # band bucket rows carry (band << 40) | position
 _SHOWN = 300
+VERIFY_GROUPS = 16  # candidate pairs are shuffled by pair hash into this many verification tasks
 
 
 class DedupConfig(StepConfig):
@@ -54,12 +66,21 @@ class DedupConfig(StepConfig):
     report: str = "dedup.json"
 
 
-def _is_self(elected: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
-    """elected[i] == i, chunk by chunk (no n-sized index array)."""
-    out = np.empty(len(elected), bool)
-    for lo in range(0, len(elected), chunk):
-        out[lo: lo + chunk] = elected[lo: lo + chunk] == np.arange(lo, min(lo + chunk, len(elected)))
+CHUNK = 1 << 22  # n-sized masks are computed this many records at a time
+
+
+def _is_self(elected: np.ndarray, path: Path) -> np.ndarray:
+    """elected[i] == i, as a bool `.npy` memmap at `path`, chunk by chunk (no n-sized array in memory)."""
+    out = np.lib.format.open_memmap(path, "w+", bool, (len(elected),))
+    for lo in range(0, len(elected), CHUNK):
+        out[lo: lo + CHUNK] = elected[lo: lo + CHUNK] == np.arange(lo, min(lo + CHUNK, len(elected)))
     return out
+
+
+def _where(mask: Any, n: int) -> np.ndarray:
+    """The positions where `mask(lo, hi)` (a mask of records lo..hi) holds, chunk by chunk."""
+    parts = [np.flatnonzero(mask(lo, min(n, lo + CHUNK))) + lo for lo in range(0, n, CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 class _Lookup:
@@ -116,9 +137,8 @@ class _Sides:
         for fh in self.offsets:
             np.zeros(1, np.int64).tofile(fh)
 
-    def add(self, side: int, norm: pa.Array, cfg: mh.MinHashConfig) -> None:
-        h, doc = mh.shingle(norm, cfg, normalized=True)
-        values, offsets = mh.shingle_sets(h, doc, len(norm))
+    def add(self, side: int, values: np.ndarray, offsets: np.ndarray) -> None:
+        """A batch's sets of one side (`mh.shingle_sets` layout)."""
         values.tofile(self.files[side])
         (offsets[1:].astype(np.int64) + self.ends[side]).tofile(self.offsets[side])
         self.ends[side] += int(offsets[-1])
@@ -126,13 +146,6 @@ class _Sides:
     def close(self) -> None:
         for fh in [*self.files, *self.offsets]:
             fh.close()
-
-    def sets(self, side: int) -> tuple[np.ndarray, np.ndarray]:
-        """(values, offsets) memory-mapped: pair_jaccard reads only the candidates' sets."""
-        offsets = np.memmap(self.folder / f"side{side}.off", dtype=np.int64, mode="r")
-        path = self.folder / f"side{side}.u64"
-        values = np.memmap(path, dtype=np.uint64, mode="r") if self.ends[side] else np.zeros(0, np.uint64)
-        return values, offsets
 
 
 class _KindState:
@@ -159,45 +172,32 @@ class _KindState:
         self.docs_file = None  # the positions of the records that have a signature (not empty texts)
         self.buckets: Partitions | None = None  # (band, position) by (band, hash): one bucket per run
 
-    def add(self, table: pa.Table, mh_cfg: mh.MinHashConfig, bands: int, rows: int) -> None:
+    def add(self, table: pa.Table, signed: dict[str, Any]) -> None:
+        """Append a batch and what `sign` computed of it (positions follow the stream)."""
         if self.writer is None:
             self.writer = pa.ipc.new_stream(str(self.spill_path), table.schema)
         self.writer.write_table(table)
         pos = np.arange(self.n, self.n + table.num_rows, dtype=np.int64)
-        norm = mh.normalize(joined_text(table, self.fields, unordered=self.kind == "pair"))
-        self.units.append(pos, mh.hash_strings(pc.replace_substring_regex(table.column("id").combine_chunks(),
-                                                                          r":(ab|ba)$", "")))
-        dataset = table.column("dataset").combine_chunks()
-        codes = self._codes(dataset)
+        self.units.append(pos, signed["unit"])
+        codes = self._codes(table.column("dataset").combine_chunks())
         self.dataset_counts.update(dict(zip(*np.unique(codes, return_counts=True))))
-        scope = mh.hash_strings(dataset) if self.cfg.scope == "dataset" else None
-        keys = mh.hash_strings(norm)
-        text = keys if scope is None else mh.splitmix(keys ^ scope)
-        agree = agreement(self.kind, table)
-        self.exact.append(pos, mh.splitmix(text ^ mh.splitmix(agree + np.uint64(1))))
+        self.exact.append(pos, signed["exact"])
         if self.texts is not None:
-            self.texts.append(pos, text)
-        length = pc.utf8_length(joined_text(table, self.fields)).to_numpy(zero_copy_only=False)
-        self.cols.append(text=text, agree=agree, length=length, dataset=codes)
+            self.texts.append(pos, signed["text"])
+        self.cols.append(text=signed["text"], agree=signed["agree"], length=signed["length"], dataset=codes)
         if self.sides is not None:
-            for i, f in enumerate(self.fields):
-                self.sides.add(i, mh.normalize(pc.fill_null(table.column(f).combine_chunks(), "")), mh_cfg)
-            sig = mh.signatures(norm, mh_cfg, normalized=True)
-            bh = mh.band_hashes(sig, bands, rows)
-            if scope is not None:  # different datasets never share a bucket
-                bh = mh.splitmix(bh ^ scope[:, None])
-            live = ~mh.empty_rows(sig)
+            for i, (values, offsets) in enumerate(signed["sides"]):
+                self.sides.add(i, values, offsets)
+            live, bh = signed["live"], signed["band_hashes"]
             if not self.band_files:
-                self.band_files = [open(self.folder / f"band-{b:03d}.u64", "wb") for b in range(bands)]
+                self.band_files = [open(self.folder / f"band-{b:03d}.u64", "wb") for b in range(self.bands)]
                 self.docs_file = open(self.folder / "band-docs.i64", "wb")
                 self.buckets = Partitions(self.folder, "bucket")
             pos[live].tofile(self.docs_file)
             for b, fh in enumerate(self.band_files):  # by band, for splitting a big bucket by the next band
-                np.ascontiguousarray(bh[live, b]).tofile(fh)
-            band = np.repeat(np.arange(bands, dtype=np.int64)[None, :], int(live.sum()), axis=0)
-            self.buckets.append(((band << BAND_SHIFT) | pos[live][:, None]).reshape(-1),  # and by bucket
-                                mh.splitmix(bh[live] + band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-                                .reshape(-1))
+                np.ascontiguousarray(bh[:, b]).tofile(fh)
+            band = np.repeat(np.arange(self.bands, dtype=np.int64)[None, :], len(bh), axis=0)
+            self.buckets.append(((band << BAND_SHIFT) | pos[live][:, None]).reshape(-1), signed["bucket"])
         self.n += table.num_rows
 
     def _codes(self, dataset: pa.Array) -> np.ndarray:
@@ -220,35 +220,160 @@ class _KindState:
         for fh in [*self.band_files, *([self.docs_file] if self.docs_file else [])]:
             fh.close()
 
-    def candidates(self, keeper: np.ndarray) -> np.ndarray:
-        """Candidate pairs (a < b) among the records that stand for their exact group (`keeper[i] == i`): the
-        buckets come from disk one hash partition at a time (every band's buckets at once, a sixty-fourth of
-        them), so memory does not grow with the corpus. A bucket of more than BUCKET_CAP records is split by its
-        members' next band (minhash.split_bucket)."""
-        if self.buckets is None:
-            return np.zeros((0, 2), np.int64)
-        docs = np.memmap(self.folder / "band-docs.i64", dtype=np.int64, mode="r")
 
-        def hashes(band: int, members: np.ndarray) -> np.ndarray:  # a big bucket's members' hashes in a band
-            rows = np.searchsorted(docs, members)
-            return np.asarray(np.memmap(self.folder / f"band-{band:03d}.u64", dtype=np.uint64, mode="r")[rows])
+# ------------------------------------------------------------------ the tasks (pure: they run wherever the runner says)
+@dataclass(frozen=True)
+class SignSpec:
+    """What `sign` needs to know of a kind."""
 
-        out = []
-        mask = np.int64((1 << BAND_SHIFT) - 1)
-        for band_pos, key in self.buckets.each():
-            pos = band_pos & mask
-            stand = keeper[pos] == pos  # exact duplicates are decided: only their keepers compete
-            pos, key, band = pos[stand], key[stand], band_pos[stand] >> BAND_SHIFT
-            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
-            sizes = np.diff(np.r_[starts, len(key)])
-            small = (sizes >= 2) & (sizes <= BUCKET_CAP)
-            out.append(mh.pairs_within_runs(pos, starts[small], sizes[small]))
-            for start, size in zip(starts[sizes > BUCKET_CAP].tolist(), sizes[sizes > BUCKET_CAP].tolist()):
-                first = int(band[start])
-                out.append(mh.split_bucket((first + 1) % self.bands, first, self.bands, hashes,
-                                           pos[start: start + size], BUCKET_CAP))
-        pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
-        return np.unique(pairs, axis=0) if len(pairs) else pairs
+    kind: str
+    fields: tuple[str, ...]
+    by_dataset: bool  # scope "dataset": keys and buckets salted by the dataset
+    minhash: mh.MinHashConfig | None  # None: the exact pass only
+    bands: int
+    rows: int
+
+
+def sign(specs: dict[str, SignSpec], item: tuple[str, pa.Table | None]) -> dict[str, Any] | None:
+    """Everything dedup keeps of one batch, per record: the unit key (a pair's two orders are one unit), the text,
+    agreement and exact keys, the length; with MinHash each side's shingle sets, which records have a signature
+    (`live`), their band hashes and bucket keys. None for a batch of a kind that passes through."""
+    kind, table = item
+    if table is None:
+        return None
+    spec = specs[kind]
+    norm = mh.normalize(joined_text(table, list(spec.fields), unordered=kind == "pair"))
+    out: dict[str, Any] = {"pid": os.getpid(), "unit": mh.hash_strings(
+        pc.replace_substring_regex(table.column("id").combine_chunks(), r":(ab|ba)$", ""))}
+    scope = mh.hash_strings(table.column("dataset").combine_chunks()) if spec.by_dataset else None
+    keys = mh.hash_strings(norm)
+    text = keys if scope is None else mh.splitmix(keys ^ scope)
+    agree = agreement(kind, table)
+    out.update(text=text, agree=agree, exact=mh.splitmix(text ^ mh.splitmix(agree + np.uint64(1))),
+               length=pc.utf8_length(joined_text(table, list(spec.fields))).to_numpy(zero_copy_only=False))
+    if spec.minhash is None:
+        return out
+    out["sides"] = []
+    for f in spec.fields:
+        side = mh.normalize(pc.fill_null(table.column(f).combine_chunks(), ""))
+        out["sides"].append(mh.shingle_sets(*mh.shingle(side, spec.minhash, normalized=True), len(side)))
+    sig = mh.signatures(norm, spec.minhash, normalized=True)
+    bh = mh.band_hashes(sig, spec.bands, spec.rows)
+    if scope is not None:  # different datasets never share a bucket
+        bh = mh.splitmix(bh ^ scope[:, None])
+    live = ~mh.empty_rows(sig)
+    bh = bh[live]
+    band = np.arange(spec.bands, dtype=np.uint64)[None, :]
+    out.update(live=live, band_hashes=bh, bucket=mh.splitmix(bh + band * np.uint64(0x9E3779B97F4A7C15)).reshape(-1))
+    return out
+
+
+@dataclass(frozen=True)
+class DecideJob:
+    """Where a kind's spill is and how to decide its candidates (read by the partition and verification tasks)."""
+
+    folder: str
+    kind: str
+    sides: int
+    n: int
+    bands: int
+    threshold: float
+    groups: int = VERIFY_GROUPS
+
+    def path(self, name: str) -> Path:
+        folder = Path(self.folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"dedup's work folder {folder} is not visible in this process (pid "
+                                    f"{os.getpid()}): on a multi-node cluster, write the build's output folder to "
+                                    "storage every node shares")
+        return folder / name
+
+    def column(self, name: str, dtype: str) -> np.ndarray:
+        return np.memmap(self.path(f"col-{name}.bin"), dtype=np.dtype(dtype), mode="r", shape=(self.n,))
+
+    def sets(self, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """One side's shingle sets, (values, offsets) memory-mapped: pair_jaccard reads only the candidates'."""
+        offsets = np.memmap(self.path(f"side{side}.off"), dtype=np.int64, mode="r")
+        values = self.path(f"side{side}.u64")
+        return (np.memmap(values, dtype=np.uint64, mode="r") if values.stat().st_size else np.zeros(0, np.uint64),
+                offsets)
+
+
+def partition_candidates(job: DecideJob, part: int) -> list[np.ndarray]:
+    """Candidate pairs (a < b) from one hash partition of the band buckets (every band's buckets that hash there),
+    among the records that stand for their exact group (`keeper[i] == i`), split by pair hash into `job.groups`
+    parts (each pair, whichever buckets it shares, lands in one verification group). A bucket of more than
+    BUCKET_CAP records is split by its members' next band (minhash.split_bucket), never linked as a star."""
+    keeper = np.load(job.path("elected-exact.npy"), mmap_mode="r")
+    band_pos, key = read_partition(Path(job.folder), "bucket", part)
+    docs = np.memmap(job.path("band-docs.i64"), dtype=np.int64, mode="r")
+
+    def hashes(band: int, members: np.ndarray) -> np.ndarray:  # a big bucket's members' hashes in a band
+        rows = np.searchsorted(docs, members)
+        return np.asarray(np.memmap(job.path(f"band-{band:03d}.u64"), dtype=np.uint64, mode="r")[rows])
+
+    pos = band_pos & np.int64((1 << BAND_SHIFT) - 1)
+    stand = np.asarray(keeper[pos]) == pos  # exact duplicates are decided: only their keepers compete
+    pos, key, band = pos[stand], key[stand], band_pos[stand] >> BAND_SHIFT
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(key)])
+    small = (sizes >= 2) & (sizes <= BUCKET_CAP)
+    out = [mh.pairs_within_runs(pos, starts[small], sizes[small])]
+    for start, size in zip(starts[sizes > BUCKET_CAP].tolist(), sizes[sizes > BUCKET_CAP].tolist()):
+        first = int(band[start])
+        out.append(mh.split_bucket((first + 1) % job.bands, first, job.bands, hashes, pos[start: start + size],
+                                   BUCKET_CAP))
+    pairs = np.unique(np.concatenate(out), axis=0) if out else np.zeros((0, 2), np.int64)
+    group = (mh.splitmix(pairs[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ pairs[:, 1].astype(np.uint64))
+             % np.uint64(job.groups)).astype(np.int64)
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(job.groups + 1))
+    pairs = pairs[order]
+    return [pairs[bounds[g]: bounds[g + 1]] for g in range(job.groups)]
+
+
+def verify_group(job: DecideJob, group: int, parts: list[np.ndarray]) -> dict[str, Any]:
+    """A verification group's candidates (unique), decided: every side at the threshold (a pair's texts in either
+    order) and what the two records teach agreeing. Returns the counts, the verified pairs with their smallest
+    side Jaccard, the near conflicts (similar texts teaching differently, not already equal), and the forest of
+    the verified pairs' components: (record, its component's smallest record) for every other record."""
+    pairs = np.unique(np.concatenate(parts), axis=0) if parts else np.zeros((0, 2), np.int64)
+    sims = np.zeros(len(pairs))
+    for lo in range(0, len(pairs), PAIR_CHUNK):  # fresh maps per chunk: the pages read go with them
+        part = pairs[lo: lo + PAIR_CHUNK]
+        sets = [job.sets(i) for i in range(job.sides)]
+        straight = np.min([mh.pair_jaccard(part, s) for s in sets], axis=0)
+        if job.kind == "pair" and len(sets) == 2:  # text_a of one against text_b of the other, and back
+            crossed = np.minimum(mh.pair_jaccard(part, sets[0], sets[1]), mh.pair_jaccard(part, sets[1], sets[0]))
+            straight = np.maximum(straight, crossed)
+        sims[lo: lo + PAIR_CHUNK] = straight
+        del sets
+    similar = sims >= job.threshold
+    agree, text = job.column("agree", "u8"), job.column("text", "u8")
+    a, b = pairs[:, 0], pairs[:, 1]
+    same = np.asarray(agree[a]) == np.asarray(agree[b])
+    fresh = np.asarray(text[a]) != np.asarray(text[b])  # equal texts were counted by the exact pass
+    verified = pairs[similar & same]
+    nodes = np.unique(verified)
+    labels = mh.components(np.searchsorted(nodes, verified), len(nodes))  # each root: its component's smallest
+    moved = labels != np.arange(len(nodes))
+    return {"pid": os.getpid(), "candidates": len(pairs), "verified": verified, "scores": sims[similar & same],
+            "conflicts": pairs[similar & ~same & fresh], "conflict_sims": sims[similar & ~same & fresh],
+            "forest": np.stack([nodes[moved], nodes[labels[moved]]], axis=1).astype(np.int64)}
+
+
+class _Scores:
+    """The Jaccard of verified pairs, looked up by (a, b), a < b (for the report's examples)."""
+
+    def __init__(self, pairs: np.ndarray, scores: np.ndarray, n: int):
+        keys = pairs[:, 0].astype(np.int64) * n + pairs[:, 1] if len(pairs) else np.zeros(0, np.int64)
+        order = np.argsort(keys)
+        self.keys, self.scores, self.n = keys[order], scores[order], n
+
+    def get(self, pair: tuple[int, int]) -> float | None:
+        key = pair[0] * self.n + pair[1]
+        j = int(np.searchsorted(self.keys, key))
+        return float(self.scores[j]) if j < len(self.keys) and self.keys[j] == key else None
 
 
 @register
@@ -261,41 +386,61 @@ class Dedup(Step):
         cfg = self.config
         mh_cfg = mh.MinHashConfig(num_perm=cfg.num_perm, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
                                   script=cfg.script, seed=cfg.seed)
-        self.stats = {"bands": {}, "rows": {}, "candidate_pairs": 0, "verified_pairs": 0, "label_conflicts": 0}
+        self.stats = {"bands": {}, "rows": {}, "candidate_pairs": 0, "verified_pairs": 0, "label_conflicts": 0,
+                      "tasks_in": self.ctx.runner.where}
         self.by_dataset: dict[str, Counter] = defaultdict(Counter)
         self.examples: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self._pids: set[int] = set()
+        specs = {}
+        for kind in cfg.kinds:
+            fields = tuple(cfg.fields.get(kind, list(MAIN_TEXTS[kind])))
+            bands, rows = mh.recall_bands(joined_threshold(cfg.threshold, len(fields)), cfg.num_perm)
+            specs[kind] = SignSpec(kind, fields, cfg.scope == "dataset", mh_cfg if cfg.method == "minhash" else None,
+                                   bands, rows)
         states: dict[str, _KindState] = {}
-        for kind, table in stream:
-            if kind not in cfg.kinds:
+        passing: deque[tuple[str, pa.Table]] = deque()  # batches of other kinds, in order with the signed ones
+
+        def batches() -> Iterator[tuple[str, pa.Table | None]]:
+            for kind, table in stream:
+                if kind not in cfg.kinds:
+                    passing.append((kind, table))
+                    yield kind, None
+                    continue
+                if kind not in states:
+                    spec = specs[kind]
+                    states[kind] = _KindState(self.ctx.work_dir / f"dedup-{kind}", cfg, kind, list(spec.fields))
+                    states[kind].bands, states[kind].rows = spec.bands, spec.rows
+                    self.stats["bands"][kind], self.stats["rows"][kind] = spec.bands, spec.rows
+                yield kind, table
+
+        for (kind, table), signed in self.ctx.runner.map(sign, specs, batches()):
+            if table is None:
+                kind, table = passing.popleft()
                 self.kept += table.num_rows
                 yield kind, table
                 continue
-            state = states.get(kind)
-            if state is None:
-                fields = cfg.fields.get(kind, list(MAIN_TEXTS[kind]))
-                state = states[kind] = _KindState(self.ctx.work_dir / f"dedup-{kind}", cfg, kind, fields)
-                state.bands, state.rows = mh.recall_bands(joined_threshold(cfg.threshold, len(fields)),
-                                                          cfg.num_perm)
-                self.stats["bands"][kind], self.stats["rows"][kind] = state.bands, state.rows
-            state.add(table, mh_cfg, state.bands, state.rows)
+            self._pids.add(signed["pid"])
+            states[kind].add(table, signed)
         for kind, state in states.items():
             state.close()
             keep, leader = self._decide(state)
             yield from self._replay(kind, state, keep, leader)
+        self.stats["worker_processes"] = len(self._pids - {os.getpid()})  # 0: every task ran here
         self._write_report()
 
     # ------------------------------------------------------------------ deciding
     def _decide(self, state: _KindState) -> tuple[np.ndarray, np.ndarray]:
-        """(keep mask over the units' leaders, each record's leader), both n-sized (one and four bytes a record).
+        """(keep mask over the units' leaders, each record's leader): n-sized `.npy` memmaps in the spill folder, as
+        are the elections they come from (no n-sized array in memory).
 
         The first record of each unit (a pair's two orders are one unit) leads it: it alone is compared,
         clusters keep one unit each, and a unit's records share its fate (`keep[leader]`). Every grouping runs
         one hash partition at a time from disk (datakit.spill)."""
         n = state.n
-        leader, unit_size = elect(state.units, n)
-        is_leader = _is_self(leader)
+        leader, unit_size = elect(state.units, n, on_disk=True)
+        is_leader = _is_self(leader, state.folder / "is-leader.npy")
         length = state.cols["length"]
         policy = self.config.keep
 
@@ -309,37 +454,38 @@ class Dedup(Step):
             return pos[order[starts]]
 
         # exact pass: one unit per normalised text and agreement; the same text disagreeing is a conflict
-        keeper, _ = elect(state.exact, n, choose)
-        keep = _is_self(keeper)
-        self._count(state, "exact_duplicate", ~keep & is_leader, keeper, unit_size, None)
+        keeper, _ = elect(state.exact, n, choose, on_disk=True)  # elected-exact.npy: read by the partition tasks
+        keep = _is_self(keeper, state.folder / "keep.npy")
+        self._count(state, "exact_duplicate", _where(lambda lo, hi: ~keep[lo:hi] & is_leader[lo:hi], n), keeper,
+                    unit_size, None)
         if state.texts is not None:
             self._exact_conflicts(state, is_leader)
         if state.sides is not None and state.band_files:
-            pairs = state.candidates(keeper)
-            self.stats["candidate_pairs"] += len(pairs)
-            similar, sims = self._sides_similar(state, pairs)
-            agree, text = state.cols["agree"], state.cols["text"]
-            same = agree[pairs[:, 0]] == agree[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
-            verified, scores = pairs[similar & same], sims[similar & same]
-            self.stats["verified_pairs"] += len(verified)
-            fresh = text[pairs[:, 0]] != text[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
-            conflict = similar & ~same & fresh  # equal texts were counted by the exact pass
-            self._near_conflicts(state, pairs[conflict], sims[conflict])
-            dropped, cluster = self._clusters(verified, leader, length)
+            job = DecideJob(str(state.folder), state.kind, len(state.fields), n, state.bands, self.config.threshold)
+            verified, scores, forests = [], [], []
+            for got in self.ctx.runner.map_reduce(partition_candidates, job, range(state.buckets.parts),
+                                                  job.groups, verify_group):
+                self._pids.add(got["pid"])
+                self.stats["candidate_pairs"] += got["candidates"]
+                self.stats["verified_pairs"] += len(got["verified"])
+                verified.append(got["verified"])
+                scores.append(got["scores"])
+                forests.append(got["forest"])
+                self._near_conflicts(state, got["conflicts"], got["conflict_sims"])
+            dropped, cluster = self._clusters(np.concatenate(forests), leader, length)
             keep[dropped] = False
-            near = np.zeros(n, bool)
-            near[dropped] = True
-            score = {(int(x), int(y)): float(v) for (x, y), v in zip(verified, scores)}
-            self._count(state, "near_duplicate", near & is_leader, cluster, unit_size, score)
+            self._count(state, "near_duplicate", dropped[np.asarray(is_leader[dropped], bool)], cluster, unit_size,
+                        _Scores(np.concatenate(verified), np.concatenate(scores), n))
         return keep, leader
 
-    def _clusters(self, verified: np.ndarray, leader: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Union-find over the records in verified pairs only (the rest keep themselves): (records dropped, a
-        mapping record -> the record its cluster keeps)."""
-        nodes = np.unique(verified) if len(verified) else np.zeros(0, np.int64)
+    def _clusters(self, forest: np.ndarray, leader: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Union-find over the verification groups' forests (edges from a record to its group component's smallest
+        record: their components are those of every verified pair), over the records in them only (the rest keep
+        themselves): (records dropped, a mapping record -> the record its cluster keeps)."""
+        nodes = np.unique(forest) if len(forest) else np.zeros(0, np.int64)
         if not len(nodes):
             return nodes, {}
-        labels = mh.components(np.searchsorted(nodes, verified), len(nodes))
+        labels = mh.components(np.searchsorted(nodes, forest), len(nodes))
         score = np.where(leader[nodes] == nodes, np.asarray(length[nodes], np.int64), -1) \
             if self.config.keep == "longest" else None
         kept = mh.keep_mask(labels, score, self.config.keep)
@@ -347,29 +493,12 @@ class Dedup(Step):
         keeper_of_label[labels[kept]] = nodes[kept]
         return nodes[~kept], _Lookup(nodes, keeper_of_label[labels])
 
-    def _sides_similar(self, state: _KindState, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each candidate: does every side reach the threshold (pairs: in either order), and the smallest
-        side Jaccard of the better order."""
-        if len(pairs) == 0:
-            return np.zeros(0, bool), np.zeros(0)
-        out = np.zeros(len(pairs))
-        for lo in range(0, len(pairs), PAIR_CHUNK):  # fresh maps per chunk: the pages read go with them
-            part = pairs[lo: lo + PAIR_CHUNK]
-            sets = [state.sides.sets(i) for i in range(len(state.fields))]  # type: ignore[union-attr]
-            straight = np.min([mh.pair_jaccard(part, s) for s in sets], axis=0)
-            if state.kind == "pair" and len(sets) == 2:  # text_a of one against text_b of the other, and back
-                crossed = np.minimum(mh.pair_jaccard(part, sets[0], sets[1]), mh.pair_jaccard(part, sets[1], sets[0]))
-                straight = np.maximum(straight, crossed)
-            out[lo: lo + PAIR_CHUNK] = straight
-            del sets
-        return out >= self.config.threshold, out
-
     # ------------------------------------------------------------------ counting and reporting
-    def _count(self, state: _KindState, reason: str, dropped_mask: np.ndarray, keeper_of: Any,
-               unit_size: np.ndarray, score: dict | None) -> None:
+    def _count(self, state: _KindState, reason: str, dropped: np.ndarray, keeper_of: Any,
+               unit_size: np.ndarray, score: _Scores | None) -> None:
         """Count the records dropped for `reason` (each dropped leader with its unit) per dataset; sample clusters
-        (the kept record and those it replaced). `keeper_of[i]`: the record that replaced record i."""
-        dropped = np.flatnonzero(dropped_mask)
+        (the kept record and those it replaced). `dropped`: the dropped leaders' positions, ascending;
+        `keeper_of[i]`: the record that replaced record i."""
         if not len(dropped):
             return
         sizes = unit_size[dropped].astype(np.int64)

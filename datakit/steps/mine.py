@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder
@@ -45,6 +46,8 @@ class MineConfig(StepConfig):
     margin: float = 0.05  # margin: drop candidates with sim >= sim(query, positive) - margin
     copy_threshold: float = 0.98  # a candidate this close to a known positive is a copy of it
     index: IndexKind = "auto"
+    search_shard_rows: int | None = Field(None, gt=0)  # pool vectors per search shard (default: vectorsearch's);
+    # on Ray the shards are held by actors across the workers, searched at once and their top-k merged
     batch_size: int = 64
     cache_dir: str | None = None  # default: $DATAKIT_CACHE or ~/.cache/datakit
     seed: int = 0
@@ -191,7 +194,8 @@ class MineNegatives(Step):
         q_vec = self.embedder.encode_into(self.work / "queries.npy", (
             self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected),
             remote=self.ctx.embed_chunks)
-        search = VectorSearch(pool_vec, cfg.index)
+        search = VectorSearch(pool_vec, cfg.index, shard_rows=cfg.search_shard_rows, runner=self.ctx.runner)
+        self.searched = {"in": search.where, "shards": search.n_shards, "index": search.kind}
         # every known positive of a query: the positives of all records with the same normalised query,
         # as (query hash, pool id) sorted by hash
         qh_parts, pos_parts, offset = [], [], 0
@@ -205,15 +209,19 @@ class MineNegatives(Step):
         known_q, known_p = known_q[by_q], known_p[by_q]
         sims_by_ds: tuple[dict, dict] = (defaultdict(list), defaultdict(list))  # query-positive, query-negative
         at = 0
-        for table, sel, qh, pos_idx in zip(batches, selected, qh_parts, pos_parts):
-            if len(sel) == 0:
-                yield table
-                continue
-            q = np.asarray(q_vec[at:at + len(sel)])
-            at += len(sel)
-            pos_sim = np.einsum("ij,ij->i", q, pool_vec[pos_idx])
-            sims, ids = search.search(q, cfg.depth)
-            yield self._mine_chunk(table, sel, qh, pos_sim, sims, ids, pool, pool_vec, (known_q, known_p), sims_by_ds)
+        try:
+            for table, sel, qh, pos_idx in zip(batches, selected, qh_parts, pos_parts):
+                if len(sel) == 0:
+                    yield table
+                    continue
+                q = np.asarray(q_vec[at:at + len(sel)])
+                at += len(sel)
+                pos_sim = np.einsum("ij,ij->i", q, pool_vec[pos_idx])
+                sims, ids = search.search(q, cfg.depth)
+                yield self._mine_chunk(table, sel, qh, pos_sim, sims, ids, pool, pool_vec, (known_q, known_p),
+                                       sims_by_ds)
+        finally:
+            search.close()
         pos_sims, neg_sims = sims_by_ds
         self.similarity = {ds: {"query_positive": _stats(np.concatenate(pos_sims[ds])),
                                 "query_mined_negative": _stats(np.array(neg_sims[ds]))} for ds in pos_sims}
@@ -281,7 +289,7 @@ class MineNegatives(Step):
         where = ("this process" if self.embedder.loaded else
                  "ray actors" if self.ctx.embed_chunks is not None and self.embedder.encoded else "nowhere (cached)")
         return {**super().report(), "encoded": self.embedder.encoded, "cache_hits": self.embedder.cache_hits,
-                "embedded_in": where,
+                "embedded_in": where, "search": getattr(self, "searched", None),
                 "by_dataset": {k: dict(v) for k, v in self.counts.items()}}
 
     def manifest_entries(self) -> dict[str, Any]:
