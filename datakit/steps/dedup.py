@@ -291,12 +291,16 @@ class DecideJob:
     def column(self, name: str, dtype: str) -> np.ndarray:
         return np.memmap(self.path(f"col-{name}.bin"), dtype=np.dtype(dtype), mode="r", shape=(self.n,))
 
-    def sets(self, side: int) -> tuple[np.ndarray, np.ndarray]:
-        """One side's shingle sets, (values, offsets) memory-mapped: pair_jaccard reads only the candidates'."""
-        offsets = np.memmap(self.path(f"side{side}.off"), dtype=np.int64, mode="r")
-        values = self.path(f"side{side}.u64")
-        return (np.memmap(values, dtype=np.uint64, mode="r") if values.stat().st_size else np.zeros(0, np.uint64),
-                offsets)
+    def set_files(self) -> list[tuple[Path, Path, bool]]:
+        """Per side: its shingle sets' values and offsets files, and whether any value was written."""
+        return [(self.path(f"side{i}.u64"), self.path(f"side{i}.off"), self.path(f"side{i}.u64").stat().st_size > 0)
+                for i in range(self.sides)]
+
+
+def _sets(values: Path, offsets: Path, nonempty: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One side's shingle sets, (values, offsets) memory-mapped: pair_jaccard reads only the candidates'."""
+    return (np.memmap(values, dtype=np.uint64, mode="r") if nonempty else np.zeros(0, np.uint64),
+            np.memmap(offsets, dtype=np.int64, mode="r"))
 
 
 def partition_candidates(job: DecideJob, part: int) -> list[np.ndarray]:
@@ -339,9 +343,10 @@ def verify_group(job: DecideJob, group: int, parts: list[np.ndarray]) -> dict[st
     the verified pairs' components: (record, its component's smallest record) for every other record."""
     pairs = np.unique(np.concatenate(parts), axis=0) if parts else np.zeros((0, 2), np.int64)
     sims = np.zeros(len(pairs))
+    files = job.set_files()  # resolved once; mapped afresh per chunk
     for lo in range(0, len(pairs), PAIR_CHUNK):  # fresh maps per chunk: the pages read go with them
         part = pairs[lo: lo + PAIR_CHUNK]
-        sets = [job.sets(i) for i in range(job.sides)]
+        sets = [_sets(*f) for f in files]
         straight = np.min([mh.pair_jaccard(part, s) for s in sets], axis=0)
         if job.kind == "pair" and len(sets) == 2:  # text_a of one against text_b of the other, and back
             crossed = np.minimum(mh.pair_jaccard(part, sets[0], sets[1]), mh.pair_jaccard(part, sets[1], sets[0]))
