@@ -46,3 +46,30 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, i
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{out[-3000:]}")
     return time.time() - start, peak, out
+
+
+def peaks(cmd: list[str]) -> tuple[float, int, int]:
+    """Run a command (output discarded); return (seconds, peak RSS, peak RssAnon) of its process tree, sampled
+    every 50 ms."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = [0, 0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                tree = [ps, *ps.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+                peak[1] = max(peak[1], sum(rss_anon(p.pid) for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    threading.Thread(target=poll, daemon=True).start()
+    _, err = proc.communicate()
+    done.set()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
+    return time.time() - t0, peak[0], peak[1]

@@ -287,14 +287,19 @@ class RayExecutor(Executor):
 
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
+        """The sources read in Ray tasks, in recipe order, a few at a time. A source task holds no CPU
+        (`num_cpus=0`) and pauses once `window` of its batches wait for the driver (generator backpressure): it
+        never runs a big file ahead into the object store, and paused readers never starve the step tasks the
+        driver waits on of CPUs (docs/NOTES.md "Driver memory on Ray")."""
         sources = loaded.recipe.sources
-        # no generator backpressure: a source task paused by it keeps its CPU, and paused sources holding every CPU
-        # leave none for the steps' tasks the driver waits on (a deadlock); so a big source may run ahead into the
-        # object store (docs/NOTES.md "Driver memory on Ray")
-        generators = [_source_task.remote(src.model_dump(mode="json"), loaded.sandbox, strict, batch_rows)
-                      for src in sources]
-        for src, gen in zip(sources, generators):
-            yield from consume_source(src, _events(gen), writer, tally, progress)
+        ahead = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        reader = _source_task.options(num_cpus=0, _generator_backpressure_num_objects=self.window)
+        started: deque = deque()
+        for n, src in enumerate(sources):
+            while len(started) < ahead and n + len(started) < len(sources):
+                nxt = sources[n + len(started)]
+                started.append(reader.remote(nxt.model_dump(mode="json"), loaded.sandbox, strict, batch_rows))
+            yield from consume_source(src, _events(started.popleft()), writer, tally, progress)
 
     def run_steps(self, stream: Iterator[tuple[str, pa.Table]], steps: list[Step], ctx: StepContext,
                   clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
