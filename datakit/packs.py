@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -34,9 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datakit import minhash as mh
+from datakit import spill
 
 PACK_FORMAT = 1
 BUCKET_CHUNK = 262_144  # pack signatures banded at a time
+READ_BATCH = 16_384  # benchmark file rows fetched at a time
 _SPLIT_WORDS = ("test", "dev", "validation", "val", "train")
 _NOT_DATA = re.compile(r"(\d+-)?(readme|license|licence|changelog|provenance)", re.I)
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz")
@@ -195,14 +198,19 @@ def _text_columns(con: duckdb.DuckDBPyConnection, rel: str, fields: list[str] | 
     return out
 
 
-def _file_texts(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str] | None) -> Iterator[tuple[str, list[str]]]:
+def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[str]:
+    """The one text column of a query, fetched a batch at a time, blank texts left out."""
+    for batch in con.sql(sql).fetch_arrow_reader(READ_BATCH):
+        yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
+
+
+def _file_texts(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str] | None) -> Iterator[tuple[str, Iterator[str]]]:
     rel = _relation(con, path)
     for col in _text_columns(con, rel, fields):
-        texts = [r[0] for r in con.sql(f'SELECT "{col}" FROM {rel} WHERE "{col}" IS NOT NULL').fetchall()]
-        yield col, [t for t in texts if t.strip()]
+        yield col, _stream(con, f'SELECT "{col}" FROM {rel} WHERE "{col}" IS NOT NULL')
 
 
-def _beir_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool) -> Iterator[tuple[str, str, list[str]]]:
+def _beir_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool) -> Iterator[tuple[str, str, Iterator[str]]]:
     """(split, field, texts) of a BEIR folder: queries of the qrels' splits, and the corpus."""
     queries = next((folder / n for n in ("queries.jsonl", "queries.jsonl.gz") if (folder / n).exists()), None)
     qrels = sorted((folder / "qrels").glob("*.tsv")) if (folder / "qrels").exists() else []
@@ -216,13 +224,14 @@ def _beir_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool) -> I
                 ids = f"read_csv('{split_file}', delim='\\t', header=true, all_varchar=true)"
                 sql = (f'SELECT q.text FROM {qrel} q WHERE CAST(q._id AS VARCHAR) IN '
                        f'(SELECT "query-id" FROM {ids})')
-            yield split, "query", [r[0] for r in con.sql(sql).fetchall() if r[0]]
+            yield split, "query", _stream(con, sql)
     if corpus:
         docs = next((folder / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (folder / n).exists()), None)
         if docs is not None:
             rel = _relation(con, docs)
-            rows = con.sql(f"SELECT title, text FROM {rel}").fetchall()
-            yield "corpus", "document", [f"{t}. {x}" if t else x for t, x in rows if x]
+            yield "corpus", "document", _stream(
+                con, f"SELECT CASE WHEN coalesce(title, '') <> '' THEN title || '. ' || text ELSE text END "
+                     f"FROM {rel} WHERE coalesce(text, '') <> ''")
 
 
 def _is_beir(folder: Path) -> bool:
@@ -230,7 +239,7 @@ def _is_beir(folder: Path) -> bool:
 
 
 def _folder_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool, fields: list[str] | None
-                  ) -> Iterator[tuple[str, str, str, list[str]]]:
+                  ) -> Iterator[tuple[str, str, str, Iterator[str]]]:
     """A folder of data files is one task; its sub-folders (BEIR or not) are tasks of their own."""
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if _is_beir(sub):
@@ -245,8 +254,9 @@ def _folder_texts(con: duckdb.DuckDBPyConnection, folder: Path, corpus: bool, fi
 
 
 def texts_from_files(inputs: Iterable[Path], corpus: bool = True, fields: list[str] | None = None
-                     ) -> Iterator[tuple[str, str, str, list[str]]]:
-    """(task, split, field, texts) from files and folders; each file or folder is a task."""
+                     ) -> Iterator[tuple[str, str, str, Iterator[str]]]:
+    """(task, split, field, texts) from files and folders; each file or folder is a task. Texts are streamed
+    (fetched a batch at a time): take each item's texts before the next item."""
     con = duckdb.connect()
     for item in inputs:
         item = Path(item)
@@ -297,45 +307,204 @@ def texts_from_mteb(benchmark: str | None, tasks: list[str] | None, corpus: bool
 
 
 # ------------------------------------------------------------------ pack building and loading
-def build_pack(items: Iterable[tuple[str, str, str, list[str]]], out: Path, params: PackParams = PackParams()) -> dict:
-    """Hash every benchmark text once and write the pack folder; returns pack.json's content."""
+PACK_CHUNK = 65_536  # benchmark texts hashed at a time, at most
+PACK_CHUNK_BYTES = 16 << 20  # and at most this much text (long documents: memory follows bytes, not texts)
+
+
+def build_pack(items: Iterable[tuple[str, str, str, Iterable[str]]], out: Path, params: PackParams = PackParams()) -> dict:
+    """Hash every benchmark text once and write the pack folder; returns pack.json's content.
+
+    Texts are hashed PACK_CHUNK at a time, and what must be sorted (text hashes, long n-grams) goes through
+    ordered partitions on disk, so memory holds a chunk and one partition, never the pack. The pack is made in a
+    scratch folder beside `out` and moved in file by file, pack.json last: a killed build leaves no pack that
+    looks whole, and a reader holds the files it opened."""
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list] = {"task": [], "split": [], "field": [], "text": []}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        meta = _write_pack(items, tmp, params)
+        (out / "pack.json").unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir()):
+            if f.name != "pack.json":
+                os.replace(f, out / f.name)
+        os.replace(tmp / "pack.json", out / "pack.json")
+        return meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _text_chunks(items: Iterable[tuple[str, str, str, Iterable[str]]]) -> Iterator[pa.Table]:
+    """(task, split, field, text) tables of about PACK_CHUNK rows or PACK_CHUNK_BYTES of text, read a batch at a
+    time. A text repeated within one item is kept once: an item remembers the 64-bit hashes of its texts (8 bytes
+    a text; two different texts of one item share a hash with odds about n^2 / 2^65, 3e-6 for ten million)."""
+    pending: list[pa.Table] = []
+    size = nbytes = 0
     for task, split, field, texts in items:
-        seen = set()
-        for t in texts:
-            if t not in seen:
-                seen.add(t)
-                rows["task"].append(task), rows["split"].append(split), rows["field"].append(field)
-                rows["text"].append(t)
-    if not rows["text"]:
+        seen = _SeenHashes()
+        for batch in _batched(texts, PACK_CHUNK, PACK_CHUNK_BYTES):
+            arr = pa.array(batch, pa.string())
+            h = mh.hash_strings(arr)
+            keep = np.zeros(len(h), bool)
+            keep[np.unique(h, return_index=True)[1]] = True
+            keep &= ~seen.contains(h)
+            seen.add(h[keep])
+            arr = arr.filter(pa.array(keep))
+            pending.append(pa.table([pa.array([task] * len(arr), pa.string()), pa.array([split] * len(arr), pa.string()),
+                                     pa.array([field] * len(arr), pa.string()), arr], schema=_TEXT_SCHEMA))
+            size += len(arr)
+            nbytes += arr.nbytes
+            if size >= PACK_CHUNK or nbytes >= PACK_CHUNK_BYTES:
+                yield pa.concat_tables(pending).combine_chunks()
+                pending, size, nbytes = [], 0, 0
+    if size:
+        yield pa.concat_tables(pending).combine_chunks()
+
+
+def _batched(texts: Iterable[str], n: int, max_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for t in texts:
+        batch.append(t)
+        chars += len(t)
+        if len(batch) == n or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+class _SeenHashes:
+    """A growing set of uint64 hashes as sorted arrays: a small one taking additions, merged into the big one
+    when it passes a million."""
+
+    def __init__(self) -> None:
+        self.big = self.small = np.zeros(0, np.uint64)
+
+    def contains(self, h: np.ndarray) -> np.ndarray:
+        return _in_sorted(self.big, h) | _in_sorted(self.small, h)
+
+    def add(self, h: np.ndarray) -> None:
+        self.small = np.union1d(self.small, h)
+        if len(self.small) > 1 << 20:
+            self.big, self.small = np.union1d(self.big, self.small), np.zeros(0, np.uint64)
+
+
+def _in_sorted(sorted_keys: np.ndarray, h: np.ndarray) -> np.ndarray:
+    if len(sorted_keys) == 0:
+        return np.zeros(len(h), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, h), len(sorted_keys) - 1)
+    return sorted_keys[at] == h
+
+
+_TEXT_SCHEMA = pa.schema([("task", pa.string()), ("split", pa.string()), ("field", pa.string()),
+                          ("text", pa.string())])
+
+
+def _write_pack(items: Iterable[tuple[str, str, str, Iterable[str]]], folder: Path, params: PackParams) -> dict:
+    scratch = folder / "scratch"
+    scratch.mkdir()
+    exact = spill.Partitions(scratch, "exact", ordered=True)  # (text row, normalised-text hash)
+    grams = spill.Partitions(scratch, "grams", ordered=True)  # (text row, long n-gram hash)
+    schema = _TEXT_SCHEMA.append(pa.field("hash", pa.uint64()))
+    counts: dict[str, dict[str, int]] = {}
+    n, sig_dtype = 0, np.dtype(np.uint32)
+    with open(scratch / "signatures.bin", "wb") as sig_file, \
+            pa.ipc.new_file(str(folder / "texts.arrow"), schema) as arrow, \
+            pq.ParquetWriter(folder / "texts.parquet", schema) as parquet:
+        for chunk in _text_chunks(items):
+            norm = mh.normalize(chunk.column("text"))
+            hashes = mh.hash_strings(norm)
+            table = chunk.append_column("hash", pa.array(hashes, pa.uint64()))
+            arrow.write_table(table, max_chunksize=65_536)
+            parquet.write_table(table)
+            sig = mh.signatures(norm, params.minhash(), normalized=True)
+            sig_dtype = sig.dtype
+            sig.tofile(sig_file)
+            rows = np.arange(n, n + len(hashes), dtype=np.int64)
+            exact.append(rows, hashes)
+            gh, gdoc = long_ngrams(ngram_text(chunk.column("text")), params)
+            grams.append(gdoc + n, gh)
+            for task, split in zip(chunk.column("task").to_pylist(), chunk.column("split").to_pylist()):
+                counts.setdefault(task, {}).setdefault(split, 0)
+                counts[task][split] += 1
+            n += len(hashes)
+    exact.close(), grams.close()
+    if n == 0:
         raise PackError("no benchmark text found")
-    table = pa.table(rows)
-    norm = mh.normalize(table.column("text"))
-    exact = mh.hash_strings(norm)
-    table = table.append_column("hash", pa.array(exact, pa.uint64()))
-    pq.write_table(table, out / "texts.parquet")
-    with pa.ipc.new_file(str(out / "texts.arrow"), table.schema) as writer:
-        writer.write_table(table, max_chunksize=65_536)
-    np.save(out / "signatures.npy", mh.signatures(norm, params.minhash(), normalized=True))
-    order = np.argsort(exact, kind="stable")
-    np.save(out / "exact.npy", exact[order])
-    np.save(out / "exact_rows.npy", order.astype(np.int64))
+    with open(scratch / "signatures.bin", "rb") as raw, \
+            _NpyWriter(folder / "signatures.npy", sig_dtype, (n, params.num_perm)) as out_sig:
+        while block := raw.read(PACK_CHUNK * params.num_perm * sig_dtype.itemsize):
+            out_sig.write(np.frombuffer(block, sig_dtype))
+    _sorted_npy(exact, folder / "exact.npy", folder / "exact_rows.npy")
     # runs shared by many benchmark texts (bylines, footers, menus) mark no one text: dropped, and kept aside
     # so the decontaminate step drops them from training texts too
-    gh, gdoc, boilerplate = content_ngrams(ngram_text(table.column("text")), params)
-    np.save(out / "boilerplate.npy", boilerplate)
-    order = np.argsort(gh, kind="stable")
-    np.save(out / "ngrams.npy", gh[order])
-    np.save(out / "ngram_rows.npy", gdoc[order].astype(np.int64))
-    counts: dict[str, dict[str, int]] = {}
-    for task, split in zip(rows["task"], rows["split"]):
-        counts.setdefault(task, {}).setdefault(split, 0)
-        counts[task][split] += 1
-    meta = {"format": PACK_FORMAT, "params": asdict(params), "n_texts": table.num_rows, "tasks": counts,
+    boilerplate = _boilerplate(grams, params.boilerplate_df)
+    np.save(folder / "boilerplate.npy", boilerplate)
+    if len(boilerplate):
+        grams = _content_grams(folder / "texts.arrow", scratch, params, boilerplate)
+    _sorted_npy(grams, folder / "ngrams.npy", folder / "ngram_rows.npy")
+    shutil.rmtree(scratch)
+    meta = {"format": PACK_FORMAT, "params": asdict(params), "n_texts": n, "tasks": counts,
             "boilerplate_ngrams": int(len(boilerplate))}
-    (out / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _sorted_npy(parts: spill.Partitions, keys_path: Path, rows_path: Path) -> None:
+    """Ordered partitions written out as sorted keys and their rows (rows ascending within a key)."""
+    with _NpyWriter(keys_path, np.uint64, (parts.n,)) as keys, _NpyWriter(rows_path, np.int64, (parts.n,)) as rows:
+        for pos, key in parts.each():
+            keys.write(key)
+            rows.write(pos)
+
+
+class _NpyWriter:
+    """A `.npy` file written front to back with plain writes (a memmap's written pages would stay in the
+    process's RSS until it is closed)."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]):
+        self.dtype, self.fh = np.dtype(dtype), open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                       "fortran_order": False, "shape": shape})
+        self.expected, self.written = int(np.prod(shape)) * self.dtype.itemsize, 0
+
+    def write(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, self.dtype)
+        values.tofile(self.fh)
+        self.written += values.nbytes
+
+    def __enter__(self) -> "_NpyWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()
+        if exc[0] is None and self.written != self.expected:
+            raise AssertionError(f"{self.fh.name}: wrote {self.written} bytes of {self.expected}")
+
+
+def _boilerplate(grams: spill.Partitions, min_df: int) -> np.ndarray:
+    """`common_ngrams` over ordered partitions: the n-gram hashes in at least `min_df` distinct texts, sorted."""
+    if min_df <= 1:
+        return np.zeros(0, np.uint64)
+    found = [np.zeros(0, np.uint64)]
+    for pos, key in grams.each():
+        distinct = np.r_[True, (key[1:] != key[:-1]) | (pos[1:] != pos[:-1])]
+        values, df = np.unique(key[distinct], return_counts=True)
+        found.append(values[df >= min_df])
+    return np.concatenate(found)
+
+
+def _content_grams(texts_path: Path, scratch: Path, params: PackParams, boilerplate: np.ndarray) -> spill.Partitions:
+    """The long n-grams again, a written chunk of texts at a time, without those touching boilerplate."""
+    clean = spill.Partitions(scratch, "content", ordered=True)
+    reader = pa.ipc.open_file(pa.OSFile(str(texts_path)))  # read, not mapped: touched pages would stay in RSS
+    start = 0
+    for i in range(reader.num_record_batches):  # the chunks as written
+        texts = reader.get_batch(i).column("text")
+        gh, gdoc, _ = content_ngrams(ngram_text(texts), params, boilerplate, batch_df=False)
+        clean.append(gdoc + start, gh)
+        start += len(texts)
+    clean.close()
+    return clean
 
 
 class Pack:
@@ -395,16 +564,32 @@ class Pack:
                                         np.load(folder / "owners.npy", mmap_mode="r"))
         return self._buckets[threshold]
 
+    def take(self, rows: np.ndarray, columns: list[str]) -> pa.Table:
+        """Some pack rows, in the order of `rows`, taken chunk by chunk: Arrow's take on a chunked column joins
+        every chunk first, which would copy the whole memory-mapped text column into memory."""
+        rows = np.asarray(rows, np.int64)
+        table = self.texts.select(columns)
+        bounds = np.cumsum([0] + [b.num_rows for b in table.to_batches()])
+        which = np.searchsorted(bounds, rows, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        batches = table.to_batches()
+        parts = [batches[c].take(pa.array(rows[order][which[order] == c] - bounds[c])) for c in np.unique(which)]
+        if not parts:
+            return table.schema.empty_table()
+        inverse = np.empty(len(rows), np.int64)
+        inverse[order] = np.arange(len(rows))
+        return pa.Table.from_batches(parts, table.schema).combine_chunks().take(pa.array(inverse))
+
     def shingle_sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The shingle sets (`minhash.shingle_sets` layout, in the order of `rows`) of some pack texts: only
         the candidates of a batch are shingled, so a pack carries no sets of its own."""
-        texts = self.texts.column("text").take(pa.array(rows, pa.int64()))
+        texts = self.take(rows, ["text"]).column("text")
         h, doc = mh.shingle(texts, self.params.minhash())
         return mh.shingle_sets(h, doc, len(rows))
 
     def task_of(self, rows: np.ndarray) -> list[tuple[str, str, str, str]]:
         """(task, split, field, text) of pack rows."""
-        sub = self.texts.take(pa.array(rows, pa.int64()))
+        sub = self.take(rows, ["task", "split", "field", "text"])
         return list(zip(*(sub.column(c).to_pylist() for c in ("task", "split", "field", "text"))))
 
 

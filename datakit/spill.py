@@ -3,7 +3,9 @@
 - `Columns`: fixed-width columns (one raw file each), appended batch by batch, read back memory-mapped (random
   access touches only the pages it needs).
 - `Partitions`: (position, key) pairs split by a hash of the key into files, so a group-by runs one partition at
-  a time: memory of one partition (a sixty-fourth of the records), not of the corpus.
+  a time: memory of one partition (a sixty-fourth of the records), not of the corpus. `ordered` partitions
+  split uniform hash keys by their top bits instead, so the partitions in turn are a sort by key (an external
+  sort in the memory of one partition).
 """
 from __future__ import annotations
 
@@ -40,14 +42,25 @@ class Columns:
 
 
 class Partitions:
-    """(position, key) pairs, split by key hash into `parts` files: every key's positions land in one file."""
+    """(position, key) pairs, split by key hash into `parts` files: every key's positions land in one file.
+    `ordered`: split by the keys' top bits (`parts` a power of two; keys uniform hashes), so every key of
+    partition p is below every key of partition p + 1."""
 
-    def __init__(self, folder: Path, name: str, parts: int = PARTS):
-        self.folder, self.name, self.parts = folder, name, parts
+    def __init__(self, folder: Path, name: str, parts: int = PARTS, ordered: bool = False):
+        if ordered and parts & (parts - 1):
+            raise ValueError(f"ordered partitions need a power of two, not {parts}")
+        self.folder, self.name, self.parts, self.ordered = folder, name, parts, ordered
         self.files = [open(folder / f"part-{name}-{p:03d}.bin", "wb") for p in range(parts)]
+        self.n = 0
 
     def append(self, positions: np.ndarray, keys: np.ndarray) -> None:
-        which = (_mix(keys) % np.uint64(self.parts)).astype(np.int64)
+        keys = np.asarray(keys, np.uint64)
+        self.n += len(keys)
+        if self.ordered:
+            which = (keys >> np.uint64(64 - (self.parts.bit_length() - 1))).astype(np.int64) if self.parts > 1 \
+                else np.zeros(len(keys), np.int64)
+        else:
+            which = (_mix(keys) % np.uint64(self.parts)).astype(np.int64)
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(self.parts + 1))
         rows = np.empty(len(keys), dtype=[("pos", "<i8"), ("key", "<u8")])

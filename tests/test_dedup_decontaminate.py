@@ -125,6 +125,46 @@ def test_a_pack_is_read_from_disk_and_banded_in_chunks_as_in_one_pass(tmp_path, 
     assert Pack(tmp_path / "pack").texts.column("text").to_pylist() == pack.texts.column("text").to_pylist()
 
 
+def test_a_pack_built_in_chunks_equals_hashing_every_text_at_once(tmp_path, monkeypatch):
+    """build_pack streams: texts hashed a chunk at a time, sorted arrays through ordered partitions on disk. Its
+    files equal the whole-pack computation (one argsort, one n-gram pass), boilerplate included; a build that
+    dies leaves neither a pack.json nor its scratch folder."""
+    import datakit.packs as packs
+    from datakit.packs import PackParams, common_ngrams, content_ngrams, ngram_text
+
+    footer = "subscribe to our newsletter for the latest news and stories from around the world every day"
+    texts = [f"{t} {footer}" if i % 3 == 0 else t for i, t in enumerate(_sentences(700, seed=9, length=30))]
+    items = [("A", "test", "text", texts[:400] + texts[:5]), ("B", "dev", "text", texts[400:])]
+    params = PackParams(boilerplate_df=3)
+    monkeypatch.setattr(packs, "PACK_CHUNK", 50)
+    monkeypatch.setattr(packs, "PACK_CHUNK_BYTES", 9000)  # some chunks end on bytes, some on texts
+    meta = build_pack(items, tmp_path / "pack", params)
+    assert meta["n_texts"] == 700 and meta["tasks"] == {"A": {"test": 400}, "B": {"dev": 300}}
+    pack = Pack(tmp_path / "pack")
+    column = pa.array(texts)
+    exact = mh.hash_strings(mh.normalize(column))
+    order = np.argsort(exact, kind="stable")
+    assert np.array_equal(pack.exact, exact[order]) and np.array_equal(pack.exact_rows, order)
+    assert np.array_equal(pack.sig, mh.signatures(column, params.minhash()))
+    norm = ngram_text(column)
+    assert np.array_equal(pack.boilerplate, common_ngrams(*packs.long_ngrams(norm, params), 3))
+    assert len(pack.boilerplate) > 0  # the footer's n-grams
+    gh, gdoc, _ = content_ngrams(norm, params)
+    order = np.argsort(gh, kind="stable")
+    assert np.array_equal(pack.ngrams, gh[order]) and np.array_equal(pack.ngram_rows, gdoc[order])
+    assert pack.texts.column("text").to_pylist() == texts and not list(tmp_path.glob(".pack.building-*"))
+    rows = np.array([699, 3, 3, 64, 0, 350, 128, 65])  # across chunks, repeated, out of order
+    assert pack.take(rows, ["task", "text"]).equals(pack.texts.select(["task", "text"]).take(pa.array(rows)))
+
+    def dies():
+        yield "C", "test", "text", _sentences(200, seed=1)
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        build_pack(dies(), tmp_path / "other", params)
+    assert not (tmp_path / "other" / "pack.json").exists() and not list(tmp_path.glob(".other.building-*"))
+
+
 def test_decontaminate_exact_near_and_ngram_matches_with_report(tmp_path):
     bench = _sentences(20, seed=7, length=16)
     _bench_files(tmp_path, bench)
