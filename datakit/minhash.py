@@ -27,7 +27,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -73,15 +73,20 @@ def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hash_strings(arr: pa.Array) -> np.ndarray:
-    """64-bit FNV-1a of each string's UTF-8 bytes (then mixed), vectorised across strings.
-
-    Strings are visited longest first, so at byte position j the strings still running are a prefix.
-    """
+    """64-bit FNV-1a of each string's UTF-8 bytes, then mixed with its length by splitmix64."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     n = len(arr)
     if n == 0:
         return np.zeros(0, np.uint64)
     offsets, data = _buffers(pc.fill_null(arr, ""))
+    kernels = _byte_kernels()
+    return kernels.hash(data, offsets) if kernels is not None else _hash_strings_numpy(offsets, data)
+
+
+def _hash_strings_numpy(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """`hash_strings` in numpy: strings visited longest first, so at byte position j the strings still running
+    are a prefix."""
+    n = len(offsets) - 1
     lengths = np.diff(offsets)
     order = np.argsort(-lengths, kind="stable")
     starts, lens = offsets[:-1][order], lengths[order]
@@ -101,12 +106,161 @@ def hash_strings(arr: pa.Array) -> np.ndarray:
 def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """NFKC, lower case, punctuation/symbols -> space, whitespace collapsed and trimmed."""
     t = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-    t = pc.utf8_normalize(pc.fill_null(t.cast(pa.string()), ""), "NFKC")
+    t = pc.fill_null(t.cast(pa.string()), "")
+    kernels = _byte_kernels()
+    if kernels is None or len(t) == 0:  # pragma: no cover - numba is a dependency
+        return _normalize_arrow(t)
+    offsets, data = _buffers(t)
+    out_offsets, out, plain = kernels.normalize(data, offsets)  # printable-ASCII texts; the others left empty
+    if not plain.any():
+        return _normalize_arrow(t)
+    if out_offsets[-1] >= 2**31:  # pragma: no cover - a batch of over 2 GB of text
+        return _normalize_arrow(t)
+    result = pa.StringArray.from_buffers(len(t), pa.py_buffer(out_offsets.astype(np.int32)), pa.py_buffer(out))
+    if plain.all():
+        return result
+    other = np.nonzero(~plain)[0]
+    return pc.replace_with_mask(result, pa.array(~plain), _normalize_arrow(t.take(pa.array(other))))
+
+
+def _normalize_arrow(t: pa.Array) -> pa.Array:
+    """`normalize` by Arrow's Unicode kernels (any text; the numba loop takes printable ASCII)."""
+    t = pc.utf8_normalize(t, "NFKC")
     t = pc.utf8_lower(t)
     # punctuation/symbols (with the spaces around them) and runs of whitespace become one space; a plain
     # single space is not a match, which keeps the regex pass fast
     t = pc.replace_substring_regex(t, r"\s*[\p{P}\p{S}]+\s*|\s\s+|[\t\n\r\f\v]", " ")
     return pc.utf8_trim_whitespace(t)
+
+
+class _ByteKernels(NamedTuple):
+    normalize: Any
+    tokens: Any
+    hash: Any
+
+
+@lru_cache(maxsize=1)
+def _byte_kernels() -> _ByteKernels | None:
+    """numba loops over the bytes of a string array, on one core (a parallel kernel costs more to load from the
+    cache than it saves here): `hash_strings`; and for printable-ASCII text (bytes 0x20-0x7E, no control
+    characters) `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32 ASCII
+    ones) and whitespace tokens (a space is the only whitespace), equal to the Arrow path on such text, each
+    saying which texts it took. None without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def normalize_kernel(data, offsets):  # pragma: no cover - compiled
+        n = offsets.shape[0] - 1
+        kind = np.full(256, 3, np.uint8)  # 0 letter or digit, 1 space, 2 punctuation or symbol, 3 not printable
+        low = np.arange(256).astype(np.uint8)
+        for c in range(0x20, 0x7F):
+            kind[c] = 0 if (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else 2
+            if 0x41 <= c <= 0x5A:
+                low[c] = c + 32
+        kind[0x20] = 1
+        out = np.empty(offsets[n] - offsets[0], np.uint8)
+        out_offsets = np.zeros(n + 1, np.int64)
+        plain = np.ones(n, np.bool_)
+        w = 0
+        for t in range(n):
+            i, end, start = offsets[t], offsets[t + 1], w
+            while i < end:  # the regex's leftmost-first matches: spaces+punct+spaces | 2+ spaces
+                k = kind[data[i]]
+                if k == 0:
+                    out[w] = low[data[i]]
+                    w += 1
+                    i += 1
+                    continue
+                if k == 3:
+                    plain[t] = False
+                    w = start
+                    break
+                j = i
+                while j < end and data[j] == 0x20:
+                    j += 1
+                if j < end and kind[data[j]] == 2:
+                    while j < end and kind[data[j]] == 2:
+                        j += 1
+                    while j < end and data[j] == 0x20:
+                        j += 1
+                    i = j
+                elif j - i >= 2:
+                    i = j
+                else:
+                    i += 1
+                out[w] = 0x20
+                w += 1
+            lo = start  # trimmed
+            while lo < w and out[lo] == 0x20:
+                lo += 1
+            while w > lo and out[w - 1] == 0x20:
+                w -= 1
+            if lo > start:
+                for k2 in range(w - lo):
+                    out[start + k2] = out[lo + k2]
+            w = start + (w - lo)
+            out_offsets[t + 1] = w
+        return out_offsets, out[:w], plain
+
+    @numba.njit(cache=True, nogil=True)
+    def token_kernel(data, offsets):  # pragma: no cover - compiled
+        n = offsets.shape[0] - 1
+        plain = np.ones(n, np.bool_)
+        counts = np.zeros(n, np.int64)
+        for t in range(n):
+            inside = False
+            for j in range(offsets[t], offsets[t + 1]):
+                c = data[j]
+                if c < 0x20 or c > 0x7E:
+                    plain[t] = False
+                    counts[t] = 0
+                    break
+                if c == 0x20:
+                    inside = False
+                elif not inside:
+                    inside = True
+                    counts[t] += 1
+        h = np.empty(counts.sum(), np.uint64)
+        k = 0
+        for t in range(n):
+            if not plain[t]:
+                continue
+            j, end = offsets[t], offsets[t + 1]
+            while j < end:
+                if data[j] == 0x20:
+                    j += 1
+                    continue
+                x = np.uint64(0xCBF29CE484222325)  # hash_strings: FNV-1a, then mixed with the length
+                m = 0
+                while j < end and data[j] != 0x20:
+                    x = (x ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+                    m += 1
+                    j += 1
+                x = x ^ np.uint64(m)
+                x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                h[k] = x ^ (x >> np.uint64(31))
+                k += 1
+        return h, counts, plain
+
+    @numba.njit(cache=True, nogil=True)
+    def hash_kernel(data, offsets):  # pragma: no cover - compiled
+        n = offsets.shape[0] - 1
+        out = np.empty(n, np.uint64)
+        for t in range(n):
+            x = np.uint64(0xCBF29CE484222325)
+            for j in range(offsets[t], offsets[t + 1]):
+                x = (x ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+            x = x ^ np.uint64(offsets[t + 1] - offsets[t])
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            out[t] = x ^ (x >> np.uint64(31))
+        return out
+
+    return _ByteKernels(normalize_kernel, token_kernel, hash_kernel)
 
 
 def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
@@ -123,6 +277,28 @@ def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
 
 def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(token hash, text index) for whitespace tokens, in order."""
+    kernels = _byte_kernels()
+    if kernels is None or len(norm) == 0:  # pragma: no cover - numba is a dependency
+        return _word_tokens_arrow(norm)
+    offsets, data = _buffers(norm)
+    h, counts, plain = kernels.tokens(data, offsets)  # printable-ASCII texts here, the others through Arrow
+    other = np.nonzero(~plain)[0]
+    if len(other) == 0:
+        return h, np.repeat(np.arange(len(norm), dtype=np.int64), counts)
+    oh, od = _word_tokens_arrow(norm.take(pa.array(other)))
+    od = other[od]
+    counts[other] = np.bincount(od, minlength=len(norm))[other]
+    first = np.zeros(len(norm) + 1, np.int64)
+    np.cumsum(counts, out=first[1:])
+    doc = np.repeat(np.arange(len(norm), dtype=np.int64), counts)
+    out = np.empty(len(doc), np.uint64)
+    taken = np.zeros(len(doc), bool)
+    taken[first[od] + np.arange(len(od)) - np.searchsorted(od, od)] = True  # a token's slot: text start + rank
+    out[taken], out[~taken] = oh, h
+    return out, doc
+
+
+def _word_tokens_arrow(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     lists = pc.utf8_split_whitespace(norm)
     flat = pc.list_flatten(lists)
     parent = pc.list_parent_indices(lists).to_numpy().astype(np.int64)

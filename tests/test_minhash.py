@@ -3,6 +3,7 @@ import random
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from datakit import minhash as mh
@@ -158,3 +159,31 @@ def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star()
     chain = mh.split_bucket(1, 0, 3, lambda b, d: np.array([same[b][int(x)] for x in d], np.uint64),
                             np.arange(5), cap=2)
     assert sorted(map(tuple, chain.tolist())) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
+    """`normalize` and word tokens take printable-ASCII texts through numba loops and the rest through Arrow's
+    Unicode kernels; on every text both give the Arrow path's result (punctuation runs, double spaces, tabs,
+    non-breaking and exotic spaces, control bytes, CJK, nulls, sliced arrays); the numba `hash_strings` equals
+    the numpy one."""
+    import random
+
+    from datakit import minhash as mh
+
+    rng = random.Random(0)
+    common = list("abcXYZ  .,-!?'\"()[]{}_~`^|/\\:;@#$%&*+=<>0129")
+    rare = ["\t", "\n", "\r", "\v", "é", "日本", "\u00a0", "\u2028", "\u3000", "\x1c", "\x7f"]
+    texts = ["".join(rng.choice(rare) if rng.random() < 0.03 else rng.choice(common)
+                     for _ in range(rng.randint(0, 30))) for _ in range(20_000)]
+    texts += [None, "", " ", "   ", ".", " . ", "A  B", "a . b", "a  .  b", "x -- , y", "Hello, World!"]
+    arr = pa.array(texts, pa.string())
+    plain = sum(t is not None and all(0x20 <= ord(c) <= 0x7E for c in t) for t in texts)
+    assert 0.2 * len(texts) < plain < 0.9 * len(texts)  # both paths are exercised
+    for sub in (arr, arr[1234:9876]):
+        fast = mh.normalize(sub)
+        assert fast.equals(mh._normalize_arrow(pc.fill_null(sub, "")))
+        for norm in (fast, pc.fill_null(sub, "")):  # tokens of normalised and of raw text
+            h, d = mh._word_tokens(norm)
+            h_ref, d_ref = mh._word_tokens_arrow(norm)
+            assert np.array_equal(h, h_ref) and np.array_equal(d, d_ref)
+        assert np.array_equal(mh.hash_strings(sub), mh._hash_strings_numpy(*mh._buffers(pc.fill_null(sub, ""))))

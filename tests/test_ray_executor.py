@@ -231,6 +231,8 @@ steps:
     got, want = (json.loads((r.out_dir / "dedup.json").read_text()) for r in (ours, local))
     assert got.pop("tasks_in") == "ray tasks" and want.pop("tasks_in") == "this process"
     assert got.pop("worker_processes") >= 1 and want.pop("worker_processes") == 0  # the driver signed nothing
+    phases = ["sign", "exact", "candidates_and_verify", "clusters", "write"]
+    assert list(got.pop("seconds")) == list(want.pop("seconds")) == phases  # timed per phase, times differ
     assert got == want  # counts, candidates, verified pairs, sampled clusters and conflicts alike
     dropped = ours.manifest["dropped"]["0:dedup"]
     assert dropped["near_duplicate"] >= 300 and want["label_conflicts"] >= 1 and want["verified_pairs"] > 300

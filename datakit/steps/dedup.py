@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,10 +255,14 @@ def sign(specs: dict[str, SignSpec], item: tuple[str, pa.Table | None]) -> dict[
     if spec.minhash is None:
         return out
     out["sides"] = []
-    for f in spec.fields:
-        side = mh.normalize(pc.fill_null(table.column(f).combine_chunks(), ""))
-        out["sides"].append(mh.shingle_sets(*mh.shingle(side, spec.minhash, normalized=True), len(side)))
-    sig = mh.signatures(norm, spec.minhash, normalized=True)
+    h, d = mh.shingle(norm, spec.minhash, normalized=True)
+    if len(spec.fields) == 1:  # the one side is the joined text: shingled once
+        out["sides"].append(mh.shingle_sets(h, d, len(norm)))
+    else:
+        for f in spec.fields:
+            side = mh.normalize(pc.fill_null(table.column(f).combine_chunks(), ""))
+            out["sides"].append(mh.shingle_sets(*mh.shingle(side, spec.minhash, normalized=True), len(side)))
+    sig = mh.signatures_from_shingles(h, d, len(norm), spec.minhash)
     bh = mh.band_hashes(sig, spec.bands, spec.rows)
     if scope is not None:  # different datasets never share a bucket
         bh = mh.splitmix(bh ^ scope[:, None])
@@ -392,7 +397,7 @@ class Dedup(Step):
         mh_cfg = mh.MinHashConfig(num_perm=cfg.num_perm, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
                                   script=cfg.script, seed=cfg.seed)
         self.stats = {"bands": {}, "rows": {}, "candidate_pairs": 0, "verified_pairs": 0, "label_conflicts": 0,
-                      "tasks_in": self.ctx.runner.where}
+                      "tasks_in": self.ctx.runner.where, "seconds": {}}
         self.by_dataset: dict[str, Counter] = defaultdict(Counter)
         self.examples: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
@@ -420,6 +425,7 @@ class Dedup(Step):
                     self.stats["bands"][kind], self.stats["rows"][kind] = spec.bands, spec.rows
                 yield kind, table
 
+        clock = time.perf_counter()
         for (kind, table), signed in self.ctx.runner.map(sign, specs, batches()):
             if table is None:
                 kind, table = passing.popleft()
@@ -428,10 +434,13 @@ class Dedup(Step):
                 continue
             self._pids.add(signed["pid"])
             states[kind].add(table, signed)
+        self._took("sign", clock)  # with the wait for upstream batches and the spilling
         for kind, state in states.items():
             state.close()
             keep, leader = self._decide(state)
+            clock = time.perf_counter()
             yield from self._replay(kind, state, keep, leader)
+            self._took("write", clock)  # with the time downstream takes the batches
         self.stats["worker_processes"] = len(self._pids - {os.getpid()})  # 0: every task ran here
         self._write_report()
 
@@ -444,6 +453,7 @@ class Dedup(Step):
         clusters keep one unit each, and a unit's records share its fate (`keep[leader]`). Every grouping runs
         one hash partition at a time from disk (datakit.spill)."""
         n = state.n
+        clock = time.perf_counter()
         leader, unit_size = elect(state.units, n, on_disk=True)
         is_leader = _is_self(leader, state.folder / "is-leader.npy")
         length = state.cols["length"]
@@ -465,6 +475,7 @@ class Dedup(Step):
                     unit_size, None)
         if state.texts is not None:
             self._exact_conflicts(state, is_leader)
+        clock = self._took("exact", clock)
         if state.sides is not None and state.band_files:
             job = DecideJob(str(state.folder), state.kind, len(state.fields), n, state.bands, self.config.threshold)
             verified, scores, forests = [], [], []
@@ -477,11 +488,20 @@ class Dedup(Step):
                 scores.append(got["scores"])
                 forests.append(got["forest"])
                 self._near_conflicts(state, got["conflicts"], got["conflict_sims"])
+            clock = self._took("candidates_and_verify", clock)
             dropped, cluster = self._clusters(np.concatenate(forests), leader, length)
             keep[dropped] = False
             self._count(state, "near_duplicate", dropped[np.asarray(is_leader[dropped], bool)], cluster, unit_size,
                         _Scores(np.concatenate(verified), np.concatenate(scores), n))
+            self._took("clusters", clock)
         return keep, leader
+
+    def _took(self, phase: str, since: float) -> float:
+        """Add the seconds since `since` to a phase's time in the report; returns now."""
+        now = time.perf_counter()
+        seconds = self.stats["seconds"]
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - since, 3)
+        return now
 
     def _clusters(self, forest: np.ndarray, leader: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, Any]:
         """Union-find over the verification groups' forests (edges from a record to its group component's smallest
