@@ -288,17 +288,24 @@ def compare(n: int, ngram: int, engines: list[str], work: Path) -> list[str]:
     return missed
 
 
+def dedup_recipe(work: Path, name: str, docs: list[str], step_options: str = "", more: str = "") -> Path:
+    """`NAME.jsonl` (the docs as classification records) and `NAME.yaml`, a recipe with one dedup step."""
+    with open(work / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+        for t in docs:
+            fh.write(json.dumps({"text": t, "label": "x"}) + "\n")
+    options = f"threshold: {THRESHOLD}" + (f", {step_options}" if step_options else "")
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(f"name: {name}\nsources: [{{name: docs, path: {name}.jsonl, adapter: classification}}]\n"
+                      f"steps: [{{type: dedup, {options}}}]\n{more}")
+    return recipe
+
+
 def scale(n: int, ngram: int, work: Path) -> list[str]:
     """1M short docs through the real pipeline: JSONL -> classification records -> dedup step -> shards."""
     docs, planted = make_docs(n, planted_frac=0.02)
-    with open(work / "docs.jsonl", "w", encoding="utf-8") as fh:
-        for t in docs:
-            fh.write(json.dumps({"text": t, "label": "x"}) + "\n")
-    (work / "recipe.yaml").write_text(
-        "name: scale\nsources: [{name: docs, path: docs.jsonl, adapter: classification}]\n"
-        f"steps: [{{type: dedup, threshold: {THRESHOLD}, ngram: {ngram}}}]\noutput: {{shard_rows: 200000}}\n")
+    recipe = dedup_recipe(work, "docs", docs, f"ngram: {ngram}", "output: {shard_rows: 200000}\n")
     datakit = str(Path(sys.executable).parent / "datakit")
-    secs, peak, _ = measure([datakit, "build", str(work / "recipe.yaml"), "--out", str(work / "out"), "--force", "-q"])
+    secs, peak, _ = measure([datakit, "build", str(recipe), "--out", str(work / "out"), "--force", "-q"])
     m = json.loads((work / "out" / "manifest.json").read_text())
     print("\n| docs | wall s (read, adapt, dedup, write) | peak RSS MiB | exact dropped | near dropped | planted |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -356,16 +363,10 @@ def whole_cli(n: int, work: Path) -> list[str]:
     from datakit.manifest import read_shards
 
     docs, planted = long_docs(n)
+    recipe = dedup_recipe(work, "long", docs)
     docs_path = work / "long.jsonl"
-    with open(docs_path, "w", encoding="utf-8") as fh:
-        for t in docs:
-            fh.write(json.dumps({"text": t, "label": "x"}) + "\n")
-    (work / "long.yaml").write_text(
-        "name: long\nsources: [{name: docs, path: long.jsonl, adapter: classification}]\n"
-        f"steps: [{{type: dedup, threshold: {THRESHOLD}}}]\n")
     datakit = str(Path(sys.executable).parent / "datakit")
-    dk_s, dk_peak, _ = measure([datakit, "build", str(work / "long.yaml"), "--out", str(work / "long-out"),
-                                "--force", "-q"])
+    dk_s, dk_peak, _ = measure([datakit, "build", str(recipe), "--out", str(work / "long-out"), "--force", "-q"])
     ds_s, ds_peak, _ = measure([sys.executable, __file__, "--worker", "datasketch-cli", "--docs", str(docs_path),
                                 "--out", str(work / "long-datasketch.jsonl")])
     index = {t: i for i, t in enumerate(docs)}

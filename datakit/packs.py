@@ -569,10 +569,10 @@ class Pack:
         every chunk first, which would copy the whole memory-mapped text column into memory."""
         rows = np.asarray(rows, np.int64)
         table = self.texts.select(columns)
-        bounds = np.cumsum([0] + [b.num_rows for b in table.to_batches()])
+        batches = table.to_batches()
+        bounds = np.cumsum([0] + [b.num_rows for b in batches])
         which = np.searchsorted(bounds, rows, side="right") - 1
         order = np.argsort(which, kind="stable")
-        batches = table.to_batches()
         parts = [batches[c].take(pa.array(rows[order][which[order] == c] - bounds[c])) for c in np.unique(which)]
         if not parts:
             return table.schema.empty_table()
