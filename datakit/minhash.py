@@ -142,10 +142,10 @@ class _ByteKernels(NamedTuple):
 @lru_cache(maxsize=1)
 def _byte_kernels() -> _ByteKernels | None:
     """numba loops over the bytes of a string array, on one core (a parallel kernel costs more to load from the
-    cache than it saves here): `hash_strings`; and for printable-ASCII text (bytes 0x20-0x7E, no control
-    characters) `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32 ASCII
-    ones) and whitespace tokens (a space is the only whitespace), equal to the Arrow path on such text, each
-    saying which texts it took. None without numba."""
+    cache than it saves here): `hash_strings`; for ASCII text of printable characters and \t \n \v \f \r,
+    `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32 ASCII ones); for
+    printable-ASCII text (a space the only whitespace), whitespace tokens. Both equal the Arrow path on the
+    texts they take and say which those are; the rest go through Arrow. None without numba."""
     try:
         import numba
     except ImportError:  # pragma: no cover
@@ -154,13 +154,17 @@ def _byte_kernels() -> _ByteKernels | None:
     @numba.njit(cache=True, nogil=True)
     def normalize_kernel(data, offsets):  # pragma: no cover - compiled
         n = offsets.shape[0] - 1
-        kind = np.full(256, 3, np.uint8)  # 0 letter or digit, 1 space, 2 punctuation or symbol, 3 not printable
+        # 0 letter or digit, 1 whitespace of the regex's \s (space, \t, \n, \f, \r), 2 punctuation or symbol,
+        # 3 anything else (the text goes to Arrow), 4 \v (not \s, yet replaced by a space on its own)
+        kind = np.full(256, 3, np.uint8)
         low = np.arange(256).astype(np.uint8)
         for c in range(0x20, 0x7F):
             kind[c] = 0 if (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else 2
             if 0x41 <= c <= 0x5A:
                 low[c] = c + 32
-        kind[0x20] = 1
+        for c in (0x20, 0x09, 0x0A, 0x0C, 0x0D):
+            kind[c] = 1
+        kind[0x0B] = 4
         out = np.empty(offsets[n] - offsets[0], np.uint8)
         out_offsets = np.zeros(n + 1, np.int64)
         plain = np.ones(n, np.bool_)
@@ -179,17 +183,17 @@ def _byte_kernels() -> _ByteKernels | None:
                     w = start
                     break
                 j = i
-                while j < end and data[j] == 0x20:
+                while j < end and kind[data[j]] == 1:
                     j += 1
-                if j < end and kind[data[j]] == 2:
+                if k != 4 and j < end and kind[data[j]] == 2:
                     while j < end and kind[data[j]] == 2:
                         j += 1
-                    while j < end and data[j] == 0x20:
+                    while j < end and kind[data[j]] == 1:
                         j += 1
                     i = j
                 elif j - i >= 2:
                     i = j
-                else:
+                else:  # one whitespace character: a space stays, \t \n \r \f \v become one
                     i += 1
                 out[w] = 0x20
                 w += 1
