@@ -337,7 +337,7 @@ def _char_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _shingles(tok: np.ndarray, doc: np.ndarray, n: int, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
     """Combine n consecutive token hashes within each text; texts shorter than n give one shingle."""
-    if len(tok) == 0:
+    if len(tok) == 0 or n == 1:  # a word's shingle is the word's hash
         return tok, doc
     counts = np.bincount(doc, minlength=n_docs)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

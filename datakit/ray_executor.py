@@ -96,6 +96,11 @@ class RayBudget:
         return ray.get(self.actor.as_dict.remote())
 
 
+#: sources read at once: more oversubscribe the cores (readers hold no CPU) and start more worker processes
+#: (benchmarks/RESULTS.md "Sources, packs and long documents in bounded memory")
+READERS_AHEAD = 2
+
+
 @ray.remote(num_returns="streaming")
 def _source_task(src: dict[str, Any], sandbox: Sandbox, strict: bool, batch_rows: int) -> Iterator[SourceEvent]:
     yield from source_events(SourceConfig.model_validate(src), sandbox, strict, batch_rows)
@@ -287,12 +292,12 @@ class RayExecutor(Executor):
 
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
-        """The sources read in Ray tasks, in recipe order, a few at a time. A source task holds no CPU
-        (`num_cpus=0`) and pauses once `window` of its batches wait for the driver (generator backpressure): it
-        never runs a big file ahead into the object store, and paused readers never starve the step tasks the
-        driver waits on of CPUs (docs/NOTES.md "Driver memory on Ray")."""
+        """The sources read in Ray tasks, in recipe order: the one the driver takes and the next
+        (`READERS_AHEAD`). A source task holds no CPU (`num_cpus=0`) and pauses once `window` of its batches wait
+        for the driver (generator backpressure): no big file runs ahead into the object store, and paused readers
+        never starve the step tasks the driver waits on of CPUs (docs/NOTES.md "Driver memory on Ray")."""
         sources = loaded.recipe.sources
-        ahead = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ahead = READERS_AHEAD
         reader = _source_task.options(num_cpus=0, _generator_backpressure_num_objects=self.window)
         started: deque = deque()
         for n, src in enumerate(sources):

@@ -548,11 +548,18 @@ def test_pairs_sharing_one_sentence_with_a_test_set_sides_any_vs_all_and_what_de
     assert "pack/PairX/test (text_a)" in details["sick:2"] or "pack/PairX/test (text_b)" in details["sick:2"]
 
 
-def test_dedup_equals_a_brute_force_all_pairs_dedup(tmp_path):
+@pytest.mark.parametrize("mapped", ["whole", "in chunks"])
+def test_dedup_equals_a_brute_force_all_pairs_dedup(tmp_path, monkeypatch, mapped):
     """The out-of-core step (hash partitions, LSH buckets, union-find over verified pairs) against the definition
     computed directly: every pair of records whose every side has word-set Jaccard >= 0.8 and whose labels agree is
-    linked, and each cluster keeps its first record."""
+    linked, and each cluster keeps its first record. Verification maps the shingle sets once per group (small
+    files) or afresh every few pairs (big ones)."""
+    import datakit.steps.dedup as dedup
     from datakit.minhash import normalize
+
+    if mapped == "in chunks":
+        monkeypatch.setattr(dedup, "MAP_WHOLE", 0)
+        monkeypatch.setattr(dedup, "PAIR_CHUNK", 3)
 
     rng = random.Random(7)
     base = _sentences(120, seed=11, length=12)
