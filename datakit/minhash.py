@@ -111,7 +111,7 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     if kernels is None or len(t) == 0:  # pragma: no cover - numba is a dependency
         return _normalize_arrow(t)
     offsets, data = _buffers(t)
-    out_offsets, out, plain = kernels.normalize(data, offsets)  # printable-ASCII texts; the others left empty
+    out_offsets, out, plain = kernels.normalize(data, offsets)  # ASCII texts; the others left empty here
     if not plain.any():
         return _normalize_arrow(t)
     if out_offsets[-1] >= 2**31:  # pragma: no cover - a batch of over 2 GB of text
