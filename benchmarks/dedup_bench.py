@@ -144,7 +144,6 @@ def band_candidates_numpy(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ engines (each in its own process)
 def run_datakit(docs: list[str], ngram: int) -> dict:
-    import duckdb
     import numba
 
     from datakit import minhash as mh
@@ -158,7 +157,7 @@ def run_datakit(docs: list[str], ngram: int) -> dict:
     t = time.time()
     mh.signatures_from_shingles(h, d, len(docs), cfg)
     sign_one_core = time.time() - t
-    t0 = time.time()  # end to end on one core too (numba and DuckDB held to one thread)
+    t0 = time.time()  # end to end on one core too (numba held to one thread)
     norm = mh.normalize(arr)
     h, d = mh.shingle(norm, cfg, normalized=True)
     sig = mh.signatures_from_shingles(h, d, len(docs), cfg)
@@ -166,11 +165,7 @@ def run_datakit(docs: list[str], ngram: int) -> dict:
     bands, rows = mh.recall_bands(THRESHOLD, NUM_PERM)  # as the dedup step: recall first, exact verification
     bh = mh.band_hashes(sig, bands, rows)
     live = np.nonzero(~mh.empty_rows(sig))[0]
-    con = duckdb.connect()
-    con.execute("SET threads = 1")
-    con.register("bands", pa.table({"doc": np.repeat(live, bands), "band": np.tile(np.arange(bands), len(live)),
-                                    "h": bh[live].reshape(-1)}))
-    cand = mh.candidate_pairs(con, "SELECT * FROM bands")
+    cand = mh.bucket_pairs(bh[live], live)  # every pair of a bucket, big ones split by the next band
     verified, _ = mh.verify_exact(cand, sets, threshold=THRESHOLD)
     labels = mh.components(verified, len(docs))
     e2e = time.time() - t0

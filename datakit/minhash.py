@@ -703,28 +703,27 @@ def split_bucket(band: int, first: int, bands: int, hashes: Callable[[int, np.nd
     return np.concatenate(out) if len(out) > 1 else out[0]
 
 
-def candidate_pairs(con, bands_sql: str, all_pairs_up_to: int = 256) -> np.ndarray:
-    """(k, 2) int64 doc pairs (a < b) sharing a band bucket, from a DuckDB relation with columns doc, band, h.
+def bucket_pairs(bh: np.ndarray, docs: np.ndarray | None = None, cap: int = 256) -> np.ndarray:
+    """Unique candidate pairs (a < b) of docs sharing a band bucket, in memory: `bh` (n, bands) band hashes of
+    the docs `docs` (default 0..n-1). As the dedup step lists them from its spill: a bucket of up to `cap` docs
+    yields every pair in it, a bigger one is split by the next bands (`split_bucket`), never linked as a star."""
+    n, bands = bh.shape
+    docs = np.arange(n, dtype=np.int64) if docs is None else np.asarray(docs, np.int64)
+    row = np.empty(int(docs.max()) + 1 if n else 0, np.int64)
+    row[docs] = np.arange(n)
 
-    Runs out of core in DuckDB (GROUP BY band, h). A bucket of up to `all_pairs_up_to` docs yields every pair
-    in it (a star from its smallest doc would never compare two others: B ~ C could be missed when A is close
-    to neither); a bigger bucket (a template repeated thousands of times) links its smallest doc to the rest.
-    """
-    cap = int(all_pairs_up_to)
-    rows = con.sql(f"""
-        WITH b AS (SELECT doc, band, h, count(*) OVER (PARTITION BY band, h) AS n FROM ({bands_sql})),
-        small AS (SELECT doc, band, h FROM b WHERE n > 1 AND n <= {cap}),
-        big AS (SELECT list(doc ORDER BY doc) AS docs FROM b WHERE n > {cap} GROUP BY band, h),
-        pairs AS (
-            SELECT x.doc AS a, y.doc AS b FROM small x JOIN small y
-                ON x.band = y.band AND x.h = y.h AND x.doc < y.doc
-            UNION ALL
-            SELECT docs[1] AS a, unnest(docs[2:]) AS b FROM big
-        )
-        SELECT DISTINCT a, b FROM pairs ORDER BY a, b
-    """).fetchnumpy()
-    return np.stack([rows["a"].astype(np.int64), rows["b"].astype(np.int64)], axis=1) if len(rows["a"]) else \
-        np.zeros((0, 2), np.int64)
+    def hashes(band: int, members: np.ndarray) -> np.ndarray:
+        return bh[row[members], band]
+
+    out = [np.zeros((0, 2), np.int64)]
+    for band in range(bands):
+        order, starts, sizes = runs_of(bh[:, band])
+        members = docs[order]
+        small = (sizes >= 2) & (sizes <= cap)
+        out.append(pairs_within_runs(members, starts[small], sizes[small]))
+        for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
+            out.append(split_bucket((band + 1) % bands, band, bands, hashes, members[start: start + size], cap))
+    return np.unique(np.concatenate(out), axis=0)
 
 
 def verify_pairs(pairs: np.ndarray, sig_a: np.ndarray, sig_b: np.ndarray | None = None,

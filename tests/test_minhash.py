@@ -1,6 +1,5 @@
 import random
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,11 +88,7 @@ def test_candidates_are_verified_so_band_collisions_are_not_duplicates():
     bands, rows = mh.optimal_bands(0.8, cfg.num_perm)
     bh = mh.band_hashes(sig, bands, rows)
     bh[2, 0] = bh[0, 0]  # force a band collision between unrelated texts 0 and 2
-    con = duckdb.connect()
-    table = pa.table({"doc": np.repeat(np.arange(3), bands), "band": np.tile(np.arange(bands), 3),
-                      "h": bh.reshape(-1)})
-    con.register("bands", table)
-    pairs = mh.candidate_pairs(con, "SELECT * FROM bands")
+    pairs = mh.bucket_pairs(bh)
     assert [0, 2] in pairs.tolist()
     verified, scores = mh.verify_pairs(pairs, sig, threshold=0.6)
     assert [0, 2] not in verified.tolist()
@@ -132,14 +127,13 @@ def test_exact_pair_jaccard_equals_python_sets():
     assert (scores >= 0.5).all() and len(kept) == int((got >= 0.5).sum())
 
 
-def test_candidate_pairs_compare_every_pair_of_a_bucket():
-    import duckdb
-
-    con = duckdb.connect()
-    con.register("b", pa.table({"doc": [3, 1, 2, 7, 8, 9], "band": [0, 0, 0, 0, 1, 1], "h": [5, 5, 5, 6, 4, 4]}))
-    assert mh.candidate_pairs(con, "SELECT * FROM b").tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
-    star = mh.candidate_pairs(con, "SELECT * FROM b", all_pairs_up_to=2).tolist()  # a bucket of 3 over the cap
-    assert star == [[1, 2], [1, 3], [8, 9]]
+def test_bucket_pairs_compare_every_pair_of_a_bucket_and_split_a_big_one():
+    # docs 3, 1, 2 share band 0; 8, 9 share band 1; in band 1, 1 and 2 share a hash and 3 does not
+    docs = np.array([3, 1, 2, 7, 8, 9])
+    bh = np.array([[5, 10], [5, 11], [5, 11], [6, 12], [13, 4], [14, 4]], np.uint64)
+    assert mh.bucket_pairs(bh, docs).tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
+    # the bucket of 3 over a cap of 2 is split by band 1: (1, 2) only, not a star from doc 1
+    assert mh.bucket_pairs(bh, docs, cap=2).tolist() == [[1, 2], [8, 9]]
 
 
 def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star():
