@@ -141,11 +141,11 @@ class _ByteKernels(NamedTuple):
 
 @lru_cache(maxsize=1)
 def _byte_kernels() -> _ByteKernels | None:
-    """numba loops over the bytes of a string array, on one core (a parallel kernel costs more to load from the
-    cache than it saves here): `hash_strings`; for ASCII text of printable characters and \t \n \v \f \r,
-    `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32 ASCII ones); for
-    printable-ASCII text (a space the only whitespace), whitespace tokens. Both equal the Arrow path on the
-    texts they take and say which those are; the rest go through Arrow. None without numba."""
+    """numba loops over the bytes of a string array: `hash_strings`; for ASCII text of printable characters and
+    \t \n \v \f \r, `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32
+    ASCII ones); for printable-ASCII text (a space the only whitespace), whitespace tokens (texts spread over
+    cores). Both equal the Arrow path on the texts they take and say which those are; the rest go through Arrow.
+    None without numba."""
     try:
         import numba
     except ImportError:  # pragma: no cover
@@ -209,30 +209,34 @@ def _byte_kernels() -> _ByteKernels | None:
             out_offsets[t + 1] = w
         return out_offsets, out[:w], plain
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def token_kernel(data, offsets):  # pragma: no cover - compiled
         n = offsets.shape[0] - 1
         plain = np.ones(n, np.bool_)
         counts = np.zeros(n, np.int64)
-        for t in range(n):
+        for t in numba.prange(n):  # texts spread over cores: count each one's tokens
             inside = False
+            c_t = 0
             for j in range(offsets[t], offsets[t + 1]):
                 c = data[j]
                 if c < 0x20 or c > 0x7E:
                     plain[t] = False
-                    counts[t] = 0
+                    c_t = 0
                     break
                 if c == 0x20:
                     inside = False
                 elif not inside:
                     inside = True
-                    counts[t] += 1
-        h = np.empty(counts.sum(), np.uint64)
-        k = 0
+                    c_t += 1
+            counts[t] = c_t
+        starts = np.zeros(n + 1, np.int64)
         for t in range(n):
+            starts[t + 1] = starts[t] + counts[t]
+        h = np.empty(starts[n], np.uint64)
+        for t in numba.prange(n):  # then hash them into each text's slots
             if not plain[t]:
                 continue
-            j, end = offsets[t], offsets[t + 1]
+            j, end, k = offsets[t], offsets[t + 1], starts[t]
             while j < end:
                 if data[j] == 0x20:
                     j += 1
@@ -493,19 +497,14 @@ def shingle_sets(h: np.ndarray, doc: np.ndarray, n_docs: int) -> tuple[np.ndarra
     counts = np.bincount(doc, minlength=n_docs).astype(np.int64)
     bounds = np.zeros(n_docs + 1, np.int64)
     np.cumsum(counts, out=bounds[1:])
-    kernels = _set_kernels()
-    if kernels is not None:  # each text's few shingles sorted and de-duplicated in place, texts in parallel
-        h = h.copy()
-        kept = np.zeros(n_docs, np.int64)
-        kernels(h, bounds, kept)
-        within = np.arange(len(h)) - np.repeat(bounds[:-1], counts)
-        values = h[within < np.repeat(kept, counts)]
-    else:  # pragma: no cover - numba is a dependency
-        order = np.lexsort((h, doc))
-        h, doc = h[order], doc[order]
-        first = np.ones(len(h), bool)
-        first[1:] = (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])
-        values, kept = h[first], np.bincount(doc[first], minlength=n_docs)
+    kernel = _set_kernels()
+    if kernel is not None:  # each text's few shingles sorted and de-duplicated, texts in parallel
+        return kernel(h.copy(), bounds)
+    order = np.lexsort((h, doc))  # pragma: no cover - numba is a dependency
+    h, doc = h[order], doc[order]
+    first = np.ones(len(h), bool)
+    first[1:] = (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])
+    values, kept = h[first], np.bincount(doc[first], minlength=n_docs)
     offsets = np.zeros(n_docs + 1, np.int64)
     np.cumsum(kept, out=offsets[1:])
     return values, offsets
@@ -519,8 +518,10 @@ def _set_kernels():
         return None
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def sort_unique_segments(h, bounds, kept):  # pragma: no cover - compiled
-        for s in numba.prange(bounds.shape[0] - 1):
+    def sort_unique_segments(h, bounds):  # pragma: no cover - compiled
+        n = bounds.shape[0] - 1
+        kept = np.zeros(n, np.int64)
+        for s in numba.prange(n):  # each segment sorted and de-duplicated in place
             seg = h[bounds[s]: bounds[s + 1]]
             seg.sort()
             k = 0
@@ -529,6 +530,13 @@ def _set_kernels():
                     seg[k] = seg[i]
                     k += 1
             kept[s] = k
+        offsets = np.zeros(n + 1, np.int64)
+        for s in range(n):
+            offsets[s + 1] = offsets[s] + kept[s]
+        values = np.empty(offsets[n], np.uint64)
+        for s in numba.prange(n):  # then packed together
+            values[offsets[s]: offsets[s + 1]] = h[bounds[s]: bounds[s] + kept[s]]
+        return values, offsets
 
     return sort_unique_segments
 
@@ -670,6 +678,16 @@ def runs_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, starts, sizes
 
 
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of an (m, 2) array of non-negative int64 pairs, sorted (as `np.unique(axis=0)`, which
+    sorts a structured view and is four times slower than this sort of one 64-bit key per pair)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if len(pairs) == 0 or pairs.min() < 0 or pairs.max() >= 1 << 31:
+        return np.unique(pairs, axis=0)
+    key = np.unique((pairs[:, 0] << 32) | pairs[:, 1])
+    return np.stack([key >> 32, key & 0xFFFFFFFF], axis=1)
+
+
 def pairs_within_runs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Every pair (a < b) of `members` inside each run [start, start + size), vectorised over the runs."""
     out = []
@@ -723,7 +741,7 @@ def bucket_pairs(bh: np.ndarray, docs: np.ndarray | None = None, cap: int = 256)
         out.append(pairs_within_runs(members, starts[small], sizes[small]))
         for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
             out.append(split_bucket((band + 1) % bands, band, bands, hashes, members[start: start + size], cap))
-    return np.unique(np.concatenate(out), axis=0)
+    return unique_pairs(np.concatenate(out))
 
 
 def verify_pairs(pairs: np.ndarray, sig_a: np.ndarray, sig_b: np.ndarray | None = None,

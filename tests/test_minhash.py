@@ -181,3 +181,12 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
             h_ref, d_ref = mh._word_tokens_arrow(norm)
             assert np.array_equal(h, h_ref) and np.array_equal(d, d_ref)
         assert np.array_equal(mh.hash_strings(sub), mh._hash_strings_numpy(*mh._buffers(pc.fill_null(sub, ""))))
+
+
+def test_unique_pairs_equals_numpy_unique_rows_with_big_ids_too():
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 50, size=(2_000, 2))
+    assert np.array_equal(mh.unique_pairs(small), np.unique(small, axis=0))
+    big = small + np.int64(2**40)  # past the 31-bit packing: the row-wise path
+    assert np.array_equal(mh.unique_pairs(big), np.unique(big, axis=0))
+    assert mh.unique_pairs(np.zeros((0, 2), np.int64)).shape == (0, 2)

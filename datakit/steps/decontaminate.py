@@ -230,7 +230,7 @@ class Decontaminate(Step):
             for b in range(bands):
                 q, rows = lookup_sorted(keys[b], owners[b], bh[:, b])
                 cand.append(np.stack([q, rows], axis=1))
-            pairs = np.unique(np.concatenate(cand), axis=0) if cand else np.zeros((0, 2), np.int64)
+            pairs = mh.unique_pairs(np.concatenate(cand)) if cand else np.zeros((0, 2), np.int64)
             pairs = pairs[live[pairs[:, 0]]] if len(pairs) else pairs
             if len(pairs):  # each candidate decided by the exact Jaccard of the two shingle sets
                 rows, local = np.unique(pairs[:, 1], return_inverse=True)

@@ -334,7 +334,7 @@ def partition_candidates(job: DecideJob, part: int) -> list[np.ndarray]:
         first = int(band[start])
         out.append(mh.split_bucket((first + 1) % job.bands, first, job.bands, hashes, pos[start: start + size],
                                    BUCKET_CAP))
-    pairs = np.unique(np.concatenate(out), axis=0) if out else np.zeros((0, 2), np.int64)
+    pairs = mh.unique_pairs(np.concatenate(out))
     group = (mh.splitmix(pairs[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ pairs[:, 1].astype(np.uint64))
              % np.uint64(job.groups)).astype(np.int64)
     order = np.argsort(group, kind="stable")
@@ -348,7 +348,7 @@ def verify_group(job: DecideJob, group: int, parts: list[np.ndarray]) -> dict[st
     order) and what the two records teach agreeing. Returns the counts, the verified pairs with their smallest
     side Jaccard, the near conflicts (similar texts teaching differently, not already equal), and the forest of
     the verified pairs' components: (record, its component's smallest record) for every other record."""
-    pairs = np.unique(np.concatenate(parts), axis=0) if parts else np.zeros((0, 2), np.int64)
+    pairs = mh.unique_pairs(np.concatenate(parts)) if parts else np.zeros((0, 2), np.int64)
     sims = np.zeros(len(pairs))
     files = job.set_files()  # resolved once; mapped afresh per chunk
     small = sum(v.stat().st_size + o.stat().st_size for v, o, _ in files) <= MAP_WHOLE
