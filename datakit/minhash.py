@@ -700,6 +700,17 @@ def pairs_within_runs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
 
 
+def run_pairs(members: np.ndarray, starts: np.ndarray, sizes: np.ndarray, cap: int,
+              split: Callable[[int, np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """Candidate pairs (a < b) of LSH buckets, runs [start, start + size) of `members`: every pair of a bucket of
+    2..`cap` docs; a bigger bucket's pairs from `split(start, its members)`, never a star."""
+    small = (sizes >= 2) & (sizes <= cap)
+    out = [pairs_within_runs(members, starts[small], sizes[small])]
+    for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
+        out.append(split(start, members[start: start + size]))
+    return out
+
+
 def split_bucket(band: int, first: int, bands: int, hashes: Callable[[int, np.ndarray], np.ndarray],
                  members: np.ndarray, cap: int = 256) -> np.ndarray:
     """Candidate pairs (a < b) in a bucket of more than `cap` docs (a template repeated thousands of times), never
@@ -707,17 +718,14 @@ def split_bucket(band: int, first: int, bands: int, hashes: Callable[[int, np.nd
     docs sharing two, three... bands are paired in full; docs still too many after every band share one whole
     signature and are linked in a chain (each to the next: the verification decides, clusters join them)."""
     order, starts, sizes = runs_of(hashes(band, members))
-    members = members[order]
-    small = (sizes >= 2) & (sizes <= cap)
-    out = [pairs_within_runs(members, starts[small], sizes[small])]
-    nxt = (band + 1) % bands
-    for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
-        group = members[start: start + size]
+
+    def split(_: int, group: np.ndarray) -> np.ndarray:
         if band == (first - 1) % bands:  # every band alike: one signature
             d = np.sort(group)
-            out.append(np.stack([d[:-1], d[1:]], axis=1).astype(np.int64))
-        else:
-            out.append(split_bucket(nxt, first, bands, hashes, group, cap))
+            return np.stack([d[:-1], d[1:]], axis=1).astype(np.int64)
+        return split_bucket((band + 1) % bands, first, bands, hashes, group, cap)
+
+    out = run_pairs(members[order], starts, sizes, cap, split)
     return np.concatenate(out) if len(out) > 1 else out[0]
 
 
@@ -736,11 +744,8 @@ def bucket_pairs(bh: np.ndarray, docs: np.ndarray | None = None, cap: int = 256)
     out = [np.zeros((0, 2), np.int64)]
     for band in range(bands):
         order, starts, sizes = runs_of(bh[:, band])
-        members = docs[order]
-        small = (sizes >= 2) & (sizes <= cap)
-        out.append(pairs_within_runs(members, starts[small], sizes[small]))
-        for start, size in zip(starts[sizes > cap].tolist(), sizes[sizes > cap].tolist()):
-            out.append(split_bucket((band + 1) % bands, band, bands, hashes, members[start: start + size], cap))
+        out += run_pairs(docs[order], starts, sizes, cap,
+                         lambda _, group: split_bucket((band + 1) % bands, band, bands, hashes, group, cap))
     return unique_pairs(np.concatenate(out))
 
 

@@ -328,16 +328,15 @@ def partition_candidates(job: DecideJob, part: int) -> list[np.ndarray]:
     pos, key, band = pos[stand], key[stand], band_pos[stand] >> BAND_SHIFT
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, len(key)])
-    small = (sizes >= 2) & (sizes <= BUCKET_CAP)
-    out = [mh.pairs_within_runs(pos, starts[small], sizes[small])]
-    for start, size in zip(starts[sizes > BUCKET_CAP].tolist(), sizes[sizes > BUCKET_CAP].tolist()):
+
+    def split(start: int, group: np.ndarray) -> np.ndarray:  # a big bucket, by its members' next bands
         first = int(band[start])
-        out.append(mh.split_bucket((first + 1) % job.bands, first, job.bands, hashes, pos[start: start + size],
-                                   BUCKET_CAP))
-    pairs = mh.unique_pairs(np.concatenate(out))
+        return mh.split_bucket((first + 1) % job.bands, first, job.bands, hashes, group, BUCKET_CAP)
+
+    pairs = mh.unique_pairs(np.concatenate(mh.run_pairs(pos, starts, sizes, BUCKET_CAP, split)))
     group = (mh.splitmix(pairs[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ pairs[:, 1].astype(np.uint64))
              % np.uint64(job.groups)).astype(np.int64)
-    order = np.argsort(group, kind="stable")
+    order = np.argsort(group.astype(np.uint16), kind="stable")  # radix sort (groups < 2**16)
     bounds = np.searchsorted(group[order], np.arange(job.groups + 1))
     pairs = pairs[order]
     return [pairs[bounds[g]: bounds[g + 1]] for g in range(job.groups)]
