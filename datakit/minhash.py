@@ -111,7 +111,8 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     if kernels is None or len(t) == 0:  # pragma: no cover - numba is a dependency
         return _normalize_arrow(t)
     offsets, data = _buffers(t)
-    out_offsets, out, plain = kernels.normalize(data, offsets)  # ASCII texts; the others left empty here
+    # texts of ASCII and the characters `unicode_tables` takes; the others left empty here
+    out_offsets, out, plain = kernels.normalize(data, offsets, *_tables_for(data)[:2])
     if not plain.any():
         return _normalize_arrow(t)
     if out_offsets[-1] >= 2**31:  # pragma: no cover - a batch of over 2 GB of text
@@ -133,6 +134,53 @@ def _normalize_arrow(t: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(t)
 
 
+@lru_cache(maxsize=1)
+def unicode_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every code point of the Basic Multilingual Plane, what the numba loops need to take texts beyond ASCII
+    and still equal the Arrow path: `kind` (0 a character kept, lower-cased; 2 punctuation or symbol; 3 not
+    taken: the text goes to Arrow), its lower-case code point, and whether Arrow's whitespace split breaks there.
+
+    Derived from Arrow's own kernels (the Arrow path's definition, whatever its Unicode version): a character is
+    taken when NFKC leaves it alone, it is no combining mark and no conjoining Hangul jamo (the characters NFKC
+    composes with the one before: every other second element of a canonical composition is a mark, checked by a
+    test over unicodedata), Arrow lower-cases it to one code point of the same UTF-8 length (so a normalised text
+    never grows) and it is not whitespace. A text of ASCII and such characters is its own NFKC form."""
+    n = 0x10000
+    cps = np.arange(n)
+    valid = (cps < 0xD800) | (cps >= 0xE000)  # surrogates are no characters
+    chars = pa.array([chr(c) if ok else "" for c, ok in zip(range(n), valid.tolist())], pa.string())
+    low = pc.utf8_lower(chars)
+    space = pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)
+    jamo = np.zeros(n, bool)
+    for lo, hi in ((0x1100, 0x1200), (0xA960, 0xA980), (0xD7B0, 0xD800)):
+        jamo[lo:hi] = True
+    taken = (valid & (cps >= 0x80) & ~space & ~jamo
+             & pc.equal(pc.utf8_normalize(chars, "NFKC"), chars).to_numpy(zero_copy_only=False)
+             & ~pc.match_substring_regex(chars, r"^\p{M}$").to_numpy(zero_copy_only=False)
+             & pc.equal(pc.binary_length(low), pc.binary_length(chars)).to_numpy(zero_copy_only=False)
+             & pc.equal(pc.utf8_length(low), 1).to_numpy(zero_copy_only=False))
+    punct = pc.match_substring_regex(low, r"^[\p{P}\p{S}]$").to_numpy(zero_copy_only=False)
+    kind = np.where(taken, np.where(punct, 2, 0), 3).astype(np.uint8)
+    offsets, data = _buffers(low)  # each lower-case character decoded from its UTF-8 bytes
+    b = [data[np.minimum(offsets[:-1] + k, len(data) - 1)].astype(np.uint32) for k in range(3)]
+    size = np.diff(offsets)
+    decoded = np.where(size == 1, b[0], np.where(size == 2, ((b[0] & 0x1F) << 6) | (b[1] & 0x3F),
+                                                 ((b[0] & 0x0F) << 12) | ((b[1] & 0x3F) << 6) | (b[2] & 0x3F)))
+    return kind, np.where(taken, decoded, 0).astype(np.uint32), space
+
+
+def _tables_for(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`unicode_tables`, or for ASCII bytes tables that are never read (a build of ASCII text never makes them)."""
+    if len(data) and data.max() >= 0x80:
+        return unicode_tables()
+    return _ascii_tables()
+
+
+@lru_cache(maxsize=1)
+def _ascii_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.full(0x10000, 3, np.uint8), np.zeros(0x10000, np.uint32), np.zeros(0x10000, bool)
+
+
 class _ByteKernels(NamedTuple):
     normalize: Any
     tokens: Any
@@ -142,20 +190,21 @@ class _ByteKernels(NamedTuple):
 @lru_cache(maxsize=1)
 def _byte_kernels() -> _ByteKernels | None:
     """numba loops over the bytes of a string array: `hash_strings`; for ASCII text of printable characters and
-    \t \n \v \f \r, `normalize` (NFKC is the identity there, and Unicode's punctuation and symbols are the 32
-    ASCII ones); for printable-ASCII text (a space the only whitespace), whitespace tokens (texts spread over
-    cores). Both equal the Arrow path on the texts they take and say which those are; the rest go through Arrow.
-    None without numba."""
+    \t \n \v \f \r, and the characters beyond ASCII that `unicode_tables` takes, `normalize` (NFKC is the
+    identity there); for text without control characters whose only whitespace is the space, whitespace tokens.
+    Texts spread over cores. Both equal the Arrow path on the texts they take and say which those are; the rest
+    go through Arrow. None without numba."""
     try:
         import numba
     except ImportError:  # pragma: no cover
         return None
 
-    @numba.njit(cache=True, nogil=True)
-    def normalize_kernel(data, offsets):  # pragma: no cover - compiled
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def normalize_kernel(data, offsets, ukind, ulower):  # pragma: no cover - compiled
         n = offsets.shape[0] - 1
         # 0 letter or digit, 1 whitespace of the regex's \s (space, \t, \n, \f, \r), 2 punctuation or symbol,
-        # 3 anything else (the text goes to Arrow), 4 \v (not \s, yet replaced by a space on its own)
+        # 3 anything else (the text goes to Arrow), 4 \v (not \s, yet replaced by a space on its own);
+        # beyond ASCII, `ukind` and `ulower` (unicode_tables) say the same of 2- and 3-byte characters
         kind = np.full(256, 3, np.uint8)
         low = np.arange(256).astype(np.uint8)
         for c in range(0x20, 0x7F):
@@ -165,18 +214,41 @@ def _byte_kernels() -> _ByteKernels | None:
         for c in (0x20, 0x09, 0x0A, 0x0C, 0x0D):
             kind[c] = 1
         kind[0x0B] = 4
-        out = np.empty(offsets[n] - offsets[0], np.uint8)
-        out_offsets = np.zeros(n + 1, np.int64)
+        base = offsets[0]
+        room = np.empty(offsets[n] - base, np.uint8)  # a text never grows: each normalised where it stood
+        lengths = np.zeros(n, np.int64)
         plain = np.ones(n, np.bool_)
-        w = 0
-        for t in range(n):
-            i, end, start = offsets[t], offsets[t + 1], w
+        for t in numba.prange(n):  # texts spread over cores
+            i, end = offsets[t], offsets[t + 1]
+            start = i - base
+            w = start
             while i < end:  # the regex's leftmost-first matches: spaces+punct+spaces | 2+ spaces
-                k = kind[data[i]]
+                b = data[i]
+                size, cp = 1, 0
+                if b < 0x80:
+                    k = kind[b]
+                elif 0xC2 <= b < 0xE0 and i + 1 < end:
+                    size, cp = 2, ((b & 0x1F) << 6) | (data[i + 1] & 0x3F)
+                    k = ukind[cp]
+                elif 0xE0 <= b < 0xF0 and i + 2 < end:
+                    size, cp = 3, ((b & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F)
+                    k = ukind[cp]
+                else:
+                    k = 3
                 if k == 0:
-                    out[w] = low[data[i]]
-                    w += 1
-                    i += 1
+                    if size == 1:
+                        room[w] = low[b]
+                    else:  # the lower-case character, in as many bytes
+                        lc = ulower[cp]
+                        if size == 2:
+                            room[w] = 0xC0 | (lc >> 6)
+                            room[w + 1] = 0x80 | (lc & 0x3F)
+                        else:
+                            room[w] = 0xE0 | (lc >> 12)
+                            room[w + 1] = 0x80 | ((lc >> 6) & 0x3F)
+                            room[w + 2] = 0x80 | (lc & 0x3F)
+                    w += size
+                    i += size
                     continue
                 if k == 3:
                     plain[t] = False
@@ -185,41 +257,63 @@ def _byte_kernels() -> _ByteKernels | None:
                 j = i
                 while j < end and kind[data[j]] == 1:
                     j += 1
-                if k != 4 and j < end and kind[data[j]] == 2:
-                    while j < end and kind[data[j]] == 2:
+                spaces_end = j
+                while k != 4 and j < end:  # punctuation after the spaces (or here), ASCII or beyond
+                    c = data[j]
+                    if c < 0x80:
+                        if kind[c] != 2:
+                            break
                         j += 1
+                    elif 0xC2 <= c < 0xE0 and j + 1 < end and ukind[((c & 0x1F) << 6) | (data[j + 1] & 0x3F)] == 2:
+                        j += 2
+                    elif (0xE0 <= c < 0xF0 and j + 2 < end
+                          and ukind[((c & 0x0F) << 12) | ((data[j + 1] & 0x3F) << 6) | (data[j + 2] & 0x3F)] == 2):
+                        j += 3
+                    else:
+                        break
+                if j > spaces_end:  # spaces, punctuation, spaces: one space
                     while j < end and kind[data[j]] == 1:
                         j += 1
                     i = j
-                elif j - i >= 2:
-                    i = j
+                elif spaces_end - i >= 2:
+                    i = spaces_end
                 else:  # one whitespace character: a space stays, \t \n \r \f \v become one
                     i += 1
-                out[w] = 0x20
+                room[w] = 0x20
                 w += 1
             lo = start  # trimmed
-            while lo < w and out[lo] == 0x20:
+            while lo < w and room[lo] == 0x20:
                 lo += 1
-            while w > lo and out[w - 1] == 0x20:
+            while w > lo and room[w - 1] == 0x20:
                 w -= 1
             if lo > start:
                 for k2 in range(w - lo):
-                    out[start + k2] = out[lo + k2]
-            w = start + (w - lo)
-            out_offsets[t + 1] = w
-        return out_offsets, out[:w], plain
+                    room[start + k2] = room[lo + k2]
+            lengths[t] = w - lo
+        out_offsets = np.zeros(n + 1, np.int64)
+        for t in range(n):
+            out_offsets[t + 1] = out_offsets[t] + lengths[t]
+        out = np.empty(out_offsets[n], np.uint8)
+        for t in numba.prange(n):  # then packed together
+            out[out_offsets[t]: out_offsets[t + 1]] = room[offsets[t] - base: offsets[t] - base + lengths[t]]
+        return out_offsets, out, plain
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def token_kernel(data, offsets):  # pragma: no cover - compiled
+    def token_kernel(data, offsets, uspace):  # pragma: no cover - compiled
         n = offsets.shape[0] - 1
         plain = np.ones(n, np.bool_)
         counts = np.zeros(n, np.int64)
         for t in numba.prange(n):  # texts spread over cores: count each one's tokens
             inside = False
             c_t = 0
-            for j in range(offsets[t], offsets[t + 1]):
+            end = offsets[t + 1]
+            for j in range(offsets[t], end):
                 c = data[j]
-                if c < 0x20 or c > 0x7E:
+                # control bytes, and whitespace beyond ASCII (2- and 3-byte characters: `uspace`), go to Arrow
+                if c < 0x20 or c == 0x7F or (0xC2 <= c < 0xE0 and j + 1 < end
+                                             and uspace[((c & 0x1F) << 6) | (data[j + 1] & 0x3F)]) or (
+                        0xE0 <= c < 0xF0 and j + 2 < end
+                        and uspace[((c & 0x0F) << 12) | ((data[j + 1] & 0x3F) << 6) | (data[j + 2] & 0x3F)]):
                     plain[t] = False
                     c_t = 0
                     break
@@ -254,11 +348,11 @@ def _byte_kernels() -> _ByteKernels | None:
                 k += 1
         return h, counts, plain
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def hash_kernel(data, offsets):  # pragma: no cover - compiled
         n = offsets.shape[0] - 1
         out = np.empty(n, np.uint64)
-        for t in range(n):
+        for t in numba.prange(n):
             x = np.uint64(0xCBF29CE484222325)
             for j in range(offsets[t], offsets[t + 1]):
                 x = (x ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
@@ -289,7 +383,8 @@ def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if kernels is None or len(norm) == 0:  # pragma: no cover - numba is a dependency
         return _word_tokens_arrow(norm)
     offsets, data = _buffers(norm)
-    h, counts, plain = kernels.tokens(data, offsets)  # printable-ASCII texts here, the others through Arrow
+    # texts whose only whitespace is the space here, the others through Arrow
+    h, counts, plain = kernels.tokens(data, offsets, _tables_for(data)[2])
     other = np.nonzero(~plain)[0]
     if len(other) == 0:
         return h, np.repeat(np.arange(len(norm), dtype=np.int64), counts)

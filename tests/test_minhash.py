@@ -156,23 +156,32 @@ def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star()
 
 
 def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
-    """`normalize` and word tokens take printable-ASCII texts through numba loops and the rest through Arrow's
-    Unicode kernels; on every text both give the Arrow path's result (punctuation runs, double spaces, tabs,
-    non-breaking and exotic spaces, control bytes, CJK, nulls, sliced arrays); the numba `hash_strings` equals
-    the numpy one."""
+    """`normalize` and word tokens take ASCII texts, and texts with the characters beyond ASCII that
+    `unicode_tables` takes (accents, Greek, Cyrillic, CJK, Unicode punctuation and symbols), through numba loops
+    and the rest through Arrow's Unicode kernels; on every text both give the Arrow path's result (punctuation
+    runs, double spaces, tabs, non-breaking and exotic spaces, control bytes, combining marks, Hangul jamo,
+    compatibility characters NFKC rewrites, a capital whose lower case is longer, 4-byte characters, nulls,
+    sliced arrays); the numba `hash_strings` equals the numpy one."""
     import random
 
     from datakit import minhash as mh
 
     rng = random.Random(0)
     common = list("abcXYZ  .,-!?'\"()[]{}_~`^|/\\:;@#$%&*+=<>0129") + ["\t", "\n", "\r", "\f", "\v"]
-    rare = ["é", "日本", "\u00a0", "\u2028", "\u3000", "\x1c", "\x85", "\x7f", "\x00"]
-    texts = ["".join(rng.choice(rare) if rng.random() < 0.03 else rng.choice(common)
-                     for _ in range(rng.randint(0, 30))) for _ in range(20_000)]
-    texts += [None, "", " ", "   ", ".", " . ", "A  B", "a . b", "a  .  b", "x -- , y", "Hello, World!"]
+    taken = list("éßÄÉΣβЖжñ日本한–—’“”«»·¿¡°±€©\u00ad\u200b")  # letters, CJK, punctuation, symbols, format
+    rare = ["\u00a0", "\u2028", "\u3000", "\x1c", "\x85", "\x7f", "\x00", "\u0301", "\u1161", "ﬁ", "Ａ", "İ",
+            "😀", "\u2003"]
+    texts = ["".join(rng.choice(rare) if r < 0.02 else rng.choice(taken) if r < 0.08 else rng.choice(common)
+                     for r in (rng.random() for _ in range(rng.randint(0, 30)))) for _ in range(20_000)]
+    texts += [None, "", " ", "   ", ".", " . ", "A  B", "a . b", "a  .  b", "x -- , y", "Hello, World!", "«Été» — ÇA",
+              "a –\t— b", "x ’ y", "e\u0301", "\u1100\u1161", "ΣΑΣ", "Straße—Ünïcode", " – ", "–a–"]
     arr = pa.array(texts, pa.string())
-    plain = sum(t is not None and all(0x20 <= ord(c) <= 0x7E or c in "\t\n\r\f\v" for c in t) for t in texts)
-    assert 0.2 * len(texts) < plain < 0.9 * len(texts)  # both paths are exercised
+    filled = pc.fill_null(arr, "")
+    offsets, data = mh._buffers(filled)
+    kernels = mh._byte_kernels()
+    in_kernel = kernels.normalize(data, offsets, *mh.unicode_tables()[:2])[2]
+    beyond_ascii = ~pc.string_is_ascii(filled).to_numpy(zero_copy_only=False)
+    assert 0.1 * len(texts) < (in_kernel & beyond_ascii).sum() and 0.1 * len(texts) < (~in_kernel).sum()
     for sub in (arr, arr[1234:9876]):
         fast = mh.normalize(sub)
         assert fast.equals(mh._normalize_arrow(pc.fill_null(sub, "")))
@@ -181,6 +190,22 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
             h_ref, d_ref = mh._word_tokens_arrow(norm)
             assert np.array_equal(h, h_ref) and np.array_equal(d, d_ref)
         assert np.array_equal(mh.hash_strings(sub), mh._hash_strings_numpy(*mh._buffers(pc.fill_null(sub, ""))))
+
+
+def test_the_characters_nfkc_composes_with_the_one_before_are_marks_or_conjoining_jamo():
+    """`unicode_tables` takes a character only if it is no mark and no conjoining jamo, on the ground that every
+    other second element of a canonical composition is a mark: checked over Python's Unicode data (and no ASCII
+    character is one, which the ASCII path assumes)."""
+    import unicodedata
+
+    kind = mh.unicode_tables()[0]
+    seconds = set()
+    for c in range(0x110000):
+        d = unicodedata.decomposition(chr(c))
+        if d and not d.startswith("<") and len(d.split()) == 2:
+            seconds.add(int(d.split()[1], 16))
+    assert len(seconds) > 50
+    assert all(s >= 0x80 and (s >= 0x10000 or kind[s] == 3) for s in seconds)
 
 
 def test_unique_pairs_equals_numpy_unique_rows_with_big_ids_too():

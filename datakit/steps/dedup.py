@@ -109,6 +109,14 @@ def joined_text(table: pa.Table, fields: list[str], unordered: bool = False) -> 
     return cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\n")
 
 
+def unit_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each record's unit: its id without the `:ab` / `:ba` that tells a pair's two orders apart."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if not pc.any(pc.or_(pc.ends_with(ids, ":ab"), pc.ends_with(ids, ":ba"))).as_py():
+        return ids  # no order suffix: the regex pass (a third of a millisecond per thousand ids) is skipped
+    return pc.replace_substring_regex(ids, r":(ab|ba)$", "")
+
+
 def joined_threshold(threshold: float, sides: int) -> float:
     """The lowest Jaccard of the joined sides of two records whose every side is at `threshold`, t/(k-(k-1)t):
     reached when the sides' shared words coincide and their other words differ (each side at 0.8, two sides
@@ -246,8 +254,7 @@ def sign(specs: dict[str, SignSpec], item: tuple[str, pa.Table | None]) -> dict[
         return None
     spec = specs[kind]
     norm = mh.normalize(joined_text(table, list(spec.fields), unordered=kind == "pair"))
-    out: dict[str, Any] = {"pid": os.getpid(), "unit": mh.hash_strings(
-        pc.replace_substring_regex(table.column("id").combine_chunks(), r":(ab|ba)$", ""))}
+    out: dict[str, Any] = {"pid": os.getpid(), "unit": mh.hash_strings(unit_ids(table.column("id")))}
     scope = mh.hash_strings(table.column("dataset").combine_chunks()) if spec.by_dataset else None
     keys = mh.hash_strings(norm)
     text = keys if scope is None else mh.splitmix(keys ^ scope)
