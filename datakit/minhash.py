@@ -137,36 +137,52 @@ def _normalize_arrow(t: pa.Array) -> pa.Array:
 @lru_cache(maxsize=1)
 def unicode_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every code point of the Basic Multilingual Plane, what the numba loops need to take texts beyond ASCII
-    and still equal the Arrow path: `kind` (0 a character kept, lower-cased; 2 punctuation or symbol; 3 not
-    taken: the text goes to Arrow), its lower-case code point, and whether Arrow's whitespace split breaks there.
+    and still equal the Arrow path: `kind` (0 a character kept as its NFKC form, lower-cased; 2 punctuation or
+    symbol; 3 not taken: the text goes to Arrow), the code point it becomes, and whether Arrow's whitespace split
+    breaks there.
 
     Derived from Arrow's own kernels (the Arrow path's definition, whatever its Unicode version): a character is
-    taken when NFKC leaves it alone, it is no combining mark and no conjoining Hangul jamo (the characters NFKC
-    composes with the one before: every other second element of a canonical composition is a mark, checked by a
-    test over unicodedata), Arrow lower-cases it to one code point of the same UTF-8 length (so a normalised text
-    never grows) and it is not whitespace. A text of ASCII and such characters is its own NFKC form."""
+    taken when NFKC makes it one code point and Arrow lower-cases that to one code point no longer in UTF-8 than
+    the character (a normalised text never grows), and neither the character nor its NFKC form is whitespace, a
+    combining mark or a conjoining Hangul jamo (the characters NFKC composes with the one before: every other
+    second element of a canonical composition is a mark, checked by a test over unicodedata). NFKC of a text of
+    ASCII and such characters is then each character's NFKC form: nothing in it composes or reorders. (Full-width
+    forms are taken this way: NFKC makes them ASCII.)"""
     n = 0x10000
     cps = np.arange(n)
     valid = (cps < 0xD800) | (cps >= 0xE000)  # surrogates are no characters
     chars = pa.array([chr(c) if ok else "" for c, ok in zip(range(n), valid.tolist())], pa.string())
-    low = pc.utf8_lower(chars)
-    space = pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)
-    jamo = np.zeros(n, bool)
-    for lo, hi in ((0x1100, 0x1200), (0xA960, 0xA980), (0xD7B0, 0xD800)):
-        jamo[lo:hi] = True
-    taken = (valid & (cps >= 0x80) & ~space & ~jamo
-             & pc.equal(pc.utf8_normalize(chars, "NFKC"), chars).to_numpy(zero_copy_only=False)
-             & ~pc.match_substring_regex(chars, r"^\p{M}$").to_numpy(zero_copy_only=False)
-             & pc.equal(pc.binary_length(low), pc.binary_length(chars)).to_numpy(zero_copy_only=False)
-             & pc.equal(pc.utf8_length(low), 1).to_numpy(zero_copy_only=False))
-    punct = pc.match_substring_regex(low, r"^[\p{P}\p{S}]$").to_numpy(zero_copy_only=False)
+    nfkc = pc.utf8_normalize(chars, "NFKC")
+    low = pc.utf8_lower(nfkc)
+
+    def numpy(arr: Any) -> np.ndarray:
+        return arr.to_numpy(zero_copy_only=False)
+
+    def jamo(code: np.ndarray) -> np.ndarray:
+        return ((code >= 0x1100) & (code < 0x1200)) | ((code >= 0xA960) & (code < 0xA980)) | \
+            ((code >= 0xD7B0) & (code < 0xD800))
+
+    space = numpy(pc.utf8_is_space(chars))
+    taken = (valid & (cps >= 0x80) & ~space & ~jamo(cps) & ~numpy(pc.utf8_is_space(nfkc))
+             & numpy(pc.equal(pc.utf8_length(nfkc), 1)) & ~jamo(_first_code_points(nfkc))
+             & ~numpy(pc.match_substring_regex(chars, r"^\p{M}$")) & ~numpy(pc.match_substring_regex(nfkc, r"^\p{M}$"))
+             & numpy(pc.equal(pc.utf8_length(low), 1)) & numpy(pc.less_equal(pc.binary_length(low),
+                                                                             pc.binary_length(chars))))
+    punct = numpy(pc.match_substring_regex(low, r"^[\p{P}\p{S}]$"))
     kind = np.where(taken, np.where(punct, 2, 0), 3).astype(np.uint8)
-    offsets, data = _buffers(low)  # each lower-case character decoded from its UTF-8 bytes
-    b = [data[np.minimum(offsets[:-1] + k, len(data) - 1)].astype(np.uint32) for k in range(3)]
+    return kind, np.where(taken, _first_code_points(low), 0).astype(np.uint32), space
+
+
+def _first_code_points(arr: pa.Array) -> np.ndarray:
+    """Each string's first code point, decoded from its UTF-8 bytes (0 for an empty string)."""
+    offsets, data = _buffers(arr)
+    data = np.concatenate([data, np.zeros(4, np.uint8)])
+    b = [data[offsets[:-1] + k].astype(np.uint32) for k in range(4)]
     size = np.diff(offsets)
-    decoded = np.where(size == 1, b[0], np.where(size == 2, ((b[0] & 0x1F) << 6) | (b[1] & 0x3F),
-                                                 ((b[0] & 0x0F) << 12) | ((b[1] & 0x3F) << 6) | (b[2] & 0x3F)))
-    return kind, np.where(taken, decoded, 0).astype(np.uint32), space
+    return np.select([size == 0, b[0] < 0x80, b[0] < 0xE0, b[0] < 0xF0],
+                     [np.zeros(len(size), np.uint32), b[0], ((b[0] & 0x1F) << 6) | (b[1] & 0x3F),
+                      ((b[0] & 0x0F) << 12) | ((b[1] & 0x3F) << 6) | (b[2] & 0x3F)],
+                     ((b[0] & 0x07) << 18) | ((b[1] & 0x3F) << 12) | ((b[2] & 0x3F) << 6) | (b[3] & 0x3F))
 
 
 def _tables_for(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,16 +254,21 @@ def _byte_kernels() -> _ByteKernels | None:
                 if k == 0:
                     if size == 1:
                         room[w] = low[b]
-                    else:  # the lower-case character, in as many bytes
+                        w += 1
+                    else:  # what NFKC and lower case make of it, in as many bytes or fewer
                         lc = ulower[cp]
-                        if size == 2:
+                        if lc < 0x80:
+                            room[w] = lc
+                            w += 1
+                        elif lc < 0x800:
                             room[w] = 0xC0 | (lc >> 6)
                             room[w + 1] = 0x80 | (lc & 0x3F)
+                            w += 2
                         else:
                             room[w] = 0xE0 | (lc >> 12)
                             room[w + 1] = 0x80 | ((lc >> 6) & 0x3F)
                             room[w + 2] = 0x80 | (lc & 0x3F)
-                    w += size
+                            w += 3
                     i += size
                     continue
                 if k == 3:

@@ -157,24 +157,27 @@ def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star()
 
 def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
     """`normalize` and word tokens take ASCII texts, and texts with the characters beyond ASCII that
-    `unicode_tables` takes (accents, Greek, Cyrillic, CJK, Unicode punctuation and symbols), through numba loops
-    and the rest through Arrow's Unicode kernels; on every text both give the Arrow path's result (punctuation
-    runs, double spaces, tabs, non-breaking and exotic spaces, control bytes, combining marks, Hangul jamo,
-    compatibility characters NFKC rewrites, a capital whose lower case is longer, 4-byte characters, nulls,
-    sliced arrays); the numba `hash_strings` equals the numpy one."""
+    `unicode_tables` takes (accents, Greek, Cyrillic, CJK, Unicode punctuation and symbols, full-width forms),
+    through numba loops and the rest through Arrow's Unicode kernels; on every text both give the Arrow path's
+    result (punctuation runs, double spaces, tabs, non-breaking and exotic spaces, control bytes, combining marks,
+    Hangul jamo, compatibility characters NFKC makes two, a capital whose lower case is longer, 4-byte
+    characters, nulls, sliced arrays); the numba `hash_strings` equals the numpy one."""
     import random
 
     from datakit import minhash as mh
 
     rng = random.Random(0)
     common = list("abcXYZ  .,-!?'\"()[]{}_~`^|/\\:;@#$%&*+=<>0129") + ["\t", "\n", "\r", "\f", "\v"]
-    taken = list("éßÄÉΣβЖжñ日本한–—’“”«»·¿¡°±€©\u00ad\u200b")  # letters, CJK, punctuation, symbols, format
-    rare = ["\u00a0", "\u2028", "\u3000", "\x1c", "\x85", "\x7f", "\x00", "\u0301", "\u1161", "ﬁ", "Ａ", "İ",
-            "😀", "\u2003"]
+    # letters, CJK, punctuation, symbols, format characters, and characters NFKC makes one other (full-width
+    # forms, the ohm sign, a circled digit, half-width katakana)
+    taken = list("éßÄÉΣβЖжñ日本한–—’“”«»·¿¡°±€©\u00ad\u200bＡ，（１Ωℌ①ｶ")
+    rare = ["\u00a0", "\u2028", "\u3000", "\x1c", "\x85", "\x7f", "\x00", "\u0301", "\u1161", "ﬁ", "İ", "😀",
+            "\u2003", "ｶﾞ", "㎏", "™"]
     texts = ["".join(rng.choice(rare) if r < 0.02 else rng.choice(taken) if r < 0.08 else rng.choice(common)
                      for r in (rng.random() for _ in range(rng.randint(0, 30)))) for _ in range(20_000)]
     texts += [None, "", " ", "   ", ".", " . ", "A  B", "a . b", "a  .  b", "x -- , y", "Hello, World!", "«Été» — ÇA",
-              "a –\t— b", "x ’ y", "e\u0301", "\u1100\u1161", "ΣΑΣ", "Straße—Ünïcode", " – ", "–a–"]
+              "a –\t— b", "x ’ y", "e\u0301", "\u1100\u1161", "ΣΑΣ", "Straße—Ünïcode", " – ", "–a–",
+              "一个男人，在（弹）吉他！", "ＡＢＣ　ｄｅｆ", "ｶﾞｷﾞ"]
     arr = pa.array(texts, pa.string())
     filled = pc.fill_null(arr, "")
     offsets, data = mh._buffers(filled)
