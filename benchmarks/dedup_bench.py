@@ -16,8 +16,9 @@ Jaccard estimates against exact Jaccard on 3,000 pairs; precision and recall on 
     python benchmarks/dedup_bench.py --decontam           # decontamination precision/recall
     python benchmarks/dedup_bench.py --decontam-web       # ... on web text with wire boilerplate and markup
 
-Targets, checked (exit 1 on a miss): the comparison: datakit's planted recall >= 0.95 and >= 10x datasketch end
-to end; --whole-cli: the same on 40-80-word documents, process launch to exit; --scale: under 5 minutes per 1M
+Targets, checked (exit 1 on a miss): the comparison: datakit's planted recall >= 0.95 and >= 20x datasketch end
+to end (short texts, issue #28); --whole-cli: recall >= 0.95 and >= 10x datasketch on 40-80-word documents,
+process launch to exit (median of 3 runs each); --scale: under 5 minutes per 1M
 docs and peak RSS under 4 GiB; --decontam: recall and precision >= 0.95.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure  # noqa: E402
+from _measure import measure, timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -279,8 +280,8 @@ def compare(n: int, ngram: int, engines: list[str], work: Path) -> list[str]:
                 print(f"datakit end to end: {base[other][2] / base['datakit'][2]:.1f}x {other}")
         if base["datakit"][5]["recall"] < 0.95:
             missed.append(f"planted recall {base['datakit'][5]['recall']:.3f} < 0.95")
-        if "datasketch" in base and base["datasketch"][2] / base["datakit"][2] < 10:
-            missed.append(f"{base['datasketch'][2] / base['datakit'][2]:.1f}x datasketch end to end < 10x")
+        if "datasketch" in base and base["datasketch"][2] / base["datakit"][2] < 20:
+            missed.append(f"{base['datasketch'][2] / base['datakit'][2]:.1f}x datasketch end to end < 20x")
     return missed
 
 
@@ -351,25 +352,32 @@ def datasketch_cli(docs_path: Path, out: Path) -> None:
                 dst.write(line)
 
 
-def whole_cli(n: int, work: Path) -> list[str]:
+def whole_cli(n: int, work: Path, repeat: int = 3) -> list[str]:
     """40-80-word documents through the whole CLI (`datakit build`: read, adapt, dedup, write shards) against the
-    datasketch script above, each in its own process, wall clock from launch to exit."""
+    datasketch script above, each in its own process, wall clock from launch to exit: the median of `repeat`
+    runs of each (a single run of datakit's ~2.6 s varies by 0.3 s here), with the process's peak RSS as the
+    kernel counts it (`_measure.timed`: nothing samples beside the timed run)."""
     from datakit.manifest import read_shards
 
     docs, planted = long_docs(n)
     recipe = dedup_recipe(work, "long", docs)
     docs_path = work / "long.jsonl"
     datakit = str(Path(sys.executable).parent / "datakit")
-    dk_s, dk_peak, _ = measure([datakit, "build", str(recipe), "--out", str(work / "long-out"), "--force", "-q"])
-    ds_s, ds_peak, _ = measure([sys.executable, __file__, "--worker", "datasketch-cli", "--docs", str(docs_path),
-                                "--out", str(work / "long-datasketch.jsonl")])
+    dk_runs, ds_runs = [], []
+    for _ in range(repeat):  # interleaved, so that a slower minute of the machine hits both
+        dk_runs.append(timed([datakit, "build", str(recipe), "--out", str(work / "long-out"), "--force", "-q"]))
+        ds_runs.append(timed([sys.executable, __file__, "--worker", "datasketch-cli", "--docs", str(docs_path),
+                              "--out", str(work / "long-datasketch.jsonl")]))
+    dk_s, ds_s = (float(np.median([r[0] for r in runs])) for runs in (dk_runs, ds_runs))
+    dk_peak, ds_peak = (max(r[1] for r in runs) for runs in (dk_runs, ds_runs))
     index = {t: i for i, t in enumerate(docs)}
     kept_dk = {index[t] for t in read_shards(work / "long-out", "classification").column("text").to_pylist()}
     kept_ds = {index[json.loads(line)["text"]] for line in open(work / "long-datasketch.jsonl", encoding="utf-8")}
     report = json.loads((work / "long-out" / "dedup.json").read_text())
     print(f"\n{n:,} documents of 40-80 real words ({len(planted):,} planted near-copies), whole CLI, "
-          f"threshold {THRESHOLD}, num_perm {NUM_PERM}")
-    print("| engine | wall s | docs/s | peak RSS MiB | kept | planted pairs found |")
+          f"threshold {THRESHOLD}, num_perm {NUM_PERM}; wall: median of {repeat} runs each "
+          f"(datakit {', '.join(f'{r[0]:.2f}' for r in dk_runs)} s)")
+    print("| engine | wall s (median) | docs/s | peak RSS MiB | kept | planted pairs found |")
     print("|---|---:|---:|---:|---:|---:|")
     recall = {}
     for name, secs, peak, kept in (("datakit build (dedup step)", dk_s, dk_peak, kept_dk),

@@ -193,8 +193,8 @@ def lineage_sections(manifest: dict[str, Any]) -> str:
     q = origin.get("quarantined", {})
     rows = []
     for name, spec in inputs.items():
-        where = (", ".join(f"{Path(f['path']).name} ({f['bytes']:,} B" + (f", blake2b {f['blake2b'][:12]}" if
-                                                                          f.get("blake2b") else "") + ")"
+        where = (", ".join(f"{Path(f['path']).name} ({f['bytes']:,} B" + (f", xxh3_128 {f['xxh3_128'][:12]}" if
+                                                                          f.get("xxh3_128") else "") + ")"
                            for f in spec.get("files", [])) if "files" in spec else
                  f"hf:{spec['hf']['path']}" if "hf" in spec else "sql" if "sql" in spec else json.dumps(spec))
         bad = q.get("by_dataset", {}).get(name, {})

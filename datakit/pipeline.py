@@ -83,12 +83,12 @@ def package_versions() -> dict[str, str]:
 
 def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
     """What a source read and how: its adapter (and the MTEB task it declares), and its files with size, mtime
-    and a content hash (blake2b; and the files of its folders that no reader takes), or the HF dataset / SQL."""
+    and a content hash (xxh3_128; and the files of its folders that no reader takes), or the HF dataset / SQL."""
     head = {"adapter": src.adapter, **({"mteb_task": src.mteb_task} if src.mteb_task else {})}
     if src.path is not None:
         found = input_files(src.path, sandbox)
         files = [{"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
-                  "blake2b": file_digest(p)} for p in found.files]
+                  "xxh3_128": file_digest(p)} for p in found.files]
         return {**head, "files": files, **({"skipped": found.skipped} if found.skipped else {})}
     if src.hf is not None:
         return {**head, "hf": src.hf.model_dump()}

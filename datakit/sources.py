@@ -211,10 +211,11 @@ def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
 
 
 def file_digest(path: Path) -> str:
-    """blake2b of a file's bytes (1 MiB reads): an edit that keeps the size and mtime still shows."""
-    import hashlib
+    """xxh3_128 of a file's bytes (1 MiB reads): an edit that keeps the size and mtime still shows. (A checksum,
+    not a cryptographic hash: it tells an edit from no edit, ten times faster than blake2b.)"""
+    import xxhash
 
-    h = hashlib.blake2b(digest_size=16)
+    h = xxhash.xxh3_128()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

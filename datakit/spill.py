@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -132,8 +133,58 @@ def _read_extents(path: Path, extents: np.ndarray) -> tuple[np.ndarray, np.ndarr
                 fh.seek(first * ROW.itemsize)
                 chunks.append(np.fromfile(fh, dtype=ROW, count=count))
     rows = np.concatenate(chunks) if chunks else np.zeros(0, ROW)
-    rows = rows[np.lexsort((rows["pos"], rows["key"]))]
+    rows = rows[key_order(rows["key"], rows["pos"])]
     return rows["pos"], rows["key"]
+
+
+def key_order(key: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The order that sorts by key, then position (`np.lexsort((pos, key))`). A partition is appended in stream
+    order, so a key's positions come ascending: a stable radix sort of the keys alone (numba, three times
+    faster than lexsort on a 33k-row partition) gives that order; checked, and lexsort where it does not."""
+    kernel = _radix_kernel() if len(key) >= RADIX_MIN else None
+    if kernel is None:
+        return np.lexsort((pos, key))
+    order = kernel(np.ascontiguousarray(key, np.uint64))
+    k, p = key[order], pos[order]
+    if np.any((k[1:] == k[:-1]) & (p[1:] < p[:-1])):  # a key's positions were not in order
+        return np.lexsort((pos, key))
+    return order
+
+
+RADIX_MIN = 4096  # smaller partitions: lexsort (no kernel to load for a small build)
+
+
+@lru_cache(maxsize=1)
+def _radix_kernel():
+    """numba LSD radix sort (11-bit digits, a digit every key shares skipped): the stable order of uint64 keys."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def radix_order(key):  # pragma: no cover - compiled
+        n = key.shape[0]
+        order, spare = np.arange(n), np.empty(n, np.int64)
+        k, k_spare = key.copy(), np.empty(n, np.uint64)
+        for shift in range(0, 64, 11):
+            count = np.zeros(2049, np.int64)
+            for i in range(n):
+                count[((k[i] >> np.uint64(shift)) & np.uint64(2047)) + 1] += 1
+            if count.max() == n:  # one digit for every key: nothing to move
+                continue
+            for d in range(2048):
+                count[d + 1] += count[d]
+            for i in range(n):
+                d = (k[i] >> np.uint64(shift)) & np.uint64(2047)
+                spare[count[d]] = order[i]
+                k_spare[count[d]] = k[i]
+                count[d] += 1
+            order, spare = spare, order
+            k, k_spare = k_spare, k
+        return order
+
+    return radix_order
 
 
 def elect(partitions: Partitions, n: int, choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None

@@ -190,9 +190,9 @@ def test_ray_executor_runs_each_variant_as_a_task(tmp_path):
 
 
 def test_an_edited_input_invalidates_its_build_and_its_runs(tmp_path):
-    """An edit that keeps the file's size and mtime (a changed letter, the mtime put back): the build sees it (blake2b
-    of the inputs), and the run's key (which covers the corpus's content, the task data and the code versions)
-    changes, so the run is trained again instead of its old score being printed."""
+    """An edit that keeps the file's size and mtime (a changed letter, the mtime put back): the build sees it
+    (xxh3_128 of the inputs), and the run's key (which covers the corpus's content, the task data and the code
+    versions) changes, so the run is trained again instead of its old score being printed."""
     import os
     import shutil
 

@@ -62,3 +62,17 @@ def test_partitions_that_got_nothing_read_back_empty(tmp_path):
     assert list(parts.each()) == []
     p, k = read_partition(tmp_path, "e", 3)
     assert len(p) == len(k) == 0
+
+
+def test_key_order_equals_lexsort_by_key_then_position_on_either_path(monkeypatch):
+    import datakit.spill as spill
+
+    pos, keys = _pairs(2, 30_000, 4_000)
+    rng = np.random.default_rng(3)
+    keys[rng.integers(0, len(keys), 300)] = np.uint64(2**64 - 1)  # the top digit used too
+    expected = np.lexsort((pos, keys))
+    assert np.array_equal(spill.key_order(keys, pos), expected)  # radix: positions come ascending per key
+    shuffled = rng.permutation(len(pos))  # a key's positions out of order: caught, and lexsort's order
+    assert np.array_equal(spill.key_order(keys[shuffled], pos[shuffled]), np.lexsort((pos[shuffled], keys[shuffled])))
+    monkeypatch.setattr(spill, "RADIX_MIN", 10**9)
+    assert np.array_equal(spill.key_order(keys, pos), expected)

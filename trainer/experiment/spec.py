@@ -243,7 +243,7 @@ def corpus_digest(build: Path) -> str | None:
 
 
 def eval_digest(eval_path: Path) -> str:
-    """The task file's bytes and the content (blake2b) of every data file its tasks read."""
+    """The task file's bytes and the content (xxh3_128) of every data file its tasks read."""
     from datakit.sources import file_digest, input_files
     from trainer.eval.taskfile import load_task_file
 
