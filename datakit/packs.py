@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from datakit import minhash as mh
 from datakit import spill
@@ -404,6 +403,8 @@ _TEXT_SCHEMA = pa.schema([("task", pa.string()), ("split", pa.string()), ("field
 
 
 def _write_pack(items: Iterable[tuple[str, str, str, Iterable[str]]], folder: Path, params: PackParams) -> dict:
+    import pyarrow.parquet as pq  # here, not at import: every build imports this module, few build packs
+
     scratch = folder / "scratch"
     scratch.mkdir()
     exact = spill.Partitions(scratch, "exact", ordered=True)  # (text row, normalised-text hash)
@@ -522,8 +523,12 @@ class Pack:
         self.meta = json.loads(meta_path.read_text())
         self.params = PackParams(**self.meta["params"])
         arrow = self.folder / "texts.arrow"
-        self.texts = (pa.ipc.open_file(pa.memory_map(str(arrow))).read_all() if arrow.exists()
-                      else pq.read_table(self.folder / "texts.parquet"))
+        if arrow.exists():
+            self.texts = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
+        else:  # a pack written before texts.arrow
+            import pyarrow.parquet as pq
+
+            self.texts = pq.read_table(self.folder / "texts.parquet")
         bp = self.folder / "boilerplate.npy"
         self.boilerplate = np.load(bp) if bp.exists() else np.zeros(0, np.uint64)
         self.sig = np.load(self.folder / "signatures.npy", mmap_mode="r")

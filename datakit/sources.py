@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from embedkit.configfile import Strict
@@ -725,6 +724,8 @@ def _decode_utf8(table: pa.Table, shown: str, first_row: int) -> tuple[pa.Table,
 
 # ---------------------------------------------------------------- Parquet
 def _read_parquet(path: Path, shown: str, need: ColumnSpec, batch_rows: int, offset: int):
+    import pyarrow.parquet as pq  # here: a build without Parquet sources does not pay for its import
+
     pf = pq.ParquetFile(path)
     columns = need.check(shown, pf.schema_arrow.names)
     seen = 0
