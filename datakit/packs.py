@@ -483,7 +483,8 @@ class _NpyWriter:
     def __exit__(self, *exc: Any) -> None:
         self.fh.close()
         if exc[0] is None and self.written != self.expected:
-            raise AssertionError(f"{self.fh.name}: wrote {self.written} bytes of {self.expected}")
+            raise RuntimeError(f"{self.fh.name}: wrote {self.written} bytes of the {self.expected} its header "
+                               "declares (a bug in datakit's pack builder; the pack is not moved into place)")
 
 
 def _boilerplate(grams: spill.Partitions, min_df: int) -> np.ndarray:
