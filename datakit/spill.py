@@ -212,6 +212,29 @@ def elect(partitions: Partitions, n: int, choose: Callable[[np.ndarray, np.ndarr
     return elected, sizes_out
 
 
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's `malloc_trim`; a no-op elsewhere). glibc raises its
+    mmap threshold to the size of the largest block freed, up to 32 MB, so a step's temporaries (a partition's
+    arrays, a third of a MB at 1M records) come from the heap afterwards and stay in RSS once freed: the Ray
+    driver's anonymous memory grew 1.18x from 1M to 3M records through that alone, and 1.04x with a trim at
+    each of dedup's phases. A fixed threshold (MALLOC_MMAP_THRESHOLD_) did the same but cost 12% of a build."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # pragma: no cover - not a glibc system
+        return None
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser (partition choice independent of how keys were made)."""
     x = x.astype(np.uint64, copy=True)
