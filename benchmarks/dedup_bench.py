@@ -355,8 +355,8 @@ def datasketch_cli(docs_path: Path, out: Path) -> None:
 def whole_cli(n: int, work: Path, repeat: int = 3) -> list[str]:
     """40-80-word documents through the whole CLI (`datakit build`: read, adapt, dedup, write shards) against the
     datasketch script above, each in its own process, wall clock from launch to exit: the median of `repeat`
-    runs of each after one untimed run (a single run of datakit's ~2.6 s varies by 0.3 s here), with the process's peak RSS as the
-    kernel counts it (`_measure.timed`: nothing samples beside the timed run)."""
+    runs of each after one untimed run (a single run of datakit's ~2.6 s varies by 0.3 s here), with the
+    process's peak RSS as the kernel counts it (`_measure.timed`: nothing samples beside the timed run)."""
     from datakit.manifest import read_shards
 
     docs, planted = long_docs(n)

@@ -106,7 +106,8 @@ class Partitions:
         np.save(self.folder / f"part-{self.name}.index.npy", np.asarray(self.extents, np.int64).reshape(-1, 3))
 
     def each(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One partition at a time: (positions, keys), sorted by key, positions ascending within a key."""
+        """One partition at a time (after `close()`): (positions, keys), sorted by key, positions ascending within
+        a key."""
         index = np.asarray(self.extents, np.int64).reshape(-1, 3)
         for p in range(self.parts):
             pos, key = _read_extents(self.folder / f"part-{self.name}.bin", index[index[:, 0] == p])
@@ -216,7 +217,7 @@ def trim_heap() -> None:
     """Give the heap's free pages back to the system (glibc's `malloc_trim`; a no-op elsewhere). glibc raises its
     mmap threshold to the size of the largest block freed, up to 32 MB, so a step's temporaries (a partition's
     arrays, a third of a MB at 1M records) come from the heap afterwards and stay in RSS once freed: the Ray
-    driver's anonymous memory grew 1.18x from 1M to 3M records through that alone, and 1.04x with a trim at
+    driver's anonymous memory grew 1.18x from 1M to 3M records through that alone, and 1.03x with a trim at
     each of dedup's phases. A fixed threshold (MALLOC_MMAP_THRESHOLD_) did the same but cost 12% of a build."""
     libc = _libc()
     if libc is not None:
