@@ -112,7 +112,7 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
         return _normalize_arrow(t)
     offsets, data = _buffers(t)
     # texts of ASCII and the characters `unicode_tables` takes; the others left empty here
-    out_offsets, out, plain = kernels.normalize(data, offsets, *_tables_for(data)[:2])
+    out_offsets, out, plain = kernels.normalize(data, offsets, *unicode_tables()[:2])
     if not plain.any():
         return _normalize_arrow(t)
     if out_offsets[-1] >= 2**31:  # pragma: no cover - a batch of over 2 GB of text
@@ -200,18 +200,6 @@ def _first_code_points(arr: pa.Array) -> np.ndarray:
                      [np.zeros(len(size), np.uint32), b[0], ((b[0] & 0x1F) << 6) | (b[1] & 0x3F),
                       ((b[0] & 0x0F) << 12) | ((b[1] & 0x3F) << 6) | (b[2] & 0x3F)],
                      ((b[0] & 0x07) << 18) | ((b[1] & 0x3F) << 12) | ((b[2] & 0x3F) << 6) | (b[3] & 0x3F))
-
-
-def _tables_for(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`unicode_tables`, or for ASCII bytes tables that are never read (a build of ASCII text never makes them)."""
-    if len(data) and data.max() >= 0x80:
-        return unicode_tables()
-    return _ascii_tables()
-
-
-@lru_cache(maxsize=1)
-def _ascii_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.full(0x10000, 3, np.uint8), np.zeros(0x10000, np.uint32), np.zeros(0x10000, bool)
 
 
 class _ByteKernels(NamedTuple):
@@ -422,7 +410,7 @@ def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return _word_tokens_arrow(norm)
     offsets, data = _buffers(norm)
     # texts whose only whitespace is the space here, the others through Arrow
-    h, counts, plain = kernels.tokens(data, offsets, _tables_for(data)[2])
+    h, counts, plain = kernels.tokens(data, offsets, unicode_tables()[2])
     other = np.nonzero(~plain)[0]
     if len(other) == 0:
         return h, np.repeat(np.arange(len(norm), dtype=np.int64), counts)
