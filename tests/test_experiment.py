@@ -221,3 +221,22 @@ def test_an_edited_input_invalidates_its_build_and_its_runs(tmp_path):
     assert second["base"]["key"] != first["base"]["key"]  # retrained, not reused
     assert second["base"]["key_parts"]["corpus"] != first["base"]["key_parts"]["corpus"]
     assert second[UNTRAINED]["key"] == first[UNTRAINED]["key"]  # the untrained model does not see the corpus
+
+
+@pytest.mark.parametrize("csv_path", sorted((ROOT / "benchmarks" / "experiments" / "results").glob("*.csv")),
+                         ids=lambda p: p.stem)
+def test_published_tables_are_the_committed_results_regenerated(csv_path: Path, tmp_path: Path):
+    """Every experiment table RESULTS.md shows from a committed results.csv is that CSV's table, unedited: the
+    rows `trainer experiment --report-only --results-csv` writes appear, in order, in the committed .md and in
+    RESULTS.md (a hand-edited cell, a renamed row or a stale CSV fails this)."""
+    from trainer.experiment.report import summarise, summary_markdown
+
+    exp = load_experiment(ROOT / "benchmarks" / "experiments" / f"{csv_path.stem}.yaml")
+    runs = read_results_csv(csv_path)
+    table = [line for line in summary_markdown(exp, *summarise(exp, runs), runs, tmp_path).splitlines()
+             if line.startswith("|")]
+    assert len(table) == 2 + 1 + len(exp.variants)  # header and rule, the untrained model, every variant
+    block = "\n".join(table)
+    assert block in csv_path.with_suffix(".md").read_text(encoding="utf-8")
+    assert block in (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8"), \
+        f"RESULTS.md does not show {csv_path.name}'s table as `make results-tables` writes it"
