@@ -8,9 +8,17 @@ anonymous memory (RssAnon, sampled every 50 ms: the memory that cannot be paged 
 per phase are printed, with recall@30 against exact search on a sample of queries.
 
     python benchmarks/mine_scale_bench.py [--pool 1000000] [--queries 100000]
+    python benchmarks/mine_scale_bench.py --real   (MiniLM embeddings of ../shared/data's texts, IVF-PQ forced)
 
-Targets: the bounded way's peak anonymous memory under a quarter of the in-memory way's, and its recall@30
->= 0.95 on this data. The script exits 1 when one is missed.
+`--real` answers what the synthetic pool cannot: the index's recall on real embeddings, which cluster more. The
+pool is every distinct text of 4+ words in ../shared/data that the dedup benchmark reads (~85k: STS-B, WikiQA
+sentences, emotion, Banking77, SNLI, SciFact passages of 40 words), the queries are WikiQA and SciFact questions
+(none in the pool), all embedded by all-MiniLM-L6-v2 (the packaged copy). The pool is below the size where
+`auto` switches to IVF-PQ, so the bounded way is asked for `ivfpq` by name; recall@30 is over every query.
+
+Targets: the bounded way's peak anonymous memory under a quarter of the in-memory way's (not with `--real`: at
+~85k vectors the processes' fixed memory dominates), and its recall@30 >= 0.95 on this data. The script exits 1
+when one is missed.
 """
 from __future__ import annotations
 
@@ -67,7 +75,35 @@ def generate(path: Path, n: int, seed: int) -> None:
     out.flush()
 
 
-def run_way(way: str, pool_path: str, query_path: str, sample: int) -> dict:
+def embed_real(pool_path: Path, query_path: Path) -> tuple[int, int, float]:
+    """MiniLM vectors of ../shared/data's texts (pool) and questions (queries) into two .npy files; returns
+    their sizes and the seconds spent embedding."""
+    from sentence_transformers import SentenceTransformer
+
+    from dedup_bench import SHARED, real_texts
+    from datakit.embed import resolve_model
+
+    pool = real_texts()
+    seen = {t.lower() for t in pool}
+    questions = []
+    for split in ("train", "test"):
+        for line in (SHARED / "wikiqa" / f"WikiQA-{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+            questions.append(line.split("\t")[1])
+    with open(SHARED / "scifact" / "beir" / "queries.jsonl", encoding="utf-8") as fh:
+        questions += [json.loads(line)["text"] for line in fh]
+    queries = list(dict.fromkeys(q.strip() for q in questions if q.strip() and q.strip().lower() not in seen))
+    model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
+    t0 = time.time()
+    for path, texts in ((pool_path, pool), (query_path, queries)):
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(texts), DIM))
+        for start in range(0, len(texts), CHUNK):
+            out[start:start + CHUNK] = model.encode(texts[start:start + CHUNK], batch_size=64,
+                                                    normalize_embeddings=True, convert_to_numpy=True)
+        out.flush()
+    return len(pool), len(queries), time.time() - t0
+
+
+def run_way(way: str, pool_path: str, query_path: str, sample: int, kind: str = "auto") -> dict:
     from datakit.vectorsearch import VectorSearch, build_index
 
     pool = np.load(pool_path, mmap_mode="r")
@@ -75,7 +111,7 @@ def run_way(way: str, pool_path: str, query_path: str, sample: int) -> dict:
     peak = Peak()
     t0 = time.time()
     if way == "bounded":
-        search = VectorSearch(pool, "auto")
+        search = VectorSearch(pool, kind)
         find = search.search
     else:  # the step before: the pool read into memory, an in-memory IVF-Flat index over it
         vectors = np.ascontiguousarray(pool, np.float32)
@@ -83,18 +119,24 @@ def run_way(way: str, pool_path: str, query_path: str, sample: int) -> dict:
         find = index.search
     t_build = time.time() - t0
     t0 = time.time()
-    found = []
+    found, found_sims = [], []
     for start in range(0, len(queries), 8192):
-        _, ids = find(np.ascontiguousarray(queries[start:start + 8192]), 30)
-        if start == 0:
-            found = ids[:sample]
+        sims, ids = find(np.ascontiguousarray(queries[start:start + 8192]), 30)
+        found.extend(ids[:max(0, sample - len(found))])
+        found_sims.extend(sims[:max(0, sample - len(found_sims))])
     t_search = time.time() - t0
     peak_mib = peak.stop()
     exact = VectorSearch(pool, "flat")  # exact, sharded: the reference for recall
-    _, truth = exact.search(np.ascontiguousarray(queries[:sample]), 30)
+    truth_sims, truth = exact.search(np.ascontiguousarray(queries[:sample]), 30)
     recall = float(np.mean([len(set(a) & set(e)) / 30 for a, e in zip(found, truth)]))
+    # how far above the 30th found the missed neighbours score: near-ties, or real misses?
+    gaps = [truth_sims[i, j] - found_sims[i][-1] for i in range(len(found))
+            for j in np.flatnonzero(~np.isin(truth[i], found[i]))]
     return {"way": way, "kind": getattr(find.__self__, "kind", "ivf (in memory)"), "build_s": t_build,
-            "search_s": t_search, "peak_anon_mib": peak_mib, "recall": recall}
+            "search_s": t_search, "peak_anon_mib": peak_mib, "recall": recall,
+            "top1_missed": float(np.mean([f[0] != t[0] for f, t in zip(found, truth)])),
+            "missed_gap_median": float(np.median(gaps)) if gaps else 0.0,
+            "missed_gap_p90": float(np.percentile(gaps, 90)) if gaps else 0.0}
 
 
 def main() -> None:
@@ -102,22 +144,39 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=100_000)
     ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--real", action="store_true", help="MiniLM vectors of ../shared/data's texts, IVF-PQ forced")
+    ap.add_argument("--vectors", help="with --real: a folder to keep the embeddings in and reuse (11 min here)")
+    ap.add_argument("--kind", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--way", help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.way:
-        print(json.dumps(run_way(args.way, *args.files, args.sample)))
+        print(json.dumps(run_way(args.way, *args.files, args.sample, args.kind)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        pool, queries = Path(tmp) / "pool.npy", Path(tmp) / "queries.npy"
+        folder = Path(args.vectors or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        pool, queries = folder / "pool.npy", folder / "queries.npy"
         t0 = time.time()
-        generate(pool, args.pool, 1)
-        generate(queries, args.queries, 2)
-        print(f"generated {args.pool:,} pool and {args.queries:,} query vectors ({DIM} dims) in {time.time() - t0:.0f}s")
+        if args.real and args.vectors and pool.exists() and queries.exists():
+            args.pool, args.queries = len(np.load(pool, mmap_mode="r")), len(np.load(queries, mmap_mode="r"))
+            args.sample = args.queries
+            print(f"reusing {args.pool:,} pool and {args.queries:,} query vectors from {folder}")
+        elif args.real:
+            args.pool, args.queries, secs = embed_real(pool, queries)
+            args.sample = args.queries
+            print(f"embedded {args.pool:,} pool texts and {args.queries:,} questions of ../shared/data with "
+                  f"all-MiniLM-L6-v2 in {secs:.0f}s ({(args.pool + args.queries) / secs:,.0f} texts/s)")
+        else:
+            generate(pool, args.pool, 1)
+            generate(queries, args.queries, 2)
+            print(f"generated {args.pool:,} pool and {args.queries:,} query vectors ({DIM} dims) in "
+                  f"{time.time() - t0:.0f}s")
         rows = []
         for way in ("bounded", "in-memory"):
             res = subprocess.run([sys.executable, __file__, "--way", way, "--files", str(pool), str(queries),
-                                  "--sample", str(args.sample)], capture_output=True, text=True)
+                                  "--sample", str(args.sample), "--kind", "ivfpq" if args.real else "auto"],
+                                 capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stderr[-2000:])
                 sys.exit(1)
@@ -127,14 +186,18 @@ def main() -> None:
     for r in rows:
         print(f"| {r['way']} | {r['kind']} | {r['build_s']:.0f} | {r['search_s']:.0f} | {r['peak_anon_mib']:,.0f} "
               f"| {r['recall']:.3f} |")
+    for r in rows:
+        print(f"{r['way']}: the nearest text missed for {r['top1_missed']:.1%} of the queries; a missed neighbour "
+              f"scores {r['missed_gap_median']:.3f} above the 30th found (median; 90th percentile "
+              f"{r['missed_gap_p90']:.3f})")
     bounded, memory = rows
     missed = []
-    if bounded["peak_anon_mib"] > memory["peak_anon_mib"] / 4:
+    if not args.real and bounded["peak_anon_mib"] > memory["peak_anon_mib"] / 4:  # (--real: a small pool)
         missed.append("peak memory not under a quarter of the in-memory way's")
     if bounded["recall"] < 0.95:
         missed.append(f"recall@30 {bounded['recall']:.3f} < 0.95")
-    print("\ntargets (memory < 1/4 of in-memory, recall@30 >= 0.95): " + ("met" if not missed else
-                                                                         "MISSED: " + "; ".join(missed)))
+    targets = ("" if args.real else "memory < 1/4 of in-memory, ") + "recall@30 >= 0.95"
+    print(f"\ntargets ({targets}): " + ("met" if not missed else "MISSED: " + "; ".join(missed)))
     if missed:
         sys.exit(1)
 
