@@ -75,13 +75,11 @@ def generate(path: Path, n: int, seed: int) -> None:
     out.flush()
 
 
-def embed_real(pool_path: Path, query_path: Path) -> tuple[int, int, float]:
-    """MiniLM vectors of ../shared/data's texts (pool) and questions (queries) into two .npy files; returns
-    their sizes and the seconds spent embedding."""
-    from sentence_transformers import SentenceTransformer
-
+def embed_real(pool_path: Path, query_path: Path) -> float:
+    """MiniLM vectors of ../shared/data's texts (pool) and questions (queries) into two .npy files, embedded as
+    mining embeds (`Embedder.encode_into`, no cache); returns the seconds spent embedding."""
     from dedup_bench import SHARED, real_texts
-    from datakit.embed import resolve_model
+    from datakit.embed import Embedder
 
     pool = real_texts()
     seen = {t.lower() for t in pool}
@@ -92,15 +90,11 @@ def embed_real(pool_path: Path, query_path: Path) -> tuple[int, int, float]:
     with open(SHARED / "scifact" / "beir" / "queries.jsonl", encoding="utf-8") as fh:
         questions += [json.loads(line)["text"] for line in fh]
     queries = list(dict.fromkeys(q.strip() for q in questions if q.strip() and q.strip().lower() not in seen))
-    model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
+    embedder = Embedder(use_cache=False, device="cpu")
     t0 = time.time()
     for path, texts in ((pool_path, pool), (query_path, queries)):
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(texts), DIM))
-        for start in range(0, len(texts), CHUNK):
-            out[start:start + CHUNK] = model.encode(texts[start:start + CHUNK], batch_size=64,
-                                                    normalize_embeddings=True, convert_to_numpy=True)
-        out.flush()
-    return len(pool), len(queries), time.time() - t0
+        embedder.encode_into(path, (texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)), len(texts))
+    return time.time() - t0
 
 
 def run_way(way: str, pool_path: str, query_path: str, sample: int, kind: str = "auto") -> dict:
@@ -119,18 +113,15 @@ def run_way(way: str, pool_path: str, query_path: str, sample: int, kind: str = 
         find = index.search
     t_build = time.time() - t0
     t0 = time.time()
-    found, found_sims = [], []
-    for start in range(0, len(queries), 8192):
-        sims, ids = find(np.ascontiguousarray(queries[start:start + 8192]), 30)
-        found.extend(ids[:max(0, sample - len(found))])
-        found_sims.extend(sims[:max(0, sample - len(found_sims))])
+    found = [find(np.ascontiguousarray(queries[start:start + 8192]), 30) for start in range(0, len(queries), 8192)]
     t_search = time.time() - t0
+    found_sims, found = (np.concatenate(parts)[:sample] for parts in zip(*found))
     peak_mib = peak.stop()
     exact = VectorSearch(pool, "flat")  # exact, sharded: the reference for recall
     truth_sims, truth = exact.search(np.ascontiguousarray(queries[:sample]), 30)
     recall = float(np.mean([len(set(a) & set(e)) / 30 for a, e in zip(found, truth)]))
     # how far above the 30th found the missed neighbours score: near-ties, or real misses?
-    gaps = [truth_sims[i, j] - found_sims[i][-1] for i in range(len(found))
+    gaps = [truth_sims[i, j] - found_sims[i, -1] for i in range(len(found))
             for j in np.flatnonzero(~np.isin(truth[i], found[i]))]
     return {"way": way, "kind": getattr(find.__self__, "kind", "ivf (in memory)"), "build_s": t_build,
             "search_s": t_search, "peak_anon_mib": peak_mib, "recall": recall,
@@ -158,14 +149,13 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         pool, queries = folder / "pool.npy", folder / "queries.npy"
         t0 = time.time()
-        if args.real and args.vectors and pool.exists() and queries.exists():
+        if args.real:
+            reuse = args.vectors and pool.exists() and queries.exists()
+            secs = 0.0 if reuse else embed_real(pool, queries)
             args.pool, args.queries = len(np.load(pool, mmap_mode="r")), len(np.load(queries, mmap_mode="r"))
             args.sample = args.queries
-            print(f"reusing {args.pool:,} pool and {args.queries:,} query vectors from {folder}")
-        elif args.real:
-            args.pool, args.queries, secs = embed_real(pool, queries)
-            args.sample = args.queries
-            print(f"embedded {args.pool:,} pool texts and {args.queries:,} questions of ../shared/data with "
+            print(f"reused {args.pool:,} pool and {args.queries:,} query vectors from {folder}" if reuse else
+                  f"embedded {args.pool:,} pool texts and {args.queries:,} questions of ../shared/data with "
                   f"all-MiniLM-L6-v2 in {secs:.0f}s ({(args.pool + args.queries) / secs:,.0f} texts/s)")
         else:
             generate(pool, args.pool, 1)
