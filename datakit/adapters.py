@@ -243,7 +243,8 @@ def _parse_scores(arr: pa.Array, name: str, problems: Problems) -> pa.Array:
 
 
 def _text_list(arr: pa.Array, name: str, problems: Problems) -> pa.Array:
-    """A list of strings; a plain string becomes a one-item list (a JSON-encoded list is decoded)."""
+    """A list of strings; a plain string becomes a one-item list. A string that is a JSON array is decoded (a
+    CSV cell holding a list); one that only starts with "[" ("[1] Smith et al.", "[Ticker] ...") is a text."""
     t = arr.type
     if (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
         pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type) or pa.types.is_null(t.value_type)
@@ -254,19 +255,26 @@ def _text_list(arr: pa.Array, name: str, problems: Problems) -> pa.Array:
         for i, v in enumerate(arr.to_pylist()):
             if v is None:
                 out.append(None)
-            elif v.lstrip().startswith("["):
-                try:
-                    items = json.loads(v)
-                    if not all(isinstance(x, str) for x in items):
-                        raise ValueError
-                    out.append(items)
-                except ValueError:
-                    out.append(None)
-                    problems.add([i], name, "wrong_type", f"field {name!r}: not a list of strings")
-            else:
+            elif (items := _json_array(v)) is None:
                 out.append([v])
+            elif all(isinstance(x, str) for x in items):
+                out.append(items)
+            else:
+                out.append(None)
+                problems.add([i], name, "wrong_type", f"field {name!r}: a JSON array, not of strings")
         return pa.array(out, pa.list_(pa.string()))
     return _wrong(arr, name, "a list of strings", problems, pa.list_(pa.string()))
+
+
+def _json_array(text: str) -> list | None:
+    """`text` parsed, where it is a JSON array; None for any other text."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
 
 
 def _messages(arr: pa.Array, name: str, problems: Problems) -> pa.Array:

@@ -73,6 +73,17 @@ def test_retrieval_lists_of_positives_and_given_negatives(tmp_path):
     assert out["retrieval"][0]["negatives"] == ["n1a", "n1b"]
 
 
+def test_a_text_that_starts_with_a_bracket_is_a_text_not_a_broken_list(tmp_path):
+    """Found on 1M spliced real sentences: "[Ticker] Fitch upgrades ..." as a positive was quarantined as a
+    list that did not parse. Only a JSON array is decoded; a JSON array of non-strings is still quarantined."""
+    rows = [{"query": "q0", "pos": "[Ticker] Fitch upgrades two senators.", "neg": "[1] Smith et al., 2020"},
+            {"query": "q1", "pos": "p1", "neg": '[1, 2]'}]
+    out, bad = _build(tmp_path, "retrieval", rows, columns={"positive": "pos", "negatives": "neg"})
+    assert [(r["positive"], r["negatives"]) for r in out["retrieval"]] == [
+        ("[Ticker] Fitch upgrades two senators.", ["[1] Smith et al., 2020"])]
+    assert [(q["row"], q["field"], q["reason"]) for q in bad] == [(1, "neg", "wrong_type")]
+
+
 def test_nli_scores_both_orders_label_map_and_unknown_labels(tmp_path):
     rows = [{"premise": "P", "hypothesis": "H1", "label": "entailment"},
             {"premise": "P", "hypothesis": "H2", "label": "Neutral"},
