@@ -27,7 +27,7 @@ from datakit.embed import DEFAULT_MODEL, Embedder
 from datakit.records import add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
 from datakit.steps.base import Step, StepConfig, Stream, register
-from datakit.vectorsearch import IndexKind, VectorSearch
+from datakit.vectorsearch import NPROBE, IndexKind, VectorSearch
 
 
 class MineConfig(StepConfig):
@@ -46,6 +46,8 @@ class MineConfig(StepConfig):
     margin: float = 0.05  # margin: drop candidates with sim >= sim(query, positive) - margin
     copy_threshold: float = 0.98  # a candidate this close to a known positive is a copy of it
     index: IndexKind = "auto"
+    nprobe: int = Field(NPROBE, gt=0)  # IVF lists an `ivfpq` query visits: more = higher recall, slower search
+    # (1M spliced real sentences: 128 -> 0.889 of the exact top 30, 1024 -> 0.955; benchmarks/mine_build_bench.py)
     search_shard_rows: int | None = Field(None, gt=0)  # pool vectors per search shard (default: vectorsearch's);
     # on Ray the shards are held by actors across the workers, searched at once and their top-k merged
     batch_size: int = 64
@@ -194,7 +196,8 @@ class MineNegatives(Step):
         q_vec = self.embedder.encode_into(self.work / "queries.npy", (
             self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected),
             remote=self.ctx.embed_chunks)
-        search = VectorSearch(pool_vec, cfg.index, shard_rows=cfg.search_shard_rows, runner=self.ctx.runner)
+        search = VectorSearch(pool_vec, cfg.index, shard_rows=cfg.search_shard_rows, nprobe=cfg.nprobe,
+                              runner=self.ctx.runner)
         self.searched = {"in": search.where, "shards": search.n_shards, "index": search.kind}
         # every known positive of a query: the positives of all records with the same normalised query,
         # as (query hash, pool id) sorted by hash
