@@ -1,6 +1,7 @@
 """Run under `torch.distributed.run --nproc_per_node N` (or plain python for N = 1): every loss on one global
 batch split over the processes, plainly and through GradCache; writes each loss and the encoder's gradients
 for comparison with a one-process run."""
+import gc
 import sys
 
 import torch
@@ -104,4 +105,10 @@ results["docs"] = torch.cat([gather(p)[0], gather(n.reshape(-1, 8))[0]]).detach(
 if acc.is_main_process:
     torch.save(results, out)
 acc.wait_for_everyone()
-acc.end_training()  # tears the process group down before the interpreter exits
+# The DDP wrappers hold the gloo process group: as module globals they would outlive it and be destroyed during
+# interpreter finalization, where gloo's threads can abort the process ("terminate called without an active
+# exception", SIGABRT, seen once in CI). Release them while the interpreter is whole, then tear the group down.
+del model, plain, lin, Fwd
+acc.free_memory()
+gc.collect()
+acc.end_training()

@@ -26,9 +26,26 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     returns (rows, offset of this process's rows)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
+    return _GatherRows.apply(x), dist.get_rank() * x.shape[0]
 
-    return torch.cat(all_gather(x.contiguous())), dist.get_rank() * x.shape[0]
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-sized row blocks whose backward sums the gradient every process computed for the
+    gathered rows (one all_reduce) and keeps this process's block. (torch.distributed.nn.functional.all_gather
+    does the same through an all_to_all, and is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 def info_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, tau: float = 0.02,
