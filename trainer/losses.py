@@ -36,8 +36,9 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()  # (the outputs take x's layout; collectives want dense rows)
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
+        dist.all_gather(parts, x)
         ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
         return torch.cat(parts)
 
