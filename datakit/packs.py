@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from datakit import minhash as mh
 from datakit import spill
+from datakit.sources import arrow_reader
 
 if TYPE_CHECKING:
     import duckdb
@@ -201,9 +202,7 @@ def _text_columns(con: duckdb.DuckDBPyConnection, rel: str, fields: list[str] | 
 
 def _stream(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[str]:
     """The one text column of a query, fetched a batch at a time, blank texts left out."""
-    rel = con.sql(sql)  # to_arrow_reader since DuckDB 1.4; fetch_arrow_reader (deprecated there) before it
-    reader = rel.to_arrow_reader(READ_BATCH) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader(READ_BATCH)
-    for batch in reader:
+    for batch in arrow_reader(con.sql(sql), READ_BATCH):
         yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
 
 

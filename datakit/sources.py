@@ -876,7 +876,7 @@ def _read_sql(sql: str, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> 
         rel = con.sql(sql)
         if rel is None:
             raise SourceError("sql source: the statement returns no rows (use a SELECT)")
-        reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_rows)
+        reader = arrow_reader(rel, batch_rows)
     except duckdb.PermissionException as exc:
         raise SourceError(f"sql source: {exc} (recipe SQL may read the recipe's folder and its allow_paths; "
                           "nothing else)") from None
@@ -889,3 +889,9 @@ def _read_sql(sql: str, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> 
         yield Chunk(table, "sql", row_range(seen, table.num_rows))
         seen += table.num_rows
     con.close()
+
+
+def arrow_reader(rel: duckdb.DuckDBPyRelation, rows: int) -> pa.RecordBatchReader:
+    """A DuckDB relation as Arrow batches of `rows` rows (`to_arrow_reader` since DuckDB 1.4, where
+    `fetch_arrow_reader` is deprecated; `fetch_record_batch` before it)."""
+    return rel.to_arrow_reader(rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(rows)

@@ -36,11 +36,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        x = x.contiguous()  # (the outputs take x's layout; collectives want dense rows)
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
         ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
-        return torch.cat(parts)
+        return gather_values(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -85,11 +82,12 @@ def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float 
 
 
 def gather_values(x: torch.Tensor) -> torch.Tensor:
-    """All processes' values of a tensor that needs no gradient (scores, labels)."""
+    """All processes' values of a tensor, without gradient (scores, labels; `gather` adds one)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
+    x = x.contiguous()  # (the outputs take x's layout; collectives want dense rows)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
+    dist.all_gather(parts, x)
     return torch.cat(parts)
 
 
