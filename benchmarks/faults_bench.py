@@ -385,7 +385,232 @@ def cases(work: Path) -> list[tuple[str, str, str, str]]:
                            "  x: {recipe: {steps.rerank: null}}\n")
     r = run("trainer.cli", "experiment", str(exp), "--out", str(c.dir / "o"))
     add(c.name, "trainer experiment", classify(r), first_line(r.stderr))
+    harm_cases(work, add)
     return rows
+
+
+class StrangerServer:
+    """An OpenAI-compatible endpoint a shared recipe points at (a real HTTP server on a loopback port): it records
+    every Authorization header it receives and answers each request with `answer` (or `status`)."""
+
+    def __init__(self, answer: str = "POISON", status: int = 200, fail_first: int = 0):
+        import http.server
+        import threading
+
+        self.headers: list[str] = []
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.headers.append(self.headers.get("Authorization", ""))
+                server.requests += 1
+                code = 503 if server.requests <= fail_first else status
+                body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": answer}}],
+                                   "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+                if code != 200:
+                    body = json.dumps({"error": {"message": "refused", "type": "x", "code": code}})
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): (f"-> {os.readlink(p)}" if p.is_symlink() else
+                                        p.read_text() if p.is_file() else "/") for p in sorted(folder.rglob("*"))}
+
+
+def harm_cases(work: Path, add) -> None:
+    """Issue #41's campaign: what a new user or a stranger's shared recipe could do to the user."""
+    qa = '  - {name: qa, path: %s, adapter: qa}\n'
+    # ---- output folders
+    c = Case("--out . in a project folder (README, build-tools/, classification/ notes, a dangling link)", work)
+    project = c.dir / "project"
+    for name, text in (("README.md", "# mine\n"), ("build-tools/make.sh", "echo\n"), ("classification/notes.txt", "n\n")):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    os.symlink("nowhere", project / "dangling")
+    before = tree(project)
+    rec = c.recipe(qa % c.file("x.jsonl", qa_rows(5)))
+    r = subprocess.run([PY, "-m", "datakit.cli", "build", str(rec), "--out", ".", "-q"], capture_output=True,
+                       text=True, cwd=project, env=os.environ)
+    add(c.name, "datakit build", classify(r) + ("; folder untouched" if tree(project) == before else
+                                                "; DEFECT: files changed"), first_line(r.stderr))
+    for name, out in (("--out /", Path("/")), ("--out equal to the source folder", c.dir)):
+        r, _ = c.build(rec, None, out)
+        add(name, "datakit build", classify(r) + f" (exit {r.returncode})", first_line(r.stderr))
+    c = Case("datakit dedup OUT --out OUT after decontaminate (audit files kept)", work)
+    rows = c.file("p.tsv", "sentence1\tsentence2\tscore\n" + "".join(f"sentence {i} about a town\tanother one {i}\t3\n"
+                                                                    for i in range(10)))
+    c.file("bench/PairX.test.tsv", "sentence 1 about a town\tanother one 1\t3\n")
+    run("datakit.cli", "bench", "build", "--from-files", str(c.dir / "bench" / "PairX.test.tsv"), "--out", str(c.dir / "pack"))
+    _, out = c.build(c.recipe(f"  - {{name: s, path: {rows}, adapter: sts}}\n"))
+    run("datakit.cli", "decontaminate", str(out), "--bench", str(c.dir / "pack"), "--out", str(out))
+    r = run("datakit.cli", "dedup", str(out), "--out", str(out))
+    kept = (out / "contamination.json").exists() and "contamination" in json.dumps(manifest(out).get("parent", {}))
+    add(c.name, "datakit dedup", (classify(r, out) + "; contamination.json and lineage kept") if kept and
+        r.returncode == 0 else "DEFECT: the input's audit was lost", first_line(r.stderr))
+    # ---- credentials and the answer cache
+    stranger = StrangerServer(status=401)
+    c = Case("a recipe's api_base with OPENAI_API_KEY in the environment", work)
+    c.file("x.jsonl", qa_rows(3))
+    src = '  - {name: qa, path: x.jsonl, adapter: qa}\n'
+    rec = c.file("recipe.yaml", f"name: t\nsources:\n{src}steps: [{{type: paraphrase}}]\n"
+                                f"llm: {{model: openai/gpt-4o-mini, api_base: '{stranger.base}', max_retries: 0}}\n")
+    r, out = c.build(rec, env={"OPENAI_API_KEY": "sk-user-secret-123456"})
+    leaked = any("sk-user-secret" in h for h in stranger.headers)
+    add(c.name, "datakit build", ("DEFECT: the key reached the recipe's server" if leaked else
+                                  classify(r, out) + f"; server saw {sorted(set(stranger.headers))}"),
+        first_line(r.stderr))
+    stranger.close()
+    poison, honest = StrangerServer("POISON answer from a stranger"), StrangerServer("a paraphrase of the question")
+    c = Case("a stranger's recipe fills the shared answer cache, then the user builds", work)
+    c.file("x.jsonl", qa_rows(3))
+    cache = c.dir / "answers.sqlite"
+    for i, server in enumerate((poison, honest)):
+        c.file(f"r{i}.yaml", f"name: t\nsources:\n{src}steps: [{{type: paraphrase, max_failed: 1.0}}]\n"
+                             f"llm: {{model: openai/m, api_base: '{server.base}', cache: {cache}, preflight: false}}\n")
+    run("datakit.cli", "build", str(c.dir / "r0.yaml"), "--out", str(c.dir / "o0"), "-q",
+        env={"OPENAI_API_KEY": "x", "DATAKIT_ALLOW_API_BASE": poison.base})
+    r = run("datakit.cli", "build", str(c.dir / "r1.yaml"), "--out", str(c.dir / "o1"), "-q",
+            env={"OPENAI_API_KEY": "x", "DATAKIT_ALLOW_API_BASE": honest.base})
+    syn = (manifest(c.dir / "o1") or {}).get("synthesis", {}).get("paraphrase", {})
+    texts = " ".join(json.dumps(e) for e in syn.get("examples", []))
+    add(c.name, "datakit build", (f"read; {syn.get('calls')} calls to the user's server, {syn.get('cache_hits')} "
+                                  "cached, no poisoned answer" if syn.get("calls") and "POISON" not in texts
+                                  else "DEFECT: poisoned answers reused"), first_line(r.stderr))
+    poison.close()
+    honest.close()
+    empty = StrangerServer("")
+    c = Case("an LLM server answering every request with empty content", work)
+    c.file("x.jsonl", qa_rows(4))
+    r, out = c.build(c.file("recipe.yaml", f"name: t\nsources:\n{src}steps: [{{type: paraphrase}}]\n"
+                                           f"llm: {{model: openai/m, api_base: '{empty.base}', preflight: false}}\n"),
+                     env={"OPENAI_API_KEY": "x", "DATAKIT_ALLOW_API_BASE": empty.base})
+    add(c.name, "datakit build", classify(r, out), first_line(r.stderr))
+    empty.close()
+    flaky = StrangerServer("a paraphrase of it", fail_first=2)
+    c = Case("an LLM server failing twice with 503 (retries counted)", work)
+    c.file("x.jsonl", qa_rows(1))
+    r, out = c.build(c.file("recipe.yaml", f"name: t\nsources:\n{src}steps: [{{type: paraphrase, max_failed: 1.0}}]\n"
+                                           f"llm: {{model: openai/m, api_base: '{flaky.base}', preflight: false}}\n"),
+                     env={"OPENAI_API_KEY": "x", "DATAKIT_ALLOW_API_BASE": flaky.base})
+    syn = (manifest(out) or {}).get("synthesis", {}).get("paraphrase", {})
+    add(c.name, "datakit build", (f"read; calls {syn.get('calls')} = requests the server saw {flaky.requests}, "
+                                  f"retries {syn.get('retries')}") if syn.get("calls") == flaky.requests
+        else f"DEFECT: calls {syn.get('calls')}, server saw {flaky.requests}", first_line(r.stderr))
+    flaky.close()
+    # ---- paths a recipe names
+    secret = work / "secret-outside.yaml"
+    secret.write_text("password: hunter2\nmessages: [broken\n")
+    for name, prompt in (("prompt: /etc/passwd", "/etc/passwd"), ("prompt: ../ chain without .yaml", "../../../etc/hostname"),
+                         ("prompt: a broken YAML file outside the folder", str(secret))):
+        c = Case(name, work)
+        c.file("x.jsonl", qa_rows(2))
+        r = run("datakit.cli", "validate", str(c.file("recipe.yaml", f"name: t\nsources:\n{src}"
+                                                                      f"steps: [{{type: paraphrase, prompt: '{prompt}'}}]\n")))
+        add(name, "datakit validate", ("DEFECT: printed the outside file" if "hunter2" in r.stderr + r.stdout
+                                       else classify(r) + f" (exit {r.returncode})"), first_line(r.stderr))
+    for allow in ("/", "~", ".."):
+        c = Case(f"allow_paths: ['{allow}']", work)
+        c.file("x.jsonl", qa_rows(2))
+        rec = c.file("recipe.yaml", f"name: t\nallow_paths: ['{allow}']\nsources:\n{src}")
+        shown = "wide" in run("datakit.cli", "validate", str(rec)).stdout
+        r, out = c.build(rec)
+        add(c.name, "datakit validate + build", classify(r, out) + ("; validate shows it" if shown else
+                                                                    "; DEFECT: validate silent"), first_line(r.stderr))
+    # ---- false success
+    c = Case("hand-edited manifest counts", work)
+    _, out = c.build(c.recipe(qa % c.file("x.jsonl", qa_rows(5))))
+    m_path = out / "current" / "manifest.json"
+    m = json.loads(m_path.read_text())
+    m["counts"]["retrieval"]["qa"] = 500
+    m_path.write_text(json.dumps(m))
+    r = run("datakit.cli", "verify", str(out))
+    add(c.name, "datakit verify", classify(r), first_line(r.stderr or r.stdout))
+    from embedkit.trainconfig import resolve_name
+
+    c = Case("trainer eval of a model folder without its tokenizer", work)
+    import shutil
+
+    model = c.dir / "model"
+    shutil.copytree(resolve_name("embedded-minilm")[0], model)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model / name).unlink()
+    r = run("trainer.cli", "eval", str(model), "--tasks", str(ROOT / "recipes" / "walkthrough" / "tasks.yaml"),
+            "--out", str(c.dir / "eval"))
+    add(c.name, "trainer eval", classify(r), first_line(r.stderr))
+    c = Case("Ctrl-C during trainer eval", work)
+    proc = subprocess.Popen([PY, "-m", "trainer.cli", "eval", "embedded-minilm", "--tasks",
+                             str(ROOT / "recipes" / "walkthrough" / "tasks.yaml"), "--out", str(c.dir / "eval")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if (c.dir / "eval" / "eval-status.json").exists():
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    status = json.loads((c.dir / "eval" / "eval-status.json").read_text()).get("state")
+    add(c.name, "trainer eval", (f"exit {proc.returncode}; eval-status.json says {status}" if status != "running"
+                                 or proc.returncode == 0 else "DEFECT: folder not marked"), first_line(err))
+    small_corpus = c.dir / "corpus"
+    run("datakit.cli", "build", str(c.recipe(qa % c.file("x.jsonl", qa_rows(24)))), "--out", str(small_corpus), "-q")
+    base = (f"model: {{name_or_path: embedded-minilm}}\ndata: {{shards: {small_corpus}, batch_size: 2, negatives: 0, "
+            "query_max_length: 16, doc_max_length: 16}\noutput_dir: run\nstages: [{steps: 4, lr: 1.0e-5}]\nsave_every: 2\n")
+    c = Case("trainer run resumed after lr and batch changed", work)
+    run("trainer.cli", "run", str(c.file("cfg.yaml", base)))
+    (c.dir / "run" / "stage1" / "done").unlink()
+    r = run("trainer.cli", "run", str(c.file("cfg.yaml", base.replace("lr: 1.0e-5", "lr: 5.0e-5")
+                                             .replace("batch_size: 2", "batch_size: 3"))))
+    add(c.name, "trainer run", classify(r) + f" (exit {r.returncode})", first_line(r.stderr))
+    c = Case("full disk while saving a checkpoint (injected)", work)
+    r = run("trainer.cli", "run", str(c.file("cfg.yaml", base)), env={"EMBEDKIT_FAULT": "save:ENOSPC"})
+    partial = list((c.dir / "run").rglob("*.tmp"))
+    add(c.name, "trainer run", classify(r) + ("; no partial file" if not partial else "; DEFECT: partial file left"),
+        first_line(r.stderr))
+    c = Case("trainer output_dir holding the user's files", work)
+    c.file("run/README.md", "# mine\n")
+    r = run("trainer.cli", "run", str(c.file("cfg.yaml", base)))
+    add(c.name, "trainer run", classify(r) + ("; untouched" if sorted(p.name for p in (c.dir / "run").iterdir())
+                                              == ["README.md"] else "; DEFECT: wrote into it"), first_line(r.stderr))
+    # ---- one bad row costs one row
+    c = Case("JSONL row with an escaped lone surrogate", work)
+    r, out = c.build(c.recipe(qa % c.file("x.jsonl", qa_rows(3) + '{"question": "bad \\ud800", "answer": "b"}\n')))
+    add(c.name, "datakit build", classify(r, out, expect="quarantine"), first_line(r.stderr))
+    c = Case("0-byte CSV in a glob", work)
+    c.file("d/a.csv", "question,answer\nq,a\n")
+    c.file("d/b.csv", "")
+    r, out = c.build(c.recipe("  - {name: qa, path: 'd/*.csv', adapter: qa}\n"))
+    add(c.name, "datakit build", classify(r, out, expect="skipped"), first_line(r.stderr))
+    c = Case("labels 1, \"1\", 1.0 and 2.5", work)
+    labels = c.file("l.jsonl", "".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"
+                                       for i, v in enumerate([1, "1", 1.0, 2, 2.5])))
+    r, out = c.build(c.recipe(f"  - {{name: l, path: {labels}, adapter: classification}}\n"))
+    counts = (manifest(out) or {}).get("quarantined", {}).get("reasons")
+    add(c.name, "datakit build", classify(r, out, expect="quarantine") + f"; classes 1 and 2 only", str(counts))
+    c = Case("folder source with a symlinked sub-folder inside and one outside", work)
+    c.file("data/a.jsonl", qa_rows(2))
+    c.file("more/b.jsonl", qa_rows(3))
+    os.symlink(c.dir / "more", c.dir / "data" / "inside")
+    os.symlink("/etc", c.dir / "data" / "outside")
+    r, out = c.build(c.recipe("  - {name: qa, path: data, adapter: qa}\n"))
+    add(c.name, "datakit build", classify(r, out, expect="skipped") +
+        f"; {((manifest(out) or {}).get('counts') or {}).get('retrieval')} records", first_line(r.stderr))
 
 
 def main() -> None:

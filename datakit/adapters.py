@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -188,12 +189,11 @@ def extract(col: pa.ChunkedArray, kind: RoleType, name: str, problems: Problems)
         return _wrong(arr, name, "text", problems, pa.string())
     if kind == "label":
         if pa.types.is_string(t) or pa.types.is_large_string(t):
-            return pc.utf8_trim_whitespace(arr.cast(pa.string()))
+            return _class_labels(pc.utf8_trim_whitespace(arr.cast(pa.string())), name, problems)
         if pa.types.is_integer(t) or pa.types.is_boolean(t):
             return arr.cast(pa.string())
         if pa.types.is_floating(t):
-            vals = arr.to_pylist()
-            return pa.array([None if v is None else (str(int(v)) if float(v).is_integer() else str(v)) for v in vals])
+            return _class_labels(arr.cast(pa.string()), name, problems)
         return _wrong(arr, name, "a label (string or integer)", problems, pa.string())
     if kind == "score":
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
@@ -214,6 +214,30 @@ def extract(col: pa.ChunkedArray, kind: RoleType, name: str, problems: Problems)
     if kind == "messages":
         return _messages(arr, name, problems)
     raise AssertionError(kind)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _class_labels(arr: pa.Array, name: str, problems: Problems) -> pa.Array:
+    """One spelling per class, whatever the file type: 1, "1", 1.0 and "1.0" are the class "1"; a number that is
+    not whole (2.5) is not a class: `bad_label`. Text labels stay as they are."""
+    values = arr.to_pylist()
+    bad = np.zeros(len(values), bool)
+    out: list[str | None] = []
+    for i, v in enumerate(values):
+        if v is not None and _NUMBER.match(v):
+            f = float(v)
+            if math.isfinite(f) and f.is_integer():
+                v = str(int(f))
+            else:
+                bad[i] = True
+                v = None
+        out.append(v)
+    if bad.any():
+        problems.add_mask(pa.array(bad), name, "bad_label", f"field {name!r}: a numeric label that is not a whole "
+                          "number; class labels are text or integers (1, \"1\" and 1.0 are one class)")
+    return pa.array(out, pa.string())
 
 
 _ARROW_TYPE = {"text": pa.string(), "label": pa.string(), "score": pa.float64(),

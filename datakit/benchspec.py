@@ -45,10 +45,16 @@ def load_bench_spec(path: Path) -> tuple[BenchSpec, Sandbox]:
     return spec, Sandbox.of(path.parent, spec.allow_paths, owner="bench spec")
 
 
-def texts_from_spec(path: Path) -> Iterator[tuple[str, str, str, list[str]]]:
+def texts_from_spec(path: Path, within: Sandbox | None = None) -> Iterator[tuple[str, str, str, list[str]]]:
     """(task, split, field, texts) for every task and text column of a spec; rows whose text is missing or not
-    text are left out (a benchmark row without text cannot leak)."""
+    text are left out (a benchmark row without text cannot leak). `within`: the sandbox of the recipe that names
+    the spec, which then limits what the spec reads (its paths still resolve against its own folder)."""
     spec, sandbox = load_bench_spec(path)
+    if within is not None:
+        sandbox = Sandbox(sandbox.base_dir, within.roots, within.owner)
+        if not within.allows(sandbox.base_dir):
+            raise SourceError(f"bench spec {path}: its folder {sandbox.base_dir} is outside the {within.owner}'s "
+                              f"folder and allow_paths; a spec named by a {within.owner} must sit inside them")
     for task in spec.tasks:
         fields = dict(task.columns)
         texts: dict[str, list[str]] = {f: [] for f in fields}

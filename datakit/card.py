@@ -47,7 +47,12 @@ def manifest_chain(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield manifest
         seen += 1
         parent = manifest.get("parent")
-        if not parent or not parent.get("path"):
+        if not parent:
+            return
+        if isinstance(parent.get("manifest"), dict):  # carried inline since 2026-12-07
+            manifest = parent["manifest"]
+            continue
+        if not parent.get("path"):
             return
         try:
             folder = build_dir(parent["path"])

@@ -47,6 +47,11 @@ def build(
                                           "or RAY_ADDRESS)"),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray cluster"),
     report: bool = typer.Option(False, "--report", help="write the audit report OUT/report.html at the end"),
+    allow_api_base: Optional[list[str]] = typer.Option(
+        None, "--allow-api-base", metavar="URL", help="send your API keys to this api_base the recipe names "
+        "(repeatable; or DATAKIT_ALLOW_API_BASE); other addresses a recipe names get no credentials"),
+    allow_wide_paths: bool = typer.Option(False, "--allow-wide-paths", help="build a recipe whose allow_paths "
+                                          "open more than its own folder tree (/, ~, a parent folder)"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
     from datakit.packs import PackError
@@ -59,6 +64,11 @@ def build(
     from datakit.steps import StepFailed
 
     loaded = _load(recipe)
+    if allow_api_base:
+        from datakit.llm.endpoint import allow
+
+        allow(allow_api_base)
+    _print_endpoints(loaded)
     if executor == "ray":
         try:
             from datakit.ray_executor import RayExecutor
@@ -79,7 +89,8 @@ def build(
             bar.update(tasks[source], completed=rows)
 
         try:
-            result = run_build(loaded, out, strict=strict or None, force=force, progress=progress, executor=runner)
+            result = run_build(loaded, out, strict=strict or None, force=force, progress=progress, executor=runner,
+                               allow_wide_paths=allow_wide_paths)
         except OutputBusy as exc:
             _fail(str(exc))
         except (DataError, SourceError, PackError, InconsistentOutput, StepFailed) as exc:
@@ -100,6 +111,29 @@ def build(
                         "(quarantine reason truncated_input), the rest is lost" for b in broken))
 
 
+def _print_endpoints(loaded) -> None:
+    """Where each LLM step's requests go, and whether the user's credentials go with them."""
+    from datakit.llm.endpoint import describe
+    from datakit.steps.synthesis import SynthesisConfig
+
+    for i, step in enumerate(loaded.recipe.steps):
+        if isinstance(step, SynthesisConfig):
+            model = step.model or loaded.recipe.llm.model
+            console.print(f"llm: step {i}:{step.type} -> {describe(model, step.api_base or loaded.recipe.llm.api_base)}",
+                          highlight=False, soft_wrap=True)
+
+
+def _print_reach(loaded) -> None:
+    """What the recipe may read beyond its own folder (its allow_paths), the wide ones flagged."""
+    from datakit.recipe import wide_roots
+
+    wide = set(wide_roots(loaded))
+    for root in loaded.sandbox.allowed:
+        flag = " [bold red](wide: more than the recipe's own tree; a build needs --allow-wide-paths)[/]" \
+            if root in wide else ""
+        console.print(f"reads: {root}{flag}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
              sample: int = typer.Option(1000, help="rows of each source read through its adapter")) -> None:
@@ -109,6 +143,9 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
     from datakit.sources import SourceError
 
     loaded = _load(recipe)
+    console.print(f"reads: {loaded.base_dir} (the recipe's folder)", highlight=False, soft_wrap=True)
+    _print_reach(loaded)
+    _print_endpoints(loaded)
     table = Table("source", "adapter", "from", "sampled", "quarantined", "top reasons")
     problems = []
     tally = Tally()
@@ -256,10 +293,11 @@ def bench_build(
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations"),
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
-    from datakit.packs import PackError, PackParams, build_pack, texts_from_files, texts_from_mteb
+    from datakit.packs import PackError, PackParams, build_pack, claim_pack_folder, texts_from_files, texts_from_mteb
     from datakit.sources import SourceError
     from embedkit.configfile import ConfigError
 
+    claim_pack_folder(out)  # never a folder holding files datakit did not write
     task_list = [t.strip() for t in tasks.split(",")] if tasks else None
     from_files = [*(from_files or []), *(files or [])]
     try:
@@ -413,8 +451,8 @@ def _summary(manifest: dict[str, Any]) -> None:
         if skipped:
             shown = ", ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5])
             more = f" and {len(skipped) - 5} more (manifest inputs)" if len(skipped) > 5 else ""
-            err.print(f"[bold yellow]skipped:[/] source {name!r}: {len(skipped)} file(s) in its folder that no reader "
-                      f"takes: {shown}{more}", highlight=False, soft_wrap=True)
+            err.print(f"[bold yellow]skipped:[/] source {name!r}: {len(skipped)} file(s) not read: {shown}{more}",
+                      highlight=False, soft_wrap=True)
     for warning in manifest.get("warnings", []):
         err.print(f"[bold yellow]warning:[/] {warning}")
     for step, e in manifest.get("synthesis", {}).items():

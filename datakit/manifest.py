@@ -81,10 +81,11 @@ def shard_path(build: Path, name: str) -> Path | None:
 
 def verify(out_dir: str | Path, deep: bool = False) -> list[str]:
     """Disagreements between the manifest and the shards on disk: a listed file outside the build folder,
-    missing or extra shard files, sizes, row counts (from the Arrow stream metadata) and, with `deep`, sha256
-    digests. Empty when consistent."""
+    missing or extra shard files, sizes, row counts (from the Arrow stream metadata), the manifest's record
+    counts per kind against its shards and, with `deep`, sha256 digests and the counts per dataset read from
+    the shards. Empty when consistent."""
     build = build_dir(out_dir)
-    manifest = read_manifest(out_dir)
+    manifest = read_manifest(build)
     problems = []
     listed = {s["file"]: s for s in manifest.get("shards", [])}
     on_disk = {f"{k}/{p.name}" for k in SHARD_KINDS for p in (build / k).glob("part-*.arrow")}
@@ -111,13 +112,70 @@ def verify(out_dir: str | Path, deep: bool = False) -> list[str]:
             problems.append(f"{name}: {rows:,} rows, the manifest says {entry['rows']:,}")
         elif deep and sha256_file(path) != entry["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest")
+    if not problems:
+        problems += _count_problems(build, manifest, deep)
     return problems
 
 
+def _count_problems(build: Path, manifest: dict[str, Any], deep: bool) -> list[str]:
+    """The manifest's `counts` (records per kind and dataset) and `quarantined.n` against the shards."""
+    problems = []
+    shard_rows: dict[str, int] = {}
+    for entry in manifest.get("shards", []):
+        shard_rows[entry["kind"]] = shard_rows.get(entry["kind"], 0) + int(entry["rows"])
+    counts = manifest.get("counts", {})
+    if not isinstance(counts, dict):
+        return ["counts: not a mapping of kind -> {dataset: records}"]
+    for kind in KINDS:
+        stated = counts.get(kind, {}) or {}
+        if not isinstance(stated, dict) or not all(isinstance(v, int) for v in stated.values()):
+            problems.append(f"counts.{kind}: not a mapping of dataset -> records")
+            continue
+        if sum(stated.values()) != shard_rows.get(kind, 0):
+            problems.append(f"counts.{kind}: {sum(stated.values()):,} records, its shards hold "
+                            f"{shard_rows.get(kind, 0):,}")
+        elif deep and stated:
+            actual = _dataset_counts(build, manifest, kind)
+            for ds in sorted(set(stated) | set(actual)):
+                if stated.get(ds, 0) != actual.get(ds, 0):
+                    problems.append(f"counts.{kind}.{ds}: {stated.get(ds, 0):,} records, the shards hold "
+                                    f"{actual.get(ds, 0):,}")
+    n_quarantined = (manifest.get("quarantined") or {}).get("n")
+    if isinstance(n_quarantined, int) and n_quarantined < shard_rows.get("quarantine", 0):
+        problems.append(f"quarantined.n: {n_quarantined:,}, the quarantine shards hold "
+                        f"{shard_rows.get('quarantine', 0):,}")
+    return problems
+
+
+def _dataset_counts(build: Path, manifest: dict[str, Any], kind: str) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    out: dict[str, int] = {}
+    for entry in manifest.get("shards", []):
+        if entry["kind"] != kind:
+            continue
+        with pa.memory_map(str(build / entry["file"])) as source:
+            for batch in pa.ipc.open_stream(source):
+                for item in pc.value_counts(batch.column("dataset")).to_pylist():
+                    out[item["values"]] = out.get(item["values"], 0) + item["counts"]
+    return out
+
+
 def checked(out_dir: str | Path) -> Path:
-    """The current build folder of OUT, after checking it against its manifest (readers call this)."""
-    build = build_dir(out_dir)
-    problems = verify(out_dir)
+    """The current build folder of OUT, after checking it against its manifest (readers call this). The build is
+    resolved once and read from there; a build that a writer publishing at that moment removed is resolved
+    again (a reader never fails on a half-published output)."""
+    for attempt in range(5):
+        build = build_dir(out_dir)
+        try:
+            problems = verify(build)
+        except (FileNotFoundError, InconsistentOutput):
+            if attempt < 4 and build_dir(out_dir) != build:
+                continue  # `current` moved on while we read: read the new build
+            raise
+        if problems and attempt < 4 and build_dir(out_dir) != build:
+            continue
+        break
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise InconsistentOutput(f"{out_dir}: the shards do not match the manifest ({shown}); rebuild it, or run "
@@ -146,6 +204,13 @@ def read_shards(out_dir: str | Path, kind: str) -> pa.Table:
 
 def open_tables(out_dir: str | Path, kinds: tuple[str, ...] = KINDS) -> dict[str, pa.Table]:
     """Each record kind of OUT's current build as one memory-mapped table (no copy into RAM), after checking the
-    shards against the manifest."""
-    build = checked(out_dir)
-    return {kind: read_shards(build, kind) for kind in kinds}
+    shards against the manifest. A build a concurrent publish removed while it was being opened is opened again
+    at the new `current` (once mapped, the tables stay readable whatever a writer does next)."""
+    for attempt in range(5):
+        build = checked(out_dir)
+        try:
+            return {kind: read_shards(build, kind) for kind in kinds}
+        except (FileNotFoundError, InconsistentOutput, OSError):
+            if attempt == 4 or build_dir(out_dir) == build:
+                raise
+    raise AssertionError("unreachable")

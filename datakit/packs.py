@@ -315,15 +315,27 @@ PACK_CHUNK = 65_536  # benchmark texts hashed at a time, at most
 PACK_CHUNK_BYTES = 16 << 20  # and at most this much text (long documents: memory follows bytes, not texts)
 
 
+PACK_FILES = {"pack.json", "texts.parquet", "texts.arrow", "signatures.npy", "ngram_rows.npy", "exact_rows.npy",
+              "exact.npy", "ngrams.npy", "boilerplate.npy"}
+
+
+def claim_pack_folder(out: Path) -> Path:
+    """`datakit bench build --out`: a new or empty folder, or a pack folder (embedkit.outfolder)."""
+    from embedkit.outfolder import claim
+
+    return claim(out, "datakit pack", lambda p: p.name in PACK_FILES or p.name.startswith(".building-"),
+                 lambda f: (f / "pack.json").is_file())
+
+
 def build_pack(items: Iterable[tuple[str, str, str, Iterable[str]]], out: Path, params: PackParams = PackParams()) -> dict:
     """Hash every benchmark text once and write the pack folder; returns pack.json's content.
 
     Texts are hashed PACK_CHUNK at a time, and what must be sorted (text hashes, long n-grams) goes through
     ordered partitions on disk, so memory holds a chunk and one partition, never the pack. The pack is made in a
-    scratch folder beside `out` and moved in file by file, pack.json last: a killed build leaves no pack that
+    scratch folder inside `out` and moved in file by file, pack.json last: a killed build leaves no pack that
     looks whole, and a reader holds the files it opened."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out))
     try:
         meta = _write_pack(items, tmp, params)
         (out / "pack.json").unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import platform
+import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -108,6 +109,44 @@ def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[
     return old if (local and same) else None
 
 
+def source_paths(loaded: LoadedRecipe, inputs: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(source name, path) of what the recipe reads: its input files, the folders it lists, the files and folders
+    its SQL and local hf: sources name, and the recipe file itself."""
+    from datakit.sources import glob_prefix, sandbox_sql
+
+    sandbox = loaded.sandbox
+    found: list[tuple[str, Path]] = [("the recipe", Path(loaded.path))]
+    for src in loaded.recipe.sources:
+        for f in inputs.get(src.name, {}).get("files", []):
+            found.append((src.name, Path(f["path"])))
+        if src.path is not None:
+            for item in [src.path] if isinstance(src.path, str) else src.path:
+                p = sandbox.absolute(item)
+                found.append((src.name, Path(glob_prefix(str(p))) if any(c in str(p) for c in "*?[") else p))
+        if src.sql is not None:
+            sql, _, _ = sandbox_sql(src.sql, sandbox)
+            for m in re.finditer(r"'(/(?:[^']|'')*)'", sql):
+                raw = m.group(1).replace("''", "'")
+                found.append((src.name, Path(glob_prefix(raw)) if any(c in raw for c in "*?[") else Path(raw)))
+        if src.hf is not None and sandbox.absolute(src.hf.path).exists():
+            found.append((src.name, sandbox.absolute(src.hf.path)))
+    return found
+
+
+def check_out_dir(out_dir: Path, loaded: LoadedRecipe, inputs: dict[str, Any]) -> None:
+    """The output folder is never a source, a folder holding a source, or inside a source folder (the next build
+    would read its own output as data)."""
+    from embedkit.outfolder import OutputRefused, inside, refuse_special
+
+    refuse_special(out_dir)
+    for name, path in source_paths(loaded, inputs):
+        if inside(path, out_dir):
+            raise OutputRefused(f"--out {out_dir}: it holds {path}, which {name} reads; give a folder of its own")
+        if path.is_dir() and inside(out_dir, path):
+            raise OutputRefused(f"--out {out_dir}: it is inside {path}, a folder {name} reads (the next build would "
+                                "read this output as data); give a folder outside it")
+
+
 def build(
     loaded: LoadedRecipe,
     out_dir: str | Path,
@@ -116,10 +155,21 @@ def build(
     progress: ProgressFn | None = None,
     batch_rows: int = 50_000,
     executor: Executor | None = None,
+    allow_wide_paths: bool = False,
 ) -> BuildResult:
-    """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read."""
+    """Build the recipe into `out_dir`. `progress(source, rows)` is called as rows are read. A recipe whose
+    allow_paths open more than its own tree (`/`, the home folder, a folder holding the recipe) builds only with
+    `allow_wide_paths` (the user's consent: `datakit build --allow-wide-paths`)."""
+    from datakit.recipe import RecipeError, check_paths, wide_roots
+
     executor = executor or LocalExecutor()
     recipe, sandbox = loaded.recipe, loaded.sandbox
+    check_paths(loaded)
+    wide = wide_roots(loaded)
+    if wide and not allow_wide_paths:
+        raise RecipeError(f"{loaded.path}: allow_paths opens {', '.join(map(str, wide))} to the recipe (more than "
+                          "its own folder tree: any file there could be read into the corpus or sent to an LLM); "
+                          "check what it reads (`datakit validate`), then build with --allow-wide-paths")
     out_dir = Path(out_dir)
     strict = recipe.strict if strict is None else strict
     inputs = {}
@@ -128,6 +178,7 @@ def build(
             inputs[src.name] = input_fingerprint(src, sandbox)
         except SourceError as exc:
             raise SourceError(f"source {src.name!r}: {exc}") from None
+    check_out_dir(out_dir, loaded, inputs)
     recipe_sha = recipe.sha256()
     head = {"recipe": {"name": recipe.name, "sha256": recipe_sha, "path": str(loaded.path)}, "inputs": inputs}
 
@@ -155,8 +206,10 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     head = {
         "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(c.type for c in configs),
                    "sha256": hashlib.sha256(blob.encode()).hexdigest(), "path": None},
+        # the parent's whole manifest travels inline: its lineage and audit stay readable after the input folder is
+        # rebuilt or replaced (`datakit dedup OUT --out OUT` replaces it)
         "parent": {"path": str(in_dir.resolve()), "recipe": parent["recipe"],
-                   "manifest_sha256": sha256_file(source / MANIFEST)},
+                   "manifest_sha256": sha256_file(source / MANIFEST), "manifest": parent},
         "inputs": {"shards": {"path": str(in_dir.resolve())}},
     }
 
@@ -172,16 +225,19 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
                     yield kind, pa.Table.from_batches([batch])
 
     output = OutputConfig(shard_rows=shard_rows)
+    # the input's audit files (contamination.json, dedup.json, ...) are kept unless a step writes its own of that name
+    inherited = [source / name for name in parent.get("artifacts", []) if name != CARD and (source / name).is_file()]
     with OutputLock(Path(out_dir)):
         return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), configs, output, records, head,
-                        llm or LLMSettings(), LocalExecutor())
+                        llm or LLMSettings(), LocalExecutor(), inherited)
 
 
 RecordsFn = Callable[[ShardWriter, Tally], Iterator[tuple[str, pa.Table]]]
 
 
 def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output: OutputConfig,
-             records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: Executor) -> BuildResult:
+             records: RecordsFn, head: dict[str, Any], llm: LLMSettings, executor: Executor,
+             inherited: list[Path] = ()) -> BuildResult:
     """Stream records through the steps into a staging folder, then publish it with its manifest. The caller
     holds the output folder's lock."""
     staging = new_staging(out_dir)
@@ -219,7 +275,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
                 "peak_anon_mib": clock.peak_anon_mib(), "warnings": warnings}
         if any(getattr(s, "uses_llm", False) for s in steps):
             head["llm_budget"] = budget.as_dict()
-        manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started))
+        manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started), inherited)
     finally:
         if stop_watching is not None:
             stop_watching()
@@ -282,9 +338,13 @@ def _step_entries(steps: list[Step]) -> dict[str, Any]:
     return out
 
 
-def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Complete the staging folder (reports beside the shards, scratch removed, manifest last) and switch the
-    output to it atomically."""
+def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any], inherited: list[Path] = ()) -> dict[str, Any]:
+    """Complete the staging folder (reports beside the shards, the input's reports a step did not replace,
+    scratch removed, manifest last) and switch the output to it atomically."""
+    for path in inherited:
+        if not (staging / "artifacts" / path.name).exists():
+            (staging / "artifacts").mkdir(exist_ok=True)
+            shutil.copyfile(path, staging / "artifacts" / path.name)
     artifacts = sorted(p.name for p in (staging / "artifacts").glob("*")) if (staging / "artifacts").exists() else []
     for name in artifacts:
         (staging / "artifacts" / name).replace(staging / name)

@@ -6,17 +6,17 @@ from typing import Any
 
 import duckdb
 
-from datakit.manifest import SHARD_KINDS, checked, read_shards
+from datakit.manifest import SHARD_KINDS, open_tables, read_shards
 
 
 def connect(out_dir: str | Path, check: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per record kind over the (memory-mapped) shards of the
     current build, checked against its manifest first (a folder that is not a finished build fails clearly;
     `check=False` for a build folder its caller has just checked)."""
-    build = checked(out_dir) if check else out_dir
+    tables = open_tables(out_dir, SHARD_KINDS) if check else {k: read_shards(out_dir, k) for k in SHARD_KINDS}
     con = duckdb.connect()
-    for kind in SHARD_KINDS:
-        con.register(f"_{kind}_arrow", read_shards(build, kind))
+    for kind, table in tables.items():
+        con.register(f"_{kind}_arrow", table)
         con.execute(f"CREATE VIEW {kind} AS SELECT * FROM _{kind}_arrow")
     return con
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from datakit.adapters import ADAPTERS, adapter_class
 from datakit.llm.settings import LLMSettings
-from datakit.sources import Sandbox, SourceLocation
+from datakit.sources import Sandbox, SourceError, SourceLocation
 from datakit.steps import StepSpec
 from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
 
@@ -80,6 +80,58 @@ class LoadedRecipe(BaseModel):
         return Sandbox.of(self.base_dir, self.recipe.allow_paths)
 
 
+def named_paths(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, path) for every file or folder a recipe names outside its sources (steps' pools, packs, benchmark
+    files, prompt files, caches): the one list `check_paths` sends through the sandbox."""
+    found: list[tuple[str, str]] = [("llm.cache", recipe.llm.cache)] if recipe.llm.cache else []
+    for i, step in enumerate(recipe.steps):
+        found += [(f"steps[{i}].{step.type}.{key}", value) for key, value in step.named_paths()]
+    return found
+
+
+CACHE_KEYS = ("llm.cache", "cache_dir")  # written, not read into the corpus: also allowed under $DATAKIT_CACHE
+
+
+def check_named(sandbox: Sandbox, key: str, value: str) -> Path:
+    """The one resolver for a path a recipe's key names: inside the sandbox (a cache also inside $DATAKIT_CACHE,
+    where every build's caches live); a SourceError naming the key otherwise."""
+    path = sandbox.absolute(value)
+    if key.endswith(CACHE_KEYS):
+        from datakit.llm.cache import cache_root
+
+        root = cache_root().expanduser().resolve()
+        real = path.resolve()
+        if real == root or root in real.parents:
+            return path
+    return sandbox.check(path, key)
+
+
+def check_paths(loaded: LoadedRecipe) -> None:
+    """Every path a recipe's keys name, resolved (symlinks followed) inside its sandbox; a RecipeError naming
+    the key otherwise. Nothing outside is opened (a file's existence is not even probed)."""
+    sandbox = loaded.sandbox
+    errors = []
+    for key, value in named_paths(loaded.recipe):
+        try:
+            check_named(sandbox, key, value)
+        except SourceError as exc:
+            errors.append(f"{loaded.path}: {exc}")
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
+def wide_roots(loaded: LoadedRecipe) -> list[Path]:
+    """The recipe's allow_paths that open more than its own tree: the file system root, the home folder (or
+    a folder holding it), or a folder holding the recipe's own folder. They need the user's consent
+    (`datakit build --allow-wide-paths`)."""
+    base, home = loaded.base_dir.resolve(), Path.home().resolve()
+    wide = []
+    for root in loaded.sandbox.allowed:
+        if root == Path(root.anchor) or root == home or root in home.parents or root == base or root in base.parents:
+            wide.append(root)
+    return wide
+
+
 def parse_recipe(text: str, path: Path) -> Recipe:
     """Validate recipe text; raise RecipeError listing every bad key with its line."""
     data, root = parse_yaml(text, path, RecipeError)
@@ -117,4 +169,6 @@ def validate_recipe(data: Any, path: Path, root: yaml.Node | None = None) -> Rec
 def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     text = read_text(path, "recipe", RecipeError)
-    return LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)
+    loaded = LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)
+    check_paths(loaded)
+    return loaded

@@ -11,6 +11,7 @@ import glob
 import gzip
 import io
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
         if p.is_dir():
             sandbox.check(p, f"path {item!r}")
             found = []
-            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+            for f in _folder_files(p, sandbox, found_all.skipped):
                 if _format_of(f) is None:
                     kind = "".join(f.suffixes) or "a file without an extension"
                     found_all.skipped.append({"file": _display(f, sandbox.base_dir), "reason": f"no reader for {kind}"})
@@ -205,8 +206,36 @@ def input_files(spec: str | list[str], sandbox: Sandbox) -> InputFiles:
             raise SourceError(f"no input file matches {item!r} (looked in {p})")
         for f in found:
             sandbox.check(f, f"path {item!r}")
+        for f in [f for f in found if f.stat().st_size == 0]:  # no rows, no header: nothing to read or lose
+            found_all.skipped.append({"file": _display(f, sandbox.base_dir), "reason": "empty file (0 bytes)"})
+            found.remove(f)
         found_all.files += found
     return found_all
+
+
+def _folder_files(folder: Path, sandbox: Sandbox, skipped: list[dict[str, str]]) -> list[Path]:
+    """Every file below `folder`, sorted, following symbolic links to folders that stay inside the sandbox (each
+    real folder once: a link cycle ends); a linked folder outside it is listed in `skipped`, never read."""
+    files: list[Path] = []
+    seen = {folder.resolve()}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        here = Path(root)
+        for d in list(dirs):
+            sub = here / d
+            if sub.is_symlink():
+                real = sub.resolve()
+                if not sandbox.allows(sub):
+                    skipped.append({"file": _display(sub, sandbox.base_dir),
+                                    "reason": f"a link to the folder {real}, outside the {sandbox.owner}'s folder "
+                                              "and allow_paths: not read"})
+                    dirs.remove(d)
+                    continue
+                if real in seen:
+                    dirs.remove(d)  # a folder already walked (or a link cycle)
+                    continue
+                seen.add(real)
+        files += [here / n for n in names if (here / n).is_file()]
+    return sorted(files)
 
 
 def file_digest(path: Path) -> str:
@@ -307,17 +336,23 @@ class ColumnSpec:
 
 def _read_files(src: SourceFields, sandbox: Sandbox, need: ColumnSpec, batch_rows: int) -> Iterator[Chunk]:
     offset = 0
-    for path in resolve_files(src.path, sandbox):  # type: ignore[arg-type]
+    for path in resolve_files(src.path, sandbox):  # type: ignore[arg-type]  # (empty files are listed as skipped)
         fmt = src.format or _format_of(path)
         if fmt is None:
             raise SourceError(f"{path}: cannot tell the format from the extension; set `format:`")
         shown = _display(path, sandbox.base_dir)
-        if fmt == "jsonl":
-            offset += yield from _read_jsonl(path, shown, need, batch_rows, offset)
-        elif fmt in ("csv", "tsv"):
-            offset += yield from _read_csv(path, shown, need, batch_rows, offset, src, fmt)
-        else:
-            offset += yield from _read_parquet(path, shown, need, batch_rows, offset)
+        try:
+            if fmt == "jsonl":
+                offset += yield from _read_jsonl(path, shown, need, batch_rows, offset)
+            elif fmt in ("csv", "tsv"):
+                offset += yield from _read_csv(path, shown, need, batch_rows, offset, src, fmt)
+            else:
+                offset += yield from _read_parquet(path, shown, need, batch_rows, offset)
+        except (pa.ArrowException, UnicodeError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            # a file no reader can make sense of: name it (the rows of earlier files are not lost: the build fails
+            # before anything is published, and says which file to fix or remove)
+            raise SourceError(f"{shown}: cannot be read as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+                from None
 
 
 def row_range(start: int, n: int) -> pa.Array:
@@ -508,6 +543,21 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
+def _surrogate(value: Any) -> str | None:
+    """Where a parsed JSON value holds a lone surrogate (`\\ud800...`), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"character {exc.start} (U+{ord(value[exc.start]):04X})"
+        return None
+    if isinstance(value, list):
+        return next((w for w in map(_surrogate, value) if w is not None), None)
+    if isinstance(value, dict):
+        return next((w for w in map(_surrogate, [*value.keys(), *value.values()]) if w is not None), None)
+    return None
+
+
 def _columns_from_rows(rows: list[dict[str, Any]], need: ColumnSpec, shown: str, idx: list[int]):
     """Build a table from row dicts. In a column of mixed JSON types the minority rows are
     quarantined, except in scalar columns (scores, labels), where numbers become text."""
@@ -528,6 +578,15 @@ def _columns_from_rows(rows: list[dict[str, Any]], need: ColumnSpec, shown: str,
                 if r[c] is not None and _kind(r[c]) != major and i not in drop:
                     drop[i] = bad_row(shown, idx[i], c, "wrong_type",
                                       f"field {c!r}: {_kind(r[c])} where the other rows have {major}", r)
+    for i, r in enumerate(rows):  # a JSON escape of a lone surrogate ("\ud800") parses, but is not text
+        if i not in drop:
+            for c in columns:
+                where = _surrogate(r[c])
+                if where is not None:
+                    drop[i] = bad_row(shown, idx[i], c, "bad_utf8", f"field {c!r}: {where}: a lone surrogate "
+                                      "escape, not a Unicode character (the text cannot be stored as UTF-8)",
+                                      json.dumps(r, ensure_ascii=True))
+                    break
     keep = [i for i in range(len(rows)) if i not in drop]
     kept = [rows[i] for i in keep]
     arrays = []

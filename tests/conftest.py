@@ -29,11 +29,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
 
-def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """One of our console scripts in a subprocess, with the tests' cache."""
+def run(tool: str, *args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """One of our console scripts in a subprocess, with the tests' cache (and `env` added)."""
     exe = shutil.which(tool, path=str(BIN)) or tool
-    env = {"COLUMNS": "200", "PATH": str(BIN), "DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    base = {"COLUMNS": "200", "PATH": str(BIN), "DATAKIT_CACHE": os.environ["DATAKIT_CACHE"]}
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})})
 
 
 def shared_tmp(tmp_path_factory) -> Path:

@@ -25,6 +25,10 @@ def test_cache_key_ignores_credentials_and_counts_samples():
     b = cache_key("m", msgs, {"temperature": 0.7, "api_key": "other", "api_base": "http://b"}, "p@1", 0)
     assert a == b
     assert cache_key("m", msgs, {"temperature": 0.7}, "p@1", 1) != a
+    # the endpoint is part of the key: one server's answers are never served as another's (cache poisoning)
+    at_a = cache_key("m", msgs, {"temperature": 0.7}, "p@1", 0, "http://a/v1")
+    assert at_a not in (a, cache_key("m", msgs, {"temperature": 0.7}, "p@1", 0, "http://b/v1"))
+    assert at_a == cache_key("m", msgs, {"temperature": 0.7, "api_base": "http://b"}, "p@1", 0, "http://a/v1")
     assert cache_key("m", msgs, {"temperature": 0.7}, "p@2", 0) != a
 
 

@@ -127,29 +127,89 @@ def test_a_manifest_pointing_outside_its_folder_is_refused_by_every_reader(tmp_p
         open_shards(out)
 
 
-def test_a_kill_during_the_migration_of_an_old_layout_loses_nothing(tmp_path):
-    """Killed after the shards moved into the new build folder and before its manifest: the next writer
-    resumes the migration instead of removing that folder as a leftover."""
+def _tree(folder: Path) -> dict[str, str]:
+    """Every entry below `folder` (links as their target, files as their text): to show nothing changed."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        out[rel] = f"-> {os.readlink(p)}" if p.is_symlink() else (p.read_text() if p.is_file() else "/")
+    return out
+
+
+def test_out_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    """`--out .` in a project folder (a README, a build-tools/ folder, a classification/ folder of notes, a
+    dangling link): refused, nothing touched. The same for a marked output a user later put a file into."""
+    project = tmp_path / "project"
+    write(project / "README.md", "# my project\n")
+    write(project / "build-tools" / "make.sh", "echo hi\n")
+    write(project / "classification" / "notes.txt", "my notes\n")
+    os.symlink("nowhere", project / "dangling")
+    recipe = _recipe(tmp_path, 5)
+    before = _tree(project)
+    r = subprocess.run([sys.executable, "-m", "datakit.cli", "build", str(recipe), "--out", ".", "-q"],
+                       capture_output=True, text=True, cwd=project, env=os.environ)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "was not written by this tool" in r.stderr and "README.md" in r.stderr and "nothing in it is touched" in r.stderr
+    assert _tree(project) == before
+    out = tmp_path / "out"  # a folder datakit made, then a user's file in it
+    assert _datakit("build", str(recipe), "--out", str(out), "-q").returncode == 0
+    write(out / "notes.txt", "mine\n")
+    r = _datakit("build", str(recipe), "--out", str(out), "-q", "--force")
+    assert r.returncode == 2 and "notes.txt" in r.stderr and "did not write" in r.stderr, r.stderr
+    assert (out / "notes.txt").read_text() == "mine\n" and verify(out) == []
+
+
+def test_out_is_never_the_root_the_home_a_source_or_a_folder_holding_one(tmp_path):
+    data = tmp_path / "data"
+    write(data / "faq.csv", (DATA / "faq.csv").read_text())
+    recipe = write(tmp_path / "r.yaml", "name: r\nsources: [{name: faq, path: data, adapter: qa, "
+                                        "columns: {query: question, positive: answer}}]\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    cases = {"/": "file system root", "~": "home folder", str(data): "which faq reads",
+             str(tmp_path): "which the recipe reads", str(data / "out"): "a folder faq reads"}
+    for out, expected in cases.items():
+        r = _datakit("build", str(recipe), "--out", out, "-q", env={"HOME": str(home)})
+        assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
+    assert not (data / "out").exists() and sorted(p.name for p in data.iterdir()) == ["faq.csv"]
+
+
+def test_recovery_removes_only_what_datakit_wrote(tmp_path):
+    """Leftovers of a killed build go; a user's `build-notes/` folder, the current build and other links stay."""
     out = tmp_path / "out"
     assert _datakit("build", str(_recipe(tmp_path, 5)), "--out", str(out), "-q").returncode == 0
-    legacy = tmp_path / "legacy"
-    shutil.copytree(out / "current", legacy, symlinks=False)
-    r = _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(legacy), "-q", env={"DATAKIT_FAULT": "migrate:moved"})
+    r = _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(out), "-q", env={"DATAKIT_FAULT": "publish:renamed"})
     assert r.returncode == -9
-    assert (legacy / "current").is_symlink() and (legacy / "manifest.json").is_file()  # cut half way
-    with OutputLock(legacy):  # any writer: resumes the migration, then recovers
-        pass
-    assert _faq_rows(legacy) == 5 and verify(legacy, deep=True) == []
+    stale = [p for p in out.iterdir() if p.name.startswith("build-") and p.name != os.readlink(out / "current")]
+    assert len(stale) == 1
+    write(out / "build-notes" / "keep.txt", "mine\n")  # named like a build, not made by one
+    assert _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(out), "-q").returncode == 0
+    assert not stale[0].exists() and (out / "build-notes" / "keep.txt").read_text() == "mine\n"
 
 
-def test_a_folder_in_the_old_layout_is_read_and_then_migrated(tmp_path):
+def test_dedup_in_place_keeps_the_audit_of_its_input(tmp_path):
+    """`datakit dedup OUT --out OUT` replaces OUT's build: the decontamination report and the lineage of the
+    input stay (the input's manifest travels inline in the new one)."""
+    from datakit.card import manifest_chain, overlap
+
     out = tmp_path / "out"
-    assert _datakit("build", str(_recipe(tmp_path, 5)), "--out", str(out), "-q").returncode == 0
-    legacy = tmp_path / "legacy"
-    shutil.copytree(out / "current", legacy, symlinks=False)  # shards and manifest directly in the folder
-    assert _faq_rows(legacy) == 5 and verify(legacy) == []
-    assert _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(legacy), "-q").returncode == 0
-    assert (legacy / "current").is_symlink() and _faq_rows(legacy) == 8 and verify(legacy) == []
+    assert _datakit("build", str(_recipe(tmp_path, 8)), "--out", str(out), "-q").returncode == 0
+    bench = write(tmp_path / "bench" / "STSx.test.tsv", "sentence1\tsentence2\n" +
+                  "".join(f"{a}\t{b}\n" for a, b in zip(
+                      read_shards(out, "pair").column("text_a").to_pylist()[:3],
+                      read_shards(out, "pair").column("text_b").to_pylist()[:3])))
+    assert _datakit("bench", "build", "--from-files", str(bench), "--out", str(tmp_path / "pack")).returncode == 0
+    r = _datakit("decontaminate", str(out), "--bench", str(tmp_path / "pack"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    audited = (out / "contamination.json").read_text()
+    r = _datakit("dedup", str(out), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "contamination.json").read_text() == audited and (out / "dedup.json").exists()
+    manifest = read_manifest(out)
+    chain = list(manifest_chain(manifest))
+    assert [m["recipe"]["name"] for m in chain] == ["r8+decontaminate+dedup", "r8+decontaminate", "r8"]
+    assert overlap(manifest) and sum(o.records for o in overlap(manifest)) > 0
+    assert verify(out, deep=True) == []
 
 
 @pytest.mark.parametrize("fault", ["file", "under_a_file", "write:ENOSPC", "write:EROFS"])
@@ -167,8 +227,8 @@ def test_output_folder_faults_are_one_line_and_keep_what_was_published(tmp_path,
         before = read_manifest(out)
         env = {"DATAKIT_FAULT": fault}
     r = _datakit("build", str(recipe), "--out", str(out), "-q", "--force", env=env)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and "nothing was written" in r.stderr
+    assert r.returncode == (2 if fault == "file" else 1) and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and ("nothing was written" in r.stderr or fault == "file")
     expected = {"file": "a file is there, not a folder", "under_a_file": "a part of the path is a file",
                 "write:ENOSPC": "no space left on the device", "write:EROFS": "not writable"}[fault]
     assert expected in r.stderr, r.stderr

@@ -95,11 +95,12 @@ def test_shipped_recipes_and_training_configs_are_valid():
             continue  # what a user's run of a shipped recipe wrote
         if path.name.startswith("train-") or path.name == "train.yaml":
             load_config(path)  # training configs live beside the recipes that build their corpus
-        elif path.name.startswith("eval-") or path.name == "tasks.yaml":
+        elif path.name.startswith("eval") or path.name in ("tasks.yaml", "dev.yaml"):
             load_task_file(path)  # `trainer eval` task files
         elif path.name == "bench.yaml":
             load_bench_spec(path)  # `datakit bench build --from-spec`
-        elif path.parent.name == "experiments" and not path.name.startswith("corpus-"):
+        elif (path.parent.name == "experiments" and not path.name.startswith("corpus-")) or \
+                path.name.startswith("experiment"):
             load_experiment(path)  # every variant resolves and validates
         else:
             load_recipe(path)

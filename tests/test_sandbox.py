@@ -73,7 +73,7 @@ def test_a_folder_source_lists_the_files_it_skips(tmp_path):
     recipe = write(folder / "r.yaml", "name: x\nsources: [{name: s, adapter: qa, path: data}]\n")
     res = run("datakit", "build", str(recipe), "--out", str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
-    assert "2 file(s) in its folder that no reader takes" in res.stderr and "notes.txt (no reader for .txt)" in res.stderr
+    assert "2 file(s) not read" in res.stderr and "notes.txt (no reader for .txt)" in res.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["file"] for s in manifest["inputs"]["s"]["skipped"]] == ["data/logo.png", "data/notes.txt"]
 
@@ -95,3 +95,68 @@ def test_eval_task_files_follow_the_same_rule(tmp_path, outside):
     with pytest.raises(TaskFileError, match=r"t.yaml:2: tasks\[0\].name: source 't': path '../secret/passwd.csv': "
                                             ".* is outside the task file's folder"):
         local_tasks(task_file)
+
+
+@pytest.mark.parametrize("prompt", ["/etc/passwd", "../secret/creds", "../secret/creds.yaml", "{abs}",
+                                    "../../../../../../etc/hostname"])
+def test_prompt_files_go_through_the_sandbox_before_they_are_opened(tmp_path, prompt):
+    """A prompt named without `.yaml` used to be looked up beside the packaged prompts, unchecked: any path read,
+    a broken file's content printed. Every prompt that is not a packaged id is a file, checked first."""
+    secret = write(tmp_path / "secret" / "creds.yaml", "password: hunter2\nmessages: [broken\n")
+    write(tmp_path / "secret" / "creds", "password: hunter2\n")
+    write(tmp_path / "recipe" / "qa.csv", "question,answer\nq,a\n")
+    recipe = write(tmp_path / "recipe" / "r.yaml", "name: x\nsources: [{name: s, adapter: qa, path: qa.csv}]\n"
+                   f"steps: [{{type: paraphrase, prompt: '{prompt.format(abs=secret)}'}}]\n")
+    for args in (("validate", str(recipe)), ("build", str(recipe), "--out", str(tmp_path / "out"), "-q")):
+        res = run("datakit", *args)
+        assert res.returncode == 2 and "steps[0].paraphrase.prompt" in res.stderr, res.stderr
+        assert "is outside the recipe's folder" in res.stderr and "hunter2" not in res.stderr + res.stdout
+        assert "Traceback" not in res.stderr
+
+
+def test_every_path_key_of_a_recipe_is_checked(tmp_path, outside):
+    """Mining pools, packs, benchmark files, caches (written there) and judge prompts: one resolver, one rule."""
+    write(tmp_path / "recipe" / "qa.csv", "question,answer\nq,a\n")
+    steps = {"mine_negatives": "extra_pool: ['{o}']", "decontaminate": "packs: ['{d}']",
+             "llm_negatives": "judge: true, judge_prompt: '{d}/j.yaml'"}
+    for step, keys in steps.items():
+        body = (f"name: x\nsources: [{{name: s, adapter: qa, path: qa.csv}}]\n"
+                f"steps: [{{type: {step}, {keys.format(o=outside, d=outside.parent)}}}]\n")
+        with pytest.raises(Exception, match=rf"steps\[0\]\.{step}\.\w+.*is outside the recipe's folder"):
+            load_recipe(write(tmp_path / "recipe" / "r.yaml", body))
+    body = f"name: x\nsources: [{{name: s, adapter: qa, path: qa.csv}}]\nllm: {{cache: {outside.parent}/c.sqlite}}\n"
+    with pytest.raises(Exception, match=r"llm.cache.*is outside the recipe's folder"):
+        load_recipe(write(tmp_path / "recipe" / "r.yaml", body))
+    body = "name: x\nsources: [{name: s, adapter: qa, path: qa.csv}]\nsteps: [{type: dedup, report: ../../x.json}]\n"
+    with pytest.raises(Exception, match=r"report"):  # a report name is a plain file name inside the output
+        load_recipe(write(tmp_path / "recipe" / "r.yaml", body))
+
+
+@pytest.mark.parametrize("allow", ["/", "~", "..", "."])
+def test_wide_allow_paths_are_shown_and_need_the_users_flag(tmp_path, allow):
+    write(tmp_path / "recipe" / "qa.csv", "question,answer\nq,a\n")
+    recipe = write(tmp_path / "recipe" / "r.yaml",
+                   f"name: x\nallow_paths: ['{allow}']\nsources: [{{name: s, adapter: qa, path: qa.csv}}]\n")
+    env = {"HOME": str(tmp_path)}
+    res = run("datakit", "validate", str(recipe), env=env)
+    assert res.returncode == 0 and "wide: more than the recipe's own tree" in " ".join(res.stdout.split()), res.stdout
+    res = run("datakit", "build", str(recipe), "--out", str(tmp_path / "out"), "-q", env=env)
+    assert res.returncode == 2 and "--allow-wide-paths" in res.stderr and "Traceback" not in res.stderr
+    res = run("datakit", "build", str(recipe), "--out", str(tmp_path / "out"), "-q", "--allow-wide-paths", env=env)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_folder_source_follows_linked_folders_inside_the_sandbox_and_names_the_others(tmp_path, outside):
+    folder = tmp_path / "recipe"
+    write(folder / "data" / "a.jsonl", '{"question": "q1", "answer": "a1"}\n')
+    write(folder / "more" / "b.jsonl", '{"question": "q2", "answer": "a2"}\n')
+    os.symlink(folder / "more", folder / "data" / "inside")  # inside the sandbox: read
+    os.symlink(outside.parent, folder / "data" / "outside")  # outside: named as skipped, never read
+    os.symlink(folder / "data", folder / "data" / "loop")  # a cycle: walked once
+    recipe = write(folder / "r.yaml", "name: x\nsources: [{name: s, adapter: qa, path: data}]\n")
+    res = run("datakit", "build", str(recipe), "--out", str(tmp_path / "out"), "-q")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["retrieval"]["s"] == 2
+    skipped = manifest["inputs"]["s"]["skipped"]
+    assert [s["file"] for s in skipped] == ["data/outside"] and "not read" in skipped[0]["reason"]

@@ -24,7 +24,7 @@ from datakit.llm.client import Budget, LLMClient
 from datakit.llm.prompts import PromptError, load_prompt
 from datakit.recipe import RecipeError, load_recipe
 from datakit.records import LINEAGE, validate
-from datakit.manifest import read_shards
+from datakit.manifest import read_manifest, read_shards
 from datakit.sources import Sandbox
 from datakit.steps import StepContext, make_step, step_config
 
@@ -162,9 +162,33 @@ steps:
     assert same.column("negatives").to_pylist() == retrieval.sort_by("id").column("negatives").to_pylist()
 
 
-def test_http_path_through_litellm_openai_provider(llm_server, tmp_path, monkeypatch):
-    """litellm's `openai/` provider against a real OpenAI-compatible server (conftest `llm_server`); the key comes from the env."""
+def test_a_recipe_api_base_gets_no_credentials_unless_the_user_allows_it(llm_server, tmp_path, monkeypatch):
+    """A shared recipe names a server: the user's OPENAI_API_KEY does not go there (the real server, which needs
+    that key, answers 401 to the placeholder the client sends instead); the error says how to allow it. Allowed,
+    the same build runs; its answers are cached under that endpoint only."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-secret")
+    monkeypatch.delenv("DATAKIT_ALLOW_API_BASE", raising=False)
+    _data(tmp_path, n_qa=2)
+    body = SOURCES + f"steps: [{{type: paraphrase, max_tokens: 24}}]\nllm: {{model: openai/smollm2, api_base: '{llm_server}', cache: c.sqlite}}\n"
+    write(tmp_path / "r.yaml", body)
+    env = {"OPENAI_API_KEY": "sk-local-secret"}
+    res = cli("datakit", "build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "-q", env=env)
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 1 and "failed: authentication x1" in err and "--allow-api-base" in err, err
+    assert "credentials withheld" in " ".join(res.stdout.split())  # the build printed where requests go
+    res = cli("datakit", "build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "-q",
+              "--allow-api-base", llm_server, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "allowed: credentials from the environment" in " ".join(res.stdout.split())
+    entry = read_manifest(tmp_path / "out")["synthesis"]["paraphrase"]
+    assert entry["endpoint"].startswith("http://127.0.0.1:") and entry["credentials"] == "environment"
+
+
+def test_http_path_through_litellm_openai_provider(llm_server, tmp_path, monkeypatch):
+    """litellm's `openai/` provider against a real OpenAI-compatible server (conftest `llm_server`); the key comes
+    from the env, sent because the user allowed that address."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-secret")
+    monkeypatch.setenv("DATAKIT_ALLOW_API_BASE", llm_server)
     _data(tmp_path, n_qa=4)
     recipe = SOURCES + f"""
 steps:

@@ -127,7 +127,9 @@ def eval_cmd(
             comp = compare_results(folders)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
-        paths = write_comparison(comp, out or Path("eval-compare"))
+        from trainer.folders import claim_comparison
+
+        paths = write_comparison(comp, claim_comparison(out or Path("eval-compare")))
         print(comp.markdown())
         console.print("written: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
         return
@@ -186,7 +188,9 @@ def experiment(
         return
     from trainer.experiment.report import read_results_csv, write_results
     from trainer.experiment.runner import run_experiment
+    from trainer.folders import claim_experiment
 
+    claim_experiment(out)  # never a folder holding files the trainer did not write
     if results_csv is not None:
         if not report_only:
             fail("--results-csv goes with --report-only (it reports runs, it runs nothing)", EXIT_BAD_INPUT)

@@ -147,6 +147,37 @@ def packed_matches_padded(model: "EmbeddingModel") -> bool:
     return bool((a * b).sum(-1).min() >= 0.99)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+_PROBE = ("The quick brown fox jumps over the lazy dog. Where is my card? I feel happy today, and the committee "
+          "approved the new budget for science, sports and health.")
+
+
+class BrokenTokenizer(ValueError):
+    """A model's tokenizer is missing, or maps most words to its unknown token (scores would be meaningless)."""
+
+
+def check_tokenizer(tokenizer, where: str, folder: str | None = None, texts: list[str] | None = None,
+                    probe: bool = True) -> float:
+    """Fail when a model folder has no tokenizer files, or (`probe`) when the tokenizer maps more than half of the
+    tokens of a probe (plain English, plus `texts`) to its unknown token; returns that share."""
+    from pathlib import Path
+
+    if folder is not None and Path(folder).is_dir() and not any((Path(folder) / f).exists() for f in TOKENIZER_FILES):
+        raise BrokenTokenizer(f"{where}: {folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:5])}, ...); "
+                              "copy the tokenizer the model was trained with into it")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not probe:
+        return 0.0  # byte-level tokenizers have no unknown token: every text encodes
+    ids = [i for t in [_PROBE, *(texts or [])[:50]] for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
+    share = sum(i == unk for i in ids) / max(len(ids), 1)
+    if share > 0.5:
+        raise BrokenTokenizer(f"{where}: its tokenizer maps {share:.0%} of the tokens of plain text to "
+                              f"{tokenizer.unk_token!r} (vocabulary of {len(tokenizer)} entries); the tokenizer files "
+                              "are missing or do not belong to this model")
+    return share
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
     """Pool token states over real tokens; correct for left and right padding."""
     mask = mask.to(hidden.dtype)
@@ -179,6 +210,9 @@ class EmbeddingModel(nn.Module):
         kw = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else \
             AutoTokenizer.from_pretrained(name, **kw)
+        # files only: a model trained on other text (a test's toy vocabulary) may not know English; `trainer eval` probes
+        check_tokenizer(self.tokenizer, f"model {cfg.name_or_path}", None if gguf_file else (cfg.tokenizer or name),
+                        probe=False)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         hf_config = AutoConfig.from_pretrained(name, **kw)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from datakit.manifest import read_manifest
-from embedkit.trainconfig import StageConfig, TrainConfig, check_paths
+from embedkit.trainconfig import StageConfig, TrainConfig, TrainConfigError, check_paths
 from trainer.card import RunFacts
 from trainer.data import Batch, BatchSampler, open_shards
 from trainer.export import prompts_from_tables
@@ -135,9 +135,60 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     if os.environ.get("RANK", "0") != "0":
         return _train(cfg, resume, log, progress)
     from embedkit.folderlock import FolderLock
+    from trainer.folders import claim_run
 
+    claim_run(cfg.output_dir)  # type: ignore[arg-type]  # never a folder holding files the trainer did not write
     with FolderLock(cfg.output_dir, hint="give this run another output folder (--out)"):  # type: ignore[arg-type]
         return _train(cfg, resume, log, progress)
+
+
+RUN_CONFIG = "run_config.json"
+# what a resumed run may change: where it logs and reports, not what it trains
+_NOT_TRAINING = ("output_dir", "log_every", "save_every", "eval")
+
+
+class ConfigChanged(TrainConfigError):
+    """A run is resumed with a config whose training values differ from the checkpoints' run."""
+
+
+def training_values(cfg: TrainConfig) -> dict[str, Any]:
+    """The config's values that decide what is trained, flattened to dotted keys."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            out[prefix] = value
+
+    walk("", {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING})
+    return out
+
+
+def check_resumable(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume checkpoints under a config whose training values changed (naming the keys)."""
+    path = out / RUN_CONFIG
+    if not path.exists():
+        return  # a run folder written before run_config.json existed: nothing to compare with
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    now = training_values(cfg)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise ConfigChanged(f"{out}: its checkpoints were trained with other values of {shown}{more}; resuming "
+                            f"would mix two runs. Run again with --restart to start over in this folder, or give "
+                            f"another --out")
+
+
+def _save_run_config(cfg: TrainConfig, out: Path) -> None:
+    tmp = out / (RUN_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(training_values(cfg), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(out / RUN_CONFIG)
 
 
 def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
@@ -159,6 +210,9 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
     t_run = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
+                      for name in ("done", "latest")):
+        check_resumable(cfg, out)  # before the model loads
     log_path = out / "log.jsonl"
     sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
 
@@ -182,6 +236,8 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
                              for name in ("done", "latest"))
     if acc.is_main_process and not started:
         log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
+    if acc.is_main_process:
+        _save_run_config(cfg, out)
     if evaluator is not None and cfg.eval.at_start and not started:
         evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
     global_step, full = 0, None
@@ -450,9 +506,37 @@ def _across_processes(acc, window: dict[str, list[torch.Tensor]],
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file renamed into place. A write that fails (a full disk shows as torch's
+    `RuntimeError: ... unexpected pos` or `PytorchStreamWriter failed writing file`) removes the partial file and
+    is an OSError naming the path (one line at the CLI). `EMBEDKIT_FAULT=save:ENOSPC` injects that failure
+    (tests: a disk cannot be filled here)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        if os.environ.get("EMBEDKIT_FAULT") == "save:ENOSPC":
+            tmp.write_bytes(b"PK\x03\x04 partial")
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 512 vs 448 (injected)")
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except (RuntimeError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(exc, path) from None
+
+
+def _write_error(exc: BaseException, path: Path) -> OSError:
+    """One OSError for a failed write: ENOSPC when the disk is (nearly) full, else the error as it was."""
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or str(exc), str(path))
+    try:
+        full = shutil.disk_usage(path.parent).free < 256 * 2**20
+    except OSError:
+        full = False
+    if full or "unexpected pos" in str(exc) or "failed writing" in str(exc):
+        return OSError(errno.ENOSPC, f"no space left on the device while writing a checkpoint ({str(exc)[:80]})",
+                       str(path))
+    return OSError(errno.EIO, f"writing failed: {str(exc)[:200]}", str(path))
 
 
 def _save_state(acc, ckpt: Path, sampler_state: dict, scheduler, step: int) -> None:
@@ -462,7 +546,13 @@ def _save_state(acc, ckpt: Path, sampler_state: dict, scheduler, step: int) -> N
     import shutil
 
     folder = ckpt / f"state-{step}"
-    acc.save_state(str(folder))
+    try:
+        acc.save_state(str(folder))
+    except (RuntimeError, OSError) as exc:  # a full disk: the partial checkpoint goes, `latest` still names the last
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _write_error(exc, folder) from None
     if acc.is_main_process:
         _atomic_save({"sampler": sampler_state, "scheduler": scheduler.state_dict(), "step": step,
                       "world_size": acc.num_processes}, folder / "trainer.pt")

@@ -14,11 +14,13 @@ SECRET_PARAMS = {"api_key", "api_base", "base_url", "organization", "extra_heade
 
 
 def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any], prompt_version: str,
-              sample: int = 0) -> str:
-    """Key of one call: model, messages, sampling params (no credentials or endpoints), prompt version and
-    the sample index (with temperature > 0 the k-th sample of a prompt is its own entry)."""
+              sample: int = 0, endpoint: str = "") -> str:
+    """Key of one call: model, messages, sampling params (no credentials), prompt version, the sample index
+    (with temperature > 0 the k-th sample of a prompt is its own entry) and the endpoint (a normalised
+    api_base; "" for the provider's own, whose keys are unchanged from before the endpoint was part of them)."""
     clean = {k: v for k, v in sorted(params.items()) if k not in SECRET_PARAMS}
-    blob = json.dumps([model, messages, clean, prompt_version, sample], sort_keys=True, ensure_ascii=False)
+    parts: list[Any] = [model, messages, clean, prompt_version, sample] + ([endpoint] if endpoint else [])
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

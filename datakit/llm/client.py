@@ -4,8 +4,8 @@ Bounded concurrency and an optional requests-per-minute limit; every answer cach
 used; retries with exponential backoff and jitter on rate limits (honouring Retry-After), timeouts,
 connection errors and 5xx; JSON answers parsed and validated against a pydantic model, with one stricter
 retry; tokens from the provider's `usage`, cost from litellm's (offline) cost map; a budget that stops new
-requests once reached. API keys come from the environment (litellm reads them) and are never cached, counted
-or logged.
+requests once reached. API keys come from the environment (litellm reads them; for a recipe's api_base only when
+the user allowed it: datakit.llm.endpoint) and are never cached, counted or logged.
 """
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ from pydantic import BaseModel, ValidationError
 
 from datakit.llm import cache as _cache  # noqa: F401  (sets the offline cost map before litellm loads)
 from datakit.llm.cache import LLMCache, cache_key
+from datakit.llm.endpoint import normalize as _normalize_base
+
+
+def cache_endpoint(api_base: str | None) -> str:
+    return _normalize_base(api_base) if api_base else ""
 
 Transport = Callable[..., Awaitable[Any]]  # litellm.acompletion's signature
 STRICT = "Answer with one JSON object only, no other text. It must match this JSON schema: {schema}"
@@ -53,6 +58,7 @@ class Budget:
 @dataclass
 class LLMStats:
     calls: int = 0  # requests sent to the provider (retries included)
+    retries: int = 0  # of those, the ones that repeated a failed request
     cache_hits: int = 0
     failed: int = 0  # calls that still failed after the retries
     prompt_tokens: int = 0
@@ -65,7 +71,7 @@ class LLMStats:
 
     def add(self, other: dict[str, Any]) -> None:
         """Add the counters of another client (`as_dict()` form), e.g. from a Ray worker."""
-        for name in ("calls", "cache_hits", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "budget_skipped"):
+        for name in ("calls", "retries", "cache_hits", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "budget_skipped"):
             setattr(self, name, getattr(self, name) + other.get(name, 0))
         self.dropped.update(other.get("dropped", {}))
         self.failures.update(other.get("failures", {}))
@@ -78,7 +84,7 @@ class LLMStats:
         self.failure_examples.setdefault(kind, message)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "cache_hits": self.cache_hits, "failed": self.failed,
+        return {"calls": self.calls, "retries": self.retries, "cache_hits": self.cache_hits, "failed": self.failed,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "cost_usd": round(self.cost_usd, 6), "budget_skipped": self.budget_skipped,
                 "dropped": dict(self.dropped), "failures": dict(self.failures),
@@ -96,6 +102,12 @@ class LLMFailure(RuntimeError):
         reasons = "; ".join(f"{kind} x{n}: {examples.get(kind, '')}" for kind, n in
                             sorted(counts.items(), key=lambda kv: -kv[1]))
         hint = _HINTS.get(max(counts, key=counts.get), "") if counts else ""
+        if api_base and counts and max(counts, key=counts.get) == "authentication":
+            from datakit.llm.endpoint import ALLOW_ENV, is_allowed, normalize
+
+            if not is_allowed(api_base):
+                hint = (f"the recipe names api_base {normalize(api_base)}, which gets no credentials from your "
+                        f"environment unless you allow it: --allow-api-base {normalize(api_base)} or {ALLOW_ENV}")
         super().__init__(f"{step + ': ' if step else ''}{what} to {model}{server} failed: {reasons}"
                          + (f" ({hint})" if hint else ""))
 
@@ -209,6 +221,8 @@ class LLMClient:
         (self-hosted); `budget`: a cap shared with other clients (else one of `max_budget_usd`);
         `structured`: send a JSON schema `response_format` with requests that have a schema."""
         self.model, self.cache, self.params, self.structured = model, cache, params, structured
+        # the endpoint is part of every answer's cache key: one server's answers are never served as another's
+        self.endpoint = cache_endpoint(params.get("api_base"))
         # the embedded model samples from a seed: one per cache key, so the k-th sample differs from the first
         self._seeded = model.startswith("embedded/")
         self.concurrency, self.rpm, self.max_retries = concurrency, rpm, max_retries
@@ -228,8 +242,10 @@ class LLMClient:
         return self.budget.reached
 
     async def _send(self, messages: list[dict[str, str]], extra: dict[str, Any]) -> Any:
+        # every retry is ours (counted in `calls` and `retries`): the provider SDK's own retries are turned off
+        own = {} if self._seeded else {"max_retries": 0}
         return await asyncio.wait_for(self._transport_fn()(model=self.model, messages=messages, **self.params,
-                                                           **extra), timeout=self.timeout)
+                                                           **own, **extra), timeout=self.timeout)
 
     async def _throttle(self) -> None:
         if not self.rpm:
@@ -277,6 +293,7 @@ class LLMClient:
         for attempt in range(self.max_retries + 1):
             await self._throttle()
             self.stats.calls += 1
+            self.stats.retries += attempt > 0
             self.cache.log_sent(key)
             try:
                 resp = await self._send(messages, extra)
@@ -320,16 +337,19 @@ class LLMClient:
             extra["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": schema.__name__, "schema": schema.model_json_schema()}}
         params = {**self.params, **extra}
-        key = cache_key(self.model, messages, params, prompt_version, sample)
+        key = cache_key(self.model, messages, params, prompt_version, sample, self.endpoint)
         value, cached = await self._call(messages, key, self._with_seed(extra, key))
         if value is None:
             return Answer(None, error="budget" if self.budget_reached else "failed")
+        if not value["text"].strip():  # an empty answer is unusable output (and counts against max_failed)
+            self.stats.dropped["empty_answer"] += 1
+            return Answer(value["text"], error="empty_answer", cached=cached)
         if schema is None:
             return Answer(value["text"], cached=cached)
         data, reason = parse_json(value["text"], schema)
         if data is None:  # one retry with a stricter instruction
             strict = messages + [{"role": "user", "content": STRICT.format(schema=json.dumps(schema.model_json_schema()))}]
-            strict_key = cache_key(self.model, strict, params, prompt_version, sample)
+            strict_key = cache_key(self.model, strict, params, prompt_version, sample, self.endpoint)
             value, cached = await self._call(strict, strict_key, self._with_seed(extra, strict_key))
             if value is None:
                 return Answer(None, error="budget" if self.budget_reached else "failed")

@@ -29,6 +29,14 @@ class StepConfig(BaseModel):
     max_drop: float | None = Field(None, ge=0.0, le=1.0, description="fail the build when this step removes more "
                                    "than this share of any dataset's records (a warning past 50% regardless)")
 
+    def named_paths(self) -> list[tuple[str, str]]:
+        """(key, path) for every file or folder this config names (read, or written like a cache): each goes
+        through the recipe's sandbox (`datakit.recipe.check_paths`) before the build reads anything."""
+        return []
+
+
+ARTIFACT_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\.json$"  # a step's report file: a plain name inside the output
+
 
 class StepFailed(RuntimeError):
     """A step refused to go on (too many failed LLM calls, more of a dataset removed than its max_drop): the build
@@ -67,8 +75,11 @@ class StepContext:
 
     def readable(self, path: str | Path, what: str) -> Path:
         """A file a step reads into the corpus or sends to an LLM (a mining pool, benchmark files, a prompt
-        file): resolved, and inside the recipe's sandbox (a SourceError otherwise)."""
-        return self.sandbox.check(self.resolve(path), what)
+        file), or a cache it writes: resolved, and inside the recipe's sandbox (a cache also inside
+        $DATAKIT_CACHE; `datakit.recipe.check_named`); a SourceError otherwise."""
+        from datakit.recipe import check_named
+
+        return check_named(self.sandbox, what, str(path))
 
 
 class TaskRunner:

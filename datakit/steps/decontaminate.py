@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +20,11 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from datakit import minhash as mh
+from datakit.benchspec import texts_from_spec
 from datakit.packs import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
 from datakit.records import add_event, replace_columns
-from datakit.steps.base import Step, StepConfig, Stream, register
+from datakit.sources import Sandbox
+from datakit.steps.base import ARTIFACT_NAME, Step, StepConfig, Stream, register
 
 DEFAULT_FIELDS = {"retrieval": ["query", "positive", "negatives"], "pair": ["text_a", "text_b"],
                   "classification": ["text"]}
@@ -33,7 +36,9 @@ _SHOWN = 300
 class DecontaminateConfig(StepConfig):
     type: Literal["decontaminate"] = "decontaminate"
     packs: list[str] = []  # pack folders (`datakit bench build`), relative to the recipe
-    bench_files: list[str] = []  # or benchmark files/folders (each a task), packed when the step starts
+    # or benchmark files/folders (each a task) or bench specs (`*.yaml`, `datakit bench build --from-spec`'s
+    # format, read inside the recipe's sandbox), packed when the step starts
+    bench_files: list[str] = []
     kinds: list[Literal["retrieval", "pair", "classification"]] = ["retrieval", "pair", "classification"]
     fields: dict[str, list[str]] = {}  # per kind; default: every text (negatives included)
     match: list[Literal["exact", "minhash", "ngram"]] = list(MATCHES)
@@ -43,7 +48,11 @@ class DecontaminateConfig(StepConfig):
     # all: only when every one of its checked texts does (list fields such as negatives aside): for pair data
     # whose splits share sentences (SICK), where `any` removes nearly every training pair
     sides: Literal["any", "all"] = "any"
-    report: str = "contamination.json"  # and, beside it, <stem>_records.jsonl: every matched record
+    report: str = Field("contamination.json", pattern=ARTIFACT_NAME)  # and <stem>_records.jsonl beside it
+
+    def named_paths(self) -> list[tuple[str, str]]:
+        return [(f"packs[{i}]", p) for i, p in enumerate(self.packs)] + \
+            [(f"bench_files[{i}]", p) for i, p in enumerate(self.bench_files)]
 
 
 def _texts(table: pa.Table, fields: list[str]) -> tuple[pa.Array, np.ndarray, list[str]]:
@@ -66,6 +75,20 @@ def _texts(table: pa.Table, fields: list[str]) -> tuple[pa.Array, np.ndarray, li
     return pa.concat_arrays(texts), np.concatenate(pos), names
 
 
+def _bench_texts(paths: list[Path], sandbox: Sandbox) -> Iterator[tuple[str, str, str, Any]]:
+    """(task, split, field, texts) of benchmark files, folders and bench specs (a spec's sources are read
+    inside the recipe's sandbox, whatever the spec's own `allow_paths` say)."""
+    files = []
+    for path in paths:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            yield from texts_from_files(files)
+            files = []
+            yield from texts_from_spec(path, within=sandbox)
+        else:
+            files.append(path)
+    yield from texts_from_files(files)
+
+
 @register
 class Decontaminate(Step):
     name = "decontaminate"
@@ -75,11 +98,11 @@ class Decontaminate(Step):
 
     def __init__(self, config: DecontaminateConfig, ctx):
         super().__init__(config, ctx)
-        self.packs = [Pack(ctx.resolve(p)) for p in config.packs]
+        self.packs = [Pack(ctx.readable(p, "decontaminate.packs")) for p in config.packs]
         if config.bench_files:
             folder = ctx.work_dir / "bench_pack"
-            build_pack(texts_from_files([ctx.readable(p, "decontaminate.bench_files") for p in config.bench_files]),
-                       folder)
+            build_pack(_bench_texts([ctx.readable(p, "decontaminate.bench_files") for p in config.bench_files],
+                                    ctx.sandbox), folder)
             self.packs.append(Pack(folder))
         if not self.packs:
             raise ValueError("decontaminate: give `packs` or `bench_files`")

@@ -40,7 +40,7 @@ from pydantic import Field
 from datakit import minhash as mh
 from datakit.records import MAIN_TEXTS
 from datakit.spill import Columns, Partitions, elect, read_partition, trim_heap
-from datakit.steps.base import Step, StepConfig, Stream, register
+from datakit.steps.base import ARTIFACT_NAME, Step, StepConfig, Stream, register
 
 EXAMPLES = 20
 BUCKET_CAP = 256  # a band bucket of more docs is split by the next band (minhash.split_bucket)
@@ -66,7 +66,7 @@ class DedupConfig(StepConfig):
     keep: Literal["first", "longest"] = "first"
     scope: Literal["kind", "dataset"] = "kind"  # compare across all datasets of a kind, or within each dataset
     seed: int = 1
-    report: str = "dedup.json"
+    report: str = Field("dedup.json", pattern=ARTIFACT_NAME)  # a plain file name inside the output
 
 
 CHUNK = 1 << 22  # n-sized masks are computed this many records at a time

@@ -33,6 +33,12 @@ class LLMNegativesConfig(SynthesisConfig):
     judge: bool = False  # ask the LLM whether the passage answers the query; drop it if so
     judge_prompt: str = "judge_negative"
 
+    def named_paths(self) -> list[tuple[str, str]]:
+        from datakit.llm.prompts import is_packaged_id
+
+        extra = [("judge_prompt", self.judge_prompt)] if not is_packaged_id(self.judge_prompt) else []
+        return super().named_paths() + extra
+
 
 @register
 class LLMNegatives(SynthesisStep):

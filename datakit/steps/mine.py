@@ -51,7 +51,11 @@ class MineConfig(StepConfig):
     search_shard_rows: int | None = Field(None, gt=0)  # pool vectors per search shard (default: vectorsearch's);
     # on Ray the shards are held by actors across the workers, searched at once and their top-k merged
     batch_size: int = 64
-    cache_dir: str | None = None  # default: $DATAKIT_CACHE or ~/.cache/datakit
+    cache_dir: str | None = None  # default: $DATAKIT_CACHE or ~/.cache/datakit; in a recipe, inside its sandbox
+
+    def named_paths(self) -> list[tuple[str, str]]:
+        return [(f"extra_pool[{i}]", p) for i, p in enumerate(self.extra_pool)] + \
+            ([("cache_dir", self.cache_dir)] if self.cache_dir else [])
     seed: int = 0
 
 
@@ -87,7 +91,7 @@ class MineNegatives(Step):
 
     def __init__(self, config: MineConfig, ctx):
         super().__init__(config, ctx)
-        cache = ctx.resolve(config.cache_dir) if config.cache_dir else None
+        cache = ctx.readable(config.cache_dir, "mine_negatives.cache_dir") if config.cache_dir else None
         self.embedder = Embedder(config.model, cache_dir=cache, batch_size=config.batch_size)
         self.similarity: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -126,7 +130,7 @@ class MineNegatives(Step):
         for b in range(spilled.num_record_batches):
             yield spilled.get_batch(b).column("positive")
         for item in self.config.extra_pool:
-            src = SourceFields(path=str(self.ctx.resolve(item)))
+            src = SourceFields(path=str(self.ctx.readable(item, "mine_negatives.extra_pool")))
             for chunk in read_source(src, self.ctx.sandbox, ColumnSpec(["text"])):
                 text = chunk.table.column("text").combine_chunks()
                 text = text.cast(pa.string()) if text.type != pa.string() else text

@@ -22,6 +22,7 @@ from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
 from datakit.llm.client import Answer, Budget, LLMClient, LLMFailure, LLMStats
 from datakit.llm.prompts import load_prompt
 from datakit.llm.quality import QualityConfig, clean
+from datakit.llm.endpoint import describe as describe_endpoint, normalize, request_params
 from datakit.llm.settings import LLMSettings
 from datakit.records import LINEAGE
 from datakit.steps.base import Step, StepConfig, StepContext, StepFailed, Stream
@@ -52,13 +53,18 @@ class SynthesisConfig(StepConfig):
     max_failed: float = Field(0.1, ge=0, le=1, description="share of requests that may fail after retries or "
                               "give unusable output (bad JSON) before the build fails")
 
+    def named_paths(self) -> list[tuple[str, str]]:
+        from datakit.llm.prompts import is_packaged_id
+
+        return [("prompt", self.prompt)] if self.prompt and not is_packaged_id(self.prompt) else []
+
     @field_validator("params")
     @classmethod
     def _no_secrets(cls, params: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(SECRET_PARAMS & set(params) - {"api_base", "base_url"})
+        bad = sorted(SECRET_PARAMS & set(params))
         if bad:
-            raise ValueError(f"{', '.join(bad)} must not be in a recipe: API keys come from the environment "
-                             "(e.g. OPENAI_API_KEY)")
+            raise ValueError(f"{', '.join(bad)} must not be in params: API keys come from the environment "
+                             "(e.g. OPENAI_API_KEY), and the server from the step's or the llm section's api_base")
         return params
 
 
@@ -103,11 +109,17 @@ def by_batch(new: pa.Table, tables: list[pa.Table]) -> list[pa.Table]:
 
 
 def prompt_file(name: str, ctx: StepContext, what: str) -> str | Path:
-    """A packaged prompt id as it is; a prompt file resolved and checked inside the recipe's sandbox (a prompt's
-    text is sent to the LLM provider: a shared recipe must not send a file from elsewhere)."""
-    if str(name).endswith((".yaml", ".yml")):
-        return ctx.readable(name, what)
-    return name
+    """A packaged prompt id as it is; anything else is a prompt file, resolved and checked inside the recipe's
+    sandbox before it is opened (a prompt's text is sent to the LLM provider, and a shared recipe must not read,
+    send or probe a file from elsewhere). A prompt file must be YAML."""
+    from datakit.llm.prompts import PromptError, is_packaged_id
+
+    if is_packaged_id(str(name)):
+        return str(name)
+    path = ctx.readable(name, what)  # SourceError naming the key when outside the sandbox: nothing is read
+    if path.suffix not in (".yaml", ".yml"):
+        raise PromptError(f"{what}: {name!r}: a prompt file must be a .yaml file (or give a packaged prompt id)")
+    return path
 
 
 class SynthesisStep(Step):
@@ -151,14 +163,21 @@ class SynthesisStep(Step):
 
     # ------------------------------------------------------------------ parts
     @property
+    def api_base(self) -> str | None:
+        return self.config.api_base or self.settings.api_base
+
+    def endpoint(self) -> str:
+        """Where this step's requests go, and whether the user's credentials go with them (printed by the build)."""
+        return describe_endpoint(self.model, self.api_base)
+
+    @property
     def client(self) -> LLMClient:
         if self._client is None:
             s, cfg = self.settings, self.config
-            params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.params}
-            if cfg.api_base or s.api_base:
-                params["api_base"] = cfg.api_base or s.api_base
+            params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.params,
+                                      **request_params(self.api_base)}
             structured = self.model.startswith("embedded/") if cfg.structured is None else cfg.structured
-            cache = LLMCache(self.ctx.resolve(s.cache) if s.cache else default_path())
+            cache = LLMCache(self.ctx.readable(s.cache, "llm.cache") if s.cache else default_path())
             concurrency = cfg.concurrency or s.concurrency or (32 if self.model.startswith("embedded/") else 4)
             self._client = LLMClient(self.model, cache, concurrency=concurrency, rpm=s.rpm,
                                      max_retries=s.max_retries, timeout=s.timeout_s, budget=self.budget,
@@ -223,7 +242,7 @@ class SynthesisStep(Step):
         """Requests without a usable answer, by class: failed after retries, or bad output (JSON that does not
         parse or fit the schema, after the stricter retry)."""
         counts = Counter(stats.failures)
-        bad = sum(n for reason, n in stats.dropped.items() if reason in ("invalid_json", "off_schema"))
+        bad = sum(n for reason, n in stats.dropped.items() if reason in ("invalid_json", "off_schema", "empty_answer"))
         if bad:
             counts["bad_output"] += bad
         return counts
@@ -242,9 +261,10 @@ class SynthesisStep(Step):
             return
         examples = dict(stats.failure_examples)
         if "bad_output" in counts:
-            examples["bad_output"] = "answers that are not the prompt's JSON (see the manifest's examples)"
-        api_base = self.config.api_base or self.settings.api_base
-        error = LLMFailure(self.model, api_base, dict(counts), examples,
+            empty = stats.dropped.get("empty_answer", 0)
+            examples["bad_output"] = (f"{empty} empty answer(s); " if empty else "") + \
+                "answers that are not the prompt's JSON or are empty (see the manifest's examples)"
+        error = LLMFailure(self.model, self.api_base, dict(counts), examples,
                            f"{failed:,} of {requested:,} requests", step=self.name)
         raise StepFailed(f"{error}; more than max_failed {self.config.max_failed:.0%} (answers already received "
                          "are cached: fix the cause and rebuild)")
@@ -318,7 +338,9 @@ class SynthesisStep(Step):
             total.add(self._client.stats.as_dict())
         stats = total.as_dict()
         stats.pop("dropped", None)  # the step counts answer drops itself, with the quality reasons
-        entry = {"model": self.model, "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
+        entry = {"model": self.model, "endpoint": normalize(self.api_base) if self.api_base else "provider default",
+                 "credentials": "withheld" if request_params(self.api_base).get("api_key") else "environment",
+                 "prompt": self.prompt.ref, "records_selected": self.selected, **stats,
                  "requests": self.requested + self.merged_requested, "failures": dict(self._failures(total)),
                  "kept": self.out["kept"], "dropped": {k: v for k, v in sorted(self.out.items()) if k != "kept"},
                  "examples": self.examples}

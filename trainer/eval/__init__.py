@@ -56,14 +56,28 @@ def evaluate_models(req: EvalRequest, log: Callable[[str], None] = print) -> lis
     if req.name and len(req.models) > 1:
         raise ValueError("--name names one model; give it with a single MODEL")
 
-    from trainer.eval.encoder import EvalEncoder, ModelNotFound, choose_prompts, load_backend
-    from trainer.eval.report import read_results, write_summary
-    from trainer.eval.run import evaluate_tasks, instructions_of, local_tasks, mteb_tasks, quiet
+    from trainer.eval.run import local_tasks, mteb_tasks, quiet
 
     with quiet():
         tasks = local_tasks(task_file) if task_file else mteb_tasks(req.mteb_benchmark, req.mteb_tasks)
     if not tasks:
         raise ValueError("no tasks to run (give --tasks FILE, --mteb NAME, --cmteb or --mteb-tasks A,B)")
+    from trainer.eval.status import EvalStatus
+    from trainer.folders import claim_eval
+
+    claim_eval(req.out)  # never a folder holding files the trainer did not write
+    with EvalStatus(Path(req.out), req.models, [t.metadata.name for t in tasks]) as status:
+        summaries = _evaluate(req, tasks, task_file, prompts, log)
+        status.failed = [f"{s.name}/{o.task}" for s in summaries for o in s.outcomes if o.error]
+        return summaries
+
+
+def _evaluate(req: EvalRequest, tasks: list[Any], task_file: Any, prompts: str,
+              log: Callable[[str], None]) -> list[ModelSummary]:
+    from trainer.eval.encoder import EvalEncoder, ModelNotFound, choose_prompts, load_backend
+    from trainer.eval.report import read_results, write_summary
+    from trainer.eval.run import evaluate_tasks, instructions_of, quiet
+
     instructions = instructions_of(tasks, task_file, req.task_instructions)
     batch_size = req.batch_size or (task_file.spec.batch_size if task_file else 32)
     template = task_file.spec.query_template if task_file else DEFAULT_QUERY_TEMPLATE

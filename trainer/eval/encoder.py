@@ -176,6 +176,9 @@ def sentence_transformer_backend(name: str, path: str, device: str | None, batch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device=device)
+    from trainer.model import check_tokenizer
+
+    check_tokenizer(model.tokenizer, f"model {name}", path)
     if max_length:
         model.max_seq_length = max_length
 

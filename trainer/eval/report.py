@@ -164,11 +164,16 @@ def compare(folders: list[str | Path]) -> Comparison:
     """Main scores of every model in every folder side by side; deltas are against the first column."""
     columns: list[str] = []
     per_column: list[dict[str, Score]] = []
+    from trainer.eval.status import read_status
+
     for folder in folders:
         scores = read_results(folder)
         keys = sorted({(s.model, s.revision) for s in scores})
+        state, _ = read_status(folder)
+        flag = " (INCOMPLETE)" if state in ("incomplete", "running") else ""
         for model, rev in keys:
             label = Path(folder).name if len(keys) == 1 else f"{Path(folder).name}:{model.split('/')[-1]}@{rev[:8]}"
+            label += flag
             col = {s.task: s for s in scores if (s.model, s.revision) == (model, rev)}
             pct = zero_shot_percentage(folder, model, rev, list(col))
             columns.append(label + (f" (zero-shot {pct}%)" if pct is not None else ""))

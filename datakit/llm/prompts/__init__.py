@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, create_model
+
+from embedkit.configfile import parse_yaml, read_text
 
 HERE = Path(__file__).parent
 _TYPES = {"string": str, "boolean": bool, "number": float, "integer": int}
@@ -59,17 +60,28 @@ class Prompt:
         return [{"role": m["role"], "content": _FIELD.sub(fill, m["content"])} for m in self.messages]
 
 
+PACKAGED = re.compile(r"^[a-z][a-z0-9_]*(\.v\d+)?$")  # a packaged prompt's id, e.g. `paraphrase` or `augment.v2`
+
+
+def is_packaged_id(name: str) -> bool:
+    """Whether `name` names a packaged prompt (an id, no path); anything else is a file a recipe names."""
+    return bool(PACKAGED.match(name))
+
+
 def load_prompt(name: str | Path, base_dir: Path | None = None) -> Prompt:
-    """A packaged prompt by id (`paraphrase`, newest version) or `id.vN`, or a YAML file path."""
-    path = _find(str(name), base_dir)
-    text = path.read_text(encoding="utf-8")
+    """A packaged prompt by id (`paraphrase`, newest version) or `id.vN`, or a YAML file path (which the caller has
+    checked against the recipe's sandbox: `datakit.steps.synthesis.prompt_file`)."""
+    path = _find(str(name), base_dir) if not isinstance(name, Path) else name
+    if not path.is_file():
+        raise PromptError(f"prompt file {path} not found")
+    text = read_text(path, "prompt file", PromptError)
+    data, _ = parse_yaml(text, path, PromptError)  # the one loader: duplicate keys and syntax errors at file:line
     try:
-        data = yaml.safe_load(text)
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
         output = data.get("output", "text")
         prompt = Prompt(id=str(data["id"]), version=int(data["version"]), messages=messages, output=output,
                         sha=hashlib.sha256(text.encode()).hexdigest(), path=path)
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise PromptError(f"{path}: not a prompt file (needs id, version, messages[role, content]): {exc}") from None
     if output != "text" and (not isinstance(output, dict) or any(v not in _TYPES for v in output.values())):
         raise PromptError(f"{path}: output must be 'text' or a mapping of field -> {'/'.join(_TYPES)}")
@@ -81,9 +93,10 @@ def _find(name: str, base_dir: Path | None) -> Path:
         path = Path(name)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        if not path.is_file():
-            raise PromptError(f"prompt file {path} not found")
         return path
+    if not is_packaged_id(name):
+        raise PromptError(f"prompt {name!r}: neither a packaged prompt id (e.g. paraphrase, augment.v1) nor a "
+                          "prompt file (a .yaml path)")
     exact = HERE / f"{name}.yaml"
     if exact.is_file():
         return exact
