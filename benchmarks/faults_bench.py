@@ -64,7 +64,8 @@ def classify(r: subprocess.CompletedProcess, out: Path | None = None, before: di
     if "Traceback" in r.stderr:
         return "DEFECT: traceback"
     if r.returncode != 0:
-        if not r.stderr.strip().startswith("error:"):
+        shown = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("Loading", "Writing"))]
+        if not (shown and shown[0].startswith("error:")):  # (a model's loading bar may come first)
             return f"DEFECT: exit {r.returncode} without an error line"
         if out is not None:
             now = manifest(out)
@@ -526,8 +527,8 @@ def harm_cases(work: Path, add) -> None:
                                                                       f"steps: [{{type: paraphrase, prompt: '{prompt}'}}]\n")))
         add(name, "datakit validate", ("DEFECT: printed the outside file" if "hunter2" in r.stderr + r.stdout
                                        else classify(r) + f" (exit {r.returncode})"), first_line(r.stderr))
-    for allow in ("/", "~", ".."):
-        c = Case(f"allow_paths: ['{allow}']", work)
+    for allow, label in (("/", "root"), ("~", "home"), ("..", "parent")):
+        c = Case(f"allow_paths: ['{allow}'] ({label})", work)
         c.file("x.jsonl", qa_rows(2))
         rec = c.file("recipe.yaml", f"name: t\nallow_paths: ['{allow}']\nsources:\n{src}")
         shown = "wide" in run("datakit.cli", "validate", str(rec)).stdout

@@ -16,12 +16,12 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datakit import records
 from datakit.sources import Chunk, ColumnSpec, bad_row, row_range
 
-RoleType = Literal["text", "score", "label", "text_list", "label_list", "messages"]
+RoleType = Literal["text", "score", "label", "key", "text_list", "label_list", "messages"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RecordSet:
     columns: dict[str, pa.Array]
     pos: pa.Array
     suffix: str | pa.Array = ""  # id suffix, e.g. "ab"/"ba" for the two orders of a pair
-    detail: str = ""
+    detail: str | list[str] = ""  # the lineage event's detail: one for all records, or one per record
 
 
 class Problems:
@@ -105,7 +105,7 @@ class Adapter:
         return ColumnSpec(
             names=list(dict.fromkeys(self.colmap.values())),
             optional={self.colmap[r] for r in self.optional if r in self.colmap},
-            scalar={c for r, c in self.colmap.items() if self.roles[r] in ("score", "label")},
+            scalar={c for r, c in self.colmap.items() if self.roles[r] in ("score", "label", "key")},
         )
 
     # -- subclass hook
@@ -195,6 +195,15 @@ def extract(col: pa.ChunkedArray, kind: RoleType, name: str, problems: Problems)
         if pa.types.is_floating(t):
             return _class_labels(arr.cast(pa.string()), name, problems)
         return _wrong(arr, name, "a label (string or integer)", problems, pa.string())
+    if kind == "key":  # an identifier: text as it is, integers (and whole floats) as their digits
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return pc.utf8_trim_whitespace(arr.cast(pa.string()))
+        if pa.types.is_integer(t):
+            return arr.cast(pa.string())
+        if pa.types.is_floating(t):
+            return pa.array([None if v is None else (str(int(v)) if float(v).is_integer() else repr(v))
+                             for v in arr.to_pylist()], pa.string())
+        return _wrong(arr, name, "an identifier (string or integer)", problems, pa.string())
     if kind == "score":
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             return arr.cast(pa.float64())
@@ -240,7 +249,7 @@ def _class_labels(arr: pa.Array, name: str, problems: Problems) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-_ARROW_TYPE = {"text": pa.string(), "label": pa.string(), "score": pa.float64(),
+_ARROW_TYPE = {"text": pa.string(), "label": pa.string(), "key": pa.string(), "score": pa.float64(),
                "text_list": pa.list_(pa.string()), "label_list": pa.list_(pa.string()), "messages": pa.struct([("query", pa.string()), ("answer", pa.string())])}
 
 
@@ -597,8 +606,128 @@ class Clustering(Classification):
         return [RecordSet("classification", {"text": texts, "label": label}, pa.array(p, pa.int64()), suffix)]
 
 
+class ChunkOptions(NoOptions):
+    by: Literal["words", "tokens", "sentences", "none"] = "words"  # none: one passage per row
+    size: int = Field(180, gt=0, description="words, tokens or sentences per passage (180 words: about 234 "
+                      "tokens, within MiniLM's 256)")
+    overlap: int = Field(20, ge=0, description="of the same unit, shared by consecutive passages")
+    min_length: int = Field(20, ge=0, description="a shorter last piece joins the one before; a shorter "
+                            "document is quarantined as too_short")
+    tokenizer: str = Field("embedded-minilm", description="by: tokens: whose tokens (a folder, hub id or alias)")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkOptions":
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap {self.overlap} must be smaller than size {self.size}")
+        return self
+
+
+class DocumentsOptions(NoOptions):
+    chunk: ChunkOptions = ChunkOptions()
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+_WORD_SPAN = re.compile(r"\S+")
+
+
+def _spans(text: str, opts: ChunkOptions, tokenizer: Any = None) -> list[tuple[int, int]]:
+    """(start, end) character spans of a document's passages: windows of `size` units moving by size - overlap;
+    a last window shorter than `min_length` units joins the one before."""
+    if opts.by == "none":
+        return [(0, len(text))]
+    if opts.by == "words":
+        units = [(m.start(), m.end()) for m in _WORD_SPAN.finditer(text)]
+    elif opts.by == "sentences":
+        units, start = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            units.append((start, m.start()))
+            start = m.end()
+        if start < len(text) and text[start:].strip():
+            units.append((start, len(text)))
+    else:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        units = [(a, b) for a, b in offsets if b > a]
+    if not units:
+        return []
+    step = opts.size - opts.overlap
+    windows = []
+    for lo in range(0, len(units), step):
+        hi = min(lo + opts.size, len(units))
+        windows.append((lo, hi))
+        if hi == len(units):
+            break
+    if len(windows) > 1 and windows[-1][1] - windows[-1][0] - opts.overlap < opts.min_length:
+        windows[-2] = (windows[-2][0], windows[-1][1])  # a short tail joins the passage before it
+        windows.pop()
+    return [(units[lo][0], units[hi - 1][1]) for lo, hi in windows]
+
+
+class Documents(Adapter):
+    """Text-only rows (a document or a passage each: `text`, optional `id` and `title`) -> passages, chunked
+    by words, tokens or sentences with overlap. Each passage keeps its document's id and its position (`doc_id`,
+    `chunk`, and the lineage event `doc=<id> chunk=<i>/<n> chars=<start>-<end>`). Rows are read a batch at a time:
+    a large file streams. `generate_queries` makes retrieval records from the passages."""
+
+    name = "documents"
+    roles = {"text": "text", "id": "key", "title": "text"}
+    defaults = {"text": "text", "id": "id", "title": "title"}
+    optional = frozenset({"id", "title"})
+    Options = DocumentsOptions
+
+    def __init__(self, src: AdapterSource):
+        super().__init__(src)
+        self._tokenizer = None
+
+    def _tok(self) -> Any:
+        if self._tokenizer is None and self.options.chunk.by == "tokens":
+            from transformers import AutoTokenizer
+
+            from embedkit.models import resolve_name
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_name(self.options.chunk.tokenizer)[0])
+        return self._tokenizer
+
+    def build(self, cols, n):
+        opts = self.options.chunk
+        texts = cols["text"].to_pylist()
+        ids = cols["id"].to_pylist() if "id" in cols else [None] * n
+        titles = cols["title"].to_pylist() if "title" in cols else [None] * n
+        rows = self._chunk.rows.take(self._good).to_pylist()
+        pos, chunk_text, chunk_no, doc_ids, title_col, suffix, detail = [], [], [], [], [], [], []
+        short, blank = [], []
+        for i, text in enumerate(texts):
+            if not text.strip():
+                blank.append(i)
+                continue
+            spans = _spans(text, opts, self._tok())
+            units = len(_WORD_SPAN.findall(text)) if opts.by == "words" else None
+            if not spans or (units is not None and units < opts.min_length and opts.by != "none"):
+                short.append(i)
+                continue
+            doc = str(ids[i]) if ids[i] is not None else f"{self.dataset}:{rows[i]}"
+            for j, (a, b) in enumerate(spans):
+                pos.append(i)
+                chunk_text.append(text[a:b])
+                chunk_no.append(j)
+                doc_ids.append(doc)
+                title_col.append(titles[i] or "")
+                suffix.append(f"c{j}")
+                detail.append(f"doc={doc} chunk={j}/{len(spans)} chars={a}-{b}")
+        if blank:
+            self.reject(blank, "text", "empty_text", "field 'text': empty text")
+        if short:
+            self.reject(short, "text", "too_short", f"a document shorter than chunk.min_length "
+                        f"({opts.min_length} {opts.by})")
+        if not pos:
+            return []
+        return [RecordSet("passage", {"text": pa.array(chunk_text, pa.string()), "title": pa.array(title_col, pa.string()),
+                                      "doc_id": pa.array(doc_ids, pa.string()), "chunk": pa.array(chunk_no, pa.int32())},
+                          pa.array(pos, pa.int64()), pa.array(suffix, pa.string()), detail)]
+
+
 ADAPTERS: dict[str, type[Adapter]] = {
-    cls.name: cls for cls in (TitleBody, QA, ReadingComprehension, Retrieval, NLI, STS, Classification, Clustering)
+    cls.name: cls for cls in (TitleBody, QA, ReadingComprehension, Retrieval, NLI, STS, Classification, Clustering,
+                              Documents)
 }
 
 

@@ -221,6 +221,21 @@ def lineage_sections(manifest: dict[str, Any]) -> str:
     if synth:
         parts.append("## Synthesis\n\n" + _table(["step", "generator model", "prompt", "outputs kept", "dropped"],
                                                  synth) + "\n")
+    for m in chain:
+        for step, e in m.get("synthesis", {}).items():
+            held, trip = e.get("heldout"), e.get("round_trip")
+            if trip:
+                parts.append(f"## Generated queries ({step})\n\nQueries written by {e.get('model')} for the corpus's "
+                             f"own passages, kept only when a retriever ranks their passage within the top "
+                             f"{trip.get('k')}: {trip.get('kept', 0):,} of {trip.get('filtered', 0):,} "
+                             f"({(trip.get('keep_rate') or 0):.0%}).\n")
+            if held:
+                parts.append(f"An evaluation split was held out: {held.get('queries', 0):,} generated queries of "
+                             f"{held.get('documents', 0):,} documents ({held.get('share', 0):.0%} of the documents, "
+                             "chosen by document id). No passage of a held-out document has a training query, and "
+                             "no held-out query is a training record: the split is decontaminated from training by "
+                             "construction. It is `heldout/tasks.yaml` (`trainer eval MODEL --tasks "
+                             "heldout/tasks.yaml`).\n")
     negs = manifest.get("negatives") or {}
     if negs:
         parts.append("## Hard negatives\n\n" + _table(

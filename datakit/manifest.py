@@ -17,12 +17,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from datakit.records import KINDS, QUARANTINE_SCHEMA, schema
+from datakit.records import KINDS, QUARANTINE_SCHEMA, STORED_KINDS, schema
 
 MANIFEST = "manifest.json"
 FORMAT = 1  # the manifest's `format`
 CURRENT = "current"
-SHARD_KINDS = (*KINDS, "quarantine")
+SHARD_KINDS = (*STORED_KINDS, "quarantine")
 
 
 class InconsistentOutput(ValueError):
@@ -126,7 +126,7 @@ def _count_problems(build: Path, manifest: dict[str, Any], deep: bool) -> list[s
     counts = manifest.get("counts", {})
     if not isinstance(counts, dict):
         return ["counts: not a mapping of kind -> {dataset: records}"]
-    for kind in KINDS:
+    for kind in STORED_KINDS:
         stated = counts.get(kind, {}) or {}
         if not isinstance(stated, dict) or not all(isinstance(v, int) for v in stated.values()):
             problems.append(f"counts.{kind}: not a mapping of dataset -> records")

@@ -30,7 +30,7 @@ from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, rea
 from datakit.output import OutputLock, new_staging, publish
 from datakit.reading import DataError, Tally
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
-from datakit.records import KINDS
+from datakit.records import STORED_KINDS
 from datakit.shards import ShardWriter
 from datakit.sources import Sandbox, SourceError, file_digest, input_files
 from datakit.steps import Step, StepConfig, StepContext, make_step, step_config
@@ -218,7 +218,7 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
         writer.write("quarantine", quarantine)
         for reason, n in Counter(quarantine.column("reason").to_pylist()).items():
             tally.quarantine["(input)"][reason] += n
-        for kind in KINDS:
+        for kind in STORED_KINDS:
             for path in shard_files(source, kind):
                 for batch in pa.ipc.open_stream(pa.memory_map(str(path))):
                     tally.rows_read[kind] += batch.num_rows

@@ -120,6 +120,45 @@ def check_paths(loaded: LoadedRecipe) -> None:
         raise RecipeError("\n".join(errors))
 
 
+def encoder_max_tokens(model: str) -> int | None:
+    """The max sequence length of a local sentence-transformers model folder (or alias); None when unknown."""
+    from embedkit.models import resolve_name
+
+    folder = Path(resolve_name(model)[0])
+    config = folder / "sentence_bert_config.json"
+    try:
+        return int(json.loads(config.read_text(encoding="utf-8"))["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+WORD_TOKENS = 1.3  # sub-word tokens per English word, for a chunk size given in words
+
+
+def check_chunk_sizes(loaded: LoadedRecipe) -> None:
+    """A `documents` source's passages must fit the embedders that read them (the round-trip filter, mining):
+    a chunk size above an embedder's max length (words counted at about 1.3 tokens) is an error naming the key."""
+    encoders = [(f"steps[{i}].{s.type}.{'encoder' if s.type == 'generate_queries' else 'model'}",
+                 s.encoder if s.type == "generate_queries" else s.model)
+                for i, s in enumerate(loaded.recipe.steps) if s.type in ("generate_queries", "mine_negatives")]
+    errors = []
+    for i, src in enumerate(loaded.recipe.sources):
+        if src.adapter != "documents":
+            continue
+        chunk = adapter_class("documents").Options.model_validate(src.options).chunk
+        if chunk.by not in ("tokens", "words"):
+            continue
+        tokens = chunk.size if chunk.by == "tokens" else int(chunk.size * WORD_TOKENS)
+        for key, model in encoders:
+            limit = encoder_max_tokens(model)
+            if limit is not None and tokens > limit:
+                errors.append(f"{loaded.path}: sources[{i}].options.chunk.size: {chunk.size} {chunk.by}"
+                              f"{f' (about {tokens} tokens)' if chunk.by == 'words' else ''} is more than {key} "
+                              f"({model}) reads: {limit} tokens; passages would be cut where it embeds them")
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
 def wide_roots(loaded: LoadedRecipe) -> list[Path]:
     """The recipe's allow_paths that open more than its own tree: the file system root, the home folder (or
     a folder holding it), or a folder holding the recipe's own folder. They need the user's consent
@@ -171,4 +210,5 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     text = read_text(path, "recipe", RecipeError)
     loaded = LoadedRecipe(recipe=parse_recipe(text, path), path=path, base_dir=path.resolve().parent)
     check_paths(loaded)
+    check_chunk_sizes(loaded)
     return loaded

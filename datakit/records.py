@@ -1,4 +1,5 @@
-"""The three canonical record kinds, their Arrow schemas and validation (pure pyarrow).
+"""The three canonical record kinds, the passages they can be made from, their Arrow schemas and validation
+(pure pyarrow).
 
 Every other module speaks these schemas: adapters emit them, steps transform them,
 shards store them and the trainer reads them (this is the only datakit module the
@@ -14,7 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 Kind = Literal["retrieval", "pair", "classification"]
-KINDS: tuple[Kind, ...] = ("retrieval", "pair", "classification")
+KINDS: tuple[Kind, ...] = ("retrieval", "pair", "classification")  # what the trainer trains on
+# a user's documents cut into passages (the `documents` adapter): not trained on as they are; `generate_queries`
+# makes retrieval records from them, and mining and held-out tasks use them as the corpus
+PASSAGE = "passage"
+STORED_KINDS: tuple[str, ...] = (*KINDS, PASSAGE)
 NEGATIVE_ORIGINS = ("given", "mined", "llm")
 
 #: One entry of a record's history: which step made or changed it, and how.
@@ -73,6 +78,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("lineage", LINEAGE),
         ]
     ),
+    PASSAGE: pa.schema(
+        _COMMON
+        + [
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("title", pa.string(), nullable=False),  # "" when the document has none
+            pa.field("doc_id", pa.string(), nullable=False),  # the document's id (its `id` column, else dataset:row)
+            pa.field("chunk", pa.int32(), nullable=False),  # the passage's position in its document, from 0
+            pa.field("lineage", LINEAGE),
+        ]
+    ),
 }
 
 #: Text fields that must be non-empty, per kind.
@@ -80,6 +95,7 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "retrieval": ("query", "positive"),
     "pair": ("text_a", "text_b"),
     "classification": ("text", "label"),
+    PASSAGE: ("text", "doc_id"),
 }
 
 #: The texts that say what a record is about (what filters and dedup compare by default).
@@ -87,6 +103,7 @@ MAIN_TEXTS: dict[str, tuple[str, ...]] = {
     "retrieval": ("query", "positive"),
     "pair": ("text_a", "text_b"),
     "classification": ("text",),
+    PASSAGE: ("text",),
 }
 
 #: Quarantine shard schema: a row that could not become a record, and why.
@@ -123,7 +140,7 @@ class Rejected:
 
 def schema(kind: str) -> pa.Schema:
     if kind not in SCHEMAS:
-        raise RecordError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise RecordError(f"unknown record kind {kind!r}; expected one of {', '.join(STORED_KINDS)}")
     return SCHEMAS[kind]
 
 

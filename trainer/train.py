@@ -341,6 +341,11 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
         _export(exported, final, cfg, prompts, manifest, facts)
         if evaluator is not None and evaluator.history:
             log("eval (main score per task):\n" + evaluator.table())
+            side_by_side, worse = evaluator.before_after()
+            if side_by_side:
+                log("held-out scores before and after training:\n" + side_by_side)
+            for warning in worse:
+                log(f"warning: {warning}")
     acc.wait_for_everyone()
     acc.end_training()
     return final

@@ -191,6 +191,7 @@ def negatives(m: dict[str, Any]) -> dict[str, Any] | None:
     rows = [{"dataset": ds, **dict.fromkeys(("records", "given", "mined", "llm", "records_short"), 0), **e}
             for ds, e in sorted(mix.items())]
     return {"mix": rows, "model": (m.get("mining") or {}).get("model"), "similarity": similarity,
+            "search": (m.get("mining") or {}).get("search"),
             "target": next((s["config"].get("negatives") for s in m["steps"] if s["type"] == "mine_negatives"), None)}
 
 

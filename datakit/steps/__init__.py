@@ -11,7 +11,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 
 from datakit.steps import (  # noqa: F401 - importing a step module registers it
-    augment, decontaminate, dedup, filter, llm_negatives, mine, paraphrase)
+    augment, decontaminate, dedup, filter, generate_queries, llm_negatives, mine, paraphrase)
 from datakit.steps.base import (DROP_WARN, STEPS, Step, StepConfig, StepContext, StepFailed,  # noqa: F401
                                 Stream, register)
 

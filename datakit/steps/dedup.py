@@ -55,7 +55,7 @@ VERIFY_GROUPS = 16  # candidate pairs are shuffled by pair hash into this many v
 
 class DedupConfig(StepConfig):
     type: Literal["dedup"] = "dedup"
-    kinds: list[Literal["retrieval", "pair", "classification"]] = ["retrieval", "pair", "classification"]
+    kinds: list[Literal["retrieval", "pair", "classification", "passage"]] = ["retrieval", "pair", "classification"]
     fields: dict[str, list[str]] = {}  # per kind; default: query+positive, text_a+text_b, text (each a side)
     method: Literal["exact", "minhash"] = "minhash"  # minhash also runs the exact pass first
     threshold: float = Field(0.8, gt=0.0, le=1.0)

@@ -13,7 +13,7 @@ from datakit.steps.base import Step, StepConfig, Stream, register
 
 class FilterConfig(StepConfig):
     type: Literal["filter"] = "filter"
-    kinds: list[Literal["retrieval", "pair", "classification"]] | None = None  # default: all
+    kinds: list[Literal["retrieval", "pair", "classification", "passage"]] | None = None  # default: all
     fields: list[str] | None = None  # default: the kind's texts (query+positive, text_a+text_b, text)
     min_chars: int = 1
     max_chars: int | None = None

@@ -24,10 +24,10 @@ from pydantic import Field
 
 from datakit import minhash as mh
 from datakit.embed import DEFAULT_MODEL, Embedder
-from datakit.records import add_event, replace_columns
+from datakit.records import PASSAGE, add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
 from datakit.steps.base import Step, StepConfig, Stream, register
-from datakit.vectorsearch import NPROBE, IndexKind, VectorSearch
+from datakit.vectorsearch import CALIBRATION_QUERIES, NPROBE, RECALL_TARGET, IndexKind, VectorSearch
 
 
 class MineConfig(StepConfig):
@@ -47,16 +47,20 @@ class MineConfig(StepConfig):
     copy_threshold: float = 0.98  # a candidate this close to a known positive is a copy of it
     index: IndexKind = "auto"
     nprobe: int = Field(NPROBE, gt=0)  # IVF lists an `ivfpq` query visits: more = higher recall, slower search
-    # (1M spliced real sentences: 128 -> 0.889 of the exact top 30, 1024 -> 0.955; benchmarks/mine_build_bench.py)
+    # (1M spliced real sentences: 128 -> 0.889 of the exact top 30, 1024 -> 0.955; benchmarks/mine_build_bench.py);
+    # under `auto` the start of the calibration ladder
+    recall_target: float = Field(RECALL_TARGET, ge=0.0, le=1.0)  # auto: recall@depth against exact search that
+    # the search must reach on a sample of the queries (measured at run time; 0 skips the measurement)
     search_shard_rows: int | None = Field(None, gt=0)  # pool vectors per search shard (default: vectorsearch's);
     # on Ray the shards are held by actors across the workers, searched at once and their top-k merged
     batch_size: int = 64
     cache_dir: str | None = None  # default: $DATAKIT_CACHE or ~/.cache/datakit; in a recipe, inside its sandbox
+    passages: bool = True  # the stream's passage records (the `documents` adapter) join the pool
+    seed: int = 0
 
     def named_paths(self) -> list[tuple[str, str]]:
         return [(f"extra_pool[{i}]", p) for i, p in enumerate(self.extra_pool)] + \
             ([("cache_dir", self.cache_dir)] if self.cache_dir else [])
-    seed: int = 0
 
 
 CHUNK_ROWS = 8192  # records (and pool texts) mined, embedded and held in memory at a time
@@ -104,8 +108,13 @@ class MineNegatives(Step):
     def run(self, stream: Stream) -> Stream:
         spill = self.work / "retrieval.arrow"
         spill.parent.mkdir(parents=True, exist_ok=True)
-        writer = None
+        writer = passages = None
         for kind, table in stream:
+            if kind == PASSAGE and self.config.passages:  # a user's passages join the pool (then pass on)
+                texts = table.select(["text"])
+                if passages is None:
+                    passages = pa.ipc.new_file(str(self.work / "passages.arrow"), texts.schema)
+                passages.write_table(texts, max_chunksize=CHUNK_ROWS)
             if kind != "retrieval":
                 self.kept += table.num_rows
                 yield kind, table
@@ -113,6 +122,8 @@ class MineNegatives(Step):
             if writer is None:
                 writer = pa.ipc.new_file(str(spill), table.schema)
             writer.write_table(table, max_chunksize=CHUNK_ROWS)
+        if passages is not None:
+            passages.close()
         if writer is None:
             return
         writer.close()
@@ -126,9 +137,14 @@ class MineNegatives(Step):
         return self.ctx.work_dir / "mine"
 
     def _pool_chunks(self, spilled: pa.ipc.RecordBatchFileReader):
-        """Every candidate text, in order (duplicates included): the positives, then the extra pool files."""
+        """Every candidate text, in order (duplicates included): the positives, the passages of the stream, then
+        the extra pool files."""
         for b in range(spilled.num_record_batches):
             yield spilled.get_batch(b).column("positive")
+        if (self.work / "passages.arrow").exists():
+            passages = pa.ipc.open_file(pa.memory_map(str(self.work / "passages.arrow")))
+            for b in range(passages.num_record_batches):
+                yield passages.get_batch(b).column("text")
         for item in self.config.extra_pool:
             src = SourceFields(path=str(self.ctx.readable(item, "mine_negatives.extra_pool")))
             for chunk in read_source(src, self.ctx.sandbox, ColumnSpec(["text"])):
@@ -202,7 +218,13 @@ class MineNegatives(Step):
             remote=self.ctx.embed_chunks)
         search = VectorSearch(pool_vec, cfg.index, shard_rows=cfg.search_shard_rows, nprobe=cfg.nprobe,
                               runner=self.ctx.runner)
-        self.searched = {"in": search.where, "shards": search.n_shards, "index": search.kind}
+        calibration = None
+        if cfg.recall_target > 0:  # the recall of this build's search, measured on a sample of its queries
+            n_q = len(q_vec)
+            sample = np.sort(np.random.default_rng(cfg.seed).choice(n_q, min(n_q, CALIBRATION_QUERIES), replace=False))
+            calibration = search.calibrate(np.asarray(q_vec[sample]), cfg.depth, cfg.recall_target)
+        self.searched = {"in": search.where, "shards": search.n_shards, "index": search.kind,
+                         **({"calibration": calibration} if calibration else {})}
         # every known positive of a query: the positives of all records with the same normalised query,
         # as (query hash, pool id) sorted by hash
         qh_parts, pos_parts, offset = [], [], 0
@@ -300,4 +322,9 @@ class MineNegatives(Step):
                 "by_dataset": {k: dict(v) for k, v in self.counts.items()}}
 
     def manifest_entries(self) -> dict[str, Any]:
-        return {"mining": {"model": self.config.model, "similarity": self.similarity}}
+        cal = (getattr(self, "searched", None) or {}).get("calibration")
+        if cal:  # what was chosen and found (timings stay in the step report: they differ from run to run)
+            cal = {k: v for k, v in cal.items() if not k.endswith("per_1000_queries")}
+            cal["tried"] = [{k: v for k, v in t.items() if not k.endswith("per_1000_queries")} for t in cal["tried"]]
+        return {"mining": {"model": self.config.model, "similarity": self.similarity,
+                           **({"search": {"calibration": cal}} if cal else {})}}

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from embedkit.configfile import ConfigError
+from embedkit.models import ALIASES, MINILM, SMOLLM2  # the one alias resolver
 from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
 from mteb.models.abs_encoder import AbsEncoder
 
-ALIASES = ("embedded-minilm", "embedded-smollm2")
 SYMMETRIC_TYPES = {"STS", "Classification", "Clustering", "PairClassification", "MultilabelClassification"}
 
 
@@ -102,12 +102,9 @@ def read_prompts_file(path: str | Path) -> dict[str, str]:
     except OSError as exc:
         raise PromptsError(f"--prompts {path}: not a mode ({', '.join(PROMPT_MODES)}) and cannot read it as a "
                            f"file: {exc.strerror or exc}") from None
-    import yaml
+    from embedkit.configfile import parse_yaml
 
-    try:
-        data = yaml.safe_load(text)  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise PromptsError(f"{p}: not JSON or YAML: {str(exc).splitlines()[0]}") from None
+    data, _ = parse_yaml(text, p, PromptsError)  # JSON is YAML; the one loader (a key twice is an error)
     if not isinstance(data, dict) or not data:
         raise PromptsError(f"{p}: expected a mapping of prompt names (task name, task type, query, document) "
                            f"to prompts")
@@ -226,14 +223,14 @@ def trainer_backend(model: Any, name: str, revision: str, batch_size: int, max_l
 
 def load_backend(name: str, device: str | None = None, batch_size: int = 32, max_length: int | None = None) -> Backend:
     check_model_arg(name)
-    if name == "embedded-smollm2":
+    if name == SMOLLM2:
         from trainer.model import EmbeddingModel, ModelConfig
 
         model = EmbeddingModel(ModelConfig(name_or_path=name), device=device)
         return trainer_backend(model, display_name(name), "gguf-q4_1", batch_size, max_length or 512)
     path = name
-    if name == "embedded-minilm":
-        from embedkit.trainconfig import resolve_name
+    if name == MINILM:
+        from embedkit.models import resolve_name
 
         path = resolve_name(name)[0]
     return sentence_transformer_backend(name, path, device, batch_size, max_length)

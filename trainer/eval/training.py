@@ -96,6 +96,22 @@ class TrainingEval:
             self.best_path.write_text(json.dumps({"task": kb.task, "metric": metric, "value": value,
                                                   "stage": stage, "step": step}, indent=2))
 
+    def before_after(self) -> tuple[str, list[str]]:
+        """The held-out scores before training and now, side by side, and a plain warning for every task that
+        training made worse than the model it started from. ("", []) without a score before training."""
+        if len(self.history) < 2 or self.history[0][0] != "before training":
+            return "", []
+        before, after = self.history[0][1], self.history[-1][1]
+        lines = [f"{'task':<{TASK_WIDTH}}{'before':>10}{'after':>10}{'change':>10}"]
+        warnings = []
+        for t in before:
+            if t not in after:
+                continue
+            lines.append(f"{t:<{TASK_WIDTH}}{before[t]:>10.4f}{after[t]:>10.4f}{after[t] - before[t]:>+10.4f}")
+            if round(after[t], 4) < round(before[t], 4):
+                warnings.append(f"{t} {before[t]:.4f} -> {after[t]:.4f}: worse than the model you started from")
+        return "\n".join(lines), warnings
+
     def table(self) -> str:
         """The scores of every evaluation so far, one column per evaluation point."""
         if not self.history:

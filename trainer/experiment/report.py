@@ -150,9 +150,27 @@ def summary_markdown(exp: Experiment, variants: list[str], tasks: list[str], cel
     if shared:
         lines += [""] + [f"Corpus of {names[0]}: built once, shared by {len(names)} variants ({', '.join(names)})."
                          for names in shared]
+    worse = worse_than_start(variants, tasks, cells)
+    if worse:
+        lines += ["", "Worse than the model it started from (mean over seeds below the untrained model's score):"] + \
+            [f"- {line}" for line in worse]
     if failed:
         lines += ["", "Failed runs:"] + [f"- {r['variant']} seed {r['seed']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def worse_than_start(variants: list[str], tasks: list[str], cells: dict) -> list[str]:
+    """`variant: task before -> after (delta)` for every trained variant whose mean is below the untrained
+    model's score on a task (rounded to 4 decimals, as the table shows them)."""
+    out = []
+    for v in variants:
+        if v == UNTRAINED:
+            continue
+        for t in tasks:
+            start, now = cells.get((UNTRAINED, t)), cells.get((v, t))
+            if start is not None and now is not None and round(now.mean, 4) < round(start.mean, 4):
+                out.append(f"{v}: {t} {start.mean:.4f} -> {now.mean:.4f} ({now.mean - start.mean:+.4f})")
+    return out
 
 
 def _plot(exp: Experiment, variants: list[str], tasks: list[str], cells: dict, path: Path) -> None:

@@ -79,17 +79,18 @@ def _progress(log: Callable[[str], None] | None, steps: list[int], bar: RunBar |
 
     def on_record(rec: Any) -> None:
         if isinstance(rec, dict) and "step" in rec and "loss" in rec:
-            stage, step = rec.get("stage", 0), rec["step"]
-            total = steps[stage] if stage < len(steps) else step
+            stage, step = rec.get("stage", 1), rec["step"]  # stages are numbered from 1 in the log
+            index = stage - 1
+            total = steps[index] if 0 <= index < len(steps) else step
             losses = rec["loss"] if isinstance(rec["loss"], dict) else {"all": rec["loss"]}
             mean = sum(losses.values()) / max(len(losses), 1)
             if bar is not None:
-                bar.step(sum(steps[:stage]) + step, mean)
+                bar.step(sum(steps[:index]) + step, mean)
                 return
             tenth = step * 10 // max(total, 1)
             if log is not None and (tenth > shown.get(stage, 0) or step == total):
                 shown[stage] = tenth
-                log(f"    stage {stage + 1} step {step}/{total}  loss {mean:.4f}")
+                log(f"    stage {stage} step {step}/{total}  loss {mean:.4f}")
         elif isinstance(rec, str) and (log is not None or bar is not None):
             (bar.line if bar is not None else log)(f"    {rec}")
     return on_record
