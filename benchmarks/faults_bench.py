@@ -603,7 +603,7 @@ def harm_cases(work: Path, add) -> None:
                                        for i, v in enumerate([1, "1", 1.0, 2, 2.5])))
     r, out = c.build(c.recipe(f"  - {{name: l, path: {labels}, adapter: classification}}\n"))
     counts = (manifest(out) or {}).get("quarantined", {}).get("reasons")
-    add(c.name, "datakit build", classify(r, out, expect="quarantine") + f"; classes 1 and 2 only", str(counts))
+    add(c.name, "datakit build", classify(r, out, expect="quarantine") + "; classes 1 and 2 only", str(counts))
     c = Case("folder source with a symlinked sub-folder inside and one outside", work)
     c.file("data/a.jsonl", qa_rows(2))
     c.file("more/b.jsonl", qa_rows(3))

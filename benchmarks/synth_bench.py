@@ -127,7 +127,7 @@ def main() -> None:
     n = len(messages)
     print(f"\n{n} paraphrase requests, SmolLM2-135M-Instruct Q4_1 served by {args.server}, max_tokens "
           f"{args.max_tokens}, temperature 0, {os.cpu_count()} CPU cores\n")
-    print(f"| concurrency | direct HTTP rec/s | datakit cold rec/s | overhead | datakit warm cache rec/s | tokens/s (cold) |")
+    print("| concurrency | direct HTTP rec/s | datakit cold rec/s | overhead | datakit warm cache rec/s | tokens/s (cold) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for c, d, ours, warm, toks in rows:
         print(f"| {c} | {n / d:.2f} | {n / ours:.2f} | {100 * (ours / d - 1):+.1f}% | {n / warm:,.0f} | {toks / ours:.1f} |")

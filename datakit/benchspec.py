@@ -19,7 +19,7 @@ from typing import Iterator
 from pydantic import Field, model_validator
 
 from datakit.sources import ColumnSpec, Sandbox, SourceError, SourceLocation, read_source
-from embedkit.configfile import ConfigError, Strict, load_yaml, validate
+from embedkit.configfile import Strict, load_yaml, validate
 
 
 class BenchTask(SourceLocation):

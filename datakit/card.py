@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from datakit.manifest import MANIFEST, build_dir, sha256_file
+from datakit.manifest_schema import stage_key
 
 CARD = "README.md"
 KIND_NAMES = {"retrieval": "retrieval (query, positive, negatives)", "pair": "pair (text pair + score)",
@@ -210,7 +211,7 @@ def lineage_sections(manifest: dict[str, Any]) -> str:
     steps = []
     for m in reversed(chain):
         for i, s in enumerate(m.get("steps", [])):
-            dropped = m.get("dropped", {}).get(f"{i}:{s['type']}", {})
+            dropped = m.get("dropped", {}).get(stage_key(i, s["type"]), {})
             steps.append([len(steps), s["type"], s.get("report", {}).get("kept", ""),
                           ", ".join(f"{r} {n}" for r, n in dropped.items()) or "none"])
     if steps:

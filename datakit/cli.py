@@ -10,13 +10,16 @@ import gc
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from embedkit.clitools import console, describe_os_error, err, fail as _fail, guarded, set_debug
+
+if TYPE_CHECKING:
+    from datakit.manifest_schema import Manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -57,7 +60,6 @@ def build(
     from datakit.packs import PackError
     from datakit.manifest import InconsistentOutput
     from datakit.output import OutputBusy
-    from datakit.executors import LocalExecutor
     from datakit.pipeline import build as run_build
     from datakit.reading import DataError
     from datakit.sources import SourceError
@@ -69,16 +71,7 @@ def build(
 
         allow(allow_api_base)
     _print_endpoints(loaded)
-    if executor == "ray":
-        try:
-            from datakit.ray_executor import RayExecutor
-        except ImportError as exc:
-            _fail(str(exc))
-        runner = RayExecutor(address=address, num_cpus=num_cpus)
-    elif executor == "local":
-        runner = LocalExecutor()
-    else:
-        _fail(f"unknown executor {executor!r}: local or ray", 2)
+    runner = _executor(executor, address, num_cpus)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
                   TimeElapsedColumn(), console=err, disable=quiet, transient=True) as bar:
         tasks: dict[str, Any] = {}
@@ -100,11 +93,11 @@ def build(
                   "unchanged")
     if result.skipped:
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
-    _summary(result.manifest)
+    _summary(result.typed)
     console.print(f"[bold green]output:[/] {out.resolve()}  (manifest: {out / 'manifest.json'})")
     if report:
         _write_report(out)
-    broken = result.manifest.get("incomplete_inputs", [])
+    broken = result.typed.incomplete_inputs
     if broken:  # the rows before each break are in the output; the rest of those files is not: not a success
         _fail("\n".join(f"source {b['source']!r}: {b['file']} is truncated: its stream broke after {b['byte']:,} "
                         f"decompressed bytes, before row {b['row']} ({b['error']}); the rows before were kept "
@@ -180,10 +173,10 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
 @app.command()
 def stats(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
     """Records per kind and dataset, quarantine and drops, from the manifest (checked against the shards)."""
-    from datakit.manifest import checked, read_manifest
+    from datakit.manifest import checked, load
 
     try:
-        manifest = read_manifest(checked(out))
+        manifest = load(checked(out))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _summary(manifest)
@@ -219,16 +212,16 @@ def _write_report(out: Path, dest: Path | None = None, compare: Path | None = No
 @app.command()
 def verify(out: Path = typer.Argument(..., help="output folder of a build")) -> None:
     """Check every shard against the manifest: names, sizes, row counts and sha256 digests."""
-    from datakit.manifest import read_manifest, verify as run_verify
+    from datakit.manifest import load, verify as run_verify
 
     try:
         problems = run_verify(out, deep=True)
-        manifest = read_manifest(out)
+        manifest = load(out)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if problems:
         _fail(f"{out}: {len(problems)} problem(s):\n" + "\n".join(problems))
-    n = len(manifest.get("shards", []))
+    n = len(manifest.shards)
     console.print(f"[green]ok:[/] {out}: {n} shards match the manifest (names, sizes, rows, sha256)")
 
 
@@ -329,7 +322,22 @@ def bench_build(
     console.print(f"[bold green]pack:[/] {out} ({meta['n_texts']:,} texts)")
 
 
-def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
+def _executor(executor: str, address: str | None = None, num_cpus: int | None = None):
+    """The executor a command runs its steps on: local, or ray (a local cluster, or RAY_ADDRESS / --address)."""
+    from datakit.executors import LocalExecutor
+
+    if executor == "local":
+        return LocalExecutor()
+    if executor != "ray":
+        _fail(f"unknown executor {executor!r}: local or ray", 2)
+    try:
+        from datakit.ray_executor import RayExecutor
+    except ImportError as exc:
+        _fail(str(exc))
+    return RayExecutor(address=address, num_cpus=num_cpus)
+
+
+def _apply(in_dir: Path, out: Path, step: dict[str, Any], executor: str = "local") -> None:
     from pydantic import ValidationError
 
     from datakit.manifest import InconsistentOutput
@@ -342,12 +350,12 @@ def _apply(in_dir: Path, out: Path, step: dict[str, Any]) -> None:
     except ValidationError as exc:  # a bad option value: the command line is wrong
         _fail("; ".join(f"--{'.'.join(map(str, e['loc'][1:])).replace('_', '-')}: {e['msg']}" for e in exc.errors()), 2)
     try:
-        result = apply_steps(in_dir, out, [config])
+        result = apply_steps(in_dir, out, [config], executor=_executor(executor))
     except (FileNotFoundError, InconsistentOutput, OutputBusy, StepFailed) as exc:  # no manifest, busy, max_drop
         _fail(str(exc))
     except ValueError as exc:  # a bad pack
         _fail(str(exc))
-    _summary(result.manifest)
+    _summary(result.typed)
     console.print(f"[bold green]output:[/] {out.resolve()}")
 
 
@@ -363,6 +371,7 @@ def dedup(
                                         "each dataset"),
     fields: Optional[list[str]] = typer.Option(None, "--fields", help="KIND=FIELD[,FIELD]: the sides compared "
                                                "for a kind (repeatable), e.g. retrieval=query"),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (as `datakit build`)"),
 ) -> None:
     """Remove exact and near-duplicate records from an existing shard folder (writes OUT/dedup.json). Options left
     out take the `dedup` step's defaults."""
@@ -374,7 +383,7 @@ def dedup(
         per_kind[kind.strip()] = [f.strip() for f in names.split(",") if f.strip()]
     given = {"method": method, "threshold": threshold, "ngram": ngram, "keep": keep, "scope": scope,
              "fields": per_kind or None}
-    _apply(in_dir, out, {"type": "dedup", **{k: v for k, v in given.items() if v is not None}})
+    _apply(in_dir, out, {"type": "dedup", **{k: v for k, v in given.items() if v is not None}}, executor)
 
 
 @app.command()
@@ -388,12 +397,13 @@ def decontaminate(
                                         "every text must match (pair data whose splits share sentences)"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="fail when more than this share of any "
                                              "dataset would be removed"),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (as `datakit build`)"),
 ) -> None:
     """Find (and drop or flag) records that overlap benchmark test sets; writes OUT/contamination.json and
     OUT/contamination_records.jsonl. Options left out take the `decontaminate` step's defaults."""
     given = {"threshold": threshold, "action": action, "sides": sides, "max_drop": max_drop}
     _apply(in_dir, out, {"type": "decontaminate", "packs": [str(p.resolve()) for p in bench],
-                         **{k: v for k, v in given.items() if v is not None}})
+                         **{k: v for k, v in given.items() if v is not None}}, executor)
     from datakit.manifest import read_manifest
 
     c = read_manifest(out).get("contamination", {})
@@ -414,79 +424,64 @@ def _cell(v: Any, width: int = 80) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def _summary(manifest: dict[str, Any]) -> None:
-    table = Table(title=f"recipe {manifest['recipe']['name']} ({manifest['recipe']['sha256'][:12]})")
+def _summary(m: Manifest) -> None:
+    from datakit.manifest_schema import stage_label
+
+    table = Table(title=f"recipe {m.recipe.name} ({m.recipe.sha256[:12]})")
     table.add_column("kind")
     table.add_column("dataset")
     table.add_column("records", justify="right")
-    total = 0
-    for kind, per in manifest["counts"].items():
+    for kind, per in m.counts.items():
         for name, n in per.items():
             table.add_row(kind, name, f"{n:,}")
-            total += n
     table.add_section()
-    table.add_row("all", "", f"{total:,}")
+    table.add_row("all", "", f"{m.records:,}")
     console.print(table)
-    q = manifest["quarantined"]
-    if q["n"]:
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(q["reasons"].items(), key=lambda x: -x[1]))
-        console.print(f"quarantined: {q['n']:,} rows ({reasons}); see the `quarantine` view")
-    lost = q.get("lost_rows", {})
-    if lost:
-        err.print("[bold yellow]rows lost to an unbalanced quote:[/] " + ", ".join(f"{d} {n:,}" for d, n in lost.items())
+    q = m.quarantined
+    if q.n:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(q.reasons.items(), key=lambda x: -x[1]))
+        console.print(f"quarantined: {q.n:,} rows ({reasons}); see the `quarantine` view")
+    if q.lost_rows:
+        err.print("[bold yellow]rows lost to an unbalanced quote:[/] "
+                  + ", ".join(f"{d} {n:,}" for d, n in q.lost_rows.items())
                   + " (see the `unbalanced_quote` rows of the quarantine)")
-    for i, entry in enumerate(manifest.get("steps", [])):
-        reasons = manifest.get("dropped", {}).get(f"{i}:{entry['type']}", {})
+    for i, entry in enumerate(m.steps):
+        reasons = m.step_dropped(i)
         if not reasons:
             continue
-        report = entry.get("report", {})
-        per = report.get("dropped_by_dataset") or {
+        per = entry.report.get("dropped_by_dataset") or {
             key.split("/", 1)[1]: {"removed": n_in - n_out}
-            for key, (n_in, n_out) in report.get("records", {}).items() if n_in > n_out}
+            for key, (n_in, n_out) in entry.report.get("records", {}).items() if n_in > n_out}
         detail = "; ".join(f"{d}: " + ", ".join(f"{r} {n:,}" for r, n in c.items()) for d, c in per.items())
-        console.print(f"step {i + 1} ({entry['type']}) dropped " + ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+        console.print(f"step {i + 1} ({entry.type}) dropped " + ", ".join(f"{r} {n:,}" for r, n in reasons.items())
                       + (f" ({detail})" if detail else ""), highlight=False, soft_wrap=True, markup=False)
-    for name, inputs in manifest.get("inputs", {}).items():
+    for name, inputs in m.inputs.items():
         skipped = inputs.get("skipped", []) if isinstance(inputs, dict) else []
         if skipped:
             shown = ", ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5])
             more = f" and {len(skipped) - 5} more (manifest inputs)" if len(skipped) > 5 else ""
             err.print(f"[bold yellow]skipped:[/] source {name!r}: {len(skipped)} file(s) not read: {shown}{more}",
                       highlight=False, soft_wrap=True)
-    for warning in manifest.get("warnings", []):
+    for warning in m.warnings:
         err.print(f"[bold yellow]warning:[/] {warning}")
-    for step, e in manifest.get("synthesis", {}).items():
-        drops = ", ".join(f"{r} {n}" for r, n in sorted(e["dropped"].items(), key=lambda x: -x[1])) or "none"
-        failures = e.get("failures") or {}
-        failed = ", ".join(f"{k} {n}" for k, n in failures.items()) if failures else "none"
-        console.print(f"synthesis {step} ({e['model']}, {e['prompt']}): {e['calls']} calls, {e['cache_hits']} cached, "
-                      f"failed: {failed}; {e['prompt_tokens'] + e['completion_tokens']:,} tokens, "
-                      f"${e['cost_usd']:.4f}; kept {e['kept']}, dropped {drops}", highlight=False, soft_wrap=True)
-    budget = manifest.get("llm_budget")
-    if budget and budget["reached"]:
-        err.print(f"[bold yellow]budget reached:[/] ${budget['spent_usd']:.4f} of ${budget['max_budget_usd']:.4f}; "
-                  f"{budget['requests_not_sent']} requests were not sent (their records are left unsynthesised; "
+    for step, e in m.synthesis.items():
+        drops = ", ".join(f"{r} {n}" for r, n in sorted(e.dropped.items(), key=lambda x: -x[1])) or "none"
+        failed = ", ".join(f"{k} {n}" for k, n in e.failures.items()) if e.failures else "none"
+        console.print(f"synthesis {step} ({e.model}, {e.prompt}): {e.calls} calls, {e.cache_hits} cached, "
+                      f"failed: {failed}; {e.prompt_tokens + e.completion_tokens:,} tokens, "
+                      f"${e.cost_usd:.4f}; kept {e.kept}, dropped {drops}", highlight=False, soft_wrap=True)
+    budget = m.llm_budget
+    if budget and budget.reached:
+        err.print(f"[bold yellow]budget reached:[/] ${budget.spent_usd:.4f} of ${budget.max_budget_usd or 0:.4f}; "
+                  f"{budget.requests_not_sent} requests were not sent (their records are left unsynthesised; "
                   "raise llm.max_budget_usd and rebuild: answers already paid for come from the cache)")
-    timings = manifest.get("timings_s", {})
-    stages = " · ".join(f"{_stage_name(k, manifest)} {v:.1f}s" for k, v in timings.items() if v >= 0.05)
-    console.print(f"{sum(manifest['rows_read'].values()):,} rows read; {manifest['duration_s']:.1f}s in all"
+    stages = " · ".join(f"{stage_label(k)} {v:.1f}s" for k, v in m.timings_s.items() if v >= 0.05)
+    console.print(f"{sum(m.rows_read.values()):,} rows read; {m.duration_s:.1f}s in all"
                   + (f": {stages}" if stages else ""), highlight=False, soft_wrap=True)
-    peaks = {k: v for k, v in manifest.get("peak_rss_mib", {}).items() if k != "build"}
+    peaks = {k: v for k, v in m.peak_rss_mib.items() if k != "build"}
     if peaks:
         top = max(peaks, key=peaks.get)
-        console.print(f"peak memory {peaks[top]:,.0f} MiB, during {_stage_name(top, manifest)}", highlight=False)
-
-
-def _stage_name(key: str, manifest: dict[str, Any]) -> str:
-    """`2:paraphrase` as `step 3 (paraphrase)`; `read` as `reading sources`; `other` as `writing and setup`."""
-    if key == "read":
-        return "reading sources"
-    if key == "other":
-        return "writing and setup"
-    head = key.split(" ")[0]
-    names = [f"step {int(p.split(':')[0]) + 1} ({p.split(':', 1)[1]})" for p in head.split("+")
-             if ":" in p and p.split(":")[0].isdigit()]
-    return " + ".join(names) + (" on Ray" if "ray" in key else "") if names else key
+        console.print(f"peak memory {peaks[top]:,.0f} MiB, during {stage_label(top)}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from datakit import minhash as mh
+from datakit.tasks import LocalTasks, TaskRunner
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -154,15 +155,13 @@ class Embedder:
             out[missing] = new
         return out[inverse.reshape(-1)]
 
-    def encode_into(self, path: Path, chunks, total: int, prefix: str = "", remote=None) -> np.ndarray:
+    def encode_into(self, path: Path, chunks, total: int, prefix: str = "", tasks: TaskRunner | None = None
+                    ) -> np.ndarray:
         """Embed `total` texts given as an iterable of lists into a float32 memmap at `path` (read-only result);
-        at most a few chunks' vectors are in memory at a time. `remote(self, chunks, prefix)`, when given, embeds
-        the chunks elsewhere (Ray actors: `StepContext.embed_chunks`) and says what it encoded."""
+        at most a few chunks' vectors are in memory at a time. `tasks` (a step's `ctx.tasks`) embeds the chunks
+        where the executor runs work (Ray: actors holding the model) and says what it encoded there."""
         chunks = (texts for texts in chunks if texts)
-        if remote is None:
-            results = ((self.encode(texts, prefix), 0, 0) for texts in chunks)
-        else:
-            results = remote(self, chunks, prefix)
+        results = (tasks or LocalTasks()).embed(self, chunks, prefix)
         out = None
         start = 0
         for vectors, encoded, hits in results:

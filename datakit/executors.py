@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import pyarrow as pa
 
 from datakit.llm.client import Budget
+from datakit.manifest_schema import OTHER_STAGE, stage_key
 from datakit.reading import Quarantined, SourceEvent, Tally, check_quarantine_share, source_events
 from datakit.shards import ShardWriter
 from datakit.steps import Step, StepContext
@@ -69,7 +70,7 @@ class StageClock:
         def sample() -> None:
             while not stop.wait(every_s):
                 active = self._active
-                if not self._note(active[-1] if active else "other"):
+                if not self._note(active[-1] if active else OTHER_STAGE):
                     return
 
         thread = threading.Thread(target=sample, name="datakit-rss", daemon=True)
@@ -103,7 +104,7 @@ class StageClock:
         return self._mib(self.peak_anon)
 
     def _mib(self, peaks: dict[str, int]) -> dict[str, float]:
-        names = [*self.inclusive, "other"]
+        names = [*self.inclusive, OTHER_STAGE]
         out = {n: round(peaks[n] / 2**20, 1) for n in names if n in peaks}
         if out:
             out["build"] = max(out.values())
@@ -137,7 +138,7 @@ class StageClock:
         for name, t in self.inclusive.items():
             out[name] = round(max(0.0, t - before), 3)
             before = t
-        out["other"] = round(max(0.0, total - before), 3)
+        out[OTHER_STAGE] = round(max(0.0, total - before), 3)
         return out
 
 
@@ -157,10 +158,17 @@ def consume_source(src: SourceConfig, events: Iterator[SourceEvent], writer: Sha
 
 
 def chain_steps(stream: Stream, steps: list[Step], clock: StageClock, first: int = 0) -> Stream:
-    """The steps chained in this process (`first`: index of steps[0] in the recipe, for the timing names)."""
+    """The steps chained in this process (`first`: index of steps[0] in the recipe, for the timing names); each
+    step's `finish` once its stream is exhausted."""
     for i, step in enumerate(steps, first):
-        stream = clock.wrap(f"{i}:{step.name}", step.process(stream))
+        stream = clock.wrap(stage_key(i, step.name), finished(step, step.process(stream)))
     return stream
+
+
+def finished(step: Step, stream: Stream) -> Stream:
+    """`stream`, then `step.finish()` (every executor calls it once, where the step's counters are whole)."""
+    yield from stream
+    step.finish()
 
 
 class Executor(ABC):

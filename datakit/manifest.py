@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from datakit.manifest_schema import Manifest
 from datakit.records import KINDS, QUARANTINE_SCHEMA, STORED_KINDS, schema
 
 MANIFEST = "manifest.json"
@@ -58,6 +59,7 @@ def write_manifest(build: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write a build folder's manifest atomically (a temporary file renamed): the last file of a build. Returns
     what was written."""
     manifest = {"format": FORMAT, **manifest}
+    Manifest.model_validate(manifest)  # a writer's bug fails here, before anything is published
     tmp = build / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, build / MANIFEST)
@@ -71,6 +73,21 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InconsistentOutput(f"{path}: not a readable manifest ({exc})") from None
+
+
+def load(out_dir: str | Path) -> Manifest:
+    """OUT's current manifest, typed (`datakit.manifest_schema.Manifest`); InconsistentOutput naming the field
+    when it lacks what readers need."""
+    from pydantic import ValidationError
+
+    raw = read_manifest(out_dir)
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise InconsistentOutput(f"{build_dir(out_dir) / MANIFEST}: {where}: {first['msg']}"
+                                 + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")) from None
 
 
 def shard_path(build: Path, name: str) -> Path | None:

@@ -27,6 +27,7 @@ from datakit.card import CARD, corpus_card
 from datakit.executors import Executor, LocalExecutor, ProgressFn, StageClock
 from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, read_shards, sha256_file, shard_files,
                               verify, write_manifest)
+from datakit.manifest_schema import READ_STAGE, Manifest, stage_key
 from datakit.output import OutputLock, new_staging, publish
 from datakit.reading import DataError, Tally
 from datakit.recipe import LLMSettings, LoadedRecipe, OutputConfig, SourceConfig
@@ -44,6 +45,11 @@ class BuildResult:
     out_dir: Path
     manifest: dict[str, Any]
     skipped: bool = False  # output was already up to date
+
+    @property
+    def typed(self) -> Manifest:
+        """The manifest, typed."""
+        return Manifest.model_validate(self.manifest)
 
 
 class NegativeMix:
@@ -192,7 +198,8 @@ def build(
 
 
 def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, Any]] | list[StepConfig],
-                base_dir: Path | None = None, shard_rows: int = 50_000, llm: LLMSettings | None = None) -> BuildResult:
+                base_dir: Path | None = None, shard_rows: int = 50_000, llm: LLMSettings | None = None,
+                executor: Executor | None = None) -> BuildResult:
     """Run steps over the shards of an earlier build (e.g. `datakit dedup IN --out OUT`).
 
     The input's quarantine is carried over; the new manifest names the input build as its parent.
@@ -229,7 +236,7 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     inherited = [source / name for name in parent.get("artifacts", []) if name != CARD and (source / name).is_file()]
     with OutputLock(Path(out_dir)):
         return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), configs, output, records, head,
-                        llm or LLMSettings(), LocalExecutor(), inherited)
+                        llm or LLMSettings(), executor or LocalExecutor(), inherited)
 
 
 RecordsFn = Callable[[ShardWriter, Tally], Iterator[tuple[str, pa.Table]]]
@@ -254,9 +261,9 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
         tally = Tally()
         clock = StageClock()
         stop_watching = clock.watch_memory()
-        stream = executor.run_steps(clock.wrap("read", records(writer, tally)), steps, ctx, clock)
+        stream = executor.run_steps(clock.wrap(READ_STAGE, records(writer, tally)), steps, ctx, clock)
         counts: dict[str, Counter] = defaultdict(Counter)
-        target = next((s.config.negatives for s in steps if s.name == "mine_negatives"), None)
+        target = next((s.negatives_target for s in steps if s.negatives_target is not None), None)
         mix = NegativeMix(target)
         for kind, table in stream:
             writer.write(kind, table)
@@ -273,7 +280,7 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
         head = {**head, "negatives": mix.report(), "executor": executor.describe(),
                 "timings_s": clock.exclusive(time.time() - started), "peak_rss_mib": clock.peak_rss_mib(),
                 "peak_anon_mib": clock.peak_anon_mib(), "warnings": warnings}
-        if any(getattr(s, "uses_llm", False) for s in steps):
+        if any(s.uses_llm for s in steps):
             head["llm_budget"] = budget.as_dict()
         manifest = _publish(staging, out_dir, _manifest(head, counts, tally, steps, shards, started), inherited)
     finally:
@@ -309,7 +316,7 @@ def _manifest(head: dict[str, Any], counts: dict[str, Counter], tally: Tally, st
                         "by_dataset": {k: dict(v) for k, v in tally.quarantine.items()},
                         **({"lost_rows": dict(tally.lost)} if tally.lost else {})},
         **({"incomplete_inputs": tally.truncated} if tally.truncated else {}),
-        "dropped": {f"{i}:{s.name}": dict(s.dropped) for i, s in enumerate(steps)},
+        "dropped": {stage_key(i, s.name): dict(s.dropped) for i, s in enumerate(steps)},
         "steps": [{"type": s.name, "config": s.config.model_dump(mode="json"), "report": s.report()} for s in steps],
         "shards": shards,
         "negatives": head["negatives"],

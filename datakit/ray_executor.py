@@ -41,13 +41,14 @@ import pyarrow as pa
 
 from datakit.llm.cache import default_path
 from datakit.llm.client import Budget
+from datakit.manifest_schema import parallel_stage_key
 from datakit.executors import Executor, ProgressFn, StageClock, chain_steps, consume_source
 from datakit.reading import SourceEvent, Tally, source_events
 from datakit.recipe import LLMSettings, LoadedRecipe, SourceConfig
 from datakit.shards import ShardWriter
 from datakit.sources import Sandbox
 from datakit.steps import Step, StepContext, make_step, step_config
-from datakit.steps.base import Held, TaskRunner
+from datakit.tasks import Embedded, Held, TaskRunner
 
 try:
     import ray
@@ -202,9 +203,10 @@ class RayTasks(TaskRunner):
     the parts never pass through the driver."""
 
     where = "ray tasks"
+    embeds_in = "ray actors"
 
-    def __init__(self, window: int):
-        self.window = window
+    def __init__(self, window: int, embed_cpus: int = 1):
+        self.window, self.embed_cpus = window, embed_cpus
 
     def map(self, fn, common, items):
         shared = ray.put(common)
@@ -230,6 +232,29 @@ class RayTasks(TaskRunner):
 
     def hold(self, factory, specs):
         return _HeldOnRay(factory, list(specs))
+
+    def embed(self, embedder: Any, chunks: Iterator[list[str]], prefix: str) -> Iterator[Embedded]:
+        """Embed chunks of texts in Ray actors holding `embedder`'s model (a GPU each where the cluster has
+        GPUs, else `embed_cpus` CPUs each), two calls in flight per actor, results in chunk order."""
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        count = gpus or max(1, int(resources.get("CPU", 1)) // self.embed_cpus)
+        options = {"num_gpus": 1} if gpus else {"num_cpus": self.embed_cpus}
+        cache = str(embedder.cache.folder.parent) if embedder.cache is not None else None
+        model = str(Path(embedder.model_name).resolve()) if Path(embedder.model_name).exists() else embedder.model_name
+        actors = [_EmbedActor.options(**options).remote(model, cache, embedder.batch_size)
+                  for _ in range(count)]
+        pending: deque = deque()
+        try:
+            for n, texts in enumerate(chunks):
+                pending.append(actors[n % count].encode.remote(texts, prefix))
+                if len(pending) >= 2 * count:
+                    yield _get(pending.popleft())
+            while pending:
+                yield _get(pending.popleft())
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
 
 def _get(ref: Any) -> Any:
@@ -267,29 +292,6 @@ class RayExecutor(Executor):
     def budget(self, limit_usd: float | None) -> RayBudget:
         return RayBudget(_BudgetActor.remote(limit_usd))
 
-    def embed_chunks(self, embedder: Any, chunks: Iterator[list[str]], prefix: str) -> Iterator[tuple[Any, int, int]]:
-        """Embed chunks of texts in Ray actors holding `embedder`'s model (a GPU each where the cluster has
-        GPUs, else `embed_cpus` CPUs each), two calls in flight per actor, results in chunk order."""
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        count = gpus or max(1, int(resources.get("CPU", 1)) // self.embed_cpus)
-        options = {"num_gpus": 1} if gpus else {"num_cpus": self.embed_cpus}
-        cache = str(embedder.cache.folder.parent) if embedder.cache is not None else None
-        model = str(Path(embedder.model_name).resolve()) if Path(embedder.model_name).exists() else embedder.model_name
-        actors = [_EmbedActor.options(**options).remote(model, cache, embedder.batch_size)
-                  for _ in range(count)]
-        pending: deque = deque()
-        try:
-            for n, texts in enumerate(chunks):
-                pending.append(actors[n % count].encode.remote(texts, prefix))
-                if len(pending) >= 2 * count:
-                    yield _get(pending.popleft())
-            while pending:
-                yield _get(pending.popleft())
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
         """The sources read in Ray tasks, in recipe order: the one the driver takes and the next
@@ -310,8 +312,7 @@ class RayExecutor(Executor):
                   clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
         """Each run of consecutive batch-wise steps as Ray tasks; a step that needs the whole stream in this
         process, its output streamed on to the next run's tasks."""
-        ctx.embed_chunks = self.embed_chunks
-        ctx.tasks = RayTasks(self.window)
+        ctx.tasks = RayTasks(self.window, self.embed_cpus)
         run_id, i = uuid.uuid4().hex, 0
         while i < len(steps):
             if not steps[i].parallel_safe:
@@ -321,7 +322,7 @@ class RayExecutor(Executor):
             end = i
             while end < len(steps) and steps[end].parallel_safe:
                 end += 1
-            name = "+".join(f"{k}:{s.name}" for k, s in enumerate(steps[i:end], i)) + " (ray tasks)"
+            name = parallel_stage_key([(k, s.name) for k, s in enumerate(steps[i:end], i)])
             stream = clock.wrap(name, self._parallel(stream, steps[i:end], ctx, (run_id, i)))
             i = end
         return stream

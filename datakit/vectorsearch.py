@@ -12,7 +12,7 @@ Two ways; `kind="auto"` picks by pool size, then `calibrate` measures on a sampl
   nprobe until a sample of the real queries finds RECALL_TARGET of its exact top-k, and switches to exact
   search when that is the faster way there (a fixed nprobe lost recall as the pool, and so the list count, grew:
   0.955 at 85k, 0.911 at 300k, 0.889 at 1M pool texts).
-Shards are held by a `TaskRunner` (`datakit.steps.base`): in this process, or on Ray by actors spread over the
+Shards are held by a `TaskRunner` (`datakit.tasks`): in this process, or on Ray by actors spread over the
 cluster's workers, each searching its shards (reading them from the memmap: on several nodes the build's
 folder must be on shared storage); the merge is the same, so results do not depend on where shards were held.
 `ivf` and `hnsw` keep the whole pool in memory (faiss IVF-Flat / HNSW), in this process, as before.
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from datakit.tasks import LocalTasks
 
 IndexKind = Literal["auto", "flat", "ivfpq", "ivf", "hnsw"]
 EXACT_LIMIT = 200_000  # auto: exact sharded search up to this many pool vectors, IVF-PQ beyond
@@ -144,11 +146,9 @@ class VectorSearch:
         specs = [ShardSpec(str(path) if path else None, lo, min(n, lo + rows), trained, self.nprobe, self.rerank)
                  for lo in range(0, n, rows)]
         runner = self.runner
-        if runner is not None and path is not None and str(path).endswith(".npy") and runner.where != "this process":
-            self.shards = runner.hold(PoolShard, specs)
+        if runner is not None and runner.remote and path is not None and str(path).endswith(".npy"):
+            self.shards = runner.hold(PoolShard, specs)  # each holder maps its rows of the file
         else:
-            from datakit.steps.base import LocalTasks
-
             self.shards = LocalTasks().hold(lambda spec: PoolShard(spec, pool), specs)
         self.n_shards, self.where = len(specs), self.shards.where
         if trained is not None:

@@ -614,18 +614,18 @@ def test_a_test_split_inside_one_file_from_a_bench_spec_to_decontamination(tmp_p
     r = run("datakit", "bench", "build", "--from-spec", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "pack"))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "pack" / "pack.json").read_text())["tasks"] == {"SICK-R": {"test": 4}}
-    res = build_yaml(tmp_path, f"""
+    res = build_yaml(tmp_path, """
 name: sick
 sources:
   - name: sick_train
     path: SICK.txt
     format: tsv
     adapter: sts
-    options: {{both_orders: false, score_range: [1, 5]}}
-    columns: {{text_a: sentence_A, text_b: sentence_B, score: relatedness_score}}
-    where: {{SemEval_set: TRAIN}}
+    options: {both_orders: false, score_range: [1, 5]}
+    columns: {text_a: sentence_A, text_b: sentence_B, score: relatedness_score}
+    where: {SemEval_set: TRAIN}
 steps:
-  - {{type: decontaminate, packs: [pack], action: drop, sides: any, max_drop: 1.0}}
+  - {type: decontaminate, packs: [pack], action: drop, sides: any, max_drop: 1.0}
 """)
     kept = read_shards(res.out_dir, "pair").column("text_a").to_pylist()
     assert sorted(kept) == ["A man is slicing a tomato on the board", "Two dogs are running through a green field"]

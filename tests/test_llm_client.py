@@ -2,7 +2,6 @@
 time out on demand), everything else against a real local model behind litellm (conftest `llm_server`)."""
 import time
 
-import pytest
 from pydantic import BaseModel
 
 from datakit.llm.cache import LLMCache, cache_key

@@ -267,3 +267,22 @@ def test_a_config_the_model_cannot_run_fails_before_training_naming_the_key(corp
     res = run("trainer", "run", str(cfg), "--out", str(corpus / "unfit"))
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not (corpus / "unfit" / "stage1").exists()
+
+
+def test_trainer_run_prints_scores_before_and_after_and_warns_when_worse(corpus):
+    """With an `eval:` section the run ends with the held-out scores before and after training, side by side, and
+    a plain warning for a task training made worse (issue #42.4)."""
+    from trainer.eval.training import TrainingEval
+
+    tasks = ROOT / "recipes" / "walkthrough" / "tasks.yaml"
+    cfg = write(corpus / "cfg.yaml", TRAIN + f"eval: {{tasks: {tasks}}}\n")
+    res = run("trainer", "run", str(cfg), "--out", str(corpus / "with-eval"))
+    assert res.returncode == 0, res.stderr
+    text = res.stdout + res.stderr
+    assert "held-out scores before and after training:" in text and "Pairs-test" in text
+    evaluator = TrainingEval.__new__(TrainingEval)  # the comparison alone, on a made-up history
+    evaluator.history = [("before training", {"STSB": 0.8203, "B77": 0.8042}),
+                         ("stage 2 step 160", {"STSB": 0.7986, "B77": 0.8100})]
+    table, worse = evaluator.before_after()
+    assert "STSB" in table and "-0.0217" in table and "+0.0058" in table
+    assert worse == ["STSB 0.8203 -> 0.7986: worse than the model you started from"]

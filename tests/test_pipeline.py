@@ -1,6 +1,7 @@
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,35 @@ def test_demo_synthesises_offline_with_the_embedded_model(demo_out):
     generated = retrieval.filter(pc.not_equal(parents, ""))
     # kept generations become records (decontamination, after synthesis, may still drop some)
     assert 0 < generated.num_rows <= syn["paraphrase"]["kept"] + syn["augment"]["kept"]
+
+
+def test_the_manifest_reads_typed_and_a_broken_one_is_refused_naming_the_field(demo_out, tmp_path):
+    from datakit.manifest import InconsistentOutput, load, write_manifest
+    from datakit.manifest_schema import parallel_stage_key, stage_key, stage_label
+
+    m = load(demo_out)
+    raw = read_manifest(demo_out)
+    assert m.records == sum(n for per in raw["counts"].values() for n in per.values())
+    assert m.step_dropped(1) == raw["dropped"]["1:dedup"] and m.steps[1].type == "dedup"
+    assert m.synthesis["paraphrase"].calls + m.synthesis["paraphrase"].cache_hits > 0
+    assert m.shards[0].sha256 == raw["shards"][0]["sha256"]
+    # the stage names: made and read in one place
+    assert stage_label(stage_key(2, "paraphrase")) == "step 3 (paraphrase)"
+    assert stage_label(parallel_stage_key([(0, "filter"), (1, "paraphrase")])) == \
+        "step 1 (filter) + step 2 (paraphrase) on Ray"
+    assert [stage_label(k) for k in m.timings_s][::len(m.timings_s) - 1] == ["reading sources", "writing and setup"]
+    # a manifest lacking what readers need: one error naming the field (not a KeyError in a reader)
+    broken = tmp_path / "broken"
+    shutil.copytree((demo_out / "current").resolve(), broken)
+    doc = dict(raw)
+    doc.pop("recipe")
+    (broken / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(InconsistentOutput, match=r"manifest.json: recipe: Field required"):
+        load(broken)
+    doc["recipe"] = {"name": "x"}  # and a writer cannot publish one
+    with pytest.raises(ValueError, match="sha256"):
+        write_manifest(tmp_path, doc)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 def test_shards_round_trip_through_pyarrow_datasets_and_duckdb(demo_out):

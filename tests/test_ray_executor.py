@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from datakit.pipeline import build
@@ -115,9 +114,11 @@ def test_dedup_decontaminate_and_synthesis_recipe_local_and_ray_agree(cluster, t
     assert "4:decontaminate+5:filter (ray tasks)" in m["timings_s"] and "3:dedup" in m["timings_s"]
     report = (ours.out_dir / "contamination.json").read_text()
     assert report == (local.out_dir / "contamination.json").read_text() and QA[5][0] in report
-    # one cache for every worker: the local build after the Ray build sent nothing
+    # one cache for every worker: the local build after the Ray build sent nothing (two workers may both ask
+    # for the same answer at once, for duplicate records in different batches: the Ray build's calls can exceed
+    # the distinct requests the local build finds in the cache)
     for name, entry in local.manifest["synthesis"].items():
-        assert entry["calls"] == 0 and entry["cache_hits"] == m["synthesis"][name]["calls"] > 0, name
+        assert entry["calls"] == 0 and 0 < entry["cache_hits"] <= m["synthesis"][name]["calls"], name
     again = build(recipe, tmp_path / "ray2", executor=RayExecutor(), batch_rows=3)
     assert all(e["calls"] == 0 for e in again.manifest["synthesis"].values())
 
@@ -164,6 +165,16 @@ def test_cli_executor_flag(tmp_path):
     res = subprocess.run([sys.executable, "-m", "datakit.cli", "build", str(tmp_path / "r.yaml"), "--out",
                           str(tmp_path / "o2"), "--executor", "spark"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown executor 'spark'" in res.stderr
+    # steps over an existing output take the executor too, with the same result
+    for executor in ("ray", "local"):
+        res = subprocess.run([sys.executable, "-m", "datakit.cli", "dedup", str(tmp_path / "out"), "--out",
+                              str(tmp_path / f"dedup-{executor}"), "--executor", executor], capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stderr
+    on_ray = json.loads((tmp_path / "dedup-ray" / "manifest.json").read_text())
+    local = json.loads((tmp_path / "dedup-local" / "manifest.json").read_text())
+    assert on_ray["executor"]["name"] == "ray" and local["executor"]["name"] == "local"
+    assert [s["sha256"] for s in on_ray["shards"]] == [s["sha256"] for s in local["shards"]]
 
 
 def test_mining_embeds_and_searches_in_ray_actors_and_picks_what_the_local_build_picks(cluster, tmp_path):
@@ -191,7 +202,11 @@ def test_mining_embeds_and_searches_in_ray_actors_and_picks_what_the_local_build
     assert any((tmp_path / "ray-cache").rglob("part-*.keys.npy"))  # written by the actors into the shared cache
     # the pool's search in shards of 8 vectors, held by actors on the workers, their top-k merged on the driver
     assert mined[0]["search"]["in"] == "ray actors" and mined[0]["search"]["shards"] >= 3
-    assert local.manifest["steps"][0]["report"]["search"] == {**mined[0]["search"], "in": "this process"}
+    def untimed(search: dict) -> dict:  # timings differ from run to run; what was chosen and found does not
+        cal = {k: v for k, v in search["calibration"].items() if not k.endswith("per_1000_queries")}
+        return {**search, "in": "-", "calibration": cal}
+
+    assert untimed(local.manifest["steps"][0]["report"]["search"]) == untimed(mined[0]["search"])
 
 
 def test_dedup_signs_and_verifies_in_ray_tasks_and_decides_what_the_local_build_decides(cluster, tmp_path):

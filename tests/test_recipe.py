@@ -97,7 +97,7 @@ def test_shipped_recipes_and_training_configs_are_valid():
             load_config(path)  # training configs live beside the recipes that build their corpus
         elif path.name.startswith("eval") or path.name in ("tasks.yaml", "dev.yaml"):
             load_task_file(path)  # `trainer eval` task files
-        elif path.name == "bench.yaml":
+        elif path.name == "bench.yaml" or path.name.startswith("bench-"):
             load_bench_spec(path)  # `datakit bench build --from-spec`
         elif (path.parent.name == "experiments" and not path.name.startswith("corpus-")) or \
                 path.name.startswith("experiment"):

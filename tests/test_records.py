@@ -13,8 +13,9 @@ def _retrieval(**over):
     return row
 
 
-def test_schemas_cover_the_three_kinds():
-    assert set(records.SCHEMAS) == {"retrieval", "pair", "classification"}
+def test_schemas_cover_the_three_kinds_and_passages():
+    assert set(records.KINDS) == {"retrieval", "pair", "classification"}
+    assert set(records.SCHEMAS) == {*records.KINDS, records.PASSAGE}
     for kind in records.KINDS:
         names = records.schema(kind).names
         assert names[:3] == ["id", "dataset", "instruction"] and names[-1] == "lineage"

@@ -192,95 +192,133 @@ def _save_run_config(cfg: TrainConfig, out: Path) -> None:
 
 
 def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, set_seed
+    run = _Run(cfg, resume, log, progress)
+    for index, stage in enumerate(cfg.stages, start=1):
+        run.stage(index, stage)
+    return run.finish()
 
-    acc = _accelerator(Accelerator, _mixed_precision(cfg.mixed_precision))
-    if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps on "
-                         "every backward; use FSDP (trainer/configs/fsdp.yaml) or DDP with GradCache")
-    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded and cfg.eval is not None and cfg.eval.keep_best:
-        raise ValueError("eval.keep_best: exporting the best model mid-run is not supported with sharded weights "
-                         "(FSDP, DeepSpeed) yet; drop keep_best (scores still go to log.jsonl) or train with DDP")
-    tables = open_shards(cfg.data.shards)  # checked against the manifest before the model loads
-    prompts = prompts_from_tables(tables, cfg.data.query_template)  # what the exported model will carry
-    manifest = read_manifest(cfg.data.shards)  # the corpus's lineage and overlap, for the model card
-    facts = RunFacts(processes=acc.num_processes, precision=_mixed_precision(cfg.mixed_precision))
-    t_run = time.time()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
-                      for name in ("done", "latest")):
-        check_resumable(cfg, out)  # before the model loads
-    log_path = out / "log.jsonl"
-    sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
 
-    def emit(rec: dict[str, Any], flat: dict[str, float], step: int) -> None:
+class _Run:
+    """One training run: checked and set up before the model loads (`__init__`), then each stage (`stage`, its
+    steps in `_steps`), then the export, the held-out table and the end (`finish`)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, log, progress: bool):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType, set_seed
+
+        self.cfg, self.resume, self.log, self.progress = cfg, resume, log, progress
+        acc = self.acc = _accelerator(Accelerator, _mixed_precision(cfg.mixed_precision))
+        if cfg.grad_cache_chunk and acc.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("grad_cache_chunk: GradCache needs one optimizer step per batch, and DeepSpeed steps "
+                             "on every backward; use FSDP (trainer/configs/fsdp.yaml) or DDP with GradCache")
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if sharded and cfg.eval is not None and cfg.eval.keep_best:
+            raise ValueError("eval.keep_best: exporting the best model mid-run is not supported with sharded "
+                             "weights (FSDP, DeepSpeed) yet; drop keep_best (scores still go to log.jsonl) or "
+                             "train with DDP")
+        self.tables = open_shards(cfg.data.shards)  # checked against the manifest before the model loads
+        self.prompts = prompts_from_tables(self.tables, cfg.data.query_template)  # what the export will carry
+        self.manifest = read_manifest(cfg.data.shards)  # the corpus's lineage and overlap, for the model card
+        self.facts = RunFacts(processes=acc.num_processes, precision=_mixed_precision(cfg.mixed_precision))
+        self.t_run = time.time()
+        out = self.out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.started = resume and any((out / f"stage{i}" / name).exists()
+                                      for i in range(1, len(cfg.stages) + 1) for name in ("done", "latest"))
+        if self.started:
+            check_resumable(cfg, out)  # before the model loads
+        self.log_path = out / "log.jsonl"
+        self.sinks = _metric_sinks(out, cfg) if acc.is_main_process else []
+        for index, stage in enumerate(cfg.stages, start=1):  # every stage can be fed, known before the model loads
+            if stage.steps:
+                BatchSampler(self.tables, cfg.data, stage=index, world_size=acc.num_processes,
+                             rank=acc.process_index)
+        # the task file is read (and checked) before the model loads
+        self.evaluator = _evaluator(cfg, out, acc, self.emit, self.prompts) if cfg.eval is not None else None
+        set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
+        self.model = EmbeddingModel(cfg.model, device=acc.device, training=True)
+        set_seed(cfg.seed + acc.process_index)  # then each process its own dropout stream
+        if acc.is_main_process and not self.started:
+            self.log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
         if acc.is_main_process:
-            with open(log_path, "a") as fh:
+            _save_run_config(cfg, out)
+        if self.evaluator is not None and cfg.eval.at_start and not self.started:
+            self.evaluator(self.model, self.model, 0, 0, 0, self.export_to)
+        self.global_step, self.full = 0, None
+        # length-grouped chunks are planned per process (GradCache's are equal in number). Packed varlen chunks
+        # are too, but every process takes part regardless: a rank whose varlen probe failed would otherwise hang
+        self.same_counts = _SameChunkCounts() if acc.num_processes > 1 and cfg.model.padding_free and \
+            not cfg.grad_cache_chunk else None
+
+    def emit(self, rec: dict[str, Any], flat: dict[str, float], step: int) -> None:
+        """A record to log.jsonl, the log callback and the metric sinks (main process only)."""
+        if self.acc.is_main_process:
+            with open(self.log_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            log(rec)
-            for sink in sinks:
+            self.log(rec)
+            for sink in self.sinks:
                 sink(flat, step)
 
-    for index, stage in enumerate(cfg.stages, start=1):  # every stage can be fed, known before the model loads
-        if stage.steps:
-            BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
-    # the task file is read (and checked) before the model loads
-    evaluator = _evaluator(cfg, out, acc, emit, prompts) if cfg.eval is not None else None
-    set_seed(cfg.seed)  # the same initial weights (LoRA, new heads) on every process
-    model = EmbeddingModel(cfg.model, device=acc.device, training=True)
-    set_seed(cfg.seed + acc.process_index)  # then each process its own dropout stream
-    started = resume and any((out / f"stage{i}" / name).exists() for i in range(1, len(cfg.stages) + 1)
-                             for name in ("done", "latest"))
-    if acc.is_main_process and not started:
-        log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
-    if acc.is_main_process:
-        _save_run_config(cfg, out)
-    if evaluator is not None and cfg.eval.at_start and not started:
-        evaluator(model, model, 0, 0, 0, lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
-    global_step, full = 0, None
-    # length-grouped chunks are planned per process (GradCache's are equal in number). Packed varlen chunks are
-    # too, but every process takes part regardless: a rank whose varlen probe failed would otherwise hang
-    same_counts = _SameChunkCounts() if acc.num_processes > 1 and cfg.model.padding_free and \
-        not cfg.grad_cache_chunk else None
-    for index, stage in enumerate(cfg.stages, start=1):
-        ckpt = out / f"stage{index}"
+    def export_to(self, folder: Path, model: EmbeddingModel | None = None) -> Path:
+        return _export(model or self.model, folder, self.cfg, self.prompts, self.manifest, self.facts)
+
+    def stage(self, index: int, stage: StageConfig) -> None:
+        """Train stage `index` (skipped when a resumed run finished it), save its weights, score it."""
+        acc, cfg, model = self.acc, self.cfg, self.model
+        ckpt = self.out / f"stage{index}"
         if stage.steps == 0:
-            facts.steps[index] = 0
-            continue
-        if resume and (ckpt / "done").exists():
+            self.facts.steps[index] = 0
+            return
+        if self.resume and (ckpt / "done").exists():
             model.load_state_dict(torch.load(ckpt / "model.pt", map_location=acc.device))
-            global_step += stage.steps
-            facts.steps[index] = stage.steps
+            self.global_step += stage.steps
+            self.facts.steps[index] = stage.steps
             if acc.is_main_process:
-                log(f"stage {index} already done ({ckpt / 'model.pt'}): skipped")
-            continue
-        sampler = BatchSampler(tables, cfg.data, stage=index, world_size=acc.num_processes, rank=acc.process_index)
+                self.log(f"stage {index} already done ({ckpt / 'model.pt'}): skipped")
+            return
+        sampler = BatchSampler(self.tables, cfg.data, stage=index, world_size=acc.num_processes,
+                               rank=acc.process_index)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
                                       weight_decay=cfg.weight_decay, fused=_fused(acc))
         scheduler = _scheduler(optimizer, stage)
         acc.free_memory()  # forget the previous stage's optimizer: save_state saves what was prepared
         wrapped, optimizer = acc.prepare(model, optimizer)
-        start, folder = _load_state(acc, ckpt, sampler, scheduler) if resume else (0, None)
-        if acc.is_main_process and started:
-            _trim_log(log_path, index, start)  # records a killed run wrote after its last checkpoint
+        start, folder = _load_state(acc, ckpt, sampler, scheduler) if self.resume else (0, None)
+        if acc.is_main_process and self.started:
+            _trim_log(self.log_path, index, start)  # records a killed run wrote after its last checkpoint
             if folder is not None:
-                log(f"resuming stage {index} at step {start} from {folder}")
+                self.log(f"resuming stage {index} at step {start} from {folder}")
         fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
+        self._steps(index, stage, start, sampler, optimizer, scheduler, wrapped, fwd, ckpt)
+        self.global_step += stage.steps
+        self.facts.steps[index] = stage.steps
+        self.full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
+        if acc.is_main_process:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self.full, ckpt / "model.pt")
+            (ckpt / "done").write_text("ok\n")
+        acc.wait_for_everyone()
+        if self.evaluator is not None:
+            self.evaluator(model, fwd, index, stage.steps, self.global_step, self.export_to)
+
+    def _steps(self, index: int, stage: StageConfig, start: int, sampler: BatchSampler, optimizer, scheduler,
+               wrapped, fwd, ckpt: Path) -> None:
+        """The optimizer steps of one stage from `start`: log records every `log_every`, checkpoints every
+        `save_every`, held-out scores every `eval.every`."""
+        acc, cfg = self.acc, self.cfg
         rows = cfg.grad_cache_chunk
         window: dict[str, list[torch.Tensor]] = {}
         counts, t0 = [0, 0], time.time()  # real tokens, positions computed
-        bar = _progress(index, start, stage.steps) if progress and acc.is_main_process else None
+        stage_t0 = time.time()  # (a resumed stage counts from the resume)
+        bar = _progress(index, start, stage.steps) if self.progress and acc.is_main_process else None
         wrapped.train()
         # the next step's batch is drawn and tokenized in a thread while this one computes
         prefetch = _Prefetch(lambda: _draw(sampler, fwd, cfg, rows), stage.steps - start)
         try:
             for step in range(start, stage.steps):
                 batch, prepared, sampler_state = prefetch.get()
-                if same_counts is not None:
-                    same_counts(prepared)
+                if self.same_counts is not None:
+                    self.same_counts(prepared)
                 if cfg.grad_cache_chunk:
                     loss, real, positions = grad_cache_step(fwd, batch, cfg, acc.backward,
                                                             lambda: acc.no_sync(wrapped), prepared)
@@ -299,56 +337,50 @@ def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
                     bar.update(1)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
                     losses, (real, positions) = _across_processes(acc, window, counts)
-                    facts.tokens += real
+                    self.facts.tokens += real
                     rec = {"stage": index, "step": step + 1, "lr": scheduler.get_last_lr()[0],
                            "tokens_per_s": round(real / max(time.time() - t0, 1e-9), 1),
+                           "stage_s": round(time.time() - stage_t0, 1),  # seconds of this stage's steps so far
                            "pad_fraction": round(1 - real / max(positions, 1), 4), "loss": losses}
                     if acc.device.type == "cuda":  # the main process's peak since the run started
                         rec["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
-                    emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
-                               "pad_fraction": rec["pad_fraction"],
-                               **{f"loss/{k}": v for k, v in rec["loss"].items()}}, global_step + step + 1)
+                    self.emit(rec, {"lr": rec["lr"], "tokens_per_s": rec["tokens_per_s"],
+                                    "pad_fraction": rec["pad_fraction"],
+                                    **{f"loss/{k}": v for k, v in rec["loss"].items()}}, self.global_step + step + 1)
                     if bar is not None:
                         bar.set_postfix_str(_postfix(rec), refresh=True)
                     window, counts, t0 = {}, [0, 0], time.time()
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
                     _save_state(acc, ckpt, sampler_state, scheduler, step + 1)
-                if evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
+                if self.evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
                         and step + 1 < stage.steps:
                     prefetch.wait()  # the tokenizer is not safe to share between threads
-                    evaluator(model, fwd, index, step + 1, global_step + step + 1,
-                              lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
+                    self.evaluator(self.model, fwd, index, step + 1, self.global_step + step + 1, self.export_to)
                     wrapped.train()
         finally:
             prefetch.close()
             if bar is not None:
                 bar.close()
-        global_step += stage.steps
-        facts.steps[index] = stage.steps
-        full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
+
+    def finish(self) -> Path:
+        """Export the trained model (weights gathered in full), print the held-out table, end the run."""
+        acc, evaluator = self.acc, self.evaluator
+        final = self.out / "model"
+        exported = _full_model(acc, self.full, self.model, self.cfg) if self.full is not None else self.model
         if acc.is_main_process:
-            ckpt.mkdir(parents=True, exist_ok=True)
-            _atomic_save(full, ckpt / "model.pt")
-            (ckpt / "done").write_text("ok\n")
+            self.facts.seconds = time.time() - self.t_run
+            self.facts.scores = evaluator.last if evaluator is not None else []
+            self.export_to(final, exported)
+            if evaluator is not None and evaluator.history:
+                self.log("eval (main score per task):\n" + evaluator.table())
+                side_by_side, worse = evaluator.before_after()
+                if side_by_side:
+                    self.log("held-out scores before and after training:\n" + side_by_side)
+                for warning in worse:
+                    self.log(f"warning: {warning}")
         acc.wait_for_everyone()
-        if evaluator is not None:
-            evaluator(model, fwd, index, stage.steps, global_step, lambda folder: _export(model, folder, cfg, prompts, manifest, facts))
-    final = out / "model"
-    exported = _full_model(acc, full, model, cfg) if full is not None else model
-    if acc.is_main_process:
-        facts.seconds = time.time() - t_run
-        facts.scores = evaluator.last if evaluator is not None else []
-        _export(exported, final, cfg, prompts, manifest, facts)
-        if evaluator is not None and evaluator.history:
-            log("eval (main score per task):\n" + evaluator.table())
-            side_by_side, worse = evaluator.before_after()
-            if side_by_side:
-                log("held-out scores before and after training:\n" + side_by_side)
-            for warning in worse:
-                log(f"warning: {warning}")
-    acc.wait_for_everyone()
-    acc.end_training()
-    return final
+        acc.end_training()
+        return final
 
 
 def _fused(acc) -> bool:

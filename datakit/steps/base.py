@@ -7,15 +7,16 @@ keeps (datatrove style), so streaming steps work batch by batch and global steps
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from datakit.sources import Sandbox
+from datakit.tasks import LocalTasks, TaskRunner
 
 Stream = Iterator[tuple[str, pa.Table]]
 
@@ -54,16 +55,8 @@ class StepContext:
     llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
     budget: Any = None  # llm.client.Budget shared by the synthesis steps
     worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
-    # embeds chunks of texts elsewhere (Ray actors holding the model): (embedder, chunks, prefix) -> an iterator of
-    # (vectors, texts encoded, cache hits) per chunk, in order; None: the step's own embedder, in this process
-    embed_chunks: Any = None
-    # runs a global step's heavy parts as tasks elsewhere (`TaskRunner`'s interface; the Ray executor's runs them
-    # in Ray tasks); None: `LocalTasks`, in this process
-    tasks: Any = None
-
-    @property
-    def runner(self) -> "TaskRunner":
-        return self.tasks if self.tasks is not None else LocalTasks()
+    # where a step's heavy parts run (`datakit.tasks`): in this process, or as the executor's tasks (Ray)
+    tasks: TaskRunner = field(default_factory=LocalTasks)
 
     @property
     def base_dir(self) -> Path:
@@ -82,77 +75,16 @@ class StepContext:
         return check_named(self.sandbox, what, str(path))
 
 
-class TaskRunner:
-    """How a global step hands work to an executor: pure functions of (`common`, item), module-level so a worker
-    can import them; `common` is sent once per call. Results come back in the items' order, so a step's output does
-    not depend on where its tasks ran."""
-
-    where = "this process"
-
-    def map(self, fn: Callable[[Any, Any], Any], common: Any, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-        """(item, fn(common, item)) for each item, in order, lazily (a window of items in flight)."""
-        raise NotImplementedError
-
-    def map_reduce(self, map_fn: Callable[[Any, Any], Sequence[Any]], common: Any, items: Sequence[Any],
-                   groups: int, reduce_fn: Callable[[Any, int, list[Any]], Any]) -> Iterator[Any]:
-        """A shuffle: `map_fn(common, item)` returns one part per group; `reduce_fn(common, g, parts)` gets group
-        g's part from every item (in item order). Yields the reductions in group order."""
-        raise NotImplementedError
-
-    def hold(self, factory: Callable[[Any], Any], specs: Sequence[Any]) -> "Held":
-        """Objects `factory(spec)` kept alive for many calls (a search index's shards), spread where the runner
-        runs work; `Held.call(method, *args)` calls each and returns their results in `specs` order."""
-        raise NotImplementedError
-
-
-class Held:
-    """Objects held by a runner (`TaskRunner.hold`)."""
-
-    where = "this process"
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Let them go."""
-
-
-class _HeldHere(Held):
-    def __init__(self, objects: list[Any]):
-        self.objects = objects
-
-    def call(self, method, *args):
-        return [getattr(o, method)(*args) for o in self.objects]
-
-    def close(self):
-        self.objects = []
-
-
-class LocalTasks(TaskRunner):
-    """The tasks run here, one after another."""
-
-    def map(self, fn, common, items):
-        return ((item, fn(common, item)) for item in items)
-
-    def map_reduce(self, map_fn, common, items, groups, reduce_fn):
-        parts: list[list[Any]] = [[] for _ in range(groups)]
-        for item in items:
-            for g, part in enumerate(map_fn(common, item)):
-                parts[g].append(part)
-        for g in range(groups):
-            yield reduce_fn(common, g, parts[g])
-            parts[g] = []
-
-    def hold(self, factory, specs):
-        return _HeldHere([factory(spec) for spec in specs])
-
-
 class Step:
     name: ClassVar[str]
     Config: ClassVar[type[StepConfig]]
     #: True when the step works on each batch alone (no state across batches but counters), so an executor
     #: may run it on many batches at once in other processes (the Ray executor) and merge the counters
     parallel_safe: ClassVar[bool] = False
+    #: True for a step that calls an LLM (the build's manifest then records the spending budget)
+    uses_llm: ClassVar[bool] = False
+    #: the hard negatives per retrieval record this step aims at (the manifest's `negatives` counts who fell short)
+    negatives_target: int | None = None
 
     def __init__(self, config: StepConfig, ctx: StepContext):
         self.config = config
@@ -212,7 +144,8 @@ class Step:
             mine[1] += n_out
 
     def finish(self) -> None:
-        """Called once the stream is exhausted when the step ran elsewhere (writes reports from merged state)."""
+        """Called by the executor once the stream is exhausted and the step's counters are whole (merged from
+        workers where it ran elsewhere): write reports here."""
 
     def report(self) -> dict[str, Any]:
         """Counters for the manifest's `steps` entry (`records`: per kind/dataset, [in, out])."""

@@ -126,8 +126,6 @@ class Decontaminate(Step):
             self.kept += table.num_rows
             if table.num_rows:
                 yield kind, table
-        if not self.ctx.worker:
-            self.finish()
 
     def take_state(self) -> dict[str, Any]:
         state = {**super().take_state(), "by_task": {k: dict(v) for k, v in self.by_task.items()},

@@ -16,7 +16,7 @@ back out. Per-record arrays (elections, masks) are memmaps in the work folder; i
 one hash partition, the verified pairs and the report need. Other kinds pass straight through. Drops are counted per
 dataset; `dedup.json` lists, for sampled clusters, the kept record and the records it replaced.
 
-The heavy parts are pure functions handed to the executor's task runner (`StepContext.runner`): `sign` (a batch
+The heavy parts are pure functions handed to the executor's task runner (`StepContext.tasks`, `datakit.tasks`): `sign` (a batch
 normalised, hashed, shingled, MinHashed and banded), `partition_candidates` (one hash partition of the band
 buckets: its candidate pairs, split by pair hash into VERIFY_GROUPS) and `verify_group` (a group's pairs decided
 by exact Jaccard, its verified pairs joined into a forest of components). Locally they run in this process; on
@@ -407,7 +407,7 @@ class Dedup(Step):
         mh_cfg = mh.MinHashConfig(num_perm=cfg.num_perm, ngram=cfg.ngram, char_ngram=cfg.char_ngram,
                                   script=cfg.script, seed=cfg.seed)
         self.stats = {"bands": {}, "rows": {}, "candidate_pairs": 0, "verified_pairs": 0, "label_conflicts": 0,
-                      "tasks_in": self.ctx.runner.where, "seconds": {}}
+                      "tasks_in": self.ctx.tasks.where, "seconds": {}}
         self.by_dataset: dict[str, Counter] = defaultdict(Counter)
         self.examples: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
@@ -436,7 +436,7 @@ class Dedup(Step):
                 yield kind, table
 
         clock = time.perf_counter()
-        for (kind, table), signed in self.ctx.runner.map(sign, specs, batches()):
+        for (kind, table), signed in self.ctx.tasks.map(sign, specs, batches()):
             if table is None:
                 kind, table = passing.popleft()
                 self.kept += table.num_rows
@@ -489,7 +489,7 @@ class Dedup(Step):
         if state.sides is not None and state.band_files:
             job = DecideJob(str(state.folder), state.kind, len(state.fields), n, state.bands, self.config.threshold)
             verified, scores, forests = [], [], []
-            for got in self.ctx.runner.map_reduce(partition_candidates, job, range(state.buckets.parts),
+            for got in self.ctx.tasks.map_reduce(partition_candidates, job, range(state.buckets.parts),
                                                   job.groups, verify_group):
                 self._pids.add(got["pid"])
                 self.stats["candidate_pairs"] += got["candidates"]

@@ -95,6 +95,7 @@ class MineNegatives(Step):
 
     def __init__(self, config: MineConfig, ctx):
         super().__init__(config, ctx)
+        self.negatives_target = config.negatives
         cache = ctx.readable(config.cache_dir, "mine_negatives.cache_dir") if config.cache_dir else None
         self.embedder = Embedder(config.model, cache_dir=cache, batch_size=config.batch_size)
         self.similarity: dict[str, dict[str, Any]] = {}
@@ -212,12 +213,12 @@ class MineNegatives(Step):
         pool, record_pool_ids = self._pool(spilled)
         pool_vec = self.embedder.encode_into(self.work / "pool.npy", (
             pool.slice(s, CHUNK_ROWS).to_pylist() for s in range(0, len(pool), CHUNK_ROWS)), len(pool),
-            cfg.document_prefix, remote=self.ctx.embed_chunks)
+            cfg.document_prefix, tasks=self.ctx.tasks)
         q_vec = self.embedder.encode_into(self.work / "queries.npy", (
             self._query_texts(b, s) for b, s in zip(batches, selected)), sum(len(s) for s in selected),
-            remote=self.ctx.embed_chunks)
+            tasks=self.ctx.tasks)
         search = VectorSearch(pool_vec, cfg.index, shard_rows=cfg.search_shard_rows, nprobe=cfg.nprobe,
-                              runner=self.ctx.runner)
+                              runner=self.ctx.tasks)
         calibration = None
         if cfg.recall_target > 0:  # the recall of this build's search, measured on a sample of its queries
             n_q = len(q_vec)
@@ -316,7 +317,7 @@ class MineNegatives(Step):
 
     def report(self) -> dict[str, Any]:
         where = ("this process" if self.embedder.loaded else
-                 "ray actors" if self.ctx.embed_chunks is not None and self.embedder.encoded else "nowhere (cached)")
+                 self.ctx.tasks.embeds_in if self.ctx.tasks.remote and self.embedder.encoded else "nowhere (cached)")
         return {**super().report(), "encoded": self.embedder.encoded, "cache_hits": self.embedder.cache_hits,
                 "embedded_in": where, "search": getattr(self, "searched", None),
                 "by_dataset": {k: dict(v) for k, v in self.counts.items()}}

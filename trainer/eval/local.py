@@ -93,11 +93,11 @@ def read_rows(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -
 
     src = spec.sources()[part]
     cols = _columns(spec, part, src.columns)
-    kinds = {"id": "label", "query_id": "label", "doc_id": "label", "text": "text", "title": "text", "score": "score"}
+    kinds = {"id": "key", "query_id": "key", "doc_id": "key", "text": "text", "title": "text", "score": "score"}
     config = SourceFields(**src.model_dump(include={"path", "hf", "sql", "format", "csv", "where", "limit"},
                                            exclude_unset=True))
     need = ColumnSpec(names=list(cols.values()), optional={cols["title"]} if "title" in cols else set(),
-                      scalar={c for r, c in cols.items() if kinds[r] in ("label", "score")})
+                      scalar={c for r, c in cols.items() if kinds[r] in ("key", "score")})
     out: dict[str, list] = {role: [] for role in cols}
     for chunk in read_source(config, sandbox, need):
         report.rows_read += chunk.table.num_rows + len(chunk.quarantine)
@@ -111,7 +111,7 @@ def read_rows(spec: TaskSpec, part: str, sandbox: Sandbox, report: DataReport) -
                 values[role] = pc.fill_null(arr, "")
                 continue
             problems.add_mask(pc.is_null(arr), col, "missing_field", f"field {col!r} is missing or null")
-            if kinds[role] in ("text", "label"):
+            if kinds[role] in ("text", "key"):
                 problems.add_mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(arr, ""))), 0),
                                   col, "empty_text", f"field {col!r} is empty")
             values[role] = arr
