@@ -120,7 +120,7 @@ def _steps_task(build_id: tuple[str, int], configs: list[dict[str, Any]], ctx: d
         work = Path(tempfile.mkdtemp(prefix="datakit-ray-"))
         context = StepContext(sandbox=ctx["sandbox"], out_dir=Path(ctx["out_dir"]), work_dir=work / "work",
                               artifacts_dir=work / "artifacts", llm=LLMSettings.model_validate(ctx["llm"]),
-                              budget=ctx["budget"], worker=True)
+                              budget=ctx["budget"])
         _WORKER_STEPS[build_id] = ([make_step(step_config(c), context) for c in configs], work)
     steps = _WORKER_STEPS[build_id][0]
     stream: Iterator[tuple[str, pa.Table]] = iter([(kind, table)])

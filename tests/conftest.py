@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 
 # pytest-xdist (`make test` runs -n auto): the cores are split between the workers, so the workers' torch (and
@@ -72,6 +73,15 @@ def build_yaml(tmp_path: Path, recipe: str, **kwargs) -> BuildResult:
     """Write a recipe into tmp_path and build it into tmp_path/out."""
     path = write(tmp_path / "recipe.yaml", recipe)
     return build(load_recipe(path), tmp_path / "out", **kwargs)
+
+
+def qa_corpus(folder: Path) -> Path:
+    """A 24-question QA corpus built into folder/corpus/out (what the trainer's CLI tests train on); `folder`."""
+    rows = "".join(json.dumps({"question": f"question number {i} about topic {i % 7}",
+                               "answer": f"answer {i}: topic {i % 7} is explained here"}) + "\n" for i in range(24))
+    write(folder / "corpus" / "qa.jsonl", rows)
+    build_yaml(folder / "corpus", "name: qa\nsources: [{name: qa, path: qa.jsonl, adapter: qa}]\n")
+    return folder
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from datakit.manifest import read_manifest, read_shards
-from tests.conftest import BIN, ROOT, FakeTransport, build_yaml, run, write
+from tests.conftest import BIN, FakeTransport, ROOT, build_yaml, qa_corpus, run, write
 
 TRAIN = """\
 model: {name_or_path: embedded-minilm}
@@ -33,12 +33,7 @@ save_every: 2
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("no_harm")
-    rows = "".join(json.dumps({"question": f"question number {i} about topic {i % 7}",
-                               "answer": f"answer {i}: topic {i % 7} is explained here"}) + "\n" for i in range(24))
-    write(folder / "corpus" / "qa.jsonl", rows)
-    build_yaml(folder / "corpus", "name: qa\nsources: [{name: qa, path: qa.jsonl, adapter: qa}]\n")
-    return folder
+    return qa_corpus(tmp_path_factory.mktemp("no_harm"))
 
 
 def test_resume_refuses_a_config_whose_training_values_changed(corpus):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from embedkit.folderlock import FolderLock
-from tests.conftest import build_yaml, run, write
+from tests.conftest import build_yaml, qa_corpus, run, write
 
 GOOD = """\
 model: {name_or_path: embedded-minilm}
@@ -19,12 +19,7 @@ log_every: 1
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trainer_cli")
-    rows = "".join(json.dumps({"question": f"question number {i} about topic {i % 7}",
-                               "answer": f"answer {i}: topic {i % 7} is explained here"}) + "\n" for i in range(24))
-    write(folder / "corpus" / "qa.jsonl", rows)
-    build_yaml(folder / "corpus", "name: qa\nsources: [{name: qa, path: qa.jsonl, adapter: qa}]\n")
-    return folder
+    return qa_corpus(tmp_path_factory.mktemp("trainer_cli"))
 
 
 @pytest.mark.parametrize("old, new, where, message", [

@@ -54,7 +54,6 @@ class StepContext:
     artifacts_dir: Path  # files written here (reports) are published into OUT with the shards
     llm: Any = None  # recipe.LLMSettings: defaults of the synthesis steps
     budget: Any = None  # llm.client.Budget shared by the synthesis steps
-    worker: bool = False  # a copy of the step on a worker (Ray): the driver's copy writes the reports
     # where a step's heavy parts run (`datakit.tasks`): in this process, or as the executor's tasks (Ray)
     tasks: TaskRunner = field(default_factory=LocalTasks)
 

@@ -232,7 +232,7 @@ class SynthesisStep(Step):
 
     # ------------------------------------------------------------------ loud failures
     def preflight(self) -> None:
-        if self.settings.preflight and not self.ctx.worker:
+        if self.settings.preflight:  # called once, by the build in the driver, before any record is read
             try:
                 self.client.preflight()
             except LLMFailure as exc:
