@@ -104,8 +104,9 @@ class Bench:
         folder = self.work / f"{system}-s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / f"eval-{tasks_file.stem}"
-        status = out / "eval-status.json"
-        if status.exists() and json.loads(status.read_text()).get("state") == "complete":
+        from trainer.eval.status import read_status
+
+        if read_status(out)[0] == "complete":
             self.record(system, seed, tasks_file, scores(out), train)  # scored by an earlier (killed) bench
             return
         print(f"  eval {system} seed {seed} on {tasks_file.name}", flush=True)

@@ -93,11 +93,12 @@ def build(
                   "unchanged")
     if result.skipped:
         console.print(f"[green]up to date:[/] {out} (recipe and inputs unchanged; --force rebuilds)")
-    _summary(result.typed)
+    typed = result.typed  # validated once
+    _summary(typed)
     console.print(f"[bold green]output:[/] {out.resolve()}  (manifest: {out / 'manifest.json'})")
     if report:
         _write_report(out)
-    broken = result.typed.incomplete_inputs
+    broken = typed.incomplete_inputs
     if broken:  # the rows before each break are in the output; the rest of those files is not: not a success
         _fail("\n".join(f"source {b['source']!r}: {b['file']} is truncated: its stream broke after {b['byte']:,} "
                         f"decompressed bytes, before row {b['row']} ({b['error']}); the rows before were kept "
