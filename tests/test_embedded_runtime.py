@@ -48,6 +48,25 @@ def test_an_answer_does_not_depend_on_the_requests_that_share_its_batch(runtime)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def test_a_request_its_caller_gave_up_on_does_not_stop_the_model(runtime):
+    """A client timeout cancels its request's future while the request waits or runs (the build's LLM client
+    wraps each call in `asyncio.wait_for`): the worker must go on answering the next requests. Before, the
+    cancelled future made the worker thread die on `set_result`, and the build then waited on every later
+    request until its retries ran out."""
+    import asyncio
+
+    async def give_up() -> None:
+        slow = runtime.submit([{"role": "user", "content": QUESTIONS[1]}], {"max_tokens": 40}, 5)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(slow), timeout=0.001)
+        assert slow.cancelled() or slow.running() or slow.done()
+
+    for _ in range(3):  # cancelled while queued, and (likely) while generating
+        asyncio.run(give_up())
+    answer = _ask(runtime, [([{"role": "user", "content": QUESTIONS[2]}], {"max_tokens": 8}, 1)])[0]
+    assert answer["choices"][0]["message"]["content"].strip()
+
+
 def test_structured_answers_always_parse_and_a_cut_one_does_not(runtime):
     answers = _ask(runtime, [(_messages(q), {"response_format": SCHEMA, "max_tokens": 200}, i)
                              for i, q in enumerate(QUESTIONS)])

@@ -361,6 +361,12 @@ class TransformersRuntime:
                     batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
+            # a request whose caller gave up (a client timeout cancels its future) is not generated; the others
+            # are marked running, so a late cancel cannot make `set_result` raise and end this thread (which
+            # left every later request of the process waiting forever)
+            batch = [req for req in batch if req.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 answers = self.generate(batch)
             except BaseException as exc:  # noqa: BLE001 - every waiting request hears of it
