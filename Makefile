@@ -60,7 +60,7 @@ results-tables: $(BASE)
 # in one process): on 2 cores about 14 minutes instead of 20-22 (benchmarks/RESULTS.md "`make test` time").
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf out build *.egg-info

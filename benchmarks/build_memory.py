@@ -86,8 +86,10 @@ def main() -> None:
     results = []
     datakit = str(Path(sys.executable).parent / "datakit")
     secs, peak, _ = measure([datakit, "build", str(work / "recipe.yaml"), "--out", str(work / "out"), "--force", "-q"])
-    manifest = json.loads((work / "out" / "manifest.json").read_text())
-    assert manifest["counts"]["retrieval"]["qa"] == rows, manifest["counts"]
+    from datakit.manifest import load
+
+    counts = load(work / "out").counts
+    assert counts["retrieval"]["qa"] == rows, counts
     results.append(("datakit build (qa adapter, filter, shards)", secs, peak))
     if not args.skip_peer:
         secs, peak, out = measure([sys.executable, "-c", HF_SCRIPT, str(src), str(work / "hf_cache")])

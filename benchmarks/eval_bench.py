@@ -70,7 +70,7 @@ def overhead(out: Path, repeat: int) -> list[tuple]:
     from trainer.eval.encoder import EvalEncoder, load_backend
     from trainer.eval.run import evaluate_tasks, local_tasks, quiet
     from trainer.eval.taskfile import load_task_file
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     with quiet():
         tasks = local_tasks(load_task_file(REFERENCE_TASKS))

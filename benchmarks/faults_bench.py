@@ -544,7 +544,7 @@ def harm_cases(work: Path, add) -> None:
     m_path.write_text(json.dumps(m))
     r = run("datakit.cli", "verify", str(out))
     add(c.name, "datakit verify", classify(r), first_line(r.stderr or r.stdout))
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     c = Case("trainer eval of a model folder without its tokenizer", work)
     import shutil

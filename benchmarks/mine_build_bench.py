@@ -41,6 +41,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _measure import peaks  # noqa: E402
 
+from datakit.manifest import load  # noqa: E402
+from datakit.manifest_schema import StepEntry  # noqa: E402
+
 MAX_WORDS = 24
 
 
@@ -85,7 +88,7 @@ def generate(work: Path, pool_n: int, records_n: int, seed: int) -> None:
                 left -= 1
 
 
-def recall(work: Path, step: dict, sample: int, seed: int) -> dict:
+def recall(work: Path, step: "StepEntry", sample: int, seed: int) -> dict:
     """Recall@30 of the index the step chose (its manifest entry `step`) against exact search, on vectors read
     back from the build's cache."""
     from datakit.embed import Embedder
@@ -103,11 +106,11 @@ def recall(work: Path, step: dict, sample: int, seed: int) -> dict:
     assert emb.encoded == 0, "the vectors were not all in the build's cache"
     t0 = time.time()
     _, truth = VectorSearch(pool, "flat").search(queries, 30)
-    kind = step["report"]["search"]["index"]
+    kind = step.report["search"]["index"]
     rows = [{"index": "flat (exact)", "search_s": time.time() - t0, "recall": 1.0, "top1_missed": 0.0,
              "step's": kind == "flat"}]
     if kind == "ivfpq":  # the step's index (one shard up to 1M vectors), then more lists probed
-        calibration = step["report"]["search"].get("calibration") or {}
+        calibration = step.report["search"].get("calibration") or {}
         step_nprobe = calibration.get("nprobe") or step["config"].get("nprobe", NPROBE)
         t0 = time.time()
         shard = PoolShard(ShardSpec(None, 0, len(pool), VectorSearch._trained(pool, step_nprobe)), pool)
@@ -147,33 +150,33 @@ def main() -> None:
             f"steps: [{{type: mine_negatives, negatives: 4, extra_pool: [pool.jsonl], cache_dir: {work / 'cache'}}}]\n")
         out = work / "out"
         if args.reuse_build and (out / "manifest.json").exists():
-            wall, sampled = json.loads((out / "manifest.json").read_text())["duration_s"], "- (reused build)"
+            wall, sampled = load(out).duration_s, "- (reused build)"
         else:
             wall, peak_rss, peak_anon = peaks([sys.executable, "-m", "datakit.cli", "build",
                                                str(work / "recipe.yaml"), "--out", str(out), "--force", "--quiet"])
             sampled = f"{peak_rss / 2**20:,.0f} / {peak_anon / 2**20:,.0f}"
-        manifest = json.loads((out / "manifest.json").read_text())
-        [mine] = manifest["steps"]
+        manifest = load(out)
+        [mine] = manifest.steps
         r = recall(work, mine, args.sample, seed=1)
-    step = next(k for k in manifest["timings_s"] if k.endswith("mine_negatives"))
-    cold = mine["report"]["cache_hits"] == 0
+    step = next(k for k in manifest.timings_s if k.endswith("mine_negatives"))
+    cold = mine.report["cache_hits"] == 0
     print(f"\n`datakit build`, one mine_negatives step, all-MiniLM-L6-v2 on {'cold' if cold else 'cached'} "
-          f"embeddings, {manifest['counts']['retrieval']['spliced']:,} records, pool {r['pool']:,} texts, local "
+          f"embeddings, {manifest.counts['retrieval']['spliced']:,} records, pool {r['pool']:,} texts, local "
           "executor, 2 CPU cores\n")
     print("| build wall s | mine_negatives s | its peak RSS / anonymous MiB (manifest) | process tree peak RSS / "
           "anonymous MiB (sampled) | index (auto) |")
     print("|---:|---:|---:|---:|---|")
-    print(f"| {wall:,.0f} | {manifest['timings_s'][step]:,.0f} | {manifest['peak_rss_mib'].get(step, 0):,.0f} / "
-          f"{manifest.get('peak_anon_mib', {}).get(step, 0):,.0f} | {sampled} | {r['kind']} |")
+    print(f"| {wall:,.0f} | {manifest.timings_s[step]:,.0f} | {manifest.peak_rss_mib.get(step, 0):,.0f} / "
+          f"{manifest.peak_anon_mib.get(step, 0):,.0f} | {sampled} | {r['kind']} |")
     print(f"\nrecall@30 against exact search, {r['sample']:,} sampled queries, the step's vectors\n")
     print("| index | build s | search s | recall@30 | nearest missed |\n|---|---:|---:|---:|---:|")
     for row in r["rows"]:
         print(f"| {row['index']} | {row.get('build_s', 0):,.0f} | {row['search_s']:,.1f} | {row['recall']:.3f} | "
               f"{row['top1_missed']:.1%} |")
-    print(f"\nmanifest timings: {json.dumps(manifest['timings_s'])}\nmanifest peaks: "
-          f"{json.dumps(manifest['peak_rss_mib'])} {json.dumps(manifest.get('peak_anon_mib'))}\n"
-          f"negatives: {json.dumps(manifest.get('negatives'))}")
-    calibration = mine["report"]["search"].get("calibration")
+    print(f"\nmanifest timings: {json.dumps(manifest.timings_s)}\nmanifest peaks: "
+          f"{json.dumps(manifest.peak_rss_mib)} {json.dumps(manifest.peak_anon_mib)}\n"
+          f"negatives: {json.dumps(manifest.negatives)}")
+    calibration = mine.report["search"].get("calibration")
     if calibration:
         print(f"\nthe step's own calibration on {calibration['queries']} of its queries (target "
               f"{calibration['target']}): index {calibration['index']}, nprobe {calibration['nprobe']}, recall "

@@ -223,7 +223,7 @@ def dedup_rows(name: str, kind: str, records: list[tuple[str, ...]], work: Path)
     kept_rows = read_shards(result.out_dir, shard).select(fields).to_pylist()
     kept = {first[tuple(row[f] for f in fields)] for row in kept_rows}
     truth = record_truth(kind, records)
-    report = result.manifest["steps"][0]["report"]
+    report = result.typed.steps[0].report
     dropped = set(range(len(records))) - kept
     partnered = {x for p, j in truth.items() if j >= THRESHOLD for x in p}
     wrong = dropped - partnered
@@ -268,8 +268,8 @@ def decontam_rows(name: str, bench: list[str], train: list[str], work: Path) -> 
     for (i, _), j in true_pairs(shingle_sets_py(train), shingle_sets_py(bench)).items():
         best[i] = max(best.get(i, 0.0), j)
     truth = {(i, 0): j for i, j in best.items()}
-    c = result.manifest["contamination"]
-    label = f"{name} ({c['minhash_candidates']:,} candidates, {c['minhash_verified']:,} held)"
+    c = result.typed.contamination
+    label = f"{name} ({c.minhash_candidates:,} candidates, {c.minhash_verified:,} held)"
     return band_table(truth, {(i, 0) for i in flagged_ids}, label)  # (lines, target met)
 
 

@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import peaks  # noqa: E402
 from dedup_scale import vocabulary  # noqa: E402
 
+from datakit.manifest import load  # noqa: E402
+
 FOOTER = "follow us for the latest news and updates from our newsroom delivered to your inbox every single morning"
 PLANTED = 100  # exact copies, and as many near copies
 
@@ -83,8 +85,7 @@ def run(n: int, work: Path) -> dict:
                       f"steps: [{{type: decontaminate, packs: [{pack.name}]}}]\n")
     out = work / f"out-{n}"
     dec_s, dec_rss, dec_anon = peaks([datakit, "build", str(recipe), "--out", str(out), "--force", "-q"])
-    manifest = json.loads((out / "manifest.json").read_text())
-    dropped = sum(manifest["dropped"].get("0:decontaminate", {}).values())
+    dropped = sum(load(out).step_dropped(0).values())
     for f in bench.glob("*.jsonl"):
         f.unlink()
     print(f"  {n:,}: pack {pack_s:.0f} s, decontaminate {dec_s:.0f} s", file=sys.stderr, flush=True)

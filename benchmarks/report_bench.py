@@ -58,7 +58,7 @@ def main() -> None:
         build(load_recipe(corpus(folder, args.rows)), out)
         build_s = time.perf_counter() - t
         build_dir, manifest = c.load_build(out)
-        records = sum(sum(v.values()) for v in manifest["counts"].values())
+        records = manifest.records
         con = connect(build_dir)
         t = time.perf_counter()
         con.execute("SELECT count(*), sum(length(query)), sum(length(positive)) FROM retrieval").fetchall()

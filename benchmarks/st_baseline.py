@@ -35,7 +35,7 @@ use_configured_source()
 
 def export_start_model(name: str, folder: Path, causal: bool, max_length: int) -> Path:
     """The untrained model as a SentenceTransformer folder, loaded the way the trainer loads it."""
-    from embedkit.trainconfig import DataConfig, ModelConfig, TrainConfig
+    from trainer.config import DataConfig, ModelConfig, TrainConfig
     from trainer.export import export
     from trainer.model import EmbeddingModel
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from datakit.manifest import MANIFEST, build_dir, sha256_file
-from datakit.manifest_schema import stage_key
+from datakit.manifest_schema import Manifest, stage_key
 
 CARD = "README.md"
 KIND_NAMES = {"retrieval": "retrieval (query, positive, negatives)", "pair": "pair (text pair + score)",
@@ -40,51 +40,57 @@ class Overlap:
         return sum(self.matched.values())
 
 
-def manifest_chain(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def typed(manifest: Manifest | dict[str, Any]) -> Manifest:
+    """A manifest as `Manifest` (a dict as written by the pipeline or read from JSON is validated)."""
+    return manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
+
+
+def manifest_chain(manifest: Manifest | dict[str, Any]) -> Iterator[Manifest]:
     """The manifest, then the manifests of the outputs it was made from (`datakit dedup/decontaminate IN --out
-    OUT` records its input as `parent`), as long as they can still be read unchanged."""
+    OUT` records its input as `parent`), as long as they can still be read unchanged and are manifests."""
+    current: Manifest | None = typed(manifest)
     seen = 0
-    while manifest is not None and seen < 20:
-        yield manifest
+    while current is not None and seen < 20:
+        yield current
         seen += 1
-        parent = manifest.get("parent")
-        if not parent:
-            return
-        if isinstance(parent.get("manifest"), dict):  # carried inline since 2026-12-07
-            manifest = parent["manifest"]
-            continue
+        current = _parent(current.parent or {})
+
+
+def _parent(parent: dict[str, Any]) -> Manifest | None:
+    """The manifest a `parent` entry points at (inline since 2026-12-07, or by path and digest), or None."""
+    try:
+        if isinstance(parent.get("manifest"), dict):
+            return Manifest.model_validate(parent["manifest"])
         if not parent.get("path"):
-            return
-        try:
-            folder = build_dir(parent["path"])
-            if sha256_file(folder / MANIFEST) != parent.get("manifest_sha256"):
-                return  # the input was rebuilt since: its manifest no longer describes this corpus
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
+            return None
+        folder = build_dir(parent["path"])
+        if sha256_file(folder / MANIFEST) != parent.get("manifest_sha256"):
+            return None  # the input was rebuilt since: its manifest no longer describes this corpus
+        return Manifest.model_validate(json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
-def overlap(manifest: dict[str, Any]) -> list[Overlap] | None:
+def overlap(manifest: Manifest | dict[str, Any]) -> list[Overlap] | None:
     """Every task of every pack the corpus (or a corpus it was made from) was checked against, with the training
     records matched and what was done with them; None when it was never checked against a benchmark."""
     rows: dict[str, Overlap] = {}
     audited = False
     for m in manifest_chain(manifest):
-        c = m.get("contamination")
-        if not c:
+        c = m.contamination
+        if c is None:
             continue
         audited = True
-        tasks = dict(c.get("pack_tasks") or {})
-        for key in c.get("by_task", {}):
+        tasks = dict(c.pack_tasks)
+        for key in c.by_task:
             tasks.setdefault(key, None)  # manifests before pack_tasks existed: only matched tasks are known
         for key, n_texts in tasks.items():
             if key in rows:
                 continue
             parts = key.split("/")
             task, split = (parts[1], "/".join(parts[2:])) if len(parts) >= 3 else (key, "")
-            matched = c.get("by_task_match", {}).get(key) or (
-                {"unknown": c["by_task"][key]} if key in c.get("by_task", {}) else {})
-            rows[key] = Overlap(key, task, split, n_texts, dict(matched), c.get("action", "drop"), is_mteb_task(task))
+            matched = c.by_task_match.get(key) or ({"unknown": c.by_task[key]} if key in c.by_task else {})
+            rows[key] = Overlap(key, task, split, n_texts, dict(matched), c.action, is_mteb_task(task))
     return list(rows.values()) if audited else None
 
 
@@ -122,15 +128,15 @@ def mteb_tasks_of_hf(dataset_path: str) -> list[str]:
         return []
 
 
-def records_per_dataset(manifest: dict[str, Any]) -> dict[str, int]:
+def records_per_dataset(manifest: Manifest | dict[str, Any]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for per in manifest.get("counts", {}).values():
+    for per in typed(manifest).counts.values():
         for ds, n in per.items():
             out[ds] = out.get(ds, 0) + n
     return out
 
 
-def training_datasets(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def training_datasets(manifest: Manifest | dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The MTEB tasks a model trained on this corpus was trained on, derived, never typed: {task: {"from":
     [why...], "records": n}}. Why: `declared` (a source says it is that task's data: `mteb_task:` on the
     source, or an `hf:` source whose dataset mteb lists as that task's), or `in_corpus` (the corpus still holds
@@ -145,7 +151,7 @@ def training_datasets(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
             entry["from"].append(why)
         entry["records"] += n
 
-    inputs = next((m.get("inputs") for m in reversed(chain) if "shards" not in m.get("inputs", {})), {}) or {}
+    inputs = next((m.inputs for m in reversed(chain) if "shards" not in m.inputs), {})
     for source, spec in inputs.items():
         if not isinstance(spec, dict):
             continue
@@ -155,10 +161,10 @@ def training_datasets(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for task in dict.fromkeys(declared):
             add(task, "declared", counts.get(source, 0))
     for m in chain:
-        c = m.get("contamination") or {}
-        if c.get("action") != "flag":
+        c = m.contamination
+        if c is None or c.action != "flag":
             continue
-        for key, n in c.get("by_task", {}).items():
+        for key, n in c.by_task.items():
             task = key.split("/")[1] if key.count("/") >= 2 else key
             if is_mteb_task(task):
                 add(task, "in_corpus", n)
@@ -190,43 +196,41 @@ def overlap_section(rows: list[Overlap] | None, heading: str = "## Benchmark ove
             f"n-gram).\n\n{body}\n")
 
 
-def lineage_sections(manifest: dict[str, Any]) -> str:
+def lineage_sections(manifest: Manifest | dict[str, Any]) -> str:
     """Sources, steps and what they did (synthesis by generator, hard negatives), through the parent chain."""
     parts = []
     chain = list(manifest_chain(manifest))
     origin = chain[-1]
-    inputs = origin.get("inputs", {})
-    q = origin.get("quarantined", {})
+    inputs = origin.inputs
     rows = []
     for name, spec in inputs.items():
         where = (", ".join(f"{Path(f['path']).name} ({f['bytes']:,} B" + (f", xxh3_128 {f['xxh3_128'][:12]}" if
                                                                           f.get("xxh3_128") else "") + ")"
                            for f in spec.get("files", [])) if "files" in spec else
                  f"hf:{spec['hf']['path']}" if "hf" in spec else "sql" if "sql" in spec else json.dumps(spec))
-        bad = q.get("by_dataset", {}).get(name, {})
-        rows.append([name, spec.get("adapter", "?"), where, origin.get("rows_read", {}).get(name, 0),
+        bad = origin.quarantined.by_dataset.get(name, {})
+        rows.append([name, spec.get("adapter", "?"), where, origin.rows_read.get(name, 0),
                      ", ".join(f"{r} {n}" for r, n in bad.items()) or "none"])
     parts.append("## Sources\n\n" + _table(["source (dataset)", "adapter", "read from", "rows read", "quarantined"],
                                            rows) + "\n")
     steps = []
     for m in reversed(chain):
-        for i, s in enumerate(m.get("steps", [])):
-            dropped = m.get("dropped", {}).get(stage_key(i, s["type"]), {})
-            steps.append([len(steps), s["type"], s.get("report", {}).get("kept", ""),
+        for i, s in enumerate(m.steps):
+            dropped = m.dropped.get(stage_key(i, s.type), {})
+            steps.append([len(steps), s.type, s.report.get("kept", ""),
                           ", ".join(f"{r} {n}" for r, n in dropped.items()) or "none"])
     if steps:
         parts.append("## Steps\n\n" + _table(["#", "step", "records kept", "dropped"], steps) + "\n")
-    synth = [[step, e.get("model"), e.get("prompt"), e.get("kept", 0),
-              ", ".join(f"{r} {n}" for r, n in e.get("dropped", {}).items()) or "none"]
-             for m in reversed(chain) for step, e in m.get("synthesis", {}).items()]
+    synth = [[step, e.model, e.prompt, e.kept, ", ".join(f"{r} {n}" for r, n in e.dropped.items()) or "none"]
+             for m in reversed(chain) for step, e in m.synthesis.items()]
     if synth:
         parts.append("## Synthesis\n\n" + _table(["step", "generator model", "prompt", "outputs kept", "dropped"],
                                                  synth) + "\n")
     for m in chain:
-        for step, e in m.get("synthesis", {}).items():
-            held, trip = e.get("heldout"), e.get("round_trip")
+        for step, e in m.synthesis.items():
+            held, trip = getattr(e, "heldout", None), getattr(e, "round_trip", None)  # generate_queries only
             if trip:
-                parts.append(f"## Generated queries ({step})\n\nQueries written by {e.get('model')} for the corpus's "
+                parts.append(f"## Generated queries ({step})\n\nQueries written by {e.model} for the corpus's "
                              f"own passages, kept only when a retriever ranks their passage within the top "
                              f"{trip.get('k')}: {trip.get('kept', 0):,} of {trip.get('filtered', 0):,} "
                              f"({(trip.get('keep_rate') or 0):.0%}).\n")
@@ -237,7 +241,7 @@ def lineage_sections(manifest: dict[str, Any]) -> str:
                              "no held-out query is a training record: the split is decontaminated from training by "
                              "construction. It is `heldout/tasks.yaml` (`trainer eval MODEL --tasks "
                              "heldout/tasks.yaml`).\n")
-    negs = manifest.get("negatives") or {}
+    negs = chain[0].negatives
     if negs:
         parts.append("## Hard negatives\n\n" + _table(
             ["dataset", "records", "given", "mined", "LLM", "short of target"],
@@ -246,26 +250,26 @@ def lineage_sections(manifest: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def corpus_card(manifest: dict[str, Any], out_dir: str | Path) -> str:
+def corpus_card(manifest: Manifest | dict[str, Any], out_dir: str | Path) -> str:
     """README.md for a build: the dataset-card YAML (its `configs:` let `datasets.load_dataset(OUT, KIND)` read
     each record kind from the shards), then what the corpus holds, where it came from and its benchmark overlap."""
     import yaml
 
-    kinds = sorted({s["kind"] for s in manifest.get("shards", [])})
-    data = {"pretty_name": manifest["recipe"]["name"], "tags": ["embedkit", "datakit", "text-embeddings"],
+    m = typed(manifest)
+    kinds = sorted({s.kind for s in m.shards})
+    data = {"pretty_name": m.recipe.name, "tags": ["embedkit", "datakit", "text-embeddings"],
             "configs": [{"config_name": k, "data_files": [{"split": "train", "path": f"{k}/*.arrow"}]} for k in kinds]}
-    recipe = manifest["recipe"]
-    version = manifest.get("versions", {}).get("embedkit", "?")
-    counts = [[kind, ds, n] for kind, per in manifest.get("counts", {}).items() for ds, n in per.items()]
-    command = (f"datakit build {recipe['path']} --out {out_dir}" if recipe.get("path") else
-               f"datakit {'/'.join(s['type'] for s in manifest.get('steps', []))} {manifest.get('parent', {}).get('path')}"
-               f" --out {out_dir}")
-    warnings = "".join(f"- {w}\n" for w in manifest.get("warnings", []))
+    recipe = m.recipe
+    version = m.versions.get("embedkit", "?")
+    counts = [[kind, ds, n] for kind, per in m.counts.items() for ds, n in per.items()]
+    command = (f"datakit build {recipe.path} --out {out_dir}" if recipe.path else
+               f"datakit {'/'.join(s.type for s in m.steps)} {(m.parent or {}).get('path')} --out {out_dir}")
+    warnings = "".join(f"- {w}\n" for w in m.warnings)
     body = f"""
-# {recipe['name']}
+# {recipe.name}
 
-A text-embedding training corpus built by datakit {version} (embedkit) from recipe `{recipe['name']}`
-(sha256 `{recipe['sha256'][:16]}`), {manifest.get('created', '')}. Reproduce it with `{command}`.
+A text-embedding training corpus built by datakit {version} (embedkit) from recipe `{recipe.name}`
+(sha256 `{recipe.sha256[:16]}`), {m.created}. Reproduce it with `{command}`.
 
 ## Records
 
@@ -274,8 +278,8 @@ A text-embedding training corpus built by datakit {version} (embedkit) from reci
 Load a kind with `datasets.load_dataset("{out_dir}", "retrieval")` (one config per kind: {", ".join(kinds)}), or
 query every kind with DuckDB: `datakit sql {out_dir} "SELECT dataset, count(*) FROM retrieval GROUP BY 1"`.
 
-{lineage_sections(manifest)}
-{overlap_section(overlap(manifest))}
+{lineage_sections(m)}
+{overlap_section(overlap(m))}
 {"## Warnings" + chr(10) + chr(10) + warnings if warnings else ""}"""
     header = yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
     return f"---\n{header}\n---\n{body}"

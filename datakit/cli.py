@@ -405,10 +405,11 @@ def decontaminate(
     given = {"threshold": threshold, "action": action, "sides": sides, "max_drop": max_drop}
     _apply(in_dir, out, {"type": "decontaminate", "packs": [str(p.resolve()) for p in bench],
                          **{k: v for k, v in given.items() if v is not None}}, executor)
-    from datakit.manifest import read_manifest
+    from datakit.manifest import load
+    from datakit.manifest_schema import Contamination
 
-    c = read_manifest(out).get("contamination", {})
-    console.print(f"contaminated: {c.get('contaminated', 0):,} of {c.get('records_checked', 0):,} records; "
+    c = load(out).contamination or Contamination()
+    console.print(f"contaminated: {c.contaminated:,} of {c.records_checked:,} records; "
                   f"report: {out / 'contamination.json'}")
 
 

@@ -36,25 +36,17 @@ class EmbeddingCache:
 
     A part is two files, `part-NAME.vectors.npy` then `part-NAME.keys.npy` (renamed into place in that order, so
     a part whose keys file exists is whole). Vectors stay on disk, memory-mapped; in memory only the keys and
-    their sort order (24 bytes per cached text). Parts of the older single-file layout (`part-NAME.npz`) are read.
+    their sort order (24 bytes per cached text).
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         keys: list[np.ndarray] = []
-        self._parts: list[np.ndarray] = []  # vectors per part (memmaps; arrays for .npz parts)
-        for part in sorted(folder.glob("part-*")):
-            if part.name.endswith(".keys.npy"):
-                vectors = np.load(part.with_name(part.name.replace(".keys.npy", ".vectors.npy")), mmap_mode="r")
-                keys.append(np.load(part))
-            elif part.suffix == ".npz":
-                with np.load(part) as z:
-                    keys.append(z["keys"])
-                    vectors = z["vectors"]
-            else:
-                continue
-            self._parts.append(vectors)
+        self._parts: list[np.ndarray] = []  # vectors per part (memmaps)
+        for part in sorted(folder.glob("part-*.keys.npy")):
+            self._parts.append(np.load(part.with_name(part.name.replace(".keys.npy", ".vectors.npy")), mmap_mode="r"))
+            keys.append(np.load(part))
         self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
         self._index()
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyarrow as pa
 
-from datakit.llm.client import Budget
 from datakit.manifest_schema import OTHER_STAGE, stage_key
 from datakit.reading import Quarantined, SourceEvent, Tally, check_quarantine_share, source_events
 from datakit.shards import ShardWriter
 from datakit.steps import Step, StepContext
+from datakit.tasks import LocalTasks, TaskRunner
 
 if TYPE_CHECKING:
     from datakit.recipe import LoadedRecipe, SourceConfig
@@ -172,13 +172,11 @@ def finished(step: Step, stream: Stream) -> Stream:
 
 
 class Executor(ABC):
-    """Where a build's work runs."""
+    """Where a build's work runs: its sources, its steps, and (`tasks`, the one seam a step sees) the heavy parts
+    steps hand over."""
 
     name: str
-
-    @abstractmethod
-    def budget(self, limit_usd: float | None) -> Budget:
-        """The one LLM spending cap shared by every synthesis step of the build."""
+    tasks: TaskRunner
 
     @abstractmethod
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
@@ -199,8 +197,8 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def budget(self, limit_usd: float | None) -> Budget:
-        return Budget(limit_usd)
+    def __init__(self) -> None:
+        self.tasks = LocalTasks()
 
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Stream:

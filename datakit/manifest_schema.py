@@ -65,6 +65,20 @@ class SynthesisEntry(_Open):
     failures: dict[str, int] | None = None
 
 
+class Contamination(_Open):
+    """What the `decontaminate` step found (its full report, with examples, is `contamination.json`)."""
+
+    action: str = "drop"  # drop (removed) or flag (kept, marked)
+    packs: list[str] = Field(default_factory=list)
+    records_checked: int = 0
+    contaminated: int = 0
+    by_match: dict[str, int] = Field(default_factory=dict)  # best match (exact, minhash, ngram) -> records
+    by_dataset: dict[str, int] = Field(default_factory=dict)
+    by_task: dict[str, int] = Field(default_factory=dict)  # "pack/task/split" -> records
+    by_task_match: dict[str, dict[str, int]] = Field(default_factory=dict)
+    pack_tasks: dict[str, int | None] = Field(default_factory=dict)  # every task checked -> its test texts
+
+
 class LLMBudget(_Open):
     max_budget_usd: float | None = None
     spent_usd: float = 0.0
@@ -94,7 +108,7 @@ class Manifest(_Open):
     negatives: dict[str, Any] = Field(default_factory=dict)
     llm_budget: LLMBudget | None = None
     synthesis: dict[str, SynthesisEntry] = Field(default_factory=dict)
-    contamination: dict[str, Any] | None = None
+    contamination: Contamination | None = None
     mining: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
     artifacts: list[str] = Field(default_factory=list)
@@ -116,6 +130,12 @@ class Manifest(_Open):
 def stage_key(index: int, step: str) -> str:
     """The stage name of step `index` (0-based) run in this process: `2:paraphrase`."""
     return f"{index}:{step}"
+
+
+def stage_index(key: str) -> int | None:
+    """The step index (0-based) of an in-process stage name (`2:paraphrase` -> 2); None for any other stage."""
+    index, sep, _ = key.partition(":")
+    return int(index) if sep and index.isdigit() and not key.endswith(PARALLEL_SUFFIX) else None
 
 
 def parallel_stage_key(steps: list[tuple[int, str]]) -> str:

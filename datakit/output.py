@@ -21,14 +21,13 @@ any point leaves either the previous build or the new one complete, and the next
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import uuid
 from pathlib import Path
 
-from datakit.manifest import CURRENT, MANIFEST, SHARD_KINDS
+from datakit.manifest import CURRENT, MANIFEST, SHARD_KINDS, load
 from embedkit.folderlock import FolderBusy, FolderLock
 from embedkit.outfolder import LOCK, OutputRefused, claim, mark_build, owned_scratch
 
@@ -108,8 +107,7 @@ def publish(staging: Path, out_dir: Path) -> Path:
     build = out_dir / f"build-{staging.name.removeprefix('.staging-')}"
     staging.rename(build)
     fault("publish:renamed")
-    manifest = json.loads((build / MANIFEST).read_text(encoding="utf-8"))
-    for name in [*SHARD_KINDS, MANIFEST, *manifest.get("artifacts", [])]:
+    for name in [*SHARD_KINDS, MANIFEST, *load(build).artifacts]:
         _link(out_dir / name, f"{CURRENT}/{name}")
     fault("publish:linked")
     _link(out_dir / CURRENT, build.name)

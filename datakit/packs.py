@@ -4,8 +4,7 @@ A pack is a folder::
 
     PACK/pack.json        parameters (MinHash, long n-gram) and per-task counts
     PACK/texts.parquet    task, split, field, text, hash (normalised-text hash)
-    PACK/texts.arrow      the same, uncompressed, memory-mapped by the decontaminate step (packs built before
-                          it was written are read from the parquet file, into memory)
+    PACK/texts.arrow      the same, uncompressed, memory-mapped by the decontaminate step
     PACK/signatures.npy   (n_texts, num_perm) uint32 MinHash signatures
     PACK/exact.npy        sorted normalised-text hashes, with exact_rows.npy (the text row of each)
     PACK/ngrams.npy       sorted long n-gram hashes of content, with ngram_rows.npy
@@ -537,12 +536,10 @@ class Pack:
         self.meta = json.loads(meta_path.read_text())
         self.params = PackParams(**self.meta["params"])
         arrow = self.folder / "texts.arrow"
-        if arrow.exists():
-            self.texts = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
-        else:  # a pack written before texts.arrow
-            import pyarrow.parquet as pq
-
-            self.texts = pq.read_table(self.folder / "texts.parquet")
+        if not arrow.exists():
+            raise PackError(f"{self.folder}: a pack without texts.arrow (incomplete, or from an older datakit); "
+                            "rebuild it with `datakit bench build`")
+        self.texts = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
         bp = self.folder / "boilerplate.npy"
         self.boilerplate = np.load(bp) if bp.exists() else np.zeros(0, np.uint64)
         self.sig = np.load(self.folder / "signatures.npy", mmap_mode="r")

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 
 from datakit.card import CARD, corpus_card
 from datakit.executors import Executor, LocalExecutor, ProgressFn, StageClock
-from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, read_shards, sha256_file, shard_files,
-                              verify, write_manifest)
+from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, load, read_manifest, read_shards, sha256_file,
+                              shard_files, verify, write_manifest)
 from datakit.manifest_schema import READ_STAGE, Manifest, stage_key
 from datakit.output import OutputLock, new_staging, publish
 from datakit.reading import DataError, Tally
@@ -103,16 +103,17 @@ def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
 
 
 def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """OUT's manifest (as written) when OUT already holds this recipe's build of these inputs, else None."""
     try:
-        old = read_manifest(out_dir)
+        old = load(out_dir)
         if verify(out_dir):  # shards missing or changed since: not up to date
             return None
     except (FileNotFoundError, ValueError):
         return None
     local = all("files" in v for v in inputs.values())  # hub and SQL inputs cannot be fingerprinted cheaply
-    same = old.get("recipe", {}).get("sha256") == recipe_sha and old.get("inputs") == inputs
-    same = same and old.get("versions", {}).get("embedkit") == package_versions().get("embedkit")
-    return old if (local and same) else None
+    same = old.recipe.sha256 == recipe_sha and old.inputs == inputs
+    same = same and old.versions.get("embedkit") == package_versions().get("embedkit")
+    return read_manifest(out_dir) if (local and same) else None
 
 
 def source_paths(loaded: LoadedRecipe, inputs: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -206,17 +207,17 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     """
     in_dir = Path(in_dir)
     source = checked(in_dir)  # the input's current build, checked against its manifest, read from here on
-    parent = read_manifest(source)
+    parent = load(source)
     configs = [s if isinstance(s, StepConfig) else step_config(s) for s in steps]  # fails before any work
-    blob = json.dumps({"parent": parent["recipe"]["sha256"], "steps": [c.model_dump(mode="json") for c in configs]},
+    blob = json.dumps({"parent": parent.recipe.sha256, "steps": [c.model_dump(mode="json") for c in configs]},
                       sort_keys=True)
     head = {
-        "recipe": {"name": f"{parent['recipe']['name']}+" + "+".join(c.type for c in configs),
+        "recipe": {"name": f"{parent.recipe.name}+" + "+".join(c.type for c in configs),
                    "sha256": hashlib.sha256(blob.encode()).hexdigest(), "path": None},
         # the parent's whole manifest travels inline: its lineage and audit stay readable after the input folder is
         # rebuilt or replaced (`datakit dedup OUT --out OUT` replaces it)
-        "parent": {"path": str(in_dir.resolve()), "recipe": parent["recipe"],
-                   "manifest_sha256": sha256_file(source / MANIFEST), "manifest": parent},
+        "parent": {"path": str(in_dir.resolve()), "recipe": parent.recipe.model_dump(exclude_unset=True),
+                   "manifest_sha256": sha256_file(source / MANIFEST), "manifest": read_manifest(source)},
         "inputs": {"shards": {"path": str(in_dir.resolve())}},
     }
 
@@ -233,7 +234,7 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
 
     output = OutputConfig(shard_rows=shard_rows)
     # the input's audit files (contamination.json, dedup.json, ...) are kept unless a step writes its own of that name
-    inherited = [source / name for name in parent.get("artifacts", []) if name != CARD and (source / name).is_file()]
+    inherited = [source / name for name in parent.artifacts if name != CARD and (source / name).is_file()]
     with OutputLock(Path(out_dir)):
         return _execute(Path(out_dir), Sandbox.anywhere(base_dir or Path.cwd()), configs, output, records, head,
                         llm or LLMSettings(), executor or LocalExecutor(), inherited)
@@ -251,9 +252,9 @@ def _execute(out_dir: Path, sandbox: Sandbox, configs: list[StepConfig], output:
     started = time.time()
     stop_watching = None
     try:
-        budget = executor.budget(llm.max_budget_usd)
+        budget = executor.tasks.budget(llm.max_budget_usd)
         ctx = StepContext(sandbox=sandbox, out_dir=out_dir, work_dir=staging / "work",
-                          artifacts_dir=staging / "artifacts", llm=llm, budget=budget)
+                          artifacts_dir=staging / "artifacts", llm=llm, budget=budget, tasks=executor.tasks)
         steps = [make_step(config, ctx) for config in configs]
         for step in steps:
             step.preflight()  # an LLM provider that cannot be reached fails here, before any record is read

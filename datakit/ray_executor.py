@@ -208,6 +208,9 @@ class RayTasks(TaskRunner):
     def __init__(self, window: int, embed_cpus: int = 1):
         self.window, self.embed_cpus = window, embed_cpus
 
+    def budget(self, limit_usd: float | None) -> RayBudget:
+        return RayBudget(_BudgetActor.remote(limit_usd))
+
     def map(self, fn, common, items):
         shared = ray.put(common)
         pending: deque = deque()
@@ -283,14 +286,12 @@ class RayExecutor(Executor):
                      runtime_env={"env_vars": env} if env else None)
         self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         self.embed_cpus = embed_cpus
+        self.tasks = RayTasks(self.window, embed_cpus)
 
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
         return {"name": self.name, "cpus": int(resources.get("CPU", 0)), "nodes": len(ray.nodes()),
                 "window": self.window}
-
-    def budget(self, limit_usd: float | None) -> RayBudget:
-        return RayBudget(_BudgetActor.remote(limit_usd))
 
     def records(self, loaded: LoadedRecipe, writer: ShardWriter, tally: Tally, strict: bool,
                 progress: ProgressFn | None, batch_rows: int) -> Iterator[tuple[str, pa.Table]]:
@@ -312,7 +313,6 @@ class RayExecutor(Executor):
                   clock: StageClock) -> Iterator[tuple[str, pa.Table]]:
         """Each run of consecutive batch-wise steps as Ray tasks; a step that needs the whole stream in this
         process, its output streamed on to the next run's tasks."""
-        ctx.tasks = RayTasks(self.window, self.embed_cpus)
         run_id, i = uuid.uuid4().hex, 0
         while i < len(steps):
             if not steps[i].parallel_safe:

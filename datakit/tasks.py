@@ -4,7 +4,8 @@ A step hands work to `ctx.tasks` (a `TaskRunner`) and never asks where it runs: 
 process, the Ray executor's `RayTasks` as Ray tasks and actors. What a runner offers:
 - `map` / `map_reduce`: pure module-level functions of (`common`, item), results in the items' order;
 - `hold`: objects kept alive for many calls (a search index's shards);
-- `embed`: chunks of texts embedded with a step's embedder (Ray: actors holding the model).
+- `embed`: chunks of texts embedded with a step's embedder (Ray: actors holding the model);
+- `budget`: the one LLM spending cap every synthesis step of a build shares, wherever its calls run.
 Results never depend on the runner, so a build's output does not depend on its executor.
 """
 from __future__ import annotations
@@ -57,6 +58,12 @@ class TaskRunner:
     def embed(self, embedder: Any, chunks: Iterator[list[str]], prefix: str) -> Iterator[Embedded]:
         """Each chunk of texts embedded with `embedder` (`datakit.embed.Embedder`), in chunk order."""
         return ((embedder.encode(texts, prefix), 0, 0) for texts in chunks)
+
+    def budget(self, limit_usd: float | None) -> Any:
+        """A spending cap (`datakit.llm.client.Budget`'s interface) shared by every place this runner runs work."""
+        from datakit.llm.client import Budget
+
+        return Budget(limit_usd)
 
 
 class _HeldHere(Held):

@@ -36,7 +36,7 @@ eval: {{tasks: {tasks}, at_start: false}}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """For action flag and drop: the corpus folder and the exported model folder."""
-    from embedkit.trainconfig import load_config
+    from trainer.config import load_config
     from trainer.train import train
 
     base = tmp_path_factory.mktemp("cards")

@@ -25,7 +25,7 @@ DATA = ROOT / "recipes" / "data" / "eval"
 def _minilm():
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     return SentenceTransformer(resolve_name("embedded-minilm")[0], device="cpu")
 

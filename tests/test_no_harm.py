@@ -66,7 +66,7 @@ def test_a_run_folder_holding_other_files_is_refused(corpus):
 
 
 def _minilm_copy(dest: Path, drop: tuple[str, ...] = (), vocab: str | None = None) -> Path:
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     shutil.copytree(resolve_name("embedded-minilm")[0], dest)
     for name in drop:

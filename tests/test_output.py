@@ -207,7 +207,7 @@ def test_dedup_in_place_keeps_the_audit_of_its_input(tmp_path):
     assert (out / "contamination.json").read_text() == audited and (out / "dedup.json").exists()
     manifest = read_manifest(out)
     chain = list(manifest_chain(manifest))
-    assert [m["recipe"]["name"] for m in chain] == ["r8+decontaminate+dedup", "r8+decontaminate", "r8"]
+    assert [m.recipe.name for m in chain] == ["r8+decontaminate+dedup", "r8+decontaminate", "r8"]
     assert overlap(manifest) and sum(o.records for o in overlap(manifest)) > 0
     assert verify(out, deep=True) == []
 

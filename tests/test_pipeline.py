@@ -93,6 +93,9 @@ def test_the_manifest_reads_typed_and_a_broken_one_is_refused_naming_the_field(d
     assert m.step_dropped(1) == raw["dropped"]["1:dedup"] and m.steps[1].type == "dedup"
     assert m.synthesis["paraphrase"].calls + m.synthesis["paraphrase"].cache_hits > 0
     assert m.shards[0].sha256 == raw["shards"][0]["sha256"]
+    c = m.contamination  # the decontaminate step's summary, typed for the card and the report
+    assert c.records_checked == raw["contamination"]["records_checked"] > 0 and c.action == "drop"
+    assert c.by_task == raw["contamination"]["by_task"] and set(c.pack_tasks) >= set(c.by_task)
     # the stage names: made and read in one place
     assert stage_label(stage_key(2, "paraphrase")) == "step 3 (paraphrase)"
     assert stage_label(parallel_stage_key([(0, "filter"), (1, "paraphrase")])) == \

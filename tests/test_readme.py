@@ -26,7 +26,7 @@ def _model_for(data: dict):
     from datakit.benchspec import BenchSpec
     from datakit.llm.settings import LLMSettings
     from datakit.recipe import Recipe
-    from embedkit.trainconfig import TrainConfig
+    from trainer.config import TrainConfig
     from trainer.eval.taskfile import TaskFile
     from trainer.experiment.spec import ExperimentSpec
 

@@ -86,7 +86,7 @@ def test_load_recipe_resolves_base_dir_and_reports_missing_file(tmp_path):
 def test_shipped_recipes_and_training_configs_are_valid():
     from trainer.eval.taskfile import load_task_file
     from trainer.experiment import load_experiment
-    from embedkit.trainconfig import load_config
+    from trainer.config import load_config
 
     from datakit.benchspec import load_bench_spec
 

@@ -50,7 +50,7 @@ def test_retrieval_ndcg_equals_an_independent_ranking_scored_by_pytrec_eval(shar
     import pytrec_eval
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
     from trainer.eval import EvalRequest, evaluate_models
 
     qrels, queries, docs = _trimmed_scifact(shared_data / "scifact" / "beir", tmp_path / "scifact")

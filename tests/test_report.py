@@ -52,7 +52,7 @@ def test_report_sections_escaping_and_lengths(tmp_path):
     # the truncation shares equal the training config's tokenizer and lengths applied by hand
     from transformers import AutoTokenizer
 
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     tok = AutoTokenizer.from_pretrained(resolve_name("embedded-minilm")[0])
     rows = [json.loads(line) for line in (tmp_path / "qa.jsonl").read_text().splitlines()][:13]

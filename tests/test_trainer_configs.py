@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from embedkit.trainconfig import load_config
+from trainer.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 LAUNCH = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "qzhou-7b.yaml")

@@ -247,7 +247,7 @@ def test_fp32_master_weights_under_bf16_autocast(shards, tmp_path):
 
 
 def test_mixed_precision_no_in_yaml_is_accepted(tmp_path):
-    from embedkit.trainconfig import load_config
+    from trainer.config import load_config
 
     path = write(tmp_path / "t.yaml", "model: {name_or_path: embedded-minilm}\ndata: {shards: x}\noutput_dir: o\n"
                                       "mixed_precision: no\n")
@@ -307,7 +307,7 @@ def _tiny_qwen2(folder):
     """A random 2-layer Qwen2 decoder (no dropout) with MiniLM's WordPiece tokenizer: real text, small weights."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from embedkit.trainconfig import resolve_name
+    from trainer.config import resolve_name
 
     tok = AutoTokenizer.from_pretrained(resolve_name("embedded-minilm")[0])
     cfg = AutoConfig.for_model("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64,

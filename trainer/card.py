@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datakit.card import lineage_sections, overlap, overlap_section, records_per_dataset, training_datasets
-from embedkit.trainconfig import TrainConfig
+from datakit.card import lineage_sections, overlap, overlap_section, records_per_dataset, training_datasets, typed
+from datakit.manifest_schema import Manifest
+from trainer.config import TrainConfig
 
 CARD = "README.md"
 META = "model_meta.json"
@@ -64,7 +65,7 @@ def base_model(cfg: TrainConfig) -> tuple[str, str | None, str]:
                            "is not given here"
 
 
-def model_meta(name: str, revision: str, cfg: TrainConfig, manifest: dict[str, Any], n_parameters: int,
+def model_meta(name: str, revision: str, cfg: TrainConfig, manifest: Manifest, n_parameters: int,
                embed_dim: int, prompts: dict[str, str]) -> dict[str, Any]:
     """mteb's ModelMeta fields for the exported model (the JSON `ModelMeta.to_dict()` writes)."""
     base, license_, _ = base_model(cfg)
@@ -73,17 +74,19 @@ def model_meta(name: str, revision: str, cfg: TrainConfig, manifest: dict[str, A
         "loader": None, "n_parameters": n_parameters, "n_embedding_parameters": None,
         "memory_usage_mb": round(n_parameters * 4 / 2**20, 1), "max_tokens": cfg.data.doc_max_length,
         "embed_dim": embed_dim, "license": license_, "open_weights": True, "public_training_code": None,
-        "public_training_data": manifest["recipe"].get("path") or manifest["recipe"]["name"],
+        "public_training_data": manifest.recipe.path or manifest.recipe.name,
         "framework": ["Sentence Transformers", "PyTorch"], "reference": None, "similarity_fn_name": "cosine",
         "use_instructions": bool(prompts), "training_datasets": sorted(training_datasets(manifest)),
         "adapted_from": base, "superseded_by": None, "modalities": ["text"], "citation": None, "contacts": None,
     }
 
 
-def write_cards(folder: Path, cfg: TrainConfig, manifest: dict[str, Any], facts: RunFacts, n_parameters: int,
-                embed_dim: int, prompts: dict[str, str], name: str, revision: str) -> None:
+def write_cards(folder: Path, cfg: TrainConfig, manifest: Manifest | dict[str, Any], facts: RunFacts,
+                n_parameters: int, embed_dim: int, prompts: dict[str, str], name: str, revision: str) -> None:
     """Write README.md, model_meta.json and training_datasets.json into an exported model folder."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    manifest = typed(manifest)
 
     base, license_, note = base_model(cfg)
     derived = training_datasets(manifest)
@@ -101,27 +104,26 @@ def write_cards(folder: Path, cfg: TrainConfig, manifest: dict[str, Any], facts:
     card.save(folder / CARD)
 
 
-def _origin_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
+def _origin_inputs(manifest: Manifest) -> dict[str, Any]:
     from datakit.card import manifest_chain
 
-    chain = list(manifest_chain(manifest))
-    return chain[-1].get("inputs", {})
+    return list(manifest_chain(manifest))[-1].inputs
 
 
-def _body(name: str, base: str, note: str, cfg: TrainConfig, manifest: dict[str, Any], facts: RunFacts,
+def _body(name: str, base: str, note: str, cfg: TrainConfig, manifest: Manifest, facts: RunFacts,
           derived: dict[str, dict[str, Any]]) -> str:
     d = cfg.data
     stages = "\n".join(f"| {i} | {'retrieval only' if i == 1 else f'all kinds, retrieval share eta {d.eta}'} | "
                        f"{facts.steps.get(i, s.steps):,} | {s.lr:g} | {s.schedule}, {s.warmup_steps} warm-up |"
                        for i, s in enumerate(cfg.stages, start=1))
-    counts = manifest.get("counts", {})
+    counts = manifest.counts
     per_stage = "\n".join(f"| {ds} | {kind} | {n:,} | {n if kind == 'retrieval' else 0:,} | {n:,} |"
                           for kind, per in counts.items() for ds, n in per.items())
     tasks = "\n".join(f"| {t} | {', '.join(v['from'])} | {v['records']:,} |" for t, v in sorted(derived.items())) or \
         "| (none) | | |"
     total = sum(records_per_dataset(manifest).values())
     scores = "\n".join(f"| {s['task']} | {s['type']} | {s['metric']} | {s['value']:.4f} |" for s in facts.scores)
-    recipe = manifest["recipe"]
+    recipe = manifest.recipe
     return f"""
 # {name}
 
@@ -146,8 +148,8 @@ is not False else ""}{cfg.model.pooling} pooling, L2-normalised embeddings, two 
 
 ## Corpus
 
-Recipe `{recipe['name']}` (sha256 `{recipe['sha256'][:16]}`), built by datakit
-{manifest.get('versions', {}).get('embedkit', '?')}: {total:,} records.
+Recipe `{recipe.name}` (sha256 `{recipe.sha256[:16]}`), built by datakit
+{manifest.versions.get('embedkit', '?')}: {total:,} records.
 
 | dataset | kind | records | in stage 1 | in stage 2 |
 |---|---|---|---|---|

@@ -61,7 +61,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="ignore checkpoints in the output folder"),
 ) -> None:
     """Train both stages from a YAML config, then export a SentenceTransformer model (OUT/model)."""
-    from embedkit.trainconfig import check_paths, load_config
+    from trainer.config import check_paths, load_config
 
     cfg = load_config(config)  # a bad key, type or range: exit 2 naming file, line and key
     if out is not None:

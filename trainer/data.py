@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from datakit.manifest import open_tables
 from datakit.records import KINDS
-from embedkit.trainconfig import DataConfig
+from trainer.config import DataConfig
 
 
 def open_shards(out_dir: str | Path) -> dict[str, pa.Table]:

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from datakit.manifest_schema import Manifest
     from trainer.card import RunFacts
 
     from trainer.model import EmbeddingModel
-    from embedkit.trainconfig import TrainConfig
+    from trainer.config import TrainConfig
 
 _POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token"}
 
@@ -38,7 +39,7 @@ def prompts_from_tables(tables: dict[str, "pa.Table"], template: str) -> dict[st
 
 
 def export(model: "EmbeddingModel", folder: str | Path, cfg: "TrainConfig", prompts: dict[str, str],
-           manifest: dict[str, Any] | None = None, facts: "RunFacts | None" = None) -> Path:
+           manifest: "Manifest | None" = None, facts: "RunFacts | None" = None) -> Path:
     """Save `model` as a SentenceTransformer folder with `prompts` (`prompts_from_tables`) as its named prompts;
     with the corpus's `manifest`, also its model card, model_meta.json and training_datasets.json."""
     folder = Path(folder)

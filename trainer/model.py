@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedkit.configfile import ConfigError
-from embedkit.trainconfig import ModelConfig, Pooling, resolve_name
+from trainer.config import ModelConfig, Pooling, resolve_name
 
 log = logging.getLogger(__name__)
 DECODER_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "qwen2_moe"}

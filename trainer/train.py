@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from datakit.manifest import read_manifest
-from embedkit.trainconfig import StageConfig, TrainConfig, TrainConfigError, check_paths
+from datakit.manifest import load as load_manifest
+from datakit.manifest_schema import Manifest
+from trainer.config import StageConfig, TrainConfig, TrainConfigError, check_paths
 from trainer.card import RunFacts
 from trainer.data import Batch, BatchSampler, open_shards
 from trainer.export import prompts_from_tables
@@ -218,7 +219,7 @@ class _Run:
                              "train with DDP")
         self.tables = open_shards(cfg.data.shards)  # checked against the manifest before the model loads
         self.prompts = prompts_from_tables(self.tables, cfg.data.query_template)  # what the export will carry
-        self.manifest = read_manifest(cfg.data.shards)  # the corpus's lineage and overlap, for the model card
+        self.manifest = load_manifest(cfg.data.shards)  # the corpus's lineage and overlap, for the model card
         self.facts = RunFacts(processes=acc.num_processes, precision=_mixed_precision(cfg.mixed_precision))
         self.t_run = time.time()
         out = self.out = Path(cfg.output_dir)
@@ -444,7 +445,7 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _export(model, folder: Path, cfg: TrainConfig, prompts: dict[str, str], manifest: dict[str, Any],
+def _export(model, folder: Path, cfg: TrainConfig, prompts: dict[str, str], manifest: Manifest,
             facts: RunFacts) -> Path:
     from trainer.export import export
 

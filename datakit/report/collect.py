@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
+from embedkit.lengths import DEFAULT_QUERY_TEMPLATE, DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 
 from datakit.manifest import MANIFEST, InconsistentOutput, checked
+from datakit.manifest_schema import READ_STAGE, Manifest, stage_index
 
 READ_FORMATS = (1,)  # manifest formats this report understands
 _REQUIRED = ("recipe", "counts", "quarantined", "dropped", "steps", "timings_s", "negatives", "shards")
@@ -41,8 +42,8 @@ class LengthSettings:
     tokenizer: str  # shown in the page
     tokenizer_path: str
     gguf_file: str | None = None
-    query_max_length: int = 256
-    doc_max_length: int = 1536
+    query_max_length: int = QUERY_MAX_LENGTH
+    doc_max_length: int = DOC_MAX_LENGTH
     query_template: str = DEFAULT_QUERY_TEMPLATE
     symmetric_instruction: bool = True
     model_dir: str | None = None  # the training config's exported model folder (its model card is shown)
@@ -52,16 +53,19 @@ class LengthSettings:
 class BuildData:
     out: Path
     build: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return f"{self.manifest['recipe'].get('name', '?')} ({self.build.name})"
+        return f"{self.manifest.recipe.name} ({self.build.name})"
 
 
-def load_build(out: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(build folder, manifest) of OUT, checked against its shards; `ReportError` with one line otherwise."""
+def load_build(out: str | Path) -> tuple[Path, Manifest]:
+    """(build folder, typed manifest) of OUT, checked against its shards; `ReportError` with one line
+    otherwise (an older or newer format, or the field a reader needs that the manifest lacks)."""
+    from pydantic import ValidationError
+
     try:
         build = checked(out)
     except (FileNotFoundError, InconsistentOutput) as exc:
@@ -81,7 +85,11 @@ def load_build(out: str | Path) -> tuple[Path, dict[str, Any]]:
         lacks = f", lacks {', '.join(missing)}" if missing else ""
         raise ReportError(f"{path}: a manifest from an older datakit ({what}{lacks}); rebuild it with "
                           f"`datakit build RECIPE --out {out} --force`")
-    return build, manifest
+    try:
+        return build, Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ReportError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows: int = SAMPLE_ROWS) -> BuildData:
@@ -109,50 +117,49 @@ def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows:
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def overview(m: dict[str, Any]) -> dict[str, Any]:
+def overview(m: Manifest) -> dict[str, Any]:
     stages = []
-    reports = m.get("steps", [])
-    for name, seconds in m.get("timings_s", {}).items():
+    for name, seconds in m.timings_s.items():
         rows = None
-        if name == "read":
-            rows = sum(m.get("rows_read", {}).values())
-        elif ":" in name and name.split(":", 1)[0].isdigit() and int(name.split(":", 1)[0]) < len(reports):
-            report = reports[int(name.split(":", 1)[0])].get("report", {})
+        index = stage_index(name)
+        if name == READ_STAGE:
+            rows = sum(m.rows_read.values())
+        elif index is not None and index < len(m.steps):
+            report = m.steps[index].report
             rows = report.get("kept", 0) + sum(report.get("dropped", {}).values())
         stages.append({"stage": name, "seconds": seconds, "rows": rows,
                        "rows_per_s": round(rows / seconds, 1) if rows is not None and seconds else None})
     inputs = []
-    for source, spec in m.get("inputs", {}).items():
+    for source, spec in m.inputs.items():
         where = spec.get("sql") or ", ".join(f["path"] for f in spec.get("files", [])) or spec.get("hf", "")
-        inputs.append({"source": source, "from": str(where), "rows_read": m.get("rows_read", {}).get(source)})
+        inputs.append({"source": source, "from": str(where), "rows_read": m.rows_read.get(source)})
     counts = [{"kind": kind, "dataset": ds, "records": n}
-              for kind, per in m["counts"].items() for ds, n in sorted(per.items())]
-    return {"recipe": m["recipe"], "created": m.get("created"), "duration_s": m.get("duration_s"),
-            "executor": m.get("executor", {}).get("name"), "versions": m.get("versions", {}), "inputs": inputs,
-            "stages": stages, "counts": counts, "total": sum(c["records"] for c in counts),
-            "rows_read": sum(m.get("rows_read", {}).values()), "warnings": m.get("warnings", []),
-            "quarantined": m["quarantined"].get("n", 0)}
+              for kind, per in m.counts.items() for ds, n in sorted(per.items())]
+    return {"recipe": m.recipe.model_dump(), "created": m.created, "duration_s": m.duration_s,
+            "executor": m.executor.get("name"), "versions": m.versions, "inputs": inputs,
+            "stages": stages, "counts": counts, "total": m.records,
+            "rows_read": sum(m.rows_read.values()), "warnings": m.warnings, "quarantined": m.quarantined.n}
 
 
-def quarantine(m: dict[str, Any], con) -> dict[str, Any] | None:
-    q = m["quarantined"]
-    if not q.get("n") and not q.get("lost_rows"):
+def quarantine(m: Manifest, con) -> dict[str, Any] | None:
+    q = m.quarantined
+    if not q.n and not q.lost_rows:
         return None
     rows = con.execute(
         f"""SELECT reason, dataset, file, "row", field, detail, raw FROM (
               SELECT *, row_number() OVER (PARTITION BY reason ORDER BY dataset, file, "row") AS k FROM quarantine)
             WHERE k <= {EXAMPLES} ORDER BY reason, dataset, file, "row" """).fetchall()
     names = ("reason", "dataset", "file", "row", "field", "detail", "raw")
-    return {"n": q.get("n", 0), "by_dataset": q.get("by_dataset", {}), "reasons": q.get("reasons", {}),
-            "lost_rows": q.get("lost_rows", {}), "examples": [_short(dict(zip(names, r))) for r in rows]}
+    return {"n": q.n, "by_dataset": q.by_dataset, "reasons": q.reasons,
+            "lost_rows": q.lost_rows, "examples": [_short(dict(zip(names, r))) for r in rows]}
 
 
-def dedup(m: dict[str, Any], build: Path) -> dict[str, Any] | None:
+def dedup(m: Manifest, build: Path) -> dict[str, Any] | None:
     steps = []
-    for i, step in enumerate(m["steps"]):
-        if step["type"] != "dedup":
+    for i, step in enumerate(m.steps):
+        if step.type != "dedup":
             continue
-        cfg, report = step.get("config", {}), step.get("report", {})
+        cfg, report = step.config, step.report
         details = _artifact(build, cfg.get("report", "dedup.json"), m)
         steps.append({"step": f"{i}:dedup", "method": cfg.get("method"), "threshold": cfg.get("threshold"),
                       "scope": cfg.get("scope"), "kept": report.get("kept"), "dropped": report.get("dropped", {}),
@@ -163,58 +170,60 @@ def dedup(m: dict[str, Any], build: Path) -> dict[str, Any] | None:
     return {"steps": steps} if steps else None
 
 
-def contamination(m: dict[str, Any], build: Path) -> dict[str, Any] | None:
-    summary = m.get("contamination")
+def contamination(m: Manifest, build: Path) -> dict[str, Any] | None:
+    summary = m.contamination
     if not summary:
         return None
-    step = next((s for s in m["steps"] if s["type"] == "decontaminate"), {})
-    details = _artifact(build, step.get("config", {}).get("report", "contamination.json"), m)
+    step = next((s for s in m.steps if s.type == "decontaminate"), None)
+    details = _artifact(build, (step.config if step else {}).get("report", "contamination.json"), m)
     examples = []
     for task, entry in details.get("tasks", {}).items():
         for ex in entry.get("examples", [])[:EXAMPLES]:
             ours, theirs = overlap(ex.get("text", ""), ex.get("benchmark_text", ""))
             blank = dict.fromkeys(("id", "dataset", "field", "benchmark", "benchmark_field", "match", "score"), "")
             examples.append({**blank, **ex, "task": task, "ours": ours, "theirs": theirs})
-    return {"action": summary.get("action"), "packs": summary.get("packs", []),
-            "checked": summary.get("records_checked"), "contaminated": summary.get("contaminated", 0),
-            "by_match": summary.get("by_match", {}), "by_dataset": summary.get("by_dataset", {}),
+    return {"action": summary.action, "packs": summary.packs, "checked": summary.records_checked,
+            "contaminated": summary.contaminated, "by_match": summary.by_match, "by_dataset": summary.by_dataset,
             "by_task": {t: e.get("by_dataset", {}) for t, e in details.get("tasks", {}).items()}
-            or {t: {"all": n} for t, n in summary.get("by_task", {}).items()},
+            or {t: {"all": n} for t, n in summary.by_task.items()},
             "examples": examples}
 
 
-def negatives(m: dict[str, Any]) -> dict[str, Any] | None:
-    mix = m.get("negatives") or {}
-    similarity = (m.get("mining") or {}).get("similarity", {})
+def negatives(m: Manifest) -> dict[str, Any] | None:
+    mix = m.negatives
+    mining = m.mining or {}
+    similarity = mining.get("similarity", {})
     if not any(e.get("given", 0) + e.get("mined", 0) + e.get("llm", 0) for e in mix.values()) and not similarity:
         return None
     rows = [{"dataset": ds, **dict.fromkeys(("records", "given", "mined", "llm", "records_short"), 0), **e}
             for ds, e in sorted(mix.items())]
-    return {"mix": rows, "model": (m.get("mining") or {}).get("model"), "similarity": similarity,
-            "search": (m.get("mining") or {}).get("search"),
-            "target": next((s["config"].get("negatives") for s in m["steps"] if s["type"] == "mine_negatives"), None)}
+    mine = next((s for s in m.steps if s.type == "mine_negatives"), None)
+    return {"mix": rows, "model": mining.get("model"), "similarity": similarity, "search": mining.get("search"),
+            "target": mine.config.get("negatives") if mine else None}
 
 
-def synthesis(m: dict[str, Any]) -> dict[str, Any] | None:
-    steps = m.get("synthesis") or {}
-    if not steps:
+def synthesis(m: Manifest) -> dict[str, Any] | None:
+    if not m.synthesis:
         return None
     blank = {"model": "", "prompt": "", "records_selected": None, "calls": None, "cache_hits": None, "failed": None,
              "prompt_tokens": None, "completion_tokens": None, "cost_usd": None, "kept": 0, "dropped": {}}
-    return {"steps": [{"step": name, **blank, **e, "examples": [_short(x) for x in e.get("examples", [])]}
-                      for name, e in steps.items()], "budget": m.get("llm_budget")}
+    steps = []
+    for name, entry in m.synthesis.items():
+        e = entry.model_dump(exclude_none=True)
+        steps.append({"step": name, **blank, **e, "examples": [_short(x) for x in e.get("examples", [])]})
+    return {"steps": steps, "budget": m.llm_budget.model_dump() if m.llm_budget else None}
 
 
-def token_lengths(m: dict[str, Any], con, settings: LengthSettings, sample_rows: int) -> dict[str, Any] | None:
+def token_lengths(m: Manifest, con, settings: LengthSettings, sample_rows: int) -> dict[str, Any] | None:
     """Token lengths (as the trainer will tokenize them: prompt included, special tokens counted) of a sample
     of each kind, and the share its max lengths would truncate."""
-    kinds = [k for k in QUERY_FIELDS if m["counts"].get(k)]
+    kinds = [k for k in QUERY_FIELDS if m.counts.get(k)]
     if not kinds:
         return None
     tokenizer = load_tokenizer(settings)
     fields = []
     for kind in kinds:
-        total = sum(m["counts"][kind].values())
+        total = sum(m.counts[kind].values())
         cols = ", ".join(("instruction",) + QUERY_FIELDS[kind] + DOC_FIELDS.get(kind, ()))
         rows = con.execute(f"SELECT {cols} FROM {kind} USING SAMPLE reservoir({int(sample_rows)} ROWS) "
                            "REPEATABLE (7)").fetchall()
@@ -240,8 +249,8 @@ def token_lengths(m: dict[str, Any], con, settings: LengthSettings, sample_rows:
             "doc_max_length": settings.doc_max_length, "fields": fields}
 
 
-def lineage(m: dict[str, Any], con) -> dict[str, Any] | None:
-    kinds = [k for k in QUERY_FIELDS if m["counts"].get(k)]
+def lineage(m: Manifest, con) -> dict[str, Any] | None:
+    kinds = [k for k in QUERY_FIELDS if m.counts.get(k)]
     if not kinds:
         return None
     steps = []
@@ -298,11 +307,12 @@ def default_lengths() -> LengthSettings:
 
 
 def lengths_from_train_config(path: str | Path) -> LengthSettings:
-    """The tokenizer, prompt and max lengths of a `trainer` config file."""
-    from embedkit.trainconfig import load_config, resolve_name
+    """The tokenizer, prompt and max lengths of a `trainer` config file (only those keys are read)."""
+    from embedkit.lengths import read_train_lengths
+    from embedkit.models import resolve_name
 
     try:
-        cfg = load_config(path)
+        cfg = read_train_lengths(path)
     except ValueError as exc:
         raise ReportError(f"not a usable training config: {exc}") from None
     folder, gguf = resolve_name(cfg.model.name_or_path, cfg.model.gguf_file)
@@ -358,8 +368,8 @@ def _segments(text: str, tokens: list[tuple[int, int]], spans: list[tuple[int, i
     return out
 
 
-def _artifact(build: Path, name: str, m: dict[str, Any]) -> dict[str, Any]:
-    if name not in m.get("artifacts", []) or not (build / name).is_file():
+def _artifact(build: Path, name: str, m: Manifest) -> dict[str, Any]:
+    if name not in m.artifacts or not (build / name).is_file():
         return {}
     try:
         return json.loads((build / name).read_text(encoding="utf-8"))

@@ -78,9 +78,8 @@ def compare(a: BuildData, b: BuildData) -> str:
     la, lb = f"A: {a.name}", f"B: {b.name}"
     tables = {
         "counts": _diff(_counts(a), _counts(b)),
-        "quarantine": _diff(_nested(a.manifest["quarantined"].get("by_dataset", {})),
-                            _nested(b.manifest["quarantined"].get("by_dataset", {}))),
-        "dropped": _diff(_nested(a.manifest["dropped"]), _nested(b.manifest["dropped"])),
+        "quarantine": _diff(_nested(a.manifest.quarantined.by_dataset), _nested(b.manifest.quarantined.by_dataset)),
+        "dropped": _diff(_nested(a.manifest.dropped), _nested(b.manifest.dropped)),
         "negatives": _diff(_negatives(a), _negatives(b)),
         "similarity": _diff(_similarity(a), _similarity(b)),
         "synthesis": _diff(_synthesis(a), _synthesis(b)),
@@ -128,7 +127,7 @@ def _diff(a: dict[Key, float], b: dict[Key, float]) -> list[dict[str, Any]]:
 
 
 def _counts(d: BuildData) -> dict[Key, float]:
-    return {(kind, ds): n for kind, per in d.manifest["counts"].items() for ds, n in per.items()}
+    return {(kind, ds): n for kind, per in d.manifest.counts.items() for ds, n in per.items()}
 
 
 def _nested(mapping: dict[str, dict[str, float]]) -> dict[Key, float]:
@@ -136,19 +135,20 @@ def _nested(mapping: dict[str, dict[str, float]]) -> dict[Key, float]:
 
 
 def _negatives(d: BuildData) -> dict[Key, float]:
-    return {(ds, k): e.get(k, 0) for ds, e in (d.manifest.get("negatives") or {}).items()
+    return {(ds, k): e.get(k, 0) for ds, e in d.manifest.negatives.items()
             for k in ("records", "given", "mined", "llm", "records_short")}
 
 
 def _similarity(d: BuildData) -> dict[Key, float]:
-    sims = (d.manifest.get("mining") or {}).get("similarity", {})
+    sims = (d.manifest.mining or {}).get("similarity", {})
     return {(ds, pair, stat): v[stat] for ds, per in sims.items() for pair, v in per.items()
             for stat in ("p10", "p50", "p90") if stat in v}
 
 
 def _synthesis(d: BuildData) -> dict[Key, float]:
     out: dict[Key, float] = {}
-    for step, e in (d.manifest.get("synthesis") or {}).items():
+    for step, entry in d.manifest.synthesis.items():
+        e = entry.model_dump(exclude_none=True)
         for k in ("records_selected", "calls", "cache_hits", "failed", "prompt_tokens", "completion_tokens",
                   "cost_usd", "kept"):
             if k in e:
@@ -159,9 +159,10 @@ def _synthesis(d: BuildData) -> dict[Key, float]:
 
 
 def _contamination(d: BuildData) -> dict[Key, float]:
-    c = d.manifest.get("contamination") or {}
-    return {**{("task", t): n for t, n in c.get("by_task", {}).items()},
-            **{("dataset", ds): n for ds, n in c.get("by_dataset", {}).items()}}
+    c = d.manifest.contamination
+    if c is None:
+        return {}
+    return {**{("task", t): n for t, n in c.by_task.items()}, **{("dataset", ds): n for ds, n in c.by_dataset.items()}}
 
 
 def _lengths(d: BuildData) -> dict[Key, float]:

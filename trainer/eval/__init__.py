@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
+from trainer.config import DEFAULT_QUERY_TEMPLATE
 from trainer.eval.taskfile import TaskFileError, load_task_file
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from embedkit.configfile import ConfigError
 from embedkit.models import ALIASES, MINILM, SMOLLM2  # the one alias resolver
-from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
+from trainer.config import DEFAULT_QUERY_TEMPLATE
 from mteb.models.abs_encoder import AbsEncoder
 
 SYMMETRIC_TYPES = {"STS", "Classification", "Clustering", "PairClassification", "MultilabelClassification"}

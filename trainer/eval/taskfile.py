@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from datakit.sources import Sandbox, SourceFields, SourceLocation
 from embedkit.configfile import ConfigError, Strict, format_errors, line_of, parse_yaml, read_text
-from embedkit.trainconfig import DEFAULT_QUERY_TEMPLATE
+from trainer.config import DEFAULT_QUERY_TEMPLATE
 
 TaskType = Literal["sts", "retrieval", "classification", "clustering", "pair_classification", "reranking"]
 

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from embedkit.trainconfig import EvalSettings
+from trainer.config import EvalSettings
 
 TASK_WIDTH = 28
 

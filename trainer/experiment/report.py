@@ -208,11 +208,13 @@ def _corpus(out: Path, build_key: str) -> dict[str, Any]:
     path = out / "builds" / build_key / "manifest.json"
     if not path.exists():
         return {}
-    m = json.loads(path.read_text(encoding="utf-8"))
-    counts = {k: sum(v.values()) for k, v in m.get("counts", {}).items()}
-    synth = {step: {"kept": s.get("kept"), "dropped": s.get("dropped")} for step, s in m.get("synthesis", {}).items()}
-    return {"records": counts, "quarantined": m.get("quarantined", {}).get("n", 0), "dropped": m.get("dropped", {}),
-            "negatives": m.get("negatives", {}), "synthesis": synth, "build_s": m.get("duration_s")}
+    from datakit.manifest import load
+
+    m = load(path.parent)
+    counts = {k: sum(v.values()) for k, v in m.counts.items()}
+    synth = {step: {"kept": s.kept, "dropped": s.dropped} for step, s in m.synthesis.items()}
+    return {"records": counts, "quarantined": m.quarantined.n, "dropped": m.dropped, "negatives": m.negatives,
+            "synthesis": synth, "build_s": m.duration_s}
 
 
 def html_page(exp: Experiment, variants: list[str], tasks: list[str], cells: dict, results: list[dict[str, Any]],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from embedkit.trainconfig import TrainConfig
+from trainer.config import TrainConfig
 from trainer.experiment.spec import (Experiment, Variant, code_versions, corpus_digest, eval_digest, key_of,
                                      run_parts)
 

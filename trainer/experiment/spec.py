@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from datakit.recipe import LoadedRecipe
 from embedkit.configfile import ConfigError, Strict, load_yaml, validate
-from embedkit.trainconfig import TrainConfig
+from trainer.config import TrainConfig
 
 
 class ExperimentError(ConfigError):
@@ -192,7 +192,7 @@ def _grid_variants(grid: VariantSpec | None) -> dict[str, VariantSpec]:
 def load_experiment(path: str | Path) -> Experiment:
     """Read and check an experiment: every variant's recipe and training config resolve and validate, once."""
     from datakit.recipe import RecipeError, validate_recipe
-    from embedkit.trainconfig import TrainConfigError, parse_config
+    from trainer.config import TrainConfigError, parse_config
 
     path = Path(path)
     raw, root = load_yaml(path, "experiment file", ExperimentError)
@@ -233,13 +233,13 @@ def _build_key(recipe_sha: str, recipe_path: Path) -> str:
 def corpus_digest(build: Path) -> str | None:
     """The content of a built corpus: a digest of its shards' sha256 (from its manifest); None before it is built.
     Two builds with equal records have equal digests, whatever their recipe's path or their build time."""
-    from datakit.manifest import read_manifest
+    from datakit.manifest import load
 
     try:
-        shards = read_manifest(build).get("shards", [])
+        shards = load(build).shards
     except (OSError, ValueError):
         return None
-    return hashlib.sha256(json.dumps(sorted(s["sha256"] for s in shards)).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(sorted(s.sha256 for s in shards)).encode()).hexdigest()[:16]
 
 
 def eval_digest(eval_path: Path) -> str:

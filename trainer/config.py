@@ -1,9 +1,9 @@
 """The training config (`trainer run CONFIG`): typed, checked at load (before any model loads), with errors naming
 file, line and key.
 
-It lives here, beside the other config helpers, because both sides read it: the trainer, and datakit's audit
-report (token lengths under a training config's tokenizer, prompt and max lengths), and datakit never imports
-trainer. Torch-free on purpose. Every value must already have its type (`tau: "0.02"` is an error, not a crash
+The trainer owns it; datakit's audit report reads only the prompt and max lengths of a config file through
+`embedkit.lengths` (which this config takes its defaults from, so the two agree). Torch-free on purpose (`trainer
+inspect` and config checks run without loading a model). Every value must already have its type (`tau: "0.02"` is an error, not a crash
 mid-run) and lie in its range (lr > 0, steps >= 0 with some stage >= 1, tau > 0, 0 <= eta <= 1, ...).
 Relative paths are relative to the config file.
 
@@ -20,9 +20,8 @@ import yaml
 from pydantic import Field, field_validator
 
 from embedkit.configfile import ConfigError, StrictTyped, load_yaml, validate
+from embedkit.lengths import DEFAULT_QUERY_TEMPLATE, DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from embedkit.models import resolve_name  # noqa: F401  (the one alias resolver; re-exported for callers)
-
-DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "  # the report's prompt; task files and eval share it
 # transformers' schedulers that need nothing but the warm-up and the stage's steps
 SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
              "inverse_sqrt")
@@ -63,8 +62,8 @@ class DataConfig(StrictTyped):
     batch_size: int = Field(32, ge=1, description="InfoNCE batch (retrieval, classification) per process and step")
     pair_batch_size: int | None = Field(None, ge=1, description="CoSENT batch (the report: 768); default batch_size")
     negatives: int = Field(4, ge=0, description="hard negatives per query")
-    query_max_length: int = Field(256, ge=1)
-    doc_max_length: int = Field(1536, ge=1)
+    query_max_length: int = Field(QUERY_MAX_LENGTH, ge=1)
+    doc_max_length: int = Field(DOC_MAX_LENGTH, ge=1)
     eta: float = Field(0.72, ge=0.0, le=1.0, description="stage 2: share of batches from retrieval data")
     temperature: float = Field(1.0, gt=0.0, description="dataset weights are size ** (1 / temperature)")
     length_grouping: bool = True
