@@ -49,6 +49,12 @@ def current_anon() -> int | None:
     return None
 
 
+def _memory() -> tuple[int, int | None] | None:
+    """(RSS, anonymous memory) of this process now; None where RSS cannot be read."""
+    rss = current_rss()
+    return None if rss is None else (rss, current_anon())
+
+
 class StageClock:
     """Wall time spent producing each stage's batches (inclusive of the stages before it, which it pulls), and
     the process's peak resident memory seen while each stage ran (`watch_memory`)."""
@@ -58,6 +64,7 @@ class StageClock:
         self.peak_rss: dict[str, int] = {}
         self.peak_anon: dict[str, int] = {}
         self._active: list[str] = []  # the stages whose next batch is being made; the last one runs
+        self._switches = 0  # times the running stage changed (a sample that spans a change is not counted)
         self._watching = False
 
     def watch_memory(self, every_s: float = 0.05) -> Callable[[], None]:
@@ -69,9 +76,14 @@ class StageClock:
 
         def sample() -> None:
             while not stop.wait(every_s):
+                seen = self._switches
                 active = self._active
-                if not self._note(active[-1] if active else OTHER_STAGE):
+                stage = active[-1] if active else OTHER_STAGE
+                memory = _memory()
+                if memory is None:
                     return
+                if self._switches == seen:  # else the stage changed while memory was read: whose it is is unknown
+                    self._record(stage, *memory)
 
         thread = threading.Thread(target=sample, name="datakit-rss", daemon=True)
         thread.start()
@@ -82,17 +94,17 @@ class StageClock:
             self._watching = False
         return halt
 
-    def _note(self, stage: str) -> bool:
-        """Count the RSS now for `stage`; False where it cannot be read."""
-        rss = current_rss()
-        if rss is None:
-            return False
+    def _note(self, stage: str) -> None:
+        """Count the memory now for `stage` (called by the thread that runs it)."""
+        memory = _memory()
+        if memory is not None:
+            self._record(stage, *memory)
+
+    def _record(self, stage: str, rss: int, anon: int | None) -> None:
         if rss > self.peak_rss.get(stage, 0):
             self.peak_rss[stage] = rss
-        anon = current_anon()
         if anon is not None and anon > self.peak_anon.get(stage, 0):
             self.peak_anon[stage] = anon
-        return True
 
     def peak_rss_mib(self) -> dict[str, float]:
         """Peak RSS per stage in MiB, in pipeline order, and `build` (the peak over all of them)."""
@@ -119,6 +131,7 @@ class StageClock:
         while True:
             t = time.perf_counter()
             self._active.append(name)
+            self._switches += 1
             try:
                 item = next(stream)
             except StopIteration:
@@ -128,6 +141,7 @@ class StageClock:
                 if self._watching:  # a stage quicker than the sampling interval is counted too
                     self._note(name)
                 self._active.pop()
+                self._switches += 1
             self.inclusive[name] += time.perf_counter() - t
             yield item
 
