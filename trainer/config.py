@@ -2,9 +2,9 @@
 file, line and key.
 
 The trainer owns it; datakit's audit report reads only the prompt and max lengths of a config file through
-`embedkit.lengths` (which this config takes its defaults from, so the two agree). Torch-free on purpose (`trainer
-inspect` and config checks run without loading a model). Every value must already have its type (`tau: "0.02"` is an error, not a crash
-mid-run) and lie in its range (lr > 0, steps >= 0 with some stage >= 1, tau > 0, 0 <= eta <= 1, ...).
+`embedkit.lengths` (which this config takes its defaults from, so the two agree). Torch-free on purpose: config
+checks run without loading a model. Every value must already have its type (`tau: "0.02"` is an error, not a
+crash mid-run) and lie in its range (lr > 0, steps >= 0 with some stage >= 1, tau > 0, 0 <= eta <= 1, ...).
 Relative paths are relative to the config file.
 
 `data.shards` and `output_dir` may be left out of a file and given at run time (`trainer run CONFIG --shards
