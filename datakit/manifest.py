@@ -78,15 +78,19 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
 def load(out_dir: str | Path) -> Manifest:
     """OUT's current manifest, typed (`datakit.manifest_schema.Manifest`); InconsistentOutput naming the field
     when it lacks what readers need."""
+    return typed(read_manifest(out_dir), build_dir(out_dir) / MANIFEST)
+
+
+def typed(raw: dict[str, Any], path: Path) -> Manifest:
+    """A manifest read as JSON (from `path`), typed; InconsistentOutput naming the field it lacks."""
     from pydantic import ValidationError
 
-    raw = read_manifest(out_dir)
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        raise InconsistentOutput(f"{build_dir(out_dir) / MANIFEST}: {where}: {first['msg']}"
+        raise InconsistentOutput(f"{path}: {where}: {first['msg']}"
                                  + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")) from None
 
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from datakit.card import CARD, corpus_card
 from datakit.executors import Executor, LocalExecutor, ProgressFn, StageClock
-from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, load, read_manifest, read_shards, sha256_file,
+from datakit.manifest import (MANIFEST, SHARD_KINDS, checked, read_manifest, typed, read_shards, sha256_file,
                               shard_files, verify, write_manifest)
 from datakit.manifest_schema import READ_STAGE, Manifest, stage_key
 from datakit.output import OutputLock, new_staging, publish
@@ -105,7 +105,8 @@ def input_fingerprint(src: SourceConfig, sandbox: Sandbox) -> dict[str, Any]:
 def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
     """OUT's manifest (as written) when OUT already holds this recipe's build of these inputs, else None."""
     try:
-        old = load(out_dir)
+        raw = read_manifest(out_dir)
+        old = Manifest.model_validate(raw)
         if verify(out_dir):  # shards missing or changed since: not up to date
             return None
     except (FileNotFoundError, ValueError):
@@ -113,7 +114,7 @@ def _up_to_date(out_dir: Path, recipe_sha: str, inputs: dict[str, Any]) -> dict[
     local = all("files" in v for v in inputs.values())  # hub and SQL inputs cannot be fingerprinted cheaply
     same = old.recipe.sha256 == recipe_sha and old.inputs == inputs
     same = same and old.versions.get("embedkit") == package_versions().get("embedkit")
-    return read_manifest(out_dir) if (local and same) else None
+    return raw if (local and same) else None
 
 
 def source_paths(loaded: LoadedRecipe, inputs: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -207,7 +208,8 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
     """
     in_dir = Path(in_dir)
     source = checked(in_dir)  # the input's current build, checked against its manifest, read from here on
-    parent = load(source)
+    raw_parent = read_manifest(source)
+    parent = typed(raw_parent, source / MANIFEST)
     configs = [s if isinstance(s, StepConfig) else step_config(s) for s in steps]  # fails before any work
     blob = json.dumps({"parent": parent.recipe.sha256, "steps": [c.model_dump(mode="json") for c in configs]},
                       sort_keys=True)
@@ -217,7 +219,7 @@ def apply_steps(in_dir: str | Path, out_dir: str | Path, steps: list[dict[str, A
         # the parent's whole manifest travels inline: its lineage and audit stay readable after the input folder is
         # rebuilt or replaced (`datakit dedup OUT --out OUT` replaces it)
         "parent": {"path": str(in_dir.resolve()), "recipe": parent.recipe.model_dump(exclude_unset=True),
-                   "manifest_sha256": sha256_file(source / MANIFEST), "manifest": read_manifest(source)},
+                   "manifest_sha256": sha256_file(source / MANIFEST), "manifest": raw_parent},
         "inputs": {"shards": {"path": str(in_dir.resolve())}},
     }
 

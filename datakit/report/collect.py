@@ -17,7 +17,7 @@ import numpy as np
 
 from embedkit.lengths import DEFAULT_QUERY_TEMPLATE, DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 
-from datakit.manifest import MANIFEST, InconsistentOutput, checked
+from datakit.manifest import MANIFEST, InconsistentOutput, checked, typed
 from datakit.manifest_schema import READ_STAGE, Manifest, stage_index
 
 READ_FORMATS = (1,)  # manifest formats this report understands
@@ -64,8 +64,6 @@ class BuildData:
 def load_build(out: str | Path) -> tuple[Path, Manifest]:
     """(build folder, typed manifest) of OUT, checked against its shards; `ReportError` with one line
     otherwise (an older or newer format, or the field a reader needs that the manifest lacks)."""
-    from pydantic import ValidationError
-
     try:
         build = checked(out)
     except (FileNotFoundError, InconsistentOutput) as exc:
@@ -86,10 +84,9 @@ def load_build(out: str | Path) -> tuple[Path, Manifest]:
         raise ReportError(f"{path}: a manifest from an older datakit ({what}{lacks}); rebuild it with "
                           f"`datakit build RECIPE --out {out} --force`")
     try:
-        return build, Manifest.model_validate(manifest)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ReportError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return build, typed(manifest, path)
+    except InconsistentOutput as exc:
+        raise ReportError(str(exc)) from None
 
 
 def collect(out: str | Path, lengths: LengthSettings | None = None, sample_rows: int = SAMPLE_ROWS) -> BuildData:
