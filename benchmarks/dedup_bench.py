@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.lsh_reference: datasketch's band rule
 from _measure import measure, timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,9 @@ def run_datakit(docs: list[str], ngram: int) -> dict:
     bands, rows = mh.recall_bands(THRESHOLD, NUM_PERM)  # as the dedup step: recall first, exact verification
     bh = mh.band_hashes(sig, bands, rows)
     live = np.nonzero(~mh.empty_rows(sig))[0]
-    cand = mh.bucket_pairs(bh[live], live)  # every pair of a bucket, big ones split by the next band
+    from tests.lsh_reference import bucket_pairs  # the step's listing (run_pairs, split_bucket), in memory
+
+    cand = bucket_pairs(bh[live], live)  # every pair of a bucket, big ones split by the next band
     verified, _ = mh.verify_exact(cand, sets, threshold=THRESHOLD)
     labels = mh.components(verified, len(docs))
     e2e = time.time() - t0
@@ -201,7 +204,7 @@ def run_datasketch(docs: list[str], ngram: int) -> dict:
 def run_rensa(docs: list[str], ngram: int) -> dict:
     from rensa import RMinHash
 
-    from datakit import minhash as mh
+    from tests.lsh_reference import optimal_bands
 
     t0 = time.time()
     tokens = token_sets(docs, ngram)
@@ -209,7 +212,7 @@ def run_rensa(docs: list[str], ngram: int) -> dict:
     matrix = RMinHash.digest_matrix_from_token_sets(tokens, num_perm=NUM_PERM, seed=1)
     sign_s = time.time() - t
     sig = np.asarray(matrix.to_rows(), dtype=np.uint64)
-    bands, rows = mh.optimal_bands(THRESHOLD, NUM_PERM)
+    bands, rows = optimal_bands(THRESHOLD, NUM_PERM)
     cand = band_candidates_numpy(sig, bands, rows)
     est = (sig[cand[:, 0]] == sig[cand[:, 1]]).mean(axis=1) if len(cand) else np.zeros(0)
     verified = cand[est >= THRESHOLD]

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_bench import long_docs  # noqa: E402
 
 from datakit import minhash as mh  # noqa: E402
+from datakit.hashing import string_buffers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,7 +57,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, texts in corpora().items():
         arr = pa.array(texts, pa.string())
-        offsets, data = mh._buffers(arr)
+        offsets, data = string_buffers(arr)
         taken = mh._byte_kernels().normalize(data, offsets, *mh.unicode_tables()[:2])[2].mean()
         fast_s, (norm, (h, d)) = best(lambda: (n := mh.normalize(arr), mh._word_tokens(n)))
         slow_s, (norm_ref, (h_ref, d_ref)) = best(lambda: (n := mh._normalize_arrow(arr), mh._word_tokens_arrow(n)))

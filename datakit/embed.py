@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from datakit import minhash as mh
+from datakit.hashing import hash_strings
 from datakit.tasks import LocalTasks, TaskRunner
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -126,7 +126,7 @@ class Embedder:
     def encode(self, texts: list[str], prefix: str = "") -> np.ndarray:
         """L2-normalised float32 embeddings of `prefix + text`, from the cache where possible."""
         full = [prefix + t for t in texts]
-        keys = mh.hash_strings(pa.array(full, pa.string()))
+        keys = hash_strings(pa.array(full, pa.string()))
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         found, rows = self.cache.lookup(uniq) if self.cache is not None else (np.zeros(len(uniq), bool), None)
         missing = np.nonzero(~found)[0]

@@ -5,10 +5,10 @@ Pipeline for a batch of texts, with no per-token Python loop:
 1. normalise: NFKC, lower case, punctuation and symbols to spaces, whitespace collapsed (pyarrow compute);
 2. tokens: words (split on whitespace) or, for Chinese/Japanese text, characters (decoded from the UTF-8
    buffer with numpy); the script is chosen per text (`auto`) or forced;
-3. token hashes: 64-bit FNV-1a over each *distinct* token's bytes, vectorised across tokens (dictionary encoding);
+3. token hashes: 64-bit FNV-1a over each *distinct* token's bytes (`datakit.hashing`; dictionary encoding);
 4. shingles: n consecutive token hashes combined (a text shorter than n gives one shingle of all its tokens);
 5. signatures: `num_perm` multiply-shift hashes per shingle (uint64 arithmetic, top 32 bits), min per text
-   (`np.minimum.reduceat`), over chunks that numpy runs on every core (ufunc loops release the GIL);
+   (a numba loop, texts spread over cores);
 6. LSH: bands x rows chosen for recall: a pair exactly at the threshold becomes a candidate with probability
    >= 0.99 (`recall_bands`), each band hashed to 64 bits;
 7. verification: every candidate is decided by the exact Jaccard of the two texts' shingle sets (sorted unique
@@ -23,8 +23,6 @@ near duplicate. Example: 我为什么蚂蚁借呗不见了 / 为什么蚂蚁借�
 """
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Literal, NamedTuple
@@ -33,16 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.hashing import hash_strings, splitmix, string_buffers
+
 Script = Literal["auto", "word", "char"]
 EMPTY = np.uint32(0xFFFFFFFF)  # every signature value of a text with no shingles
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"
-_CHUNK_SHINGLES = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -53,66 +48,17 @@ class MinHashConfig:
     script: Script = "auto"
     cjk_ratio: float = 0.3  # auto: a text with at least this share of CJK characters is shingled by characters
     seed: int = 1
-    threads: int = 2
-
-
-def splitmix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: a cheap, well-mixing bijection on uint64."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _MIX1
-        x = (x ^ (x >> np.uint64(27))) * _MIX2
-        return x ^ (x >> np.uint64(31))
-
-
-def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets int64, data uint8) of a string/binary array, honouring its slice offset."""
-    arr = arr.cast(pa.large_binary()) if not pa.types.is_large_binary(arr.type) else arr
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
-    data = arr.buffers()[2]
-    return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
-
-
-def hash_strings(arr: pa.Array) -> np.ndarray:
-    """64-bit FNV-1a of each string's UTF-8 bytes, then mixed with its length by splitmix64."""
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, np.uint64)
-    offsets, data = _buffers(pc.fill_null(arr, ""))
-    kernels = _byte_kernels()
-    return kernels.hash(data, offsets) if kernels is not None else _hash_strings_numpy(offsets, data)
-
-
-def _hash_strings_numpy(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """`hash_strings` in numpy: strings visited longest first, so at byte position j the strings still running
-    are a prefix."""
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    order = np.argsort(-lengths, kind="stable")
-    starts, lens = offsets[:-1][order], lengths[order]
-    h = np.full(n, _FNV_OFFSET, np.uint64)
-    running = n
-    with np.errstate(over="ignore"):
-        for j in range(int(lens[0]) if n else 0):
-            while running and lens[running - 1] <= j:
-                running -= 1
-            h[:running] = (h[:running] ^ data[starts[:running] + j]) * _FNV_PRIME
-        h = splitmix(h ^ lens.astype(np.uint64))
-    out = np.empty(n, np.uint64)
-    out[order] = h
-    return out
 
 
 def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """NFKC, lower case, punctuation/symbols -> space, whitespace collapsed and trimmed."""
     t = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     t = pc.fill_null(t.cast(pa.string()), "")
-    kernels = _byte_kernels()
-    if kernels is None or len(t) == 0:  # pragma: no cover - numba is a dependency
-        return _normalize_arrow(t)
-    offsets, data = _buffers(t)
+    if len(t) == 0:
+        return t
+    offsets, data = string_buffers(t)
     # texts of ASCII and the characters `unicode_tables` takes; the others left empty here
-    out_offsets, out, plain = kernels.normalize(data, offsets, *unicode_tables()[:2])
+    out_offsets, out, plain = _byte_kernels().normalize(data, offsets, *unicode_tables()[:2])
     if not plain.any():
         return _normalize_arrow(t)
     if out_offsets[-1] >= 2**31:  # pragma: no cover - a batch of over 2 GB of text
@@ -192,7 +138,7 @@ def _utf8_array(cps: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 def _first_code_points(arr: pa.Array) -> np.ndarray:
     """Each string's first code point, decoded from its UTF-8 bytes (0 for an empty string)."""
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     data = np.concatenate([data, np.zeros(4, np.uint8)])
     b = [data[offsets[:-1] + k].astype(np.uint32) for k in range(4)]
     size = np.diff(offsets)
@@ -205,20 +151,16 @@ def _first_code_points(arr: pa.Array) -> np.ndarray:
 class _ByteKernels(NamedTuple):
     normalize: Any
     tokens: Any
-    hash: Any
 
 
 @lru_cache(maxsize=1)
-def _byte_kernels() -> _ByteKernels | None:
-    """numba loops over the bytes of a string array: `hash_strings`; for ASCII text of printable characters and
+def _byte_kernels() -> _ByteKernels:
+    """numba loops over the bytes of a string array: for ASCII text of printable characters and
     \t \n \v \f \r, and the characters beyond ASCII that `unicode_tables` takes, `normalize` (NFKC is the
     identity there); for text without control characters whose only whitespace is the space, whitespace tokens.
     Texts spread over cores. Both equal the Arrow path on the texts they take and say which those are; the rest
-    go through Arrow. None without numba."""
-    try:
-        import numba
-    except ImportError:  # pragma: no cover
-        return None
+    go through Arrow."""
+    import numba
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def normalize_kernel(data, offsets, ukind, ulower):  # pragma: no cover - compiled
@@ -374,21 +316,7 @@ def _byte_kernels() -> _ByteKernels | None:
                 k += 1
         return h, counts, plain
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def hash_kernel(data, offsets):  # pragma: no cover - compiled
-        n = offsets.shape[0] - 1
-        out = np.empty(n, np.uint64)
-        for t in numba.prange(n):
-            x = np.uint64(0xCBF29CE484222325)
-            for j in range(offsets[t], offsets[t + 1]):
-                x = (x ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-            x = x ^ np.uint64(offsets[t + 1] - offsets[t])
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            out[t] = x ^ (x >> np.uint64(31))
-        return out
-
-    return _ByteKernels(normalize_kernel, token_kernel, hash_kernel)
+    return _ByteKernels(normalize_kernel, token_kernel)
 
 
 def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
@@ -405,12 +333,11 @@ def is_cjk(norm: pa.Array, ratio: float) -> np.ndarray:
 
 def _word_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(token hash, text index) for whitespace tokens, in order."""
-    kernels = _byte_kernels()
-    if kernels is None or len(norm) == 0:  # pragma: no cover - numba is a dependency
-        return _word_tokens_arrow(norm)
-    offsets, data = _buffers(norm)
+    if len(norm) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    offsets, data = string_buffers(norm)
     # texts whose only whitespace is the space here, the others through Arrow
-    h, counts, plain = kernels.tokens(data, offsets, unicode_tables()[2])
+    h, counts, plain = _byte_kernels().tokens(data, offsets, unicode_tables()[2])
     other = np.nonzero(~plain)[0]
     if len(other) == 0:
         return h, np.repeat(np.arange(len(norm), dtype=np.int64), counts)
@@ -443,7 +370,7 @@ def _word_tokens_arrow(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _char_tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(char hash, text index) for every non-space character, decoded from the UTF-8 buffer."""
-    offsets, data = _buffers(norm)
+    offsets, data = string_buffers(norm)
     if len(data) == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     data = data[offsets[0]: offsets[-1]]
@@ -529,14 +456,11 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _kernels():
-    """numba kernels (signatures, band hashes), compiled on first use; (None, None) without numba.
+    """numba kernels (signatures, band hashes), compiled on first use.
 
     Imported lazily: numba costs ~1 s and ~70 MB at import, which a build without MinHash should not pay.
     """
-    try:
-        import numba
-    except ImportError:  # pragma: no cover
-        return None, None
+    import numba
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def minhash_kernel(h, seg_bounds, seg_docs, a, b, sig):  # pragma: no cover - compiled
@@ -575,24 +499,7 @@ def signatures_from_shingles(h: np.ndarray, doc: np.ndarray, n_docs: int, cfg: M
         return sig
     seg_starts = np.concatenate([[0], np.nonzero(np.diff(doc))[0] + 1])
     seg_docs = doc[seg_starts]
-    minhash_kernel = _kernels()[0]
-    if minhash_kernel is not None:
-        minhash_kernel(h, np.append(seg_starts, len(h)), seg_docs, a, b, sig)
-        return sig
-    # numpy: chunks of whole segments, about _CHUNK_SHINGLES shingles each, on `threads` threads
-    cut = np.searchsorted(seg_starts, np.arange(0, len(h), _CHUNK_SHINGLES))
-    cut = np.unique(np.concatenate([cut, [len(seg_starts)]]))
-
-    def work(i: int) -> None:
-        s0, s1 = cut[i], cut[i + 1]
-        lo = seg_starts[s0]
-        hi = seg_starts[s1] if s1 < len(seg_starts) else len(h)
-        with np.errstate(over="ignore"):
-            vals = ((h[lo:hi, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-        sig[seg_docs[s0:s1]] = np.minimum.reduceat(vals, seg_starts[s0:s1] - lo, axis=0)
-
-    with ThreadPoolExecutor(max(1, cfg.threads)) as pool:
-        list(pool.map(work, range(len(cut) - 1)))
+    _kernels()[0](h, np.append(seg_starts, len(h)), seg_docs, a, b, sig)
     return sig
 
 
@@ -601,42 +508,18 @@ def signatures(texts: pa.Array | pa.ChunkedArray, cfg: MinHashConfig, normalized
     return signatures_from_shingles(h, d, len(texts), cfg)
 
 
-def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
-    """Row-wise share of equal signature values (the MinHash estimate of Jaccard similarity)."""
-    same = (sig_a == sig_b).mean(axis=-1)
-    empty = (sig_a == EMPTY).all(axis=-1) | (sig_b == EMPTY).all(axis=-1)
-    return np.where(empty, 0.0, same)
-
-
-def exact_jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if (a or b) else 0.0
-
-
 def shingle_sets(h: np.ndarray, doc: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets): each text's distinct shingle hashes, sorted, in CSR layout
     (text i's set is values[offsets[i]:offsets[i + 1]]). `doc` must be sorted, as `shingle` returns it."""
     counts = np.bincount(doc, minlength=n_docs).astype(np.int64)
     bounds = np.zeros(n_docs + 1, np.int64)
     np.cumsum(counts, out=bounds[1:])
-    kernel = _set_kernels()
-    if kernel is not None:  # each text's few shingles sorted and de-duplicated, texts in parallel
-        return kernel(h.copy(), bounds)
-    order = np.lexsort((h, doc))  # pragma: no cover - numba is a dependency
-    h, doc = h[order], doc[order]
-    first = np.ones(len(h), bool)
-    first[1:] = (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])
-    values, kept = h[first], np.bincount(doc[first], minlength=n_docs)
-    offsets = np.zeros(n_docs + 1, np.int64)
-    np.cumsum(kept, out=offsets[1:])
-    return values, offsets
+    return _set_kernels()(h.copy(), bounds)  # each text's few shingles sorted and de-duplicated, texts in parallel
 
 
 @lru_cache(maxsize=1)
 def _set_kernels():
-    try:
-        import numba
-    except ImportError:  # pragma: no cover
-        return None
+    import numba
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def sort_unique_segments(h, bounds):  # pragma: no cover - compiled
@@ -664,11 +547,8 @@ def _set_kernels():
 
 @lru_cache(maxsize=1)
 def _jaccard_kernel():
-    """numba kernel: exact Jaccard of many pairs of sorted sets (a merge per pair); None without numba."""
-    try:
-        import numba
-    except ImportError:  # pragma: no cover
-        return None
+    """numba kernel: exact Jaccard of many pairs of sorted sets (a merge per pair)."""
+    import numba
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def kernel(pairs, vals_a, offs_a, vals_b, offs_b, out):  # pragma: no cover - compiled
@@ -703,16 +583,8 @@ def pair_jaccard(pairs: np.ndarray, sets_a: tuple[np.ndarray, np.ndarray],
     if len(pairs) == 0:
         return out
     pairs = np.ascontiguousarray(pairs, dtype=np.int64)
-    kernel = _jaccard_kernel()
-    if kernel is not None:
-        kernel(pairs, np.asarray(sets_a[0]), np.asarray(sets_a[1]), np.asarray(sets_b[0]), np.asarray(sets_b[1]), out)
-        return out
-    for k, (a, b) in enumerate(pairs):  # pragma: no cover - numba is a dependency
-        x = sets_a[0][sets_a[1][a]: sets_a[1][a + 1]]
-        y = sets_b[0][sets_b[1][b]: sets_b[1][b + 1]]
-        inter = len(np.intersect1d(x, y, assume_unique=True))
-        union = len(x) + len(y) - inter
-        out[k] = inter / union if union else 0.0
+    _jaccard_kernel()(pairs, np.asarray(sets_a[0]), np.asarray(sets_a[1]), np.asarray(sets_b[0]),
+                      np.asarray(sets_b[1]), out)
     return out
 
 
@@ -726,12 +598,6 @@ def verify_exact(pairs: np.ndarray, sets_a: tuple[np.ndarray, np.ndarray],
 
 
 # ------------------------------------------------------------------ LSH
-def _integrate(f, a: float, b: float, steps: int = 200) -> float:
-    xs = np.linspace(a, b, steps + 1)
-    ys = f(xs)
-    return float(np.sum((ys[1:] + ys[:-1]) * 0.5 * np.diff(xs)))
-
-
 def candidate_probability(j: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
     """P(a pair of Jaccard j shares at least one of `bands` bands of `rows` signature values)."""
     return 1 - (1 - np.asarray(j, float) ** rows) ** bands
@@ -750,20 +616,6 @@ def recall_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple
     return best
 
 
-@lru_cache(maxsize=64)
-def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
-    """(bands, rows) minimising the weighted false-positive and false-negative areas (datasketch's rule)."""
-    best, best_err = (1, num_perm), math.inf
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            fp = _integrate(lambda s: 1 - (1 - s ** rows) ** bands, 0.0, threshold)
-            fn = _integrate(lambda s: (1 - s ** rows) ** bands, threshold, 1.0)
-            err = fp * fp_weight + fn * fn_weight
-            if err < best_err:
-                best, best_err = (bands, rows), err
-    return best
-
-
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) uint64: each band's `rows` signature values hashed together.
 
@@ -773,15 +625,9 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         mult = splitmix(np.arange(1, bands * rows + 1, dtype=np.uint64) * _GOLD) | np.uint64(1)
         salt = np.arange(bands, dtype=np.uint64) * _GOLD
-    band_kernel = _kernels()[1]
-    if band_kernel is not None:
-        out = np.empty((len(sig), bands), np.uint64)
-        band_kernel(np.ascontiguousarray(sig), mult, salt, rows, out)
-        return splitmix(out)
-    with np.errstate(over="ignore"):
-        prod = sig[:, : bands * rows].astype(np.uint64) * mult[None, :]
-        out = prod.reshape(len(sig), bands, rows).sum(axis=2, dtype=np.uint64)
-        return splitmix(out + salt[None, :])
+    out = np.empty((len(sig), bands), np.uint64)
+    _kernels()[1](np.ascontiguousarray(sig), mult, salt, rows, out)
+    return splitmix(out)
 
 
 def empty_rows(sig: np.ndarray) -> np.ndarray:
@@ -848,46 +694,6 @@ def split_bucket(band: int, first: int, bands: int, hashes: Callable[[int, np.nd
 
     out = run_pairs(members[order], starts, sizes, cap, split)
     return np.concatenate(out) if len(out) > 1 else out[0]
-
-
-def bucket_pairs(bh: np.ndarray, docs: np.ndarray | None = None, cap: int = 256) -> np.ndarray:
-    """Unique candidate pairs (a < b) of docs sharing a band bucket, in memory: `bh` (n, bands) band hashes of
-    the docs `docs` (default 0..n-1). As the dedup step lists them from its spill: a bucket of up to `cap` docs
-    yields every pair in it, a bigger one is split by the next bands (`split_bucket`), never linked as a star."""
-    n, bands = bh.shape
-    docs = np.arange(n, dtype=np.int64) if docs is None else np.asarray(docs, np.int64)
-    row = np.empty(int(docs.max()) + 1 if n else 0, np.int64)
-    row[docs] = np.arange(n)
-
-    def hashes(band: int, members: np.ndarray) -> np.ndarray:
-        return bh[row[members], band]
-
-    out = [np.zeros((0, 2), np.int64)]
-    for band in range(bands):
-        order, starts, sizes = runs_of(bh[:, band])
-        out += run_pairs(docs[order], starts, sizes, cap,
-                         lambda _, group: split_bucket((band + 1) % bands, band, bands, hashes, group, cap))
-    return unique_pairs(np.concatenate(out))
-
-
-def verify_pairs(pairs: np.ndarray, sig_a: np.ndarray, sig_b: np.ndarray | None = None,
-                 threshold: float = 0.8, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the pairs whose estimated Jaccard (from the signatures) reaches `threshold`.
-
-    `sig_a` holds the signatures of the pairs' first column, `sig_b` of the second (default: `sig_a`);
-    either may be a memmap. Returns (kept pairs, their estimates).
-    """
-    sig_b = sig_a if sig_b is None else sig_b
-    keep, scores = [], []
-    for lo in range(0, len(pairs), chunk):
-        part = pairs[lo: lo + chunk]
-        est = jaccard_estimate(np.asarray(sig_a[part[:, 0]]), np.asarray(sig_b[part[:, 1]]))
-        ok = est >= threshold
-        keep.append(part[ok])
-        scores.append(est[ok])
-    if not keep:
-        return np.zeros((0, 2), np.int64), np.zeros(0)
-    return np.concatenate(keep), np.concatenate(scores)
 
 
 def components(pairs: np.ndarray, n: int) -> np.ndarray:

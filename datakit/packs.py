@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit import minhash as mh
+from datakit.hashing import hash_strings
 from datakit import spill
 from datakit.sources import arrow_reader
 
@@ -357,7 +358,7 @@ def _text_chunks(items: Iterable[tuple[str, str, str, Iterable[str]]]) -> Iterat
         seen = _SeenHashes()
         for batch in _batched(texts, PACK_CHUNK, PACK_CHUNK_BYTES):
             arr = pa.array(batch, pa.string())
-            h = mh.hash_strings(arr)
+            h = hash_strings(arr)
             keep = np.zeros(len(h), bool)
             keep[np.unique(h, return_index=True)[1]] = True
             keep &= ~seen.contains(h)
@@ -429,7 +430,7 @@ def _write_pack(items: Iterable[tuple[str, str, str, Iterable[str]]], folder: Pa
             pq.ParquetWriter(folder / "texts.parquet", schema) as parquet:
         for chunk in _text_chunks(items):
             norm = mh.normalize(chunk.column("text"))
-            hashes = mh.hash_strings(norm)
+            hashes = hash_strings(norm)
             table = chunk.append_column("hash", pa.array(hashes, pa.uint64()))
             arrow.write_table(table, max_chunksize=65_536)
             parquet.write_table(table)

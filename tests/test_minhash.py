@@ -6,6 +6,8 @@ import pyarrow.compute as pc
 import pytest
 
 from datakit import minhash as mh
+from datakit.hashing import hash_strings, splitmix, string_buffers
+from tests import lsh_reference as ref
 
 
 def fnv1a(b: bytes) -> int:
@@ -22,10 +24,10 @@ def test_normalize_nfkc_case_punctuation_whitespace():
 
 def test_hash_strings_is_fnv1a_then_mixed_and_order_independent():
     words = ["", "a", "abc", "héllo", "a much longer token than the others", "abc"]
-    h = mh.hash_strings(pa.array(words))
-    expected = mh.splitmix(np.array([fnv1a(w.encode()) ^ len(w.encode()) for w in words], np.uint64))
+    h = hash_strings(pa.array(words))
+    expected = splitmix(np.array([fnv1a(w.encode()) ^ len(w.encode()) for w in words], np.uint64))
     assert (h == expected).all() and h[2] == h[5] and len(set(h.tolist())) == 5
-    sliced = mh.hash_strings(pa.array(words).slice(2, 3))
+    sliced = hash_strings(pa.array(words).slice(2, 3))
     assert (sliced == h[2:5]).all()
 
 
@@ -47,7 +49,7 @@ def test_chinese_text_is_shingled_by_characters():
     sig = mh.signatures(texts, cfg)
     a = {"一架", "架飞", "飞机", "机要", "要起", "起飞", "飞了"}
     b = {"一架", "架飞", "飞机", "机正", "正在", "在起", "起飞"}
-    assert abs(mh.jaccard_estimate(sig[0], sig[1]) - mh.exact_jaccard(a, b)) < 0.15
+    assert abs(ref.jaccard_estimate(sig[0], sig[1]) - ref.exact_jaccard(a, b)) < 0.15
     forced = mh.shingle(texts, mh.MinHashConfig(script="word"))[1]
     assert (forced == 0).sum() == 1  # no spaces: one word
 
@@ -61,9 +63,9 @@ def test_signature_estimates_track_exact_jaccard():
     for keep in range(0, 61, 6):
         other = base[:keep] + rng.sample([w for w in vocab if w not in base], 60 - keep)
         texts.append(" ".join(other))
-        truth.append(mh.exact_jaccard(set(base), set(other)))
+        truth.append(ref.exact_jaccard(set(base), set(other)))
     sig = mh.signatures(pa.array([" ".join(base)] + texts), cfg)
-    est = mh.jaccard_estimate(sig[:1], sig[1:])
+    est = ref.jaccard_estimate(sig[:1], sig[1:])
     assert np.abs(est - np.array(truth)).max() < 0.1
     again = mh.signatures(pa.array([" ".join(base)]), cfg)
     assert (again == sig[:1]).all()  # deterministic across batches
@@ -72,27 +74,28 @@ def test_signature_estimates_track_exact_jaccard():
 def test_empty_texts_have_empty_signatures():
     sig = mh.signatures(pa.array(["", "  ...  ", "words here"]), mh.MinHashConfig())
     assert mh.empty_rows(sig).tolist() == [True, True, False]
-    assert mh.jaccard_estimate(sig[0], sig[1]) == 0.0
+    assert ref.jaccard_estimate(sig[0], sig[1]) == 0.0
 
 
 @pytest.mark.parametrize("threshold,num_perm", [(0.8, 128), (0.5, 128), (0.7, 256), (0.9, 64)])
 def test_bands_match_datasketch_parameter_choice(threshold, num_perm):
     from datasketch.lsh import _optimal_param
 
-    assert mh.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert ref.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
 def test_candidates_are_verified_so_band_collisions_are_not_duplicates():
     cfg = mh.MinHashConfig(ngram=1)
-    sig = mh.signatures(pa.array(["a b c d e f g h", "a b c d e f g x", "q r s t u v w z"]), cfg)
-    bands, rows = mh.optimal_bands(0.8, cfg.num_perm)
+    texts = pa.array(["a b c d e f g h", "a b c d e f g x", "q r s t u v w z"])
+    sig = mh.signatures(texts, cfg)
+    bands, rows = mh.recall_bands(0.8, cfg.num_perm)  # as the dedup step
     bh = mh.band_hashes(sig, bands, rows)
     bh[2, 0] = bh[0, 0]  # force a band collision between unrelated texts 0 and 2
-    pairs = mh.bucket_pairs(bh)
+    pairs = ref.bucket_pairs(bh)
     assert [0, 2] in pairs.tolist()
-    verified, scores = mh.verify_pairs(pairs, sig, threshold=0.6)
-    assert [0, 2] not in verified.tolist()
-    assert all(s >= 0.6 for s in scores)
+    sets = mh.shingle_sets(*mh.shingle(texts, cfg), len(texts))
+    verified, scores = mh.verify_exact(pairs, sets, threshold=0.6)  # the exact Jaccard decides, as in the step
+    assert verified.tolist() == [[0, 1]] and scores.tolist() == [7 / 9]
 
 
 def test_components_and_keep_policies():
@@ -131,9 +134,9 @@ def test_bucket_pairs_compare_every_pair_of_a_bucket_and_split_a_big_one():
     # docs 3, 1, 2 share band 0; 8, 9 share band 1; in band 1, 1 and 2 share a hash and 3 does not
     docs = np.array([3, 1, 2, 7, 8, 9])
     bh = np.array([[5, 10], [5, 11], [5, 11], [6, 12], [13, 4], [14, 4]], np.uint64)
-    assert mh.bucket_pairs(bh, docs).tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
+    assert ref.bucket_pairs(bh, docs).tolist() == [[1, 2], [1, 3], [2, 3], [8, 9]]
     # the bucket of 3 over a cap of 2 is split by band 1: (1, 2) only, not a star from doc 1
-    assert mh.bucket_pairs(bh, docs, cap=2).tolist() == [[1, 2], [8, 9]]
+    assert ref.bucket_pairs(bh, docs, cap=2).tolist() == [[1, 2], [8, 9]]
 
 
 def test_pairs_within_runs_and_big_buckets_split_by_the_next_band_never_a_star():
@@ -161,7 +164,7 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
     through numba loops and the rest through Arrow's Unicode kernels; on every text both give the Arrow path's
     result (punctuation runs, double spaces, tabs, non-breaking and exotic spaces, control bytes, combining marks,
     Hangul jamo, compatibility characters NFKC makes two, a capital whose lower case is longer, 4-byte
-    characters, nulls, sliced arrays); the numba `hash_strings` equals the numpy one."""
+    characters, nulls, sliced arrays); `hash_strings` is FNV-1a of the UTF-8 bytes on them."""
     import random
 
     from datakit import minhash as mh
@@ -180,7 +183,7 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
               "一个男人，在（弹）吉他！", "ＡＢＣ　ｄｅｆ", "ｶﾞｷﾞ"]
     arr = pa.array(texts, pa.string())
     filled = pc.fill_null(arr, "")
-    offsets, data = mh._buffers(filled)
+    offsets, data = string_buffers(filled)
     kernels = mh._byte_kernels()
     in_kernel = kernels.normalize(data, offsets, *mh.unicode_tables()[:2])[2]
     beyond_ascii = ~pc.string_is_ascii(filled).to_numpy(zero_copy_only=False)
@@ -192,7 +195,9 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
             h, d = mh._word_tokens(norm)
             h_ref, d_ref = mh._word_tokens_arrow(norm)
             assert np.array_equal(h, h_ref) and np.array_equal(d, d_ref)
-        assert np.array_equal(mh.hash_strings(sub), mh._hash_strings_numpy(*mh._buffers(pc.fill_null(sub, ""))))
+    sample = [t or "" for t in texts[::50]]  # the numba hash is FNV-1a of the UTF-8 bytes, mixed with the length
+    expected = splitmix(np.array([fnv1a(t.encode()) ^ len(t.encode()) for t in sample], np.uint64))
+    assert np.array_equal(hash_strings(pa.array(texts[::50], pa.string())), expected)
 
 
 def test_the_characters_nfkc_composes_with_the_one_before_are_marks_or_conjoining_jamo():

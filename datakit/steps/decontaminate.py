@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from datakit import minhash as mh
+from datakit.hashing import hash_strings
 from datakit.benchspec import texts_from_spec
 from datakit.packs import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
 from datakit.records import add_event, replace_columns
@@ -232,7 +233,7 @@ class Decontaminate(Step):
         out: list[tuple[int, int, str, float]] = []
         nonempty = pc.greater(pc.binary_length(norm), 0).to_numpy(zero_copy_only=False)
         if "exact" in self.config.match:
-            q, rows = lookup_sorted(pack.exact, pack.exact_rows, mh.hash_strings(norm))
+            q, rows = lookup_sorted(pack.exact, pack.exact_rows, hash_strings(norm))
             out += [(int(a), int(b), "exact", 1.0) for a, b in zip(q, rows) if nonempty[a]]
         if "ngram" in self.config.match and len(pack.ngrams) and web is not None:
             # markup and links stripped; runs of boilerplate (common in the pack, or in this batch) ignored

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from datakit import minhash as mh
+from datakit.hashing import hash_strings, splitmix
 from datakit.records import MAIN_TEXTS
 from datakit.spill import Columns, Partitions, elect, read_partition, trim_heap
 from datakit.steps.base import ARTIFACT_NAME, Step, StepConfig, Stream, register
@@ -130,9 +131,9 @@ def agreement(kind: str, table: pa.Table) -> np.ndarray:
     if kind == "pair":
         score = pc.cast(table.column("score"), pa.string())
         label = pc.fill_null(table.column("label"), "")
-        return mh.hash_strings(pc.binary_join_element_wise(pc.fill_null(score, ""), label, "\x00"))
+        return hash_strings(pc.binary_join_element_wise(pc.fill_null(score, ""), label, "\x00"))
     if kind == "classification":
-        return mh.hash_strings(pc.fill_null(table.column("label"), ""))
+        return hash_strings(pc.fill_null(table.column("label"), ""))
     return np.zeros(table.num_rows, np.uint64)
 
 
@@ -254,12 +255,12 @@ def sign(specs: dict[str, SignSpec], item: tuple[str, pa.Table | None]) -> dict[
         return None
     spec = specs[kind]
     norm = mh.normalize(joined_text(table, list(spec.fields), unordered=kind == "pair"))
-    out: dict[str, Any] = {"pid": os.getpid(), "unit": mh.hash_strings(unit_ids(table.column("id")))}
-    scope = mh.hash_strings(table.column("dataset").combine_chunks()) if spec.by_dataset else None
-    keys = mh.hash_strings(norm)
-    text = keys if scope is None else mh.splitmix(keys ^ scope)
+    out: dict[str, Any] = {"pid": os.getpid(), "unit": hash_strings(unit_ids(table.column("id")))}
+    scope = hash_strings(table.column("dataset").combine_chunks()) if spec.by_dataset else None
+    keys = hash_strings(norm)
+    text = keys if scope is None else splitmix(keys ^ scope)
     agree = agreement(kind, table)
-    out.update(text=text, agree=agree, exact=mh.splitmix(text ^ mh.splitmix(agree + np.uint64(1))),
+    out.update(text=text, agree=agree, exact=splitmix(text ^ splitmix(agree + np.uint64(1))),
                length=pc.utf8_length(joined_text(table, list(spec.fields))).to_numpy(zero_copy_only=False))
     if spec.minhash is None:
         return out
@@ -274,11 +275,11 @@ def sign(specs: dict[str, SignSpec], item: tuple[str, pa.Table | None]) -> dict[
     sig = mh.signatures_from_shingles(h, d, len(norm), spec.minhash)
     bh = mh.band_hashes(sig, spec.bands, spec.rows)
     if scope is not None:  # different datasets never share a bucket
-        bh = mh.splitmix(bh ^ scope[:, None])
+        bh = splitmix(bh ^ scope[:, None])
     live = ~mh.empty_rows(sig)
     bh = bh[live]
     band = np.arange(spec.bands, dtype=np.uint64)[None, :]
-    out.update(live=live, band_hashes=bh, bucket=mh.splitmix(bh + band * np.uint64(0x9E3779B97F4A7C15)).reshape(-1))
+    out.update(live=live, band_hashes=bh, bucket=splitmix(bh + band * np.uint64(0x9E3779B97F4A7C15)).reshape(-1))
     return out
 
 
@@ -341,7 +342,7 @@ def partition_candidates(job: DecideJob, part: int) -> list[np.ndarray]:
         return mh.split_bucket((first + 1) % job.bands, first, job.bands, hashes, group, BUCKET_CAP)
 
     pairs = mh.unique_pairs(np.concatenate(mh.run_pairs(pos, starts, sizes, BUCKET_CAP, split)))
-    group = (mh.splitmix(pairs[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ pairs[:, 1].astype(np.uint64))
+    group = (splitmix(pairs[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ pairs[:, 1].astype(np.uint64))
              % np.uint64(job.groups)).astype(np.int64)
     order = np.argsort(group.astype(np.uint16), kind="stable")  # radix sort (groups < 2**16)
     bounds = np.searchsorted(group[order], np.arange(job.groups + 1))

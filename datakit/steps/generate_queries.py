@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from datakit import minhash as mh
+from datakit.hashing import hash_strings
 from datakit.llm import quality
 from datakit.llm.quality import QualityConfig
 from datakit.llm.prompts import is_packaged_id, load_prompt
@@ -131,7 +131,7 @@ class GenerateQueries(SynthesisStep):
         texts = (spilled.get_batch(b).column("text") for b in range(spilled.num_record_batches))
         n = sum(spilled.get_batch(b).num_rows for b in range(spilled.num_record_batches))
         self.passages = n
-        hashes = np.concatenate([mh.hash_strings(t) for t in texts]) if n else np.zeros(0, np.uint64)
+        hashes = np.concatenate([hash_strings(t) for t in texts]) if n else np.zeros(0, np.uint64)
         pool = self.embedder.encode_into(spill / "passages.npy", (
             spilled.get_batch(b).column("text").to_pylist() for b in range(spilled.num_record_batches)), n)
         search = VectorSearch(pool, "auto")

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from datakit import minhash as mh
+from datakit.hashing import hash_strings
 from datakit.embed import DEFAULT_MODEL, Embedder
 from datakit.records import PASSAGE, add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
@@ -158,7 +159,7 @@ class MineNegatives(Step):
         """The unique candidate texts in first-seen order, written to the work folder and memory-mapped, and the
         pool id of each spilled record's positive. Two passes over the candidates (hash, then write the first
         occurrences), so only their hashes are ever in memory."""
-        hashes = np.concatenate([mh.hash_strings(c) for c in self._pool_chunks(spilled)] or [np.zeros(0, np.uint64)])
+        hashes = np.concatenate([hash_strings(c) for c in self._pool_chunks(spilled)] or [np.zeros(0, np.uint64)])
         uniq, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         is_first = np.zeros(len(hashes), bool)
         is_first[first] = True
@@ -230,7 +231,7 @@ class MineNegatives(Step):
         # as (query hash, pool id) sorted by hash
         qh_parts, pos_parts, offset = [], [], 0
         for b, sel in zip(batches, selected):
-            qh_parts.append(mh.hash_strings(mh.normalize(b.column("query").take(pa.array(sel, pa.int64())))))
+            qh_parts.append(hash_strings(mh.normalize(b.column("query").take(pa.array(sel, pa.int64())))))
             pos_parts.append(record_pool_ids[offset + sel])
             offset += b.num_rows
         known_q = np.concatenate(qh_parts)
