@@ -98,7 +98,8 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
 
     from trainer.data import Batch, DataConfig
     from trainer.model import EmbeddingModel, ModelConfig
-    from trainer.train import StageConfig, TrainConfig, _embed, _inputs, task_loss
+    from trainer.config import StageConfig, TrainConfig
+    from trainer.step_loss import embed_encoded, encode_batch, task_loss
 
     cfg = TrainConfig(model=ModelConfig(name_or_path=str(model_dir), gradient_checkpointing=grad_ckpt, padding_free=not padded),
                       data=DataConfig(shards=str(corpus), batch_size=batch, negatives=4, query_max_length=256,
@@ -133,10 +134,10 @@ def run_ours(model_dir: Path, corpus: Path, batch: int, steps: int, device: str,
         t = time.perf_counter()
         b = batches[step]
         t = tick("sample", t)
-        q, p = _inputs(model, b, cfg)
+        q, p = encode_batch(model, b, cfg)
         t = tick("tokenize", t)
         with autocast:
-            loss = task_loss(_embed(model, q), _embed(model, p), b, cfg)
+            loss = task_loss(embed_encoded(model, q), embed_encoded(model, p), b, cfg)
         t = tick("forward", t)
         loss.backward()
         t = tick("backward", t)

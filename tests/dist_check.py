@@ -71,7 +71,7 @@ batches = {
                             negative_labels=[[1, 2], [0, 2], [1, 2], [0, 1], [0, 2], [0, 1], [1, 2], [0, 2]][sl]),
 }
 results = {"world": world}
-from trainer.train import batch_loss, grad_cache_step  # noqa: E402
+from trainer.step_loss import batch_loss, grad_cache_step  # noqa: E402
 
 for kind, batch in batches.items():
     for cached in (False, True):

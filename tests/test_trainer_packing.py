@@ -8,7 +8,8 @@ import torch
 from trainer.data import Batch, DataConfig
 from trainer.model import EmbeddingModel, ModelConfig
 from trainer.packing import encode_texts, plan_chunks
-from trainer.train import TrainConfig, batch_loss, grad_cache_step
+from trainer.config import TrainConfig
+from trainer.step_loss import batch_loss, grad_cache_step
 
 WORDS = ("the bank raised its rates again after the meeting of the board in march while markets "
          "fell sharply on the news that inflation kept rising 银行 利率 上调").split()
@@ -89,9 +90,9 @@ def test_padding_free_loss_equals_padded_loss(name, cases, monkeypatch):
     """fp32 on the CPU, dropout off: the same batch gives the same loss (relative difference <= 1e-4) and
     the same gradient, plainly and through GradCache, for an encoder and a bidirectional decoder, every
     pooling, left and right padding. (A small per-call cost, so these short batches split into chunks.)"""
-    import trainer.train
+    import trainer.step_loss
 
-    monkeypatch.setattr(trainer.train, "default_overhead", lambda device: 0.5)
+    monkeypatch.setattr(trainer.step_loss, "default_overhead", lambda device: 0.5)
     mc = ModelConfig(name_or_path=name)
     model = EmbeddingModel(mc, device="cpu", training=True).eval()
     texts = [t[:60] for t in _texts(24, 2)]

@@ -164,7 +164,7 @@ def test_grad_cache_gives_the_full_batch_gradient(shards):
     whole-batch forwards draw different dropout masks; within GradCache the re-run repeats its own masks)."""
     from trainer.data import BatchSampler, open_shards
     from trainer.model import EmbeddingModel
-    from trainer.train import batch_loss, grad_cache_step
+    from trainer.step_loss import batch_loss, grad_cache_step
 
     cfg = _cfg(shards, "unused", [StageConfig(steps=1, lr=1e-5)], grad_cache_chunk=3)
     batch = next(BatchSampler(open_shards(shards), cfg.data, stage=1))

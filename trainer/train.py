@@ -9,7 +9,6 @@ weights and the export are gathered in full under FSDP and DeepSpeed.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -20,88 +19,14 @@ import torch
 
 from datakit.manifest import load as load_manifest
 from datakit.manifest_schema import Manifest
-from trainer.config import StageConfig, TrainConfig, TrainConfigError, check_paths
+from trainer.config import StageConfig, TrainConfig, check_paths
 from trainer.card import RunFacts
-from trainer.data import Batch, BatchSampler, open_shards
+from trainer.data import BatchSampler, open_shards
 from trainer.export import prompts_from_tables
-from trainer.losses import cosent, info_nce, masked_info_nce
 from trainer.model import EmbeddingModel
-from trainer.packing import Encoded, default_overhead, encode_texts
-
-
-def _inputs(model, batch: Batch, cfg: TrainConfig, rows_per_chunk: int = 0) -> tuple[Encoded, Encoded]:
-    """The batch's query side and document side (positives, then negatives), tokenized into chunks."""
-    d = cfg.data
-    docs = batch.docs + [n for negs in batch.negatives for n in negs]
-    free, overhead = cfg.model.padding_free, default_overhead(model.device)
-    packed = free and getattr(model, "varlen", False)
-    q = encode_texts(model.tokenizer, batch.queries, d.query_max_length, model.device, free, overhead, rows_per_chunk,
-                     packed)
-    p = encode_texts(model.tokenizer, docs, d.doc_max_length if batch.kind == "retrieval" else d.query_max_length,
-                     model.device, free, overhead, rows_per_chunk, packed)
-    return q, p
-
-
-def _embed(model, enc: Encoded) -> torch.Tensor:
-    return enc.restore(torch.cat([model(**chunk) for chunk in enc.chunks]))
-
-
-def batch_loss(model, batch: Batch, cfg: TrainConfig, prepared=None) -> tuple[torch.Tensor, int, int]:
-    """The loss of one batch by its kind, the real tokens it encoded and the positions it computed."""
-    q, p = prepared or _inputs(model, batch, cfg)
-    return task_loss(_embed(model, q), _embed(model, p), batch, cfg), q.real + p.real, q.positions + p.positions
-
-
-def task_loss(qe: torch.Tensor, de: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
-    """The batch's loss from its query-side and document-side embeddings."""
-    b = len(batch.queries)
-    pos, neg = de[:b], de[b:].reshape(b, -1, de.shape[-1]) if de.shape[0] > b else None
-    if batch.kind == "retrieval":
-        return info_nce(qe, pos, neg, cfg.tau, cfg.query_negatives)
-    if batch.kind == "pair":
-        return cosent(qe, pos, torch.tensor(batch.scores, dtype=torch.float32, device=qe.device), cfg.cosent_scale)
-    labels = torch.tensor(batch.labels, device=qe.device)
-    neg_labels = torch.tensor(batch.negative_labels, device=qe.device) if neg is not None else None
-    return masked_info_nce(qe, pos, neg, labels, neg_labels, cfg.tau)
-
-
-def grad_cache_step(model, batch: Batch, cfg: TrainConfig, backward, no_sync=None,
-                    prepared=None) -> tuple[torch.Tensor, int, int]:
-    """GradCache (Gao et al. 2021): embed in chunks without a graph, take the loss and its gradient with
-    respect to the embeddings, then re-run each chunk with a graph (same RNG, so the same dropout) and push
-    the cached gradient through it. Memory is that of one chunk; the gradient is the full batch's.
-    Padding-free, each chunk holds texts of similar length, padded to its own longest.
-
-    `no_sync()` (accelerate's, under DDP/FSDP) wraps every chunk's backward but the last, so gradients are
-    reduced across processes once per step, not once per chunk."""
-    q, p = prepared or _inputs(model, batch, cfg, rows_per_chunk=cfg.grad_cache_chunk)
-    raws, states = [], []
-    for enc in (q, p):
-        parts, rng = [], []
-        with torch.no_grad():
-            for chunk in enc.chunks:
-                rng.append((torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
-                parts.append(model(**chunk))
-        raws.append(torch.cat(parts).detach().requires_grad_())
-        states.append(rng)
-    loss = task_loss(q.restore(raws[0]), p.restore(raws[1]), batch, cfg)
-    loss.backward()
-    chunks = []
-    for enc, raw, rng in zip((q, p), raws, states):
-        offset = 0
-        for chunk, state in zip(enc.chunks, rng):
-            rows = len(chunk["cu_seqlens"]) - 1 if "cu_seqlens" in chunk else chunk["input_ids"].shape[0]
-            chunks.append((chunk, state, raw.grad[offset: offset + rows]))
-            offset += rows
-    for n, (chunk, state, grad) in enumerate(chunks):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state_all(state[1])
-        last = n == len(chunks) - 1
-        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-            out = model(**chunk)
-            backward(torch.dot(out.flatten(), grad.flatten()))
-    return loss.detach(), q.real + p.real, q.positions + p.positions
+from trainer.packing import Encoded
+from trainer.checkpoint import atomic_save, check_resumable, load_state, save_run_config, save_state, trim_log
+from trainer.step_loss import batch_loss, encode_batch, grad_cache_step
 
 
 def _scheduler(optimizer, stage: StageConfig):
@@ -141,55 +66,6 @@ def train(cfg: TrainConfig, resume: bool = True, log=print, progress: bool = Fal
     claim_run(cfg.output_dir)  # type: ignore[arg-type]  # never a folder holding files the trainer did not write
     with FolderLock(cfg.output_dir, hint="give this run another output folder (--out)"):  # type: ignore[arg-type]
         return _train(cfg, resume, log, progress)
-
-
-RUN_CONFIG = "run_config.json"
-# what a resumed run may change: where it logs and reports, not what it trains
-_NOT_TRAINING = ("output_dir", "log_every", "save_every", "eval")
-
-
-class ConfigChanged(TrainConfigError):
-    """A run is resumed with a config whose training values differ from the checkpoints' run."""
-
-
-def training_values(cfg: TrainConfig) -> dict[str, Any]:
-    """The config's values that decide what is trained, flattened to dotted keys."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(f"{prefix}.{i}", v)
-        else:
-            out[prefix] = value
-
-    walk("", {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING})
-    return out
-
-
-def check_resumable(cfg: TrainConfig, out: Path) -> None:
-    """Refuse to resume checkpoints under a config whose training values changed (naming the keys)."""
-    path = out / RUN_CONFIG
-    if not path.exists():
-        return  # a run folder written before run_config.json existed: nothing to compare with
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    now = training_values(cfg)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if changed:
-        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:8])
-        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-        raise ConfigChanged(f"{out}: its checkpoints were trained with other values of {shown}{more}; resuming "
-                            f"would mix two runs. Run again with --restart to start over in this folder, or give "
-                            f"another --out")
-
-
-def _save_run_config(cfg: TrainConfig, out: Path) -> None:
-    tmp = out / (RUN_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(training_values(cfg), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(out / RUN_CONFIG)
 
 
 def _train(cfg: TrainConfig, resume: bool, log, progress: bool) -> Path:
@@ -242,7 +118,7 @@ class _Run:
         if acc.is_main_process and not self.started:
             self.log_path.unlink(missing_ok=True)  # a fresh run's log holds only its own records
         if acc.is_main_process:
-            _save_run_config(cfg, out)
+            save_run_config(cfg, out)
         if self.evaluator is not None and cfg.eval.at_start and not self.started:
             self.evaluator(self.model, self.model, 0, 0, 0, self.export_to)
         self.global_step, self.full = 0, None
@@ -284,9 +160,9 @@ class _Run:
         scheduler = _scheduler(optimizer, stage)
         acc.free_memory()  # forget the previous stage's optimizer: save_state saves what was prepared
         wrapped, optimizer = acc.prepare(model, optimizer)
-        start, folder = _load_state(acc, ckpt, sampler, scheduler) if self.resume else (0, None)
+        start, folder = load_state(acc, ckpt, sampler, scheduler) if self.resume else (0, None)
         if acc.is_main_process and self.started:
-            _trim_log(self.log_path, index, start)  # records a killed run wrote after its last checkpoint
+            trim_log(self.log_path, index, start)  # records a killed run wrote after its last checkpoint
             if folder is not None:
                 self.log(f"resuming stage {index} at step {start} from {folder}")
         fwd = wrapped if acc.num_processes == 1 else _Forward(wrapped, model)
@@ -296,7 +172,7 @@ class _Run:
         self.full = acc.get_state_dict(wrapped)  # every process takes part: FSDP and DeepSpeed gather the shards
         if acc.is_main_process:
             ckpt.mkdir(parents=True, exist_ok=True)
-            _atomic_save(self.full, ckpt / "model.pt")
+            atomic_save(self.full, ckpt / "model.pt")
             (ckpt / "done").write_text("ok\n")
         acc.wait_for_everyone()
         if self.evaluator is not None:
@@ -352,7 +228,7 @@ class _Run:
                         bar.set_postfix_str(_postfix(rec), refresh=True)
                     window, counts, t0 = {}, [0, 0], time.time()
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stage.steps:
-                    _save_state(acc, ckpt, sampler_state, scheduler, step + 1)
+                    save_state(acc, ckpt, sampler_state, scheduler, step + 1)
                 if self.evaluator is not None and cfg.eval.every and (step + 1) % cfg.eval.every == 0 \
                         and step + 1 < stage.steps:
                     prefetch.wait()  # the tokenizer is not safe to share between threads
@@ -394,7 +270,7 @@ def _fused(acc) -> bool:
 def _draw(sampler: BatchSampler, model, cfg: TrainConfig, rows: int):
     """The next batch, tokenized, and the sampler's state after it (what a checkpoint after it saves)."""
     batch = next(sampler)
-    return batch, _inputs(model, batch, cfg, rows), sampler.state_dict()
+    return batch, encode_batch(model, batch, cfg, rows), sampler.state_dict()
 
 
 class _Prefetch:
@@ -541,95 +417,6 @@ def _across_processes(acc, window: dict[str, list[torch.Tensor]],
         means = {k: stacked[i] / acc.num_processes for i, k in enumerate(means)}
         counts = [int(c) for c in stacked[len(means):].tolist()]
     return {k: round(float(v), 5) for k, v in means.items()}, counts
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file renamed into place. A write that fails (a full disk shows as torch's
-    `RuntimeError: ... unexpected pos` or `PytorchStreamWriter failed writing file`) removes the partial file and
-    is an OSError naming the path (one line at the CLI). `EMBEDKIT_FAULT=save:ENOSPC` injects that failure
-    (tests: a disk cannot be filled here)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if os.environ.get("EMBEDKIT_FAULT") == "save:ENOSPC":
-            tmp.write_bytes(b"PK\x03\x04 partial")
-            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 512 vs 448 (injected)")
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    except (RuntimeError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(exc, path) from None
-
-
-def _write_error(exc: BaseException, path: Path) -> OSError:
-    """One OSError for a failed write: ENOSPC when the disk is (nearly) full, else the error as it was."""
-    import errno
-    import shutil
-
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return OSError(exc.errno, exc.strerror or str(exc), str(path))
-    try:
-        full = shutil.disk_usage(path.parent).free < 256 * 2**20
-    except OSError:
-        full = False
-    if full or "unexpected pos" in str(exc) or "failed writing" in str(exc):
-        return OSError(errno.ENOSPC, f"no space left on the device while writing a checkpoint ({str(exc)[:80]})",
-                       str(path))
-    return OSError(errno.EIO, f"writing failed: {str(exc)[:200]}", str(path))
-
-
-def _save_state(acc, ckpt: Path, sampler_state: dict, scheduler, step: int) -> None:
-    """A resumable checkpoint: model, optimizer and every process's RNG through accelerate's `save_state` (so
-    FSDP and DeepSpeed save their shards their own way), then the sampler position, scheduler and step. The
-    `latest` file names it only once complete, so a kill at any moment leaves the previous one usable."""
-    import shutil
-
-    folder = ckpt / f"state-{step}"
-    try:
-        acc.save_state(str(folder))
-    except (RuntimeError, OSError) as exc:  # a full disk: the partial checkpoint goes, `latest` still names the last
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
-        raise _write_error(exc, folder) from None
-    if acc.is_main_process:
-        _atomic_save({"sampler": sampler_state, "scheduler": scheduler.state_dict(), "step": step,
-                      "world_size": acc.num_processes}, folder / "trainer.pt")
-        tmp = ckpt / "latest.tmp"
-        tmp.write_text(folder.name + "\n")
-        tmp.replace(ckpt / "latest")
-        for old in ckpt.glob("state-*"):
-            if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def _trim_log(path: Path, stage: int, step: int) -> None:
-    """Keep the log records from before (stage, step): a resumed run writes the later ones again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line) if line.strip() else None
-        if rec is not None and (rec.get("stage", 0), rec.get("step", 0)) <= (stage, step):
-            kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _load_state(acc, ckpt: Path, sampler: BatchSampler, scheduler) -> tuple[int, Path | None]:
-    """Restore the checkpoint `latest` names (if any); return the step to resume at and its folder."""
-    if not (ckpt / "latest").exists():
-        return 0, None
-    folder = ckpt / (ckpt / "latest").read_text().strip()
-    meta = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
-    if meta["world_size"] != acc.num_processes:
-        raise ValueError(f"{folder}: saved by {meta['world_size']} processes, resumed by {acc.num_processes}; "
-                         f"resume with the same number (optimizer shards and RNG states are per process)")
-    acc.load_state(str(folder))
-    scheduler.load_state_dict(meta["scheduler"])
-    sampler.load_state_dict(meta["sampler"])
-    return int(meta["step"]), folder
 
 
 def _full_model(acc, full: dict[str, Any], model: EmbeddingModel, cfg: TrainConfig) -> EmbeddingModel:
