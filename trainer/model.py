@@ -4,6 +4,7 @@ pooled (mean over real tokens by default, instruction included) and L2-normalise
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +238,11 @@ class EmbeddingModel(nn.Module):
 
         self.cfg = cfg
         name, gguf_file = resolve_name(cfg.name_or_path, cfg.gguf_file)
-        kw = {"gguf_file": gguf_file} if gguf_file else {}
+        if gguf_file and (Path(name) / gguf_file).is_file():  # dequantised once and kept (embedkit.gguf)
+            from embedkit.gguf import converted_folder
+
+            name, gguf_file = str(converted_folder(Path(name) / gguf_file)), None
+        kw = {"gguf_file": gguf_file} if gguf_file else {}  # a GGUF on the hub: transformers fetches it
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else \
             AutoTokenizer.from_pretrained(name, **kw)
         # files only: a model trained on other text (a test's toy vocabulary) may not know English; `trainer eval` probes

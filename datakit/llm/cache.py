@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from embedkit.gguf import cache_root  # the one definition of $DATAKIT_CACHE
+
 SECRET_PARAMS = {"api_key", "api_base", "base_url", "organization", "extra_headers", "headers"}
 
 
@@ -22,11 +24,6 @@ def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]
     parts: list[Any] = [model, messages, clean, prompt_version, sample] + ([endpoint] if endpoint else [])
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def cache_root() -> Path:
-    """$DATAKIT_CACHE, default ~/.cache/datakit: answers, embeddings and converted models live under it."""
-    return Path(os.environ.get("DATAKIT_CACHE", Path.home() / ".cache" / "datakit"))
 
 
 def default_path() -> Path:

@@ -15,23 +15,19 @@ assembled with `json.dumps`, so it always parses; llama.cpp's grammar does the s
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import functools
-import hashlib
 import inspect
 import json
 import math
-import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from embedkit.gguf import load_converted
 
 #: llama.cpp's chat-completion defaults, so both runtimes sample alike
 DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0,
@@ -248,94 +244,11 @@ def _penalise(logits: torch.Tensor, generated: torch.Tensor, req: Request) -> to
     return logits
 
 
-@contextlib.contextmanager
-def _gguf_loading() -> Iterator[None]:
-    """Quiet, faster GGUF loading through transformers: no progress bars (its "de-quantizing GGUF tensors" bar
-    is a bare tqdm); the file parsed once for tokenizer and model, not once each; gguf's tensor-name map built
-    once, not once per submodule (transformers walks every module). Together 40 s -> 16 s for SmolLM2 on two
-    cores. Patches are undone on exit, and skipped where a layout differs (they only save time)."""
-    import gguf
-    from transformers.utils import logging as hf_logging
-
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        gguf_utils = None
-    saved = [(obj, name, getattr(obj, name)) for obj, name in
-             ((gguf_utils, "tqdm"), (gguf, "GGUFReader"), (gguf, "get_tensor_name_map")) if hasattr(obj, name)]
-    readers: dict[str, Any] = {}
-    reader_cls, name_map = getattr(gguf, "GGUFReader", None), getattr(gguf, "get_tensor_name_map", None)
-
-    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:
-            return reader_cls(path, *args, **kwargs)
-        key = str(Path(path).resolve())
-        if key not in readers:
-            readers[key] = reader_cls(path)
-        return readers[key]
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    for obj, name, _ in saved:
-        setattr(obj, name, {"tqdm": lambda items, *_, **__: items, "GGUFReader": reader,
-                            "get_tensor_name_map": functools.lru_cache(maxsize=None)(name_map)}[name])
-    try:
-        yield
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-def converted_dir(gguf: Path) -> Path:
-    """Where the model converted from `gguf` is kept (safetensors, float32: exactly the dequantised weights):
-    $DATAKIT_CACHE/models/<file name>-<digest of its path, size and time>."""
-    stat = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    from datakit.llm.cache import cache_root
-
-    return cache_root() / "models" / f"{gguf.stem}-{digest}"
-
-
-def load_converted(gguf: Path) -> tuple[Any, Any]:
-    """(tokenizer, model) for a GGUF: from the converted copy when there is one (~5 s for SmolLM2 here), else
-    converted (~16 s) and the copy written for next time (atomically: a temporary folder renamed into place, so a
-    second process or a kill at any instant leaves either a whole copy or none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = converted_dir(gguf)
-    if (target / "config.json").is_file():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(target))
-            return tokenizer, AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
-        except Exception:  # noqa: BLE001 - a damaged copy (a killed writer leaves none): convert again
-            shutil.rmtree(target, ignore_errors=True)
-    with _gguf_loading():
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # the weights are plain float32 once dequantised: saved (and later loaded) as an ordinary model
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            with contextlib.suppress(OSError):  # another process got there first: its copy is as good
-                os.rename(tmp, target)
-    except OSError:  # a read-only or full cache: the model still runs, converted again next time
-        pass
-    return tokenizer, model
-
-
 class TransformersRuntime:
     """One GGUF chat model in transformers, with requests batched by a worker thread."""
 
     def __init__(self, gguf: Path, max_batch: int = 32, gather_s: float = 0.02) -> None:
-        self.tokenizer, self.model = load_converted(gguf)
+        self.tokenizer, self.model = load_converted(gguf)  # embedkit.gguf: converted once, then kept
         self.model.eval()
         self.tokenizer.padding_side = "left"
         self.eos = self.tokenizer.eos_token_id
