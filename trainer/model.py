@@ -241,7 +241,10 @@ class EmbeddingModel(nn.Module):
         if gguf_file and (Path(name) / gguf_file).is_file():  # dequantised once and kept (embedkit.gguf)
             from embedkit.gguf import converted_folder
 
-            name, gguf_file = str(converted_folder(Path(name) / gguf_file)), None
+            try:
+                name, gguf_file = str(converted_folder(Path(name) / gguf_file)), None
+            except OSError as exc:  # a read-only or full cache: dequantised again at every load, as before
+                log.warning("%s", exc)
         kw = {"gguf_file": gguf_file} if gguf_file else {}  # a GGUF on the hub: transformers fetches it
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else \
             AutoTokenizer.from_pretrained(name, **kw)
