@@ -112,7 +112,7 @@ def make_docs(n: int, planted_frac: float = 0.05, seed: int = 0) -> tuple[list[s
 
 # ------------------------------------------------------------------ shared pieces
 def token_sets(docs: list[str], ngram: int) -> list[list[str]]:
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     out = []
     for text in normalize(pa.array(docs)).to_pylist():
@@ -122,7 +122,7 @@ def token_sets(docs: list[str], ngram: int) -> list[list[str]]:
 
 
 def clusters_from_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
-    from datakit.minhash import components
+    from datakit.engines.minhash import components
 
     return components(pairs, n)
 
@@ -148,7 +148,7 @@ def band_candidates_numpy(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 def run_datakit(docs: list[str], ngram: int) -> dict:
     import numba
 
-    from datakit import minhash as mh
+    from datakit.engines import minhash as mh
 
     cfg = mh.MinHashConfig(num_perm=NUM_PERM, ngram=ngram, script="word")
     arr = pa.array(docs)
@@ -407,7 +407,7 @@ def whole_cli(n: int, work: Path, repeat: int = 3) -> list[str]:
 def decontam(work: Path) -> list[str]:
     """Planted near-copies of benchmark texts among real training text: precision and recall of the audit."""
     from datakit.query import connect
-    from datakit.packs import build_pack, texts_from_files
+    from datakit.engines.packs import build_pack, texts_from_files
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 
@@ -438,7 +438,7 @@ def decontam(work: Path) -> list[str]:
                           "list_contains([e.step FOR e IN lineage.events], 'decontaminate')").fetchall()
     tp = sum(1 for label, _ in flagged if label == "planted")
     # a flagged training text that is not planted may still truly overlap a benchmark: check by exact Jaccard
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     bench_norm = normalize(pa.array(bench_all)).to_pylist()
     bench_sets = [set(x.split()) for x in bench_norm]
@@ -487,7 +487,7 @@ def decontam_web(work: Path) -> None:
     copyright footer (a 17-word run); planted near-copies of benchmark articles must be found, and clean articles
     must not be flagged for the boilerplate they share."""
     from datakit.query import connect
-    from datakit.packs import PackParams, build_pack
+    from datakit.engines.packs import PackParams, build_pack
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 
@@ -504,7 +504,7 @@ def decontam_web(work: Path) -> None:
     # the truth for clean articles: real sentences can overlap (STS-B pairs are near copies of each other), so
     # a clean article whose *content* shares a 13-word run with a benchmark article's content is contaminated
     # too; boilerplate is not content
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     def grams(text: str) -> set[str]:
         w = normalize(pa.array([text])).to_pylist()[0].split()

@@ -53,7 +53,7 @@ def direct(pool: list[str], queries: list[str]) -> float:
     import faiss
     from sentence_transformers import SentenceTransformer
 
-    from datakit.embed import resolve_model
+    from datakit.engines.embed import resolve_model
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"))
     model.encode(["warm up"])
@@ -67,8 +67,8 @@ def direct(pool: list[str], queries: list[str]) -> float:
 
 
 def ours(pool: list[str], queries: list[str], cache_dir: Path, use_cache: bool) -> float:
-    from datakit.embed import Embedder
-    from datakit.vectorsearch import VectorSearch
+    from datakit.engines.embed import Embedder
+    from datakit.engines.vectorsearch import VectorSearch
 
     emb = Embedder(cache_dir=cache_dir, use_cache=use_cache)
     emb.model.encode(["warm up"])

@@ -91,9 +91,9 @@ def generate(work: Path, pool_n: int, records_n: int, seed: int) -> None:
 def recall(work: Path, step: "StepEntry", sample: int, seed: int) -> dict:
     """Recall@30 of the index the step chose (its manifest entry `step`) against exact search, on vectors read
     back from the build's cache."""
-    from datakit.embed import Embedder
+    from datakit.engines.embed import Embedder
     from datakit.manifest import read_shards
-    from datakit.vectorsearch import NPROBE, PoolShard, ShardSpec, VectorSearch
+    from datakit.engines.vectorsearch import NPROBE, PoolShard, ShardSpec, VectorSearch
 
     emb = Embedder(cache_dir=work / "cache", device="cpu")
     # the step's pool: every positive of the records it kept, then the extra pool file (distinct by construction)

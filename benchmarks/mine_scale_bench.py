@@ -79,7 +79,7 @@ def embed_real(pool_path: Path, query_path: Path) -> float:
     """MiniLM vectors of ../shared/data's texts (pool) and questions (queries) into two .npy files, embedded as
     mining embeds (`Embedder.encode_into`, no cache); returns the seconds spent embedding."""
     from dedup_bench import SHARED, real_texts
-    from datakit.embed import Embedder
+    from datakit.engines.embed import Embedder
 
     pool = real_texts()
     seen = {t.lower() for t in pool}
@@ -98,7 +98,7 @@ def embed_real(pool_path: Path, query_path: Path) -> float:
 
 
 def run_way(way: str, pool_path: str, query_path: str, sample: int, kind: str = "auto") -> dict:
-    from datakit.vectorsearch import VectorSearch, build_index
+    from datakit.engines.vectorsearch import VectorSearch, build_index
 
     pool = np.load(pool_path, mmap_mode="r")
     queries = np.load(query_path, mmap_mode="r")

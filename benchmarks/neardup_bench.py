@@ -82,7 +82,7 @@ def edit(text: str, rng: random.Random, vocab: list[str], cjk: bool) -> str:
 
 def shingle_sets_py(texts: list[str]) -> list[set[str]]:
     """The README's definition in plain Python (normalisation shared: it is the definition's first step)."""
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     out = []
     for norm in normalize(pa.array(texts)).to_pylist():
@@ -249,7 +249,7 @@ def dedup_rows(name: str, kind: str, records: list[tuple[str, ...]], work: Path)
 def decontam_rows(name: str, bench: list[str], train: list[str], work: Path) -> list[str]:
     """The real decontaminate step: bench texts as the pack, training texts as classification records."""
     from datakit.query import connect
-    from datakit.packs import build_pack
+    from datakit.engines.packs import build_pack
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_bench import long_docs  # noqa: E402
 
-from datakit import minhash as mh  # noqa: E402
+from datakit.engines import minhash as mh  # noqa: E402
 from datakit.hashing import string_buffers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

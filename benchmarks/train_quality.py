@@ -88,7 +88,7 @@ def train_st(corpus: Path, out: Path, steps: int, batch: int, lr: float, mix: st
                                        SentenceTransformerTrainingArguments, losses)
     from sentence_transformers.training_args import MultiDatasetBatchSamplers
 
-    from datakit.embed import resolve_model
+    from datakit.engines.embed import resolve_model
     from trainer.data import open_shards
 
     tables = open_shards(corpus)
@@ -125,7 +125,7 @@ def main() -> None:
         sys.exit("needs ../shared/data")
     from sentence_transformers import SentenceTransformer
 
-    from datakit.embed import resolve_model
+    from datakit.engines.embed import resolve_model
     from datakit.pipeline import build
     from datakit.recipe import load_recipe
 

@@ -57,7 +57,7 @@ def build(
                                           "open more than its own folder tree (/, ~, a parent folder)"),
 ) -> None:
     """Build a corpus: sources -> records -> steps -> Arrow shards + manifest."""
-    from datakit.packs import PackError
+    from datakit.engines.packs import PackError
     from datakit.manifest import InconsistentOutput
     from datakit.output import OutputBusy
     from datakit.pipeline import build as run_build
@@ -287,7 +287,7 @@ def bench_build(
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations"),
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
-    from datakit.packs import PackError, PackParams, build_pack, claim_pack_folder, texts_from_files, texts_from_mteb
+    from datakit.engines.packs import PackError, PackParams, build_pack, claim_pack_folder, texts_from_files, texts_from_mteb
     from datakit.sources import SourceError
     from embedkit.configfile import ConfigError
 
@@ -296,7 +296,7 @@ def bench_build(
     from_files = [*(from_files or []), *(files or [])]
     try:
         if from_spec is not None:
-            from datakit.benchspec import texts_from_spec
+            from datakit.engines.benchspec import texts_from_spec
 
             items = texts_from_spec(from_spec)
             if task_list:

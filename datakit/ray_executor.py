@@ -135,7 +135,7 @@ class _EmbedActor:
     """A sentence-transformers model on a worker, behind the shared embedding cache."""
 
     def __init__(self, model: str, cache_dir: str | None, batch_size: int):
-        from datakit.embed import Embedder
+        from datakit.engines.embed import Embedder
 
         self.embedder = Embedder(model, cache_dir=Path(cache_dir) if cache_dir else None,
                                  use_cache=cache_dir is not None, batch_size=batch_size)

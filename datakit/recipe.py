@@ -89,23 +89,6 @@ def named_paths(recipe: Recipe) -> list[tuple[str, str]]:
     return found
 
 
-CACHE_KEYS = ("llm.cache", "cache_dir")  # written, not read into the corpus: also allowed under $DATAKIT_CACHE
-
-
-def check_named(sandbox: Sandbox, key: str, value: str) -> Path:
-    """The one resolver for a path a recipe's key names: inside the sandbox (a cache also inside $DATAKIT_CACHE,
-    where every build's caches live); a SourceError naming the key otherwise."""
-    path = sandbox.absolute(value)
-    if key.endswith(CACHE_KEYS):
-        from datakit.llm.cache import cache_root
-
-        root = cache_root().expanduser().resolve()
-        real = path.resolve()
-        if real == root or root in real.parents:
-            return path
-    return sandbox.check(path, key)
-
-
 def check_paths(loaded: LoadedRecipe) -> None:
     """Every path a recipe's keys name, resolved (symlinks followed) inside its sandbox; a RecipeError naming
     the key otherwise. Nothing outside is opened (a file's existence is not even probed)."""
@@ -113,7 +96,7 @@ def check_paths(loaded: LoadedRecipe) -> None:
     errors = []
     for key, value in named_paths(loaded.recipe):
         try:
-            check_named(sandbox, key, value)
+            sandbox.named(key, value)
         except SourceError as exc:
             errors.append(f"{loaded.path}: {exc}")
     if errors:

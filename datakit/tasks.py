@@ -56,7 +56,7 @@ class TaskRunner:
         raise NotImplementedError
 
     def embed(self, embedder: Any, chunks: Iterator[list[str]], prefix: str) -> Iterator[Embedded]:
-        """Each chunk of texts embedded with `embedder` (`datakit.embed.Embedder`), in chunk order."""
+        """Each chunk of texts embedded with `embedder` (`datakit.engines.embed.Embedder`), in chunk order."""
         return ((embedder.encode(texts, prefix), 0, 0) for texts in chunks)
 
     def budget(self, limit_usd: float | None) -> Any:

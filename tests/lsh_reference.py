@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 
 
 def exact_jaccard(a: set, b: set) -> float:

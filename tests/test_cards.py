@@ -7,7 +7,7 @@ import pytest
 
 from datakit.card import overlap
 from datakit.manifest import read_manifest
-from datakit.packs import build_pack, texts_from_files
+from datakit.engines.packs import build_pack, texts_from_files
 from datakit.pipeline import build
 from datakit.recipe import load_recipe
 from tests.conftest import ROOT, write

@@ -6,8 +6,8 @@ import pytest
 
 
 from datakit.query import connect
-from datakit.packs import Pack, build_pack, texts_from_files
-from datakit import minhash as mh
+from datakit.engines.packs import Pack, build_pack, texts_from_files
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings
 from datakit.pipeline import apply_steps, build
 from datakit.recipe import load_recipe
@@ -24,7 +24,7 @@ def _sentences(n, seed=0, length=14):
 
 
 def mh_recall_bands(threshold):
-    from datakit.minhash import recall_bands
+    from datakit.engines.minhash import recall_bands
 
     return recall_bands(threshold, 128)
 
@@ -108,7 +108,7 @@ def test_pack_from_files_detects_tasks_splits_and_text_columns(tmp_path):
 def test_a_pack_is_read_from_disk_and_banded_in_chunks_as_in_one_pass(tmp_path, monkeypatch):
     """Decontamination holds none of a pack in memory: texts memory-mapped, LSH buckets sorted band by band into
     memmaps, equal to banding every signature at once; a pack without texts.arrow is refused in one line."""
-    import datakit.packs as packs
+    import datakit.engines.packs as packs
 
     build_pack([("bench", "test", "text", _sentences(300, seed=3))], tmp_path / "pack")
     monkeypatch.setattr(packs, "BUCKET_CHUNK", 7)
@@ -131,8 +131,8 @@ def test_a_pack_built_in_chunks_equals_hashing_every_text_at_once(tmp_path, monk
     """build_pack streams: texts hashed a chunk at a time, sorted arrays through ordered partitions on disk. Its
     files equal the whole-pack computation (one argsort, one n-gram pass), boilerplate included; a build that
     dies leaves neither a pack.json nor its scratch folder."""
-    import datakit.packs as packs
-    from datakit.packs import PackParams, common_ngrams, content_ngrams, ngram_text
+    import datakit.engines.packs as packs
+    from datakit.engines.packs import PackParams, common_ngrams, content_ngrams, ngram_text
 
     footer = "subscribe to our newsletter for the latest news and stories from around the world every day"
     texts = [f"{t} {footer}" if i % 3 == 0 else t for i, t in enumerate(_sentences(700, seed=9, length=30))]
@@ -304,7 +304,7 @@ def _definition_jaccard(a: str, b: str) -> float:
     """README's definition in plain Python: normalised text, word sets, or character bigrams for CJK text."""
     import re
 
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     sets = []
     for norm in normalize(pa.array([a, b])).to_pylist():
@@ -366,7 +366,7 @@ def test_pairs_at_the_threshold_on_every_side_are_found_when_their_joined_text_i
 
 
 def test_decontamination_flags_every_pair_at_or_above_the_threshold_and_none_below(tmp_path):
-    from datakit.packs import build_pack
+    from datakit.engines.packs import build_pack
 
     build_pack([("bench", "test", "text", [a for a, _, _ in NEAR + BELOW])], tmp_path / "pack")
     _jsonl(tmp_path / "t.jsonl", [{"text": b, "label": "q"} for _, b, _ in NEAR + BELOW])
@@ -493,7 +493,7 @@ def test_benchmark_task_names_keep_dots_and_from_files_takes_many(tmp_path):
 
     from pathlib import Path
 
-    from datakit.packs import task_name
+    from datakit.engines.packs import task_name
 
     assert task_name(Path("topics.beir-v1.0.0-nq.test.tsv.gz")) == "topics.beir-v1.0.0-nq"
     assert task_name(Path("topics.beir-v1.0.0-scifact.test.tsv.gz")) == "topics.beir-v1.0.0-scifact"
@@ -557,7 +557,7 @@ def test_dedup_equals_a_brute_force_all_pairs_dedup(tmp_path, monkeypatch, mappe
     linked, and each cluster keeps its first record. Verification maps the shingle sets once per group (small
     files) or afresh every few pairs (big ones)."""
     import datakit.steps.dedup as dedup
-    from datakit.minhash import normalize
+    from datakit.engines.minhash import normalize
 
     if mapped == "in chunks":
         monkeypatch.setattr(dedup, "MAP_WHOLE", 0)

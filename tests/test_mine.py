@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from datakit.embed import Embedder
-from datakit.vectorsearch import VectorSearch, build_index
+from datakit.engines.embed import Embedder
+from datakit.engines.vectorsearch import VectorSearch, build_index
 from datakit.manifest import read_shards
 from datakit.steps.mine import llm_quota
 from tests.conftest import ROOT, build_yaml, write
@@ -165,7 +165,7 @@ def test_ivfpq_in_shards_shares_one_quantizer_and_merges_exact_top_k(tmp_path):
     """Shards of an IVF-PQ search (each its own codes from one trained quantizer, its candidates re-scored
     exactly) merged: exact similarities, best first, ids across shards, recall against exact search; a shard
     opened from the `.npy` file (as a Ray actor opens it) searches as the in-memory one."""
-    from datakit.vectorsearch import PoolShard, ShardSpec
+    from datakit.engines.vectorsearch import PoolShard, ShardSpec
 
     pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=(30_000, 64))
     pool[:] = _clustered(30_000, 64, 1)
@@ -192,7 +192,7 @@ def test_ivfpq_in_shards_shares_one_quantizer_and_merges_exact_top_k(tmp_path):
 def test_auto_search_calibrates_nprobe_to_the_recall_target_on_real_queries(tmp_path, monkeypatch):
     """Under `auto` the search measures recall@k against exact search on a sample of the queries and raises
     nprobe until the target is met (issue #45); the recall it reports is what an independent check finds."""
-    import datakit.vectorsearch as vs
+    import datakit.engines.vectorsearch as vs
 
     monkeypatch.setattr(vs, "EXACT_LIMIT", 1_000)  # IVF-PQ at 40k vectors (a test-sized pool)
     pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=(40_000, 64))

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings, splitmix, string_buffers
 from tests import lsh_reference as ref
 
@@ -167,7 +167,7 @@ def test_byte_kernels_equal_the_arrow_and_numpy_paths_on_fuzzed_text():
     characters, nulls, sliced arrays); `hash_strings` is FNV-1a of the UTF-8 bytes on them."""
     import random
 
-    from datakit import minhash as mh
+    from datakit.engines import minhash as mh
 
     rng = random.Random(0)
     common = list("abcXYZ  .,-!?'\"()[]{}_~`^|/\\:;@#$%&*+=<>0129") + ["\t", "\n", "\r", "\f", "\v"]

@@ -23,7 +23,7 @@ SHELL = re.findall(r"(?:<!-- docs-check: (.*?) -->\n)?```bash\n(.*?)```", README
 
 
 def _model_for(data: dict):
-    from datakit.benchspec import BenchSpec
+    from datakit.engines.benchspec import BenchSpec
     from datakit.llm.settings import LLMSettings
     from datakit.recipe import Recipe
     from trainer.config import TrainConfig

@@ -88,7 +88,7 @@ def test_shipped_recipes_and_training_configs_are_valid():
     from trainer.experiment import load_experiment
     from trainer.config import load_config
 
-    from datakit.benchspec import load_bench_spec
+    from datakit.engines.benchspec import load_bench_spec
 
     for path in (ROOT / "recipes").rglob("*.yaml"):
         if "out" in path.relative_to(ROOT / "recipes").parts:

@@ -1,10 +1,10 @@
-"""datakit.spill: per-record state on disk, read back one partition at a time."""
+"""datakit.engines.spill: per-record state on disk, read back one partition at a time."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from datakit.spill import Partitions, elect, read_partition
+from datakit.engines.spill import Partitions, elect, read_partition
 
 
 def _pairs(seed: int, n: int, distinct: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +65,7 @@ def test_partitions_that_got_nothing_read_back_empty(tmp_path):
 
 
 def test_key_order_equals_lexsort_by_key_then_position_on_either_path(monkeypatch):
-    import datakit.spill as spill
+    import datakit.engines.spill as spill
 
     pos, keys = _pairs(2, 30_000, 4_000)
     rng = np.random.default_rng(3)

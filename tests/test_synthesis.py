@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datakit.embed import Embedder
+from datakit.engines.embed import Embedder
 from datakit.llm import quality
 from datakit.llm.cache import LLMCache
 from datakit.llm.client import Budget, LLMClient

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from datakit.embed import resolve_model
+    from datakit.engines.embed import resolve_model
     from trainer.eval.local import DataReport, read_records
     from trainer.eval.taskfile import load_task_file
 

@@ -298,7 +298,7 @@ def render_markdown(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- parts
 def default_lengths() -> LengthSettings:
     """The packaged MiniLM tokenizer and the trainer's default lengths and prompt."""
-    from datakit.embed import DEFAULT_MODEL, resolve_model
+    from datakit.engines.embed import DEFAULT_MODEL, resolve_model
 
     return LengthSettings(tokenizer=DEFAULT_MODEL, tokenizer_path=resolve_model(DEFAULT_MODEL))
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.sources.syntax import SourceError
+from embedkit.gguf import cache_root  # the one definition of $DATAKIT_CACHE
+
+CACHE_KEYS = ("llm.cache", "cache_dir")  # written, not read into the corpus: also allowed under $DATAKIT_CACHE
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,15 @@ class Sandbox:
                               + f"; a {self.owner} reads only its own folder and the paths it lists under "
                               "`allow_paths:`")
         return path
+
+    def named(self, key: str, value: str | Path) -> Path:
+        """The one resolver for a path a recipe's key names: inside the sandbox (a cache, a key ending in
+        CACHE_KEYS, also inside $DATAKIT_CACHE, where every build's caches live); a SourceError naming the key
+        otherwise."""
+        path = self.absolute(value)
+        if key.endswith(CACHE_KEYS):
+            root = cache_root().expanduser().resolve()
+            real = path.resolve()
+            if real == root or root in real.parents:
+                return path
+        return self.check(path, key)

@@ -68,10 +68,8 @@ class StepContext:
     def readable(self, path: str | Path, what: str) -> Path:
         """A file a step reads into the corpus or sends to an LLM (a mining pool, benchmark files, a prompt
         file), or a cache it writes: resolved, and inside the recipe's sandbox (a cache also inside
-        $DATAKIT_CACHE; `datakit.recipe.check_named`); a SourceError otherwise."""
-        from datakit.recipe import check_named
-
-        return check_named(self.sandbox, what, str(path))
+        $DATAKIT_CACHE; `Sandbox.named`); a SourceError otherwise."""
+        return self.sandbox.named(what, path)
 
 
 class Step:

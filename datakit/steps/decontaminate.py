@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 
 from pydantic import Field
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings
-from datakit.benchspec import texts_from_spec
-from datakit.packs import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
+from datakit.engines.benchspec import texts_from_spec
+from datakit.engines.packs import Pack, build_pack, content_ngrams, lookup_sorted, ngram_text, texts_from_files
 from datakit.records import add_event, replace_columns
 from datakit.sources import Sandbox
 from datakit.steps.base import ARTIFACT_NAME, Step, StepConfig, Stream, register

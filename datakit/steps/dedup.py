@@ -8,7 +8,7 @@ dropped.
 
 A global step in bounded memory: while the stream flows it spills the records of the kinds it dedups, and what it
 needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by, split
-into hash partitions: `datakit.spill`), to its work folder. Once the stream ends it finds duplicates one partition
+into hash partitions: `datakit.engines.spill`), to its work folder. Once the stream ends it finds duplicates one partition
 at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with bands
 chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact
 Jaccard of each side's shingle sets; clusters by union-find over the verified pairs), then streams the kept records
@@ -37,10 +37,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings, splitmix
 from datakit.records import MAIN_TEXTS
-from datakit.spill import Columns, Partitions, elect, read_partition, trim_heap
+from datakit.engines.spill import Columns, Partitions, elect, read_partition, trim_heap
 from datakit.steps.base import ARTIFACT_NAME, Step, StepConfig, Stream, register
 
 EXAMPLES = 20
@@ -462,7 +462,7 @@ class Dedup(Step):
 
         The first record of each unit (a pair's two orders are one unit) leads it: it alone is compared,
         clusters keep one unit each, and a unit's records share its fate (`keep[leader]`). Every grouping runs
-        one hash partition at a time from disk (datakit.spill)."""
+        one hash partition at a time from disk (datakit.engines.spill)."""
         n = state.n
         clock = time.perf_counter()
         leader, unit_size = elect(state.units, n, on_disk=True)

@@ -40,7 +40,7 @@ from datakit.llm.prompts import is_packaged_id, load_prompt
 from datakit.records import PASSAGE, conform
 from datakit.steps.base import Stream, register
 from datakit.steps.synthesis import SynthesisConfig, SynthesisStep, derived_lineage, prompt_file
-from datakit.vectorsearch import VectorSearch
+from datakit.engines.vectorsearch import VectorSearch
 
 CHUNK = 2048  # passages generated for, filtered and emitted at a time
 STYLES = {"question": "query_question", "keywords": "query_keywords", "claim": "query_claim",

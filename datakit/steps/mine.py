@@ -7,7 +7,7 @@ of them) and, with the positive-aware guard, candidates that score too close to 
 (NV-Retriever's TopK-PercPos: sim(q, c) >= perc * sim(q, p); or a margin), then samples negatives until the
 record holds its target. Negatives are tagged `mined`. Global step in bounded memory: the retrieval records,
 the unique pool texts and both sides' embeddings are written to the work folder and memory-mapped; the search
-is `datakit.vectorsearch` (exact in shards, or IVF-PQ with exact re-scoring); records are mined CHUNK_ROWS at a
+is `datakit.engines.vectorsearch` (exact in shards, or IVF-PQ with exact re-scoring); records are mined CHUNK_ROWS at a
 time. In memory per record: a query hash and a positive's pool id; per pool text: a hash and an id.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings
-from datakit.embed import DEFAULT_MODEL, Embedder
+from datakit.engines.embed import DEFAULT_MODEL, Embedder
 from datakit.records import PASSAGE, add_event, replace_columns
 from datakit.sources import ColumnSpec, SourceFields, read_source
 from datakit.steps.base import Step, StepConfig, Stream, register
-from datakit.vectorsearch import CALIBRATION_QUERIES, NPROBE, RECALL_TARGET, IndexKind, VectorSearch
+from datakit.engines.vectorsearch import CALIBRATION_QUERIES, NPROBE, RECALL_TARGET, IndexKind, VectorSearch
 
 
 class MineConfig(StepConfig):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from datakit.embed import DEFAULT_MODEL, Embedder
+from datakit.engines.embed import DEFAULT_MODEL, Embedder
 from datakit.llm.cache import SECRET_PARAMS, LLMCache, default_path
 from datakit.llm.client import Answer, Budget, LLMClient, LLMFailure, LLMStats
 from datakit.llm.prompts import load_prompt

@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datakit import minhash as mh
+from datakit.engines import minhash as mh
 from datakit.hashing import hash_strings
-from datakit import spill
+from datakit.engines import spill
 from datakit.sources import arrow_reader
 
 if TYPE_CHECKING:
