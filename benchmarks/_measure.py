@@ -1,7 +1,9 @@
-"""Run a command and sample the peak RSS of its process tree; a process's anonymous memory (shared by the
-benchmark scripts)."""
+"""The one place the benchmark scripts measure time and memory: a command's wall time and the peak RSS of its
+process tree (`measure`, `peaks`), one process's peak by `wait4` (`timed`), a process's anonymous memory
+(`rss_anon`), and the peak anonymous memory of this process while a block runs (`AnonPeak`)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -93,3 +95,26 @@ def peaks(cmd: list[str]) -> tuple[float, int, int]:
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
     return time.time() - t0, peak[0], peak[1]
+
+
+class AnonPeak:
+    """The highest RssAnon of this process (MiB), sampled every 50 ms from creation until `stop()`."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = self._now(), False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _now() -> float:
+        return rss_anon(os.getpid()) / 2**20
+
+    def _watch(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self._now())
+            time.sleep(0.05)
+
+    def stop(self) -> float:
+        self._stop = True
+        self._thread.join()
+        return max(self.peak, self._now())

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,31 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _measure import rss_anon  # noqa: E402
+from _measure import AnonPeak  # noqa: E402
 DIM, CENTRES, CHUNK = 384, 2_000, 65_536
-
-
-def rss_anon_mib() -> float:
-    return rss_anon(os.getpid()) / 2**20
-
-
-class Peak:
-    """The highest RssAnon seen while it runs."""
-
-    def __init__(self):
-        self.peak, self._stop = rss_anon_mib(), False
-        self._t = threading.Thread(target=self._watch, daemon=True)
-        self._t.start()
-
-    def _watch(self):
-        while not self._stop:
-            self.peak = max(self.peak, rss_anon_mib())
-            time.sleep(0.05)
-
-    def stop(self) -> float:
-        self._stop = True
-        self._t.join()
-        return max(self.peak, rss_anon_mib())
 
 
 def generate(path: Path, n: int, seed: int) -> None:
@@ -102,7 +77,7 @@ def run_way(way: str, pool_path: str, query_path: str, sample: int, kind: str = 
 
     pool = np.load(pool_path, mmap_mode="r")
     queries = np.load(query_path, mmap_mode="r")
-    peak = Peak()
+    peak = AnonPeak()
     t0 = time.time()
     if way == "bounded":
         search = VectorSearch(pool, kind)
