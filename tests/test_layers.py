@@ -35,7 +35,8 @@ def _imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             subs = {f"{base}.{alias.name}" for alias in node.names} & MODULES.keys()
             found |= subs or {base}
     return {m for m in found if m in MODULES and m != name}
@@ -92,7 +93,8 @@ def test_no_arrow_points_back_up():
 
 def test_training_reaches_datakit_only_through_its_light_modules():
     light = ("datakit.records", "datakit.manifest", "datakit.manifest_schema", "datakit.card")
-    training = [m for m in GRAPH if m.startswith("trainer") and not m.startswith(("trainer.eval", "trainer.experiment"))]
+    training = [m for m in GRAPH
+                if m.startswith("trainer") and not m.startswith(("trainer.eval", "trainer.experiment"))]
     reached = sorted({b for a in training for b in GRAPH[a] if b.startswith("datakit")})
     assert set(reached) <= set(light), reached
     for module in light:  # and those import nothing heavy of datakit's in turn
