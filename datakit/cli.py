@@ -287,7 +287,8 @@ def bench_build(
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations"),
 ) -> None:
     """Build a benchmark pack (texts, hashes, signatures, n-gram index) from files or from MTEB."""
-    from datakit.engines.packs import PackError, PackParams, build_pack, claim_pack_folder, texts_from_files, texts_from_mteb
+    from datakit.engines.packs import (PackError, PackParams, build_pack, claim_pack_folder, texts_from_files,
+                                       texts_from_mteb)
     from datakit.sources import SourceError
     from embedkit.configfile import ConfigError
 

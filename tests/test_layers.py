@@ -78,7 +78,8 @@ def test_the_graph_is_read_from_the_source():
 
 
 def test_no_import_cycle_even_through_lazy_imports():
-    assert _cycle() is None, " -> ".join(_cycle() or [])
+    cycle = _cycle()
+    assert cycle is None, " -> ".join(cycle or [])
 
 
 def test_no_arrow_points_back_up():

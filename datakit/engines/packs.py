@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit.engines import minhash as mh
-from datakit.hashing import hash_strings
 from datakit.engines import spill
+from datakit.hashing import hash_strings
 from datakit.sources import arrow_reader
 
 if TYPE_CHECKING:

@@ -7,10 +7,11 @@ different answers are kept, and one text under two labels is a *label conflict*,
 dropped.
 
 A global step in bounded memory: while the stream flows it spills the records of the kinds it dedups, and what it
-needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by, split
-into hash partitions: `datakit.engines.spill`), to its work folder. Once the stream ends it finds duplicates one partition
-at a time (units, then exact groups; near duplicates proposed by LSH buckets over the joined sides, with bands
-chosen for recall at the joined Jaccard a pair at the threshold on every side can fall to, and decided by the exact
+needs per record (hashes, lengths, datasets, each side's shingle set, band hashes, and the keys it groups by,
+split into hash partitions: `datakit.engines.spill`), to its work folder. Once the stream ends it finds
+duplicates one partition at a time (units, then exact groups; near duplicates proposed by LSH buckets over the
+joined sides, with bands chosen for recall at the joined Jaccard a pair at the threshold on every side can fall
+to, and decided by the exact
 Jaccard of each side's shingle sets; clusters by union-find over the verified pairs), then streams the kept records
 back out. Per-record arrays (elections, masks) are memmaps in the work folder; in memory it holds only what
 one hash partition, the verified pairs and the report need. Other kinds pass straight through. Drops are counted per
